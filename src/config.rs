@@ -1,0 +1,220 @@
+//! One `Config` for the whole server: every flag is also an environment
+//! variable `CHORUS_*`, and every limit has a documented default (the README's
+//! limits table is generated from the same names).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Command line of the `chorus` binary.
+#[derive(Debug, Parser)]
+#[command(name = "chorus", version, about = "Real-time collaboration engine")]
+pub struct Cli {
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server options, accepted without the `serve` word too.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+/// Subcommands of the binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(Config),
+}
+
+impl Cli {
+    /// The server configuration, whichever way it was given.
+    pub fn into_config(self) -> Config {
+        match self.command {
+            Some(Command::Serve(config)) => config,
+            None => self.serve,
+        }
+    }
+}
+
+/// Which `DocStore` keeps documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// In process memory: lost when the process exits.
+    Memory,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Server configuration. Constructors take this (or an `Arc` of it) rather
+/// than long argument lists.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "CHORUS_BIND", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// TCP port to listen on; 0 picks a free one.
+    #[arg(long, env = "CHORUS_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Where documents are kept.
+    #[arg(long, env = "CHORUS_STORE", value_enum, default_value = "memory")]
+    pub store: StoreKind,
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `chorus=debug`).
+    #[arg(long, env = "CHORUS_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, env = "CHORUS_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// HTTP worker threads (0 = one per core).
+    #[arg(long, env = "CHORUS_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// Room arbiters (threads that run room actors; 0 = one per core).
+    #[arg(long, env = "CHORUS_ROOM_THREADS", default_value_t = 0)]
+    pub room_threads: usize,
+    /// Limits and timings.
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Every limit and timing the server enforces. Each is a named flag and env
+/// var; the defaults are listed in the README.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Largest WebSocket message accepted, in bytes. Larger: close 1009.
+    #[arg(long, env = "CHORUS_MAX_FRAME_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Rooms one connection may have joined at once.
+    #[arg(long, env = "CHORUS_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_rooms_per_connection: usize,
+    /// Largest document a room may hold, in bytes of encoded Yjs state
+    /// (an upper bound tracked as snapshot + applied updates).
+    #[arg(long, env = "CHORUS_MAX_DOC_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_doc_bytes: usize,
+    /// Largest presence state of one member, in bytes of JSON.
+    #[arg(long, env = "CHORUS_MAX_PRESENCE_BYTES", default_value_t = 8 * 1024)]
+    pub max_presence_bytes: usize,
+    /// Longest room id, in bytes.
+    #[arg(long, env = "CHORUS_MAX_ROOM_ID_BYTES", default_value_t = 256)]
+    pub max_room_id_bytes: usize,
+    /// Largest event (name + payload) a client may broadcast, in bytes.
+    #[arg(long, env = "CHORUS_MAX_EVENT_BYTES", default_value_t = 64 * 1024)]
+    pub max_event_bytes: usize,
+    /// Outbound bytes a session may have waiting before its document deltas
+    /// are dropped (and later replaced by one resync from its state vector).
+    #[arg(long, env = "CHORUS_OUTBOUND_BUFFER_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub outbound_buffer_bytes: usize,
+    /// Outbound bytes waiting at which a session is disconnected (close 4008)
+    /// because even its non-droppable messages pile up.
+    #[arg(long, env = "CHORUS_OUTBOUND_HARD_LIMIT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub outbound_hard_limit_bytes: usize,
+    /// A `typing: on` not renewed within this many milliseconds turns off.
+    #[arg(long, env = "CHORUS_TYPING_TTL_MS", default_value_t = 5_000)]
+    pub typing_ttl_ms: u64,
+    /// A presence state (awareness) not renewed within this many ms expires.
+    #[arg(long, env = "CHORUS_PRESENCE_TTL_MS", default_value_t = 30_000)]
+    pub presence_ttl_ms: u64,
+    /// A room with no members is evicted from memory after this many ms.
+    #[arg(long, env = "CHORUS_ROOM_IDLE_MS", default_value_t = 30_000)]
+    pub room_idle_ms: u64,
+    /// Window in which document updates, presence diffs and cursor moves are
+    /// merged into one broadcast, in ms. The first message after a quiet
+    /// window goes out at once.
+    #[arg(long, env = "CHORUS_TICK_MS", default_value_t = 10)]
+    pub tick_ms: u64,
+    /// Interval between server pings, in ms. At most half the client timeout.
+    #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = 5_000)]
+    pub heartbeat_ms: u64,
+    /// A connection silent for this long (no frame, no pong) is dropped, in ms.
+    #[arg(long, env = "CHORUS_CLIENT_TIMEOUT_MS", default_value_t = 15_000)]
+    pub client_timeout_ms: u64,
+    /// Updates appended to a room's log before it is compacted to a snapshot.
+    #[arg(long, env = "CHORUS_COMPACT_EVERY", default_value_t = 500)]
+    pub compact_every: u64,
+    /// How long shutdown waits for sessions to close and rooms to flush, in ms.
+    #[arg(long, env = "CHORUS_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // unwrap: parsing an empty command line only uses the declared defaults.
+        Cli::try_parse_from(["chorus"]).unwrap().into_config()
+    }
+}
+
+impl Config {
+    /// A config for tests and embedding: defaults, port 0, loopback.
+    pub fn ephemeral() -> Self {
+        Config {
+            port: 0,
+            ..Config::default()
+        }
+    }
+
+    /// Checks relations between values that clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.heartbeat_ms == 0 || l.heartbeat_ms * 2 > l.client_timeout_ms {
+            return Err(format!(
+                "heartbeat interval ({} ms) must be non-zero and at most half the client timeout ({} ms)",
+                l.heartbeat_ms, l.client_timeout_ms
+            ));
+        }
+        if l.outbound_hard_limit_bytes < l.outbound_buffer_bytes {
+            return Err("outbound hard limit must be at least the outbound buffer".into());
+        }
+        if l.max_frame_bytes < 1024 {
+            return Err("max frame bytes must be at least 1024".into());
+        }
+        if l.tick_ms == 0 {
+            return Err("tick must be at least 1 ms".into());
+        }
+        Ok(())
+    }
+
+    /// Number of room threads to run.
+    pub fn room_thread_count(&self) -> usize {
+        if self.room_threads > 0 {
+            self.room_threads
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+}
+
+impl Limits {
+    /// Typing expiry as a duration.
+    pub fn typing_ttl(&self) -> Duration {
+        Duration::from_millis(self.typing_ttl_ms)
+    }
+    /// Presence expiry as a duration.
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_millis(self.presence_ttl_ms)
+    }
+    /// Idle eviction delay as a duration.
+    pub fn room_idle(&self) -> Duration {
+        Duration::from_millis(self.room_idle_ms)
+    }
+    /// Coalescing window as a duration.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+    /// Heartbeat interval as a duration.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+    /// Client timeout as a duration.
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_timeout_ms)
+    }
+    /// Shutdown grace as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}

@@ -1,0 +1,30 @@
+//! Chorus: a real-time collaboration engine. Every room is an actor holding
+//! one Yjs document (`yrs`) and a presence map; every WebSocket connection is
+//! a session actor speaking the native MessagePack protocol.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one `Config` (clap; every flag is also a `CHORUS_*` env
+//!   var) and every named limit.
+//! - [`protocol`]: wire types and codecs, pure and free of I/O. `native` is
+//!   the MessagePack protocol v1 specified in `proto/PROTOCOL.md`.
+//! - [`session`]: one actor per WebSocket: heartbeat, decoding, per-message
+//!   checks; `session::transport` accounts outbound bytes so rooms can see a
+//!   slow consumer before it costs memory.
+//! - [`room`]: the room actor (document, members, coalesced fan-out, resync
+//!   of lagging members, idle eviction) and the `Registry` that finds or
+//!   starts rooms on a pool of arbiters.
+//! - [`presence`]: who is in a room, their state, cursor and typing.
+//! - [`store`]: the `DocStore` trait (snapshot + update log) and its
+//!   implementations.
+//! - [`http`]: the actix-web app (routes, health, metrics) and the server
+//!   lifecycle, including graceful shutdown.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod http;
+pub mod presence;
+pub mod protocol;
+pub mod room;
+pub mod session;
+pub mod store;

@@ -1,0 +1,112 @@
+//! Wire protocols, pure and free of I/O: the native MessagePack protocol
+//! ([`native`]) and the names shared by every protocol (error codes, close
+//! codes, room ids). `proto/PROTOCOL.md` is the specification; the vectors in
+//! `proto/vectors/` are checked against this code by `tests/it/vectors.rs`.
+
+pub mod native;
+
+use serde::{Deserialize, Serialize};
+
+/// The native protocol version this server speaks (sent in `hello` / `welcome`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Error codes carried by `error` messages. Stable strings on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not MessagePack, not a map, missing or ill-typed fields.
+    BadMessage,
+    /// A message type this server does not know (the connection stays open).
+    UnknownType,
+    /// The first message must be `hello`.
+    HelloRequired,
+    /// `hello` asked for a protocol version this server does not speak.
+    UnsupportedVersion,
+    /// The message names a room this connection has not joined.
+    NotJoined,
+    /// The connection already joined that room.
+    AlreadyJoined,
+    /// The room id is empty, too long or has control characters.
+    BadRoom,
+    /// The bytes are not a valid Yjs v1 update / state vector / position.
+    BadUpdate,
+    /// Applying the update would take the document over `max_doc_bytes`.
+    DocTooLarge,
+    /// The presence state is not a JSON object or is over `max_presence_bytes`.
+    PresenceTooLarge,
+    /// The event is over `max_event_bytes`.
+    EventTooLarge,
+    /// Joining would exceed `max_rooms_per_connection`.
+    TooManyRooms,
+    /// The room could not be loaded from the store.
+    RoomUnavailable,
+    /// The update was applied but could not be stored; it is not acknowledged.
+    StoreFailed,
+    /// The session is not allowed to do this.
+    Forbidden,
+    /// The session exceeded a rate limit.
+    RateLimited,
+    /// The server is shutting down.
+    GoingAway,
+}
+
+impl ErrorCode {
+    /// The wire string of this code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::BadRoom => "bad_room",
+            ErrorCode::BadUpdate => "bad_update",
+            ErrorCode::DocTooLarge => "doc_too_large",
+            ErrorCode::PresenceTooLarge => "presence_too_large",
+            ErrorCode::EventTooLarge => "event_too_large",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::RoomUnavailable => "room_unavailable",
+            ErrorCode::StoreFailed => "store_failed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::GoingAway => "going_away",
+        }
+    }
+}
+
+/// WebSocket close codes the server uses. Everything a client can see is
+/// listed in `proto/PROTOCOL.md`.
+pub mod close {
+    /// Normal closure (client asked, or `leave` of the last room is not a reason).
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down; reconnect elsewhere / later.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The WebSocket framing itself was invalid.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A message was larger than `max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server failed unexpectedly.
+    pub const INTERNAL: u16 = 1011;
+    /// The connection did not answer pings within the client timeout.
+    pub const TIMEOUT: u16 = 4000;
+    /// `hello` asked for a protocol version the server does not speak.
+    pub const UNSUPPORTED_VERSION: u16 = 4002;
+    /// The client read so slowly that even non-droppable messages piled up
+    /// past `outbound_hard_limit_bytes`. Reconnect and resync.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// Validates a room id: 1..=`max` bytes of UTF-8 with no control characters.
+pub fn validate_room_id(room: &str, max: usize) -> Result<(), &'static str> {
+    if room.is_empty() {
+        return Err("room id is empty");
+    }
+    if room.len() > max {
+        return Err("room id is too long");
+    }
+    if room.chars().any(char::is_control) {
+        return Err("room id has control characters");
+    }
+    Ok(())
+}

@@ -1,0 +1,441 @@
+//! The native protocol v1: one MessagePack map per WebSocket binary frame,
+//! its type in the field `t`. Field names are spelled out (maps, not arrays),
+//! so unknown fields are ignored and new optional fields can be added without
+//! a version bump. CRDT payloads are MessagePack `bin`.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+
+use super::ErrorCode;
+
+/// Binary payload: encoded as MessagePack `bin`, and only `bin` is accepted
+/// when decoding (an array of integers is rejected).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Bin(pub Vec<u8>);
+
+impl std::fmt::Debug for Bin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bin({} bytes)", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for Bin {
+    fn from(v: Vec<u8>) -> Self {
+        Bin(v)
+    }
+}
+
+impl Serialize for Bin {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BinVisitor;
+        impl<'de> Visitor<'de> for BinVisitor {
+            type Value = Bin;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("MessagePack bin")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bin, E> {
+                Ok(Bin(v.to_vec()))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bin, E> {
+                Ok(Bin(v))
+            }
+        }
+        d.deserialize_byte_buf(BinVisitor)
+    }
+}
+
+/// A message from a client. Every type may carry `rid` (request id); errors
+/// caused by a message echo its `rid`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// First message of a connection: protocol version, optional credentials.
+    Hello {
+        /// Protocol version the client speaks (1).
+        v: u32,
+        /// Bearer token, when the server requires one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Free-form client name and version, for logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Join a room; the server answers `synced` then a presence snapshot.
+    Join {
+        /// Room id.
+        room: String,
+        /// The client's Yjs state vector (v1); absent means empty.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sv: Option<Bin>,
+        /// Initial presence state (a JSON-compatible map).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        presence: Option<Value>,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Leave a room.
+    Leave {
+        /// Room id.
+        room: String,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// A Yjs v1 update for a joined room; answered by `ack` once durable.
+    Update {
+        /// Room id.
+        room: String,
+        /// Yjs v1 update bytes.
+        data: Bin,
+        /// Request id, echoed by `ack`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Replace this member's presence state.
+    Presence {
+        /// Room id.
+        room: String,
+        /// New state: a JSON-compatible map (name, color, …).
+        state: Value,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Move this member's cursor / selection.
+    Cursor {
+        /// Room id.
+        room: String,
+        /// Selection anchor: an encoded Yjs relative position, or nil.
+        #[serde(default)]
+        anchor: Option<Bin>,
+        /// Selection head: an encoded Yjs relative position, or nil.
+        #[serde(default)]
+        head: Option<Bin>,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Typing indicator on or off (on expires by itself).
+    Typing {
+        /// Room id.
+        room: String,
+        /// Typing or not.
+        on: bool,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Ephemeral named event for the other members (not stored).
+    Event {
+        /// Room id.
+        room: String,
+        /// Event name.
+        name: String,
+        /// Payload: any JSON-compatible value.
+        #[serde(default)]
+        data: Value,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Liveness probe; answered by `pong`.
+    Ping {
+        /// Request id, echoed by `pong`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+}
+
+/// The `t` values of [`ClientMessage`].
+pub const CLIENT_TYPES: &[&str] = &[
+    "hello", "join", "leave", "update", "presence", "cursor", "typing", "event", "ping",
+];
+
+/// Limits announced in `welcome`, so clients can stay inside them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireLimits {
+    /// Largest frame the server accepts.
+    pub max_frame_bytes: u64,
+    /// Rooms one connection may join.
+    pub max_rooms: u64,
+    /// Largest document.
+    pub max_doc_bytes: u64,
+    /// Largest presence state.
+    pub max_presence_bytes: u64,
+    /// Typing expiry.
+    pub typing_ttl_ms: u64,
+    /// Server ping interval.
+    pub heartbeat_ms: u64,
+}
+
+/// One member of a room as others see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Member (connection) id, unique in the cluster.
+    pub id: String,
+    /// Authenticated user id, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Presence state.
+    pub state: Value,
+}
+
+/// One member's cursor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CursorView {
+    /// Member id.
+    pub id: String,
+    /// Encoded Yjs relative position of the anchor, or nil.
+    pub anchor: Option<Bin>,
+    /// Encoded Yjs relative position of the head, or nil.
+    pub head: Option<Bin>,
+}
+
+/// A message from the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Answer to `hello`.
+    Welcome {
+        /// Protocol version in use.
+        v: u32,
+        /// This connection's member id.
+        session: String,
+        /// Server name and version.
+        server: String,
+        /// Limits in force.
+        limits: WireLimits,
+    },
+    /// Answer to `join`: what the client lacks, and the server's state vector
+    /// (the client then sends an `update` with what the server lacks).
+    Synced {
+        /// Room id.
+        room: String,
+        /// Yjs v1 update: the server's state minus the client's state vector.
+        diff: Bin,
+        /// The server's state vector (Yjs v1).
+        sv: Bin,
+        /// Request id of the `join`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Document changes made by others (possibly several merged).
+    Update {
+        /// Room id.
+        room: String,
+        /// Yjs v1 update.
+        data: Bin,
+        /// Member id of the author when all merged changes share one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
+    },
+    /// The update with this request id is durable.
+    Ack {
+        /// Room id.
+        room: String,
+        /// Request id of the acknowledged `update`.
+        rid: u64,
+    },
+    /// Presence changes; with `snapshot` true, `joined` is the whole list.
+    Presence {
+        /// Room id.
+        room: String,
+        /// True for the full list sent after `join`.
+        #[serde(default)]
+        snapshot: bool,
+        /// Members that arrived (or all members, in a snapshot).
+        #[serde(default)]
+        joined: Vec<MemberView>,
+        /// Members whose state changed.
+        #[serde(default)]
+        updated: Vec<MemberView>,
+        /// Ids of members that left.
+        #[serde(default)]
+        left: Vec<String>,
+    },
+    /// Cursor moves since the last tick, latest per member.
+    Cursor {
+        /// Room id.
+        room: String,
+        /// Cursors that moved.
+        cursors: Vec<CursorView>,
+    },
+    /// A member started or stopped typing.
+    Typing {
+        /// Room id.
+        room: String,
+        /// Member id.
+        id: String,
+        /// Typing or not.
+        on: bool,
+    },
+    /// An ephemeral event from another member (or a backend).
+    Event {
+        /// Room id.
+        room: String,
+        /// Member id of the sender.
+        from: String,
+        /// Event name.
+        name: String,
+        /// Payload.
+        data: Value,
+    },
+    /// Something the client sent was refused.
+    Error {
+        /// Stable error code.
+        code: ErrorCode,
+        /// Human readable explanation.
+        message: String,
+        /// Request id of the message that caused it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// Room concerned, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// Request id of the `ping`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+}
+
+/// Why a frame could not be decoded, ready to become an `error` message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct DecodeError {
+    /// `bad_message` or `unknown_type`.
+    pub code: ErrorCode,
+    /// What was wrong.
+    pub message: String,
+    /// The frame's `rid`, when it could be read.
+    pub rid: Option<u64>,
+}
+
+/// Decodes one client frame. Unknown fields are ignored; an unknown `t` is
+/// reported as [`ErrorCode::UnknownType`], anything else as `bad_message`.
+pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, DecodeError> {
+    match rmp_serde::from_slice::<ClientMessage>(bytes) {
+        Ok(msg) => Ok(msg),
+        Err(err) => Err(classify(bytes, err)),
+    }
+}
+
+fn classify(bytes: &[u8], err: rmp_serde::decode::Error) -> DecodeError {
+    /// Just enough of a frame to explain why the full decode failed.
+    #[derive(Deserialize)]
+    struct Probe {
+        t: Option<String>,
+        rid: Option<u64>,
+    }
+    match rmp_serde::from_slice::<Probe>(bytes) {
+        Ok(Probe { t: Some(t), rid }) if !CLIENT_TYPES.contains(&t.as_str()) => DecodeError {
+            code: ErrorCode::UnknownType,
+            message: format!("unknown message type {t:?}"),
+            rid,
+        },
+        Ok(Probe { t: None, rid }) => DecodeError {
+            code: ErrorCode::BadMessage,
+            message: "message has no type field `t`".into(),
+            rid,
+        },
+        Ok(Probe { rid, .. }) => DecodeError {
+            code: ErrorCode::BadMessage,
+            message: format!("invalid message: {err}"),
+            rid,
+        },
+        Err(_) => DecodeError {
+            code: ErrorCode::BadMessage,
+            message: format!("not a MessagePack map: {err}"),
+            rid: None,
+        },
+    }
+}
+
+/// Decodes one server frame (used by clients and tests).
+pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+/// Encodes a server message. Infallible for these types: every field is a
+/// map key string, and JSON values have string keys.
+pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    // unwrap: writing into a Vec cannot fail, and every type here serializes.
+    rmp_serde::encode::write_named(&mut buf, msg).unwrap();
+    buf
+}
+
+/// Encodes a client message (used by clients and tests).
+pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    // unwrap: writing into a Vec cannot fail, and every type here serializes.
+    rmp_serde::encode::write_named(&mut buf, msg).unwrap();
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_update() {
+        let msg = ClientMessage::Update {
+            room: "r".into(),
+            data: Bin(vec![1, 2, 3]),
+            rid: Some(7),
+        };
+        let bytes = encode_client(&msg);
+        assert_eq!(decode_client(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn unknown_type_is_classified() {
+        let bytes = rmp_serde::to_vec_named(&serde_json::json!({"t": "dance", "rid": 3})).unwrap();
+        let err = decode_client(&bytes).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownType);
+        assert_eq!(err.rid, Some(3));
+    }
+
+    #[test]
+    fn array_of_ints_is_not_bin() {
+        let bytes = rmp_serde::to_vec_named(
+            &serde_json::json!({"t": "update", "room": "r", "data": [1, 2, 3]}),
+        )
+        .unwrap();
+        assert_eq!(
+            decode_client(&bytes).unwrap_err().code,
+            ErrorCode::BadMessage
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let bytes =
+            rmp_serde::to_vec_named(&serde_json::json!({"t": "ping", "rid": 1, "future": true}))
+                .unwrap();
+        assert_eq!(
+            decode_client(&bytes).unwrap(),
+            ClientMessage::Ping { rid: Some(1) }
+        );
+    }
+
+    #[test]
+    fn truncated_is_bad_message() {
+        let bytes = encode_client(&ClientMessage::Ping { rid: Some(1) });
+        let err = decode_client(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadMessage);
+    }
+}

@@ -1,0 +1,916 @@
+//! The room actor: one Yjs document, its presence, its members.
+//!
+//! Path of an update: decode and apply in one transaction (a bad update is
+//! refused and the document stays as it was) → append to the store, `ack`
+//! to the sender once durable → merged with the other updates of the same
+//! tick, encoded once per protocol, and offered to every other member through
+//! their [`Outbox`](crate::session::transport::Outbox). A member too far
+//! behind gets no deltas; once it drains it is resynced from the state vector
+//! the room had when it started dropping.
+//!
+//! Rooms are started by the [`Registry`] on one of a pool of arbiters and
+//! evicted after `room_idle_ms` without members (their document is compacted
+//! into the store first, so a later join loads it back).
+
+pub mod registry;
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use serde_json::Value;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, ReadTxn, StateVector, StickyIndex, Transact, Update};
+
+pub use registry::Registry;
+
+use crate::config::Config;
+use crate::presence::{MemberId, Presence};
+use crate::protocol::native::{encode_server, Bin, ServerMessage};
+use crate::protocol::ErrorCode;
+use crate::session::transport::{Class, Offer, Outbound, Outbox};
+use crate::store::DocStore;
+
+/// A room id (validated by the session before use).
+pub type RoomId = Arc<str>;
+
+/// Wire protocol of a member: the room encodes each broadcast once per
+/// protocol present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Native MessagePack protocol v1.
+    Native,
+}
+
+impl Protocol {
+    /// Number of protocols (size of per-protocol caches).
+    const COUNT: usize = 1;
+
+    fn index(self) -> usize {
+        match self {
+            Protocol::Native => 0,
+        }
+    }
+}
+
+/// What a room needs to send to one member.
+#[derive(Clone)]
+pub struct MemberLink {
+    /// Member id (unique in the cluster).
+    pub id: MemberId,
+    /// Authenticated user id, if any.
+    pub user: Option<Arc<str>>,
+    /// How frames for this member are encoded.
+    pub protocol: Protocol,
+    /// The session actor.
+    pub recipient: Recipient<Outbound>,
+    /// The session's outbound byte accounting, checked before every send.
+    pub outbox: Arc<Outbox>,
+}
+
+/// A member as the room tracks it.
+struct Member {
+    link: MemberLink,
+    /// Set when deltas were dropped: the room's state vector before the
+    /// first dropped delta. The resync sends the diff against it.
+    resync_from: Option<StateVector>,
+    /// Set when presence frames were dropped: the resync sends a snapshot.
+    presence_stale: bool,
+}
+
+/// Join a room. The room answers with `synced` and a presence snapshot, or
+/// an `error`, through the member's link.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Join {
+    /// The joining member.
+    pub member: MemberLink,
+    /// The client's state vector (Yjs v1), if it has state already.
+    pub sv: Option<Vec<u8>>,
+    /// Initial presence state.
+    pub presence: Option<Value>,
+    /// Request id of the client's `join`.
+    pub rid: Option<u64>,
+}
+
+/// Leave a room (also sent when a session stops).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    /// The leaving member.
+    pub member: MemberId,
+}
+
+/// A document update from a member.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClientUpdate {
+    /// The author.
+    pub member: MemberId,
+    /// Yjs v1 update bytes.
+    pub data: Bytes,
+    /// Request id to acknowledge once durable.
+    pub rid: Option<u64>,
+}
+
+/// Replace a member's presence state.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetPresence {
+    /// The member.
+    pub member: MemberId,
+    /// New state (a JSON object).
+    pub state: Value,
+    /// Request id, for errors.
+    pub rid: Option<u64>,
+}
+
+/// Move a member's cursor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetCursor {
+    /// The member.
+    pub member: MemberId,
+    /// Encoded relative position of the anchor.
+    pub anchor: Option<Vec<u8>>,
+    /// Encoded relative position of the head.
+    pub head: Option<Vec<u8>>,
+    /// Request id, for errors.
+    pub rid: Option<u64>,
+}
+
+/// Typing on or off.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetTyping {
+    /// The member.
+    pub member: MemberId,
+    /// On or off.
+    pub on: bool,
+}
+
+/// An ephemeral event for every other member.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Broadcast {
+    /// Sender's member id.
+    pub member: MemberId,
+    /// Event name.
+    pub name: String,
+    /// Payload.
+    pub data: Value,
+    /// Request id, for errors.
+    pub rid: Option<u64>,
+}
+
+/// A lagging member drained its backlog: resync it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync {
+    /// The member.
+    pub member: MemberId,
+}
+
+/// Compact the document into the store now (shutdown). Resolves when stored.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+/// The room actor.
+pub struct Room {
+    id: RoomId,
+    config: Arc<Config>,
+    store: Arc<dyn DocStore>,
+    registry: Registry,
+    doc: Doc,
+    /// `Some(reason)` when loading failed: joins are refused and the room
+    /// is evicted so a later join retries the load.
+    broken: Option<String>,
+    members: HashMap<MemberId, Member>,
+    presence: Presence,
+    /// Updates applied since the last broadcast, in order.
+    pending: Vec<Bytes>,
+    /// Author of every pending update when they share one.
+    pending_origin: PendingOrigin,
+    /// State vector before the first pending update: what every member that
+    /// is not lagging has seen.
+    batch_base: Option<StateVector>,
+    last_flush: Instant,
+    flush_scheduled: bool,
+    /// Upper bound of the encoded document size.
+    doc_bytes: usize,
+    /// Highest store sequence number known durable.
+    durable_seq: u64,
+    /// Appends since the last compaction.
+    since_compact: u64,
+    /// Appends not yet completed (eviction waits for zero).
+    inflight_appends: usize,
+    compacting: bool,
+    /// Joins processed; compared with the registry's count of joins sent so
+    /// that a room is never evicted with a join on its way.
+    joins_seen: u64,
+    idle_timer: Option<SpawnHandle>,
+    typing_timer: Option<SpawnHandle>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum PendingOrigin {
+    None,
+    One(MemberId),
+    Many,
+}
+
+impl Room {
+    /// A room that loads `id` from `store` when started.
+    pub fn new(
+        id: RoomId,
+        config: Arc<Config>,
+        store: Arc<dyn DocStore>,
+        registry: Registry,
+    ) -> Self {
+        Room {
+            id,
+            config,
+            store,
+            registry,
+            doc: Doc::new(),
+            broken: None,
+            members: HashMap::new(),
+            presence: Presence::default(),
+            pending: Vec::new(),
+            pending_origin: PendingOrigin::None,
+            batch_base: None,
+            last_flush: Instant::now() - Duration::from_secs(1),
+            flush_scheduled: false,
+            doc_bytes: 0,
+            durable_seq: 0,
+            since_compact: 0,
+            inflight_appends: 0,
+            compacting: false,
+            joins_seen: 0,
+            idle_timer: None,
+            typing_timer: None,
+        }
+    }
+
+    /// Applies stored state; damaged entries are logged with the room id and skipped.
+    fn restore(&mut self, stored: crate::store::StoredDoc) {
+        for skipped in &stored.skipped {
+            tracing::error!(room = %self.id, "skipped damaged stored entry: {skipped}");
+        }
+        let mut txn = self.doc.transact_mut();
+        for (i, bytes) in stored
+            .snapshot
+            .iter()
+            .chain(stored.updates.iter())
+            .enumerate()
+        {
+            let applied = decode_update(bytes).and_then(|u| {
+                txn.apply_update(u)
+                    .map_err(|e| format!("apply failed: {e}"))
+            });
+            match applied {
+                Ok(()) => self.doc_bytes += bytes.len(),
+                Err(e) => {
+                    tracing::error!(room = %self.id, entry = i, "skipped unreadable stored update: {e}")
+                }
+            }
+        }
+        self.durable_seq = stored.last_seq;
+        self.since_compact = stored.updates.len() as u64;
+    }
+
+    fn send_to(&self, member: &Member, msg: &ServerMessage, class: Class) -> Offer {
+        let frame = self.encode(member.link.protocol, msg);
+        member
+            .link
+            .outbox
+            .offer(&member.link.recipient, &frame, class)
+    }
+
+    fn encode(&self, protocol: Protocol, msg: &ServerMessage) -> Bytes {
+        match protocol {
+            Protocol::Native => Bytes::from(encode_server(msg)),
+        }
+    }
+
+    fn error_to(
+        &self,
+        member: &MemberLink,
+        code: ErrorCode,
+        message: impl Into<String>,
+        rid: Option<u64>,
+    ) {
+        let msg = ServerMessage::Error {
+            code,
+            message: message.into(),
+            rid,
+            room: Some(self.id.to_string()),
+        };
+        let frame = self.encode(member.protocol, &msg);
+        member
+            .outbox
+            .offer(&member.recipient, &frame, Class::Control);
+    }
+
+    fn error_to_member(
+        &self,
+        id: &MemberId,
+        code: ErrorCode,
+        message: impl Into<String>,
+        rid: Option<u64>,
+    ) {
+        if let Some(m) = self.members.get(id) {
+            self.error_to(&m.link, code, message, rid);
+        }
+    }
+
+    /// Sends `msg` to every member but `except`, encoding it at most once
+    /// per protocol. Members that are behind get nothing droppable; they are
+    /// marked for a resync instead.
+    fn fan_out(&mut self, msg: &ServerMessage, class: Class, except: Option<&MemberId>) {
+        let mut frames: [Option<Bytes>; Protocol::COUNT] = Default::default();
+        let mut dropped: Vec<MemberId> = Vec::new();
+        for (id, member) in &self.members {
+            if except == Some(id) {
+                continue;
+            }
+            let slot = &mut frames[member.link.protocol.index()];
+            let frame = slot.get_or_insert_with(|| match member.link.protocol {
+                Protocol::Native => Bytes::from(encode_server(msg)),
+            });
+            if member
+                .link
+                .outbox
+                .offer(&member.link.recipient, frame, class)
+                == Offer::Dropped
+            {
+                dropped.push(id.clone());
+            }
+        }
+        for id in dropped {
+            let base = self.batch_base.clone();
+            if let Some(member) = self.members.get_mut(&id) {
+                match class {
+                    Class::Delta => {
+                        if member.resync_from.is_none() {
+                            member.resync_from = Some(base.unwrap_or_default());
+                        }
+                    }
+                    Class::Presence => member.presence_stale = true,
+                    Class::Ephemeral | Class::Control => {}
+                }
+            }
+        }
+    }
+
+    /// Schedules a broadcast of what is pending: at once after a quiet
+    /// tick, else at the end of the current tick.
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flush_scheduled {
+            return;
+        }
+        let tick = self.config.limits.tick();
+        let since = self.last_flush.elapsed();
+        if since >= tick {
+            self.flush();
+        } else {
+            self.flush_scheduled = true;
+            ctx.run_later(tick - since, |room, _| {
+                room.flush_scheduled = false;
+                room.flush();
+            });
+        }
+    }
+
+    /// Broadcasts pending updates (merged), presence diffs and cursors.
+    fn flush(&mut self) {
+        self.last_flush = Instant::now();
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            let origin = std::mem::replace(&mut self.pending_origin, PendingOrigin::None);
+            let data = if pending.len() == 1 {
+                pending[0].to_vec()
+            } else {
+                match yrs::merge_updates_v1(pending.iter().map(|b| b.as_ref())) {
+                    Ok(merged) => merged,
+                    Err(e) => {
+                        // Every part was applied successfully, so this is
+                        // not expected; fall back to one frame per update.
+                        tracing::warn!(room = %self.id, "merging updates failed: {e}");
+                        for part in &pending {
+                            self.broadcast_update(part.to_vec(), &PendingOrigin::Many);
+                        }
+                        self.batch_base = None;
+                        return self.flush_presence();
+                    }
+                }
+            };
+            self.broadcast_update(data, &origin);
+            self.batch_base = None;
+        }
+        self.flush_presence();
+    }
+
+    fn broadcast_update(&mut self, data: Vec<u8>, origin: &PendingOrigin) {
+        let (origin, except) = match origin {
+            PendingOrigin::One(id) => (Some(id.to_string()), Some(id.clone())),
+            _ => (None, None),
+        };
+        let msg = ServerMessage::Update {
+            room: self.id.to_string(),
+            data: Bin(data),
+            origin,
+        };
+        self.fan_out(&msg, Class::Delta, except.as_ref());
+    }
+
+    fn flush_presence(&mut self) {
+        if self.presence.has_diff() {
+            let (joined, updated, left) = self.presence.take_diff();
+            let msg = ServerMessage::Presence {
+                room: self.id.to_string(),
+                snapshot: false,
+                joined,
+                updated,
+                left,
+            };
+            self.fan_out(&msg, Class::Presence, None);
+        }
+        let cursors = self.presence.take_cursors();
+        if !cursors.is_empty() {
+            let msg = ServerMessage::Cursor {
+                room: self.id.to_string(),
+                cursors,
+            };
+            self.fan_out(&msg, Class::Presence, None);
+        }
+    }
+
+    fn presence_snapshot(&self) -> ServerMessage {
+        ServerMessage::Presence {
+            room: self.id.to_string(),
+            snapshot: true,
+            joined: self.presence.snapshot(),
+            updated: Vec::new(),
+            left: Vec::new(),
+        }
+    }
+
+    /// Writes a snapshot covering everything durable so far, if worthwhile.
+    fn maybe_compact(&mut self, ctx: &mut Context<Self>, force: bool) {
+        if self.compacting || self.broken.is_some() || (self.since_compact == 0 && !force) {
+            return;
+        }
+        if !force && self.since_compact < self.config.limits.compact_every {
+            return;
+        }
+        self.compacting = true;
+        let snapshot = Bytes::from(
+            self.doc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default()),
+        );
+        let size = snapshot.len();
+        let upto = self.durable_seq;
+        let covered = self.since_compact;
+        let bytes_before = self.doc_bytes;
+        let fut = self.store.compact(&self.id, snapshot, upto);
+        ctx.spawn(fut.into_actor(self).map(move |res, room, _| {
+            room.compacting = false;
+            match res {
+                Ok(()) => {
+                    room.since_compact = room.since_compact.saturating_sub(covered);
+                    // The bound restarts from the snapshot, plus what was
+                    // applied while it was being written.
+                    room.doc_bytes = size + room.doc_bytes.saturating_sub(bytes_before);
+                }
+                Err(e) => tracing::error!(room = %room.id, "compaction failed: {e}"),
+            }
+        }));
+    }
+
+    fn arm_idle_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.idle_timer.take() {
+            ctx.cancel_future(h);
+        }
+        let idle = if self.broken.is_some() {
+            Duration::ZERO
+        } else {
+            self.config.limits.room_idle()
+        };
+        self.idle_timer = Some(ctx.run_later(idle, |room, ctx| {
+            room.idle_timer = None;
+            room.try_evict(ctx);
+        }));
+    }
+
+    /// Evicts the room if it is still empty: compacts it into the store,
+    /// then removes it from the registry (unless a join is on its way).
+    fn try_evict(&mut self, ctx: &mut Context<Self>) {
+        if !self.members.is_empty() {
+            return;
+        }
+        if self.inflight_appends > 0 || self.compacting {
+            // Wait for storage to settle, then look again.
+            self.idle_timer = Some(ctx.run_later(Duration::from_millis(20), |room, ctx| {
+                room.idle_timer = None;
+                room.try_evict(ctx);
+            }));
+            return;
+        }
+        if self.since_compact > 0 && self.broken.is_none() {
+            self.maybe_compact(ctx, true);
+            return self.try_evict(ctx);
+        }
+        if self.registry.remove_if_idle(&self.id, self.joins_seen) {
+            tracing::debug!(room = %self.id, "room evicted");
+            ctx.stop();
+        }
+    }
+
+    fn schedule_typing_sweep(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.typing_timer.take() {
+            ctx.cancel_future(h);
+        }
+        let Some(deadline) = self.presence.next_typing_deadline() else {
+            return;
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        self.typing_timer = Some(ctx.run_later(wait, |room, ctx| {
+            room.typing_timer = None;
+            for id in room.presence.expire_typing(Instant::now()) {
+                room.broadcast_typing(&id, false);
+            }
+            room.schedule_typing_sweep(ctx);
+        }));
+    }
+
+    fn broadcast_typing(&mut self, id: &MemberId, on: bool) {
+        let msg = ServerMessage::Typing {
+            room: self.id.to_string(),
+            id: id.to_string(),
+            on,
+        };
+        self.fan_out(&msg, Class::Ephemeral, Some(id));
+    }
+
+    fn check_presence(&self, state: &Value) -> Result<(), String> {
+        if !state.is_object() {
+            return Err("presence state must be a map".into());
+        }
+        let size = serde_json::to_vec(state).map_or(usize::MAX, |v| v.len());
+        if size > self.config.limits.max_presence_bytes {
+            return Err(format!(
+                "presence state is {size} bytes, over max_presence_bytes ({})",
+                self.config.limits.max_presence_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a Yjs v1 update, turning a decoder panic into an error.
+fn decode_update(bytes: &[u8]) -> Result<Update, String> {
+    match catch_unwind(|| Update::decode_v1(bytes)) {
+        Ok(Ok(update)) => Ok(update),
+        Ok(Err(e)) => Err(format!("not a Yjs v1 update: {e}")),
+        Err(_) => Err("not a Yjs v1 update (decoder panicked)".into()),
+    }
+}
+
+/// Checks that bytes are an encoded Yjs relative position.
+fn valid_position(bytes: &Option<Vec<u8>>) -> bool {
+    match bytes {
+        None => true,
+        Some(b) => matches!(catch_unwind(|| StickyIndex::decode_v1(b)), Ok(Ok(_))),
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Nothing else is handled until the stored document is loaded.
+        let load = self.store.load(&self.id);
+        ctx.wait(load.into_actor(self).map(|res, room, ctx| {
+            match res {
+                Ok(stored) => room.restore(stored),
+                Err(e) => {
+                    tracing::error!(room = %room.id, "loading room failed: {e}");
+                    room.broken = Some(e.to_string());
+                }
+            }
+            room.arm_idle_timer(ctx);
+        }));
+    }
+}
+
+impl Handler<Join> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) {
+        self.joins_seen += 1;
+        let link = msg.member;
+        if let Some(reason) = &self.broken {
+            let reason = format!("room could not be loaded: {reason}");
+            return self.error_to(&link, ErrorCode::RoomUnavailable, reason, msg.rid);
+        }
+        if self.members.contains_key(&link.id) {
+            return self.error_to(&link, ErrorCode::AlreadyJoined, "already joined", msg.rid);
+        }
+        let sv = match msg.sv.as_deref().map(StateVector::decode_v1) {
+            None => StateVector::default(),
+            Some(Ok(sv)) => sv,
+            Some(Err(e)) => {
+                return self.error_to(
+                    &link,
+                    ErrorCode::BadUpdate,
+                    format!("bad state vector: {e}"),
+                    msg.rid,
+                )
+            }
+        };
+        let state = msg
+            .presence
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        if let Err(e) = self.check_presence(&state) {
+            return self.error_to(&link, ErrorCode::PresenceTooLarge, e, msg.rid);
+        }
+        // Deliver pending updates first: the diff below includes them, and
+        // the new member must not receive them twice.
+        self.flush();
+        let (diff, server_sv) = {
+            let txn = self.doc.transact();
+            (txn.encode_diff_v1(&sv), txn.state_vector().encode_v1())
+        };
+        let member = Member {
+            link: link.clone(),
+            resync_from: None,
+            presence_stale: false,
+        };
+        let synced = ServerMessage::Synced {
+            room: self.id.to_string(),
+            diff: Bin(diff),
+            sv: Bin(server_sv),
+            rid: msg.rid,
+        };
+        self.send_to(&member, &synced, Class::Control);
+        self.presence
+            .join(link.id.clone(), link.user.clone(), state);
+        self.send_to(&member, &self.presence_snapshot(), Class::Control);
+        let cursors = self.presence.cursors();
+        if !cursors.is_empty() {
+            let msg = ServerMessage::Cursor {
+                room: self.id.to_string(),
+                cursors,
+            };
+            self.send_to(&member, &msg, Class::Presence);
+        }
+        self.members.insert(link.id.clone(), member);
+        if let Some(h) = self.idle_timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<Leave> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, ctx: &mut Context<Self>) {
+        if self.members.remove(&msg.member).is_none() {
+            return;
+        }
+        self.presence.leave(&msg.member);
+        self.schedule_flush(ctx);
+        if self.members.is_empty() {
+            self.arm_idle_timer(ctx);
+        }
+    }
+}
+
+impl Handler<ClientUpdate> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: ClientUpdate, ctx: &mut Context<Self>) {
+        let Some(member) = self.members.get(&msg.member) else {
+            return;
+        };
+        let link = member.link.clone();
+        let max = self.config.limits.max_doc_bytes;
+        if self.doc_bytes + msg.data.len() > max {
+            return self.error_to(
+                &link,
+                ErrorCode::DocTooLarge,
+                format!("document would exceed max_doc_bytes ({max})"),
+                msg.rid,
+            );
+        }
+        let update = match decode_update(&msg.data) {
+            Ok(u) => u,
+            Err(e) => return self.error_to(&link, ErrorCode::BadUpdate, e, msg.rid),
+        };
+        let base = self
+            .batch_base
+            .is_none()
+            .then(|| self.doc.transact().state_vector());
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = self.doc.transact_mut();
+            txn.apply_update(update)
+        }));
+        match applied {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return self.error_to(
+                    &link,
+                    ErrorCode::BadUpdate,
+                    format!("update refused: {e}"),
+                    msg.rid,
+                )
+            }
+            Err(_) => {
+                tracing::error!(room = %self.id, member = %link.id, "applying an update panicked");
+                return self.error_to(
+                    &link,
+                    ErrorCode::BadUpdate,
+                    "update could not be applied",
+                    msg.rid,
+                );
+            }
+        }
+        if let Some(base) = base {
+            self.batch_base = Some(base);
+        }
+        self.doc_bytes += msg.data.len();
+        self.pending.push(msg.data.clone());
+        self.pending_origin = match &self.pending_origin {
+            PendingOrigin::None => PendingOrigin::One(link.id.clone()),
+            PendingOrigin::One(id) if *id == link.id => PendingOrigin::One(id.clone()),
+            _ => PendingOrigin::Many,
+        };
+        self.schedule_flush(ctx);
+
+        self.inflight_appends += 1;
+        let append = self.store.append(&self.id, msg.data);
+        let rid = msg.rid;
+        ctx.spawn(append.into_actor(self).map(move |res, room, ctx| {
+            room.inflight_appends -= 1;
+            match res {
+                Ok(seq) => {
+                    room.durable_seq = room.durable_seq.max(seq);
+                    room.since_compact += 1;
+                    if let Some(rid) = rid {
+                        let ack = ServerMessage::Ack {
+                            room: room.id.to_string(),
+                            rid,
+                        };
+                        let frame = room.encode(link.protocol, &ack);
+                        link.outbox.offer(&link.recipient, &frame, Class::Control);
+                    }
+                    room.maybe_compact(ctx, false);
+                }
+                Err(e) => {
+                    tracing::error!(room = %room.id, "append failed: {e}");
+                    room.error_to(
+                        &link,
+                        ErrorCode::StoreFailed,
+                        "update not stored; resend it",
+                        rid,
+                    );
+                }
+            }
+        }));
+    }
+}
+
+impl Handler<SetPresence> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetPresence, ctx: &mut Context<Self>) {
+        if let Err(e) = self.check_presence(&msg.state) {
+            return self.error_to_member(&msg.member, ErrorCode::PresenceTooLarge, e, msg.rid);
+        }
+        if self.presence.set_state(&msg.member, msg.state) {
+            self.schedule_flush(ctx);
+        }
+    }
+}
+
+impl Handler<SetCursor> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetCursor, ctx: &mut Context<Self>) {
+        if !valid_position(&msg.anchor) || !valid_position(&msg.head) {
+            return self.error_to_member(
+                &msg.member,
+                ErrorCode::BadUpdate,
+                "cursor anchor/head must be encoded Yjs relative positions",
+                msg.rid,
+            );
+        }
+        self.presence.set_cursor(&msg.member, msg.anchor, msg.head);
+        self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<SetTyping> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetTyping, ctx: &mut Context<Self>) {
+        let until = msg
+            .on
+            .then(|| Instant::now() + self.config.limits.typing_ttl());
+        if let Some(on) = self.presence.set_typing(&msg.member, until) {
+            self.broadcast_typing(&msg.member, on);
+        }
+        self.schedule_typing_sweep(ctx);
+    }
+}
+
+impl Handler<Broadcast> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) {
+        let size = msg.name.len() + serde_json::to_vec(&msg.data).map_or(usize::MAX, |v| v.len());
+        if size > self.config.limits.max_event_bytes {
+            let max = self.config.limits.max_event_bytes;
+            return self.error_to_member(
+                &msg.member,
+                ErrorCode::EventTooLarge,
+                format!("event is {size} bytes, over max_event_bytes ({max})"),
+                msg.rid,
+            );
+        }
+        if !self.members.contains_key(&msg.member) {
+            return;
+        }
+        let out = ServerMessage::Event {
+            room: self.id.to_string(),
+            from: msg.member.to_string(),
+            name: msg.name,
+            data: msg.data,
+        };
+        self.fan_out(&out, Class::Ephemeral, Some(&msg.member));
+    }
+}
+
+impl Handler<Resync> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resync, _: &mut Context<Self>) {
+        let Some(member) = self.members.get_mut(&msg.member) else {
+            return;
+        };
+        let from = member.resync_from.take();
+        let presence = std::mem::take(&mut member.presence_stale);
+        let Some(member) = self.members.get(&msg.member) else {
+            return;
+        };
+        if let Some(sv) = from {
+            let diff = self.doc.transact().encode_diff_v1(&sv);
+            let update = ServerMessage::Update {
+                room: self.id.to_string(),
+                data: Bin(diff),
+                origin: None,
+            };
+            tracing::debug!(room = %self.id, member = %msg.member, "resyncing lagging member");
+            self.send_to(member, &update, Class::Control);
+        }
+        if presence {
+            self.send_to(member, &self.presence_snapshot(), Class::Control);
+        }
+    }
+}
+
+impl Handler<Flush> for Room {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
+        self.flush();
+        let snapshot = (self.since_compact > 0 && self.broken.is_none()).then(|| {
+            Bytes::from(
+                self.doc
+                    .transact()
+                    .encode_state_as_update_v1(&StateVector::default()),
+            )
+        });
+        let store = self.store.clone();
+        let id = self.id.clone();
+        let upto = self.durable_seq;
+        Box::pin(
+            async move {
+                if let Some(snapshot) = snapshot {
+                    if let Err(e) = store.compact(&id, snapshot, upto).await {
+                        tracing::error!(room = %id, "final compaction failed: {e}");
+                    }
+                }
+            }
+            .into_actor(self),
+        )
+    }
+}

@@ -1,0 +1,144 @@
+//! Finds or starts the actor of a room. Rooms run on a pool of arbiters (one
+//! per core by default), chosen by a hash of the room id, so a hot room
+//! occupies one thread and both cores do work.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+
+use super::{Flush, Join, Room, RoomId};
+use crate::config::Config;
+use crate::store::DocStore;
+
+/// A live room as the registry knows it.
+struct Entry {
+    addr: Addr<Room>,
+    /// Joins sent to this room; it may be evicted only when it has
+    /// processed all of them (see [`Registry::remove_if_idle`]).
+    joins_sent: u64,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    store: Arc<dyn DocStore>,
+    arbiters: Vec<ArbiterHandle>,
+    /// Owns the arbiter threads so they live as long as the registry.
+    _threads: Vec<Arbiter>,
+    rooms: Mutex<HashMap<RoomId, Entry>>,
+    started: AtomicU64,
+    evicted: AtomicU64,
+}
+
+/// Shared handle to the set of live rooms.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl Registry {
+    /// A registry that starts `config.room_thread_count()` arbiter threads.
+    /// Must be called inside an actix `System`.
+    pub fn new(config: Arc<Config>, store: Arc<dyn DocStore>) -> Self {
+        let threads: Vec<Arbiter> = (0..config.room_thread_count())
+            .map(|_| Arbiter::new())
+            .collect();
+        let arbiters = threads.iter().map(Arbiter::handle).collect();
+        Registry {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                arbiters,
+                _threads: threads,
+                rooms: Mutex::new(HashMap::new()),
+                started: AtomicU64::new(0),
+                evicted: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, Entry>> {
+        // Every critical section leaves the map consistent, so a poisoned
+        // lock (a panic elsewhere while holding it) is safe to reuse.
+        self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `join` to the room, starting the room if it is not live. The
+    /// returned address stays valid while the member has not left.
+    pub fn join(&self, room: &RoomId, join: Join) -> Addr<Room> {
+        let mut rooms = self.rooms();
+        let entry = rooms.entry(room.clone()).or_insert_with(|| {
+            self.inner.started.fetch_add(1, Ordering::Relaxed);
+            let arbiter = &self.inner.arbiters[self.shard(room)];
+            let (id, config, store, registry) = (
+                room.clone(),
+                self.inner.config.clone(),
+                self.inner.store.clone(),
+                self.clone(),
+            );
+            let addr =
+                Room::start_in_arbiter(arbiter, move |_| Room::new(id, config, store, registry));
+            Entry {
+                addr,
+                joins_sent: 0,
+            }
+        });
+        entry.joins_sent += 1;
+        entry.addr.do_send(join);
+        entry.addr.clone()
+    }
+
+    /// Removes the room if it has processed every join sent to it; the room
+    /// stops itself when this returns true.
+    pub(crate) fn remove_if_idle(&self, room: &RoomId, joins_seen: u64) -> bool {
+        let mut rooms = self.rooms();
+        match rooms.get(room) {
+            Some(entry) if entry.joins_sent == joins_seen => {
+                rooms.remove(room);
+                self.inner.evicted.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn shard(&self, room: &str) -> usize {
+        let mut h = DefaultHasher::new();
+        room.hash(&mut h);
+        (h.finish() % self.inner.arbiters.len() as u64) as usize
+    }
+
+    /// Number of live rooms.
+    pub fn live_rooms(&self) -> usize {
+        self.rooms().len()
+    }
+
+    /// Rooms started since the process began.
+    pub fn rooms_started(&self) -> u64 {
+        self.inner.started.load(Ordering::Relaxed)
+    }
+
+    /// Rooms evicted since the process began.
+    pub fn rooms_evicted(&self) -> u64 {
+        self.inner.evicted.load(Ordering::Relaxed)
+    }
+
+    /// The store rooms use.
+    pub fn store(&self) -> &Arc<dyn DocStore> {
+        &self.inner.store
+    }
+
+    /// Asks every live room to write its document to the store, and waits.
+    pub async fn flush_all(&self) {
+        let addrs: Vec<Addr<Room>> = self.rooms().values().map(|e| e.addr.clone()).collect();
+        let flushes = addrs.iter().map(|a| a.send(Flush));
+        for res in futures_util::future::join_all(flushes).await {
+            if let Err(e) = res {
+                tracing::warn!("room did not flush: {e}");
+            }
+        }
+    }
+}

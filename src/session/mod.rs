@@ -1,0 +1,487 @@
+//! One actor per WebSocket connection. It decodes frames, checks them
+//! against the connection's state and limits, forwards them to its rooms, and
+//! writes what rooms send it. Outbound bytes are accounted in an [`Outbox`]
+//! shared with the rooms (see [`transport`]).
+
+pub mod transport;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_http::ws::Item;
+use actix_web_actors::ws;
+use bytes::{Bytes, BytesMut};
+
+use crate::config::Config;
+use crate::presence::MemberId;
+use crate::protocol::native::{
+    decode_client, encode_server, ClientMessage, ServerMessage, WireLimits,
+};
+use crate::protocol::{close, validate_room_id, ErrorCode, PROTOCOL_VERSION};
+use crate::room::{
+    Broadcast, ClientUpdate, Join, Leave, MemberLink, Protocol, Registry, Resync, Room, RoomId,
+    SetCursor, SetPresence, SetTyping,
+};
+use transport::{Drained, Outbound, Outbox};
+
+/// Every live session, so shutdown can tell each one to go away and
+/// metrics can count them.
+#[derive(Default)]
+pub struct Sessions {
+    live: Mutex<HashMap<MemberId, Recipient<Outbound>>>,
+    next: AtomicU64,
+    /// Node id prefix of member ids.
+    node: String,
+}
+
+impl Sessions {
+    /// A session table for the node `node`.
+    pub fn new(node: impl Into<String>) -> Self {
+        Sessions {
+            node: node.into(),
+            ..Default::default()
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<MemberId, Recipient<Outbound>>> {
+        // Critical sections are single map operations; a poisoned lock is consistent.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh member id, unique in the cluster.
+    pub fn next_id(&self) -> MemberId {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        Arc::from(format!("{}-{n}", self.node))
+    }
+
+    /// Number of open sessions.
+    pub fn count(&self) -> usize {
+        self.live().len()
+    }
+
+    fn register(&self, id: MemberId, to: Recipient<Outbound>) {
+        self.live().insert(id, to);
+    }
+
+    fn unregister(&self, id: &MemberId) {
+        self.live().remove(id);
+    }
+
+    /// Tells every session to close with `code`.
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for to in self.live().values() {
+            to.do_send(Outbound::Close {
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+}
+
+/// What every session shares: configuration, rooms, the session table.
+#[derive(Clone)]
+pub struct Shared {
+    /// Server configuration.
+    pub config: Arc<Config>,
+    /// Live rooms.
+    pub registry: Registry,
+    /// Live sessions.
+    pub sessions: Arc<Sessions>,
+}
+
+/// The native-protocol session actor.
+pub struct NativeSession {
+    id: MemberId,
+    shared: Shared,
+    outbox: Arc<Outbox>,
+    /// Set by `hello`; nothing but `hello` and `ping` is accepted before.
+    greeted: bool,
+    /// Rooms joined, by id. A room stays live while this session is a member.
+    rooms: HashMap<RoomId, Addr<Room>>,
+    /// Last frame (of any kind) from the client: the heartbeat's clock.
+    last_seen: Instant,
+    /// A fragmented message being reassembled.
+    partial: Option<BytesMut>,
+}
+
+impl NativeSession {
+    /// A session that writes through `outbox`.
+    pub fn new(shared: Shared, outbox: Arc<Outbox>) -> Self {
+        NativeSession {
+            id: shared.sessions.next_id(),
+            shared,
+            outbox,
+            greeted: false,
+            rooms: HashMap::new(),
+            last_seen: Instant::now(),
+            partial: None,
+        }
+    }
+
+    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, msg: &ServerMessage) {
+        let bytes = encode_server(msg);
+        self.outbox.count(bytes.len());
+        ctx.binary(bytes);
+    }
+
+    fn error(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        code: ErrorCode,
+        message: impl Into<String>,
+        rid: Option<u64>,
+        room: Option<&str>,
+    ) {
+        self.send(
+            ctx,
+            &ServerMessage::Error {
+                code,
+                message: message.into(),
+                rid,
+                room: room.map(str::to_owned),
+            },
+        );
+    }
+
+    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn link(&self, ctx: &mut ws::WebsocketContext<Self>) -> MemberLink {
+        MemberLink {
+            id: self.id.clone(),
+            user: None,
+            protocol: Protocol::Native,
+            recipient: ctx.address().recipient(),
+            outbox: self.outbox.clone(),
+        }
+    }
+
+    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let limits = &self.shared.config.limits;
+        ctx.run_interval(limits.heartbeat(), |act, ctx| {
+            if act.last_seen.elapsed() > act.shared.config.limits.client_timeout() {
+                tracing::debug!(session = %act.id, "client timed out");
+                act.close(ctx, close::TIMEOUT, "heartbeat timeout");
+                return;
+            }
+            act.outbox.count(0);
+            ctx.ping(b"");
+            if act.outbox.is_lagging() && act.outbox.is_drained() {
+                act.resync(ctx);
+            }
+        });
+    }
+
+    fn resync(&self, _: &mut ws::WebsocketContext<Self>) {
+        if self.outbox.take_lagging() {
+            for room in self.rooms.values() {
+                room.do_send(Resync {
+                    member: self.id.clone(),
+                });
+            }
+        }
+    }
+
+    /// Finds the room a message is for, or answers `not_joined`.
+    fn joined(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        room: &str,
+        rid: Option<u64>,
+    ) -> Option<Addr<Room>> {
+        let addr = self.rooms.get(room).cloned();
+        if addr.is_none() {
+            self.error(
+                ctx,
+                ErrorCode::NotJoined,
+                "join the room first",
+                rid,
+                Some(room),
+            );
+        }
+        addr
+    }
+
+    fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
+        let msg = match decode_client(bytes) {
+            Ok(msg) => msg,
+            Err(e) => return self.error(ctx, e.code, e.message, e.rid, None),
+        };
+        if !self.greeted
+            && !matches!(
+                msg,
+                ClientMessage::Hello { .. } | ClientMessage::Ping { .. }
+            )
+        {
+            return self.error(
+                ctx,
+                ErrorCode::HelloRequired,
+                "send hello first",
+                None,
+                None,
+            );
+        }
+        let limits = &self.shared.config.limits;
+        match msg {
+            ClientMessage::Hello { v, rid, .. } => {
+                if v != PROTOCOL_VERSION {
+                    let text = format!("this server speaks protocol version {PROTOCOL_VERSION}");
+                    self.error(ctx, ErrorCode::UnsupportedVersion, text, rid, None);
+                    return self.close(
+                        ctx,
+                        close::UNSUPPORTED_VERSION,
+                        "unsupported protocol version",
+                    );
+                }
+                self.greeted = true;
+                let welcome = ServerMessage::Welcome {
+                    v: PROTOCOL_VERSION,
+                    session: self.id.to_string(),
+                    server: concat!("chorus/", env!("CARGO_PKG_VERSION")).to_owned(),
+                    limits: WireLimits {
+                        max_frame_bytes: limits.max_frame_bytes as u64,
+                        max_rooms: limits.max_rooms_per_connection as u64,
+                        max_doc_bytes: limits.max_doc_bytes as u64,
+                        max_presence_bytes: limits.max_presence_bytes as u64,
+                        typing_ttl_ms: limits.typing_ttl_ms,
+                        heartbeat_ms: limits.heartbeat_ms,
+                    },
+                };
+                self.send(ctx, &welcome);
+            }
+            ClientMessage::Join {
+                room,
+                sv,
+                presence,
+                rid,
+            } => {
+                if let Err(e) = validate_room_id(&room, limits.max_room_id_bytes) {
+                    return self.error(ctx, ErrorCode::BadRoom, e, rid, None);
+                }
+                if self.rooms.contains_key(room.as_str()) {
+                    return self.error(
+                        ctx,
+                        ErrorCode::AlreadyJoined,
+                        "already joined",
+                        rid,
+                        Some(&room),
+                    );
+                }
+                if self.rooms.len() >= limits.max_rooms_per_connection {
+                    let text = format!(
+                        "at most {} rooms per connection (max_rooms_per_connection)",
+                        limits.max_rooms_per_connection
+                    );
+                    return self.error(ctx, ErrorCode::TooManyRooms, text, rid, Some(&room));
+                }
+                let id: RoomId = Arc::from(room);
+                let join = Join {
+                    member: self.link(ctx),
+                    sv: sv.map(|b| b.0),
+                    presence,
+                    rid,
+                };
+                let addr = self.shared.registry.join(&id, join);
+                self.rooms.insert(id, addr);
+            }
+            ClientMessage::Leave { room, .. } => {
+                if let Some(addr) = self.rooms.remove(room.as_str()) {
+                    addr.do_send(Leave {
+                        member: self.id.clone(),
+                    });
+                }
+            }
+            ClientMessage::Update { room, data, rid } => {
+                if let Some(addr) = self.joined(ctx, &room, rid) {
+                    addr.do_send(ClientUpdate {
+                        member: self.id.clone(),
+                        data: Bytes::from(data.0),
+                        rid,
+                    });
+                }
+            }
+            ClientMessage::Presence { room, state, rid } => {
+                if let Some(addr) = self.joined(ctx, &room, rid) {
+                    addr.do_send(SetPresence {
+                        member: self.id.clone(),
+                        state,
+                        rid,
+                    });
+                }
+            }
+            ClientMessage::Cursor {
+                room,
+                anchor,
+                head,
+                rid,
+            } => {
+                let max = limits.max_presence_bytes;
+                let size = anchor.as_ref().map_or(0, |b| b.0.len())
+                    + head.as_ref().map_or(0, |b| b.0.len());
+                if size > max {
+                    let text = format!("cursor is {size} bytes, over max_presence_bytes ({max})");
+                    return self.error(ctx, ErrorCode::PresenceTooLarge, text, rid, Some(&room));
+                }
+                if let Some(addr) = self.joined(ctx, &room, rid) {
+                    addr.do_send(SetCursor {
+                        member: self.id.clone(),
+                        anchor: anchor.map(|b| b.0),
+                        head: head.map(|b| b.0),
+                        rid,
+                    });
+                }
+            }
+            ClientMessage::Typing { room, on, rid } => {
+                if let Some(addr) = self.joined(ctx, &room, rid) {
+                    addr.do_send(SetTyping {
+                        member: self.id.clone(),
+                        on,
+                    });
+                }
+            }
+            ClientMessage::Event {
+                room,
+                name,
+                data,
+                rid,
+            } => {
+                if let Some(addr) = self.joined(ctx, &room, rid) {
+                    addr.do_send(Broadcast {
+                        member: self.id.clone(),
+                        name,
+                        data,
+                        rid,
+                    });
+                }
+            }
+            ClientMessage::Ping { rid } => self.send(ctx, &ServerMessage::Pong { rid }),
+        }
+    }
+}
+
+impl Actor for NativeSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.outbox.set_waker(ctx.address().recipient());
+        self.shared
+            .sessions
+            .register(self.id.clone(), ctx.address().recipient());
+        self.heartbeat(ctx);
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        for (_, room) in self.rooms.drain() {
+            room.do_send(Leave {
+                member: self.id.clone(),
+            });
+        }
+        self.shared.sessions.unregister(&self.id);
+        Running::Stop
+    }
+}
+
+impl Handler<Outbound> for NativeSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
+        match msg {
+            Outbound::Frame(bytes) => ctx.binary(bytes),
+            Outbound::Close { code, reason } => self.close(ctx, code, &reason),
+        }
+    }
+}
+
+impl Handler<Drained> for NativeSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Drained, ctx: &mut Self::Context) {
+        self.resync(ctx);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for NativeSession {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_seen = Instant::now();
+        if self.outbox.is_evicted() {
+            return self.close(ctx, close::SLOW_CONSUMER, "slow consumer");
+        }
+        let msg = match item {
+            Ok(msg) => msg,
+            Err(ws::ProtocolError::Overflow) => {
+                let max = self.shared.config.limits.max_frame_bytes;
+                return self.close(
+                    ctx,
+                    close::TOO_BIG,
+                    &format!("message over max_frame_bytes ({max})"),
+                );
+            }
+            Err(e) => {
+                tracing::debug!(session = %self.id, "websocket protocol error: {e}");
+                return self.close(ctx, close::PROTOCOL_ERROR, "websocket protocol error");
+            }
+        };
+        match msg {
+            ws::Message::Binary(bytes) => self.handle_frame(&bytes, ctx),
+            ws::Message::Text(_) => self.error(
+                ctx,
+                ErrorCode::BadMessage,
+                "the native protocol uses binary frames",
+                None,
+                None,
+            ),
+            ws::Message::Continuation(item) => {
+                let max = self.shared.config.limits.max_frame_bytes;
+                let (chunk, last) = match item {
+                    Item::FirstBinary(b) | Item::FirstText(b) => {
+                        self.partial = Some(BytesMut::new());
+                        (b, false)
+                    }
+                    Item::Continue(b) => (b, false),
+                    Item::Last(b) => (b, true),
+                };
+                let Some(buf) = self.partial.as_mut() else {
+                    return self.close(
+                        ctx,
+                        close::PROTOCOL_ERROR,
+                        "continuation without a first frame",
+                    );
+                };
+                if buf.len() + chunk.len() > max {
+                    return self.close(
+                        ctx,
+                        close::TOO_BIG,
+                        &format!("message over max_frame_bytes ({max})"),
+                    );
+                }
+                buf.extend_from_slice(&chunk);
+                if last {
+                    if let Some(whole) = self.partial.take() {
+                        self.handle_frame(&whole, ctx);
+                    }
+                }
+            }
+            ws::Message::Ping(payload) => {
+                self.outbox.count(payload.len());
+                ctx.pong(&payload);
+            }
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

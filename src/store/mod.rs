@@ -1,0 +1,64 @@
+//! Document storage. A room's durable state is a snapshot (an encoded Yjs
+//! state) plus a log of updates appended after it. The room appends every
+//! update and acknowledges it only once `append` resolves; it compacts the
+//! log into a new snapshot from time to time and on eviction.
+//!
+//! Implementations: [`memory::MemoryStore`] (tests and `--store memory`).
+
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The underlying storage failed (disk, database, network).
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// Stored data could not be read back as written.
+    #[error("stored data for room {room:?} is corrupt: {detail}")]
+    Corrupt {
+        /// Room whose data is damaged.
+        room: String,
+        /// What was found.
+        detail: String,
+    },
+}
+
+/// What a room loads when it starts.
+#[derive(Debug, Default, Clone)]
+pub struct StoredDoc {
+    /// Latest snapshot (Yjs v1 update encoding the whole state), if any.
+    pub snapshot: Option<Bytes>,
+    /// Updates appended after the snapshot, oldest first.
+    pub updates: Vec<Bytes>,
+    /// Sequence number of the last update in the log (0 when empty); the
+    /// next `append` returns a larger one.
+    pub last_seq: u64,
+    /// Damaged entries that were skipped while loading, described for logs.
+    pub skipped: Vec<String>,
+}
+
+/// A boxed future, as returned by [`DocStore`] methods.
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// Where rooms keep their documents. Methods return futures so that storage
+/// never runs on a room actor's thread; a method's future completes only
+/// once the operation is durable for that store.
+pub trait DocStore: Send + Sync + 'static {
+    /// Loads a room's snapshot and log tail; an unknown room is empty.
+    fn load(&self, room: &str) -> StoreFuture<StoredDoc>;
+    /// Appends one update to the room's log; resolves to its sequence number
+    /// once the update is durable.
+    fn append(&self, room: &str, update: Bytes) -> StoreFuture<u64>;
+    /// Atomically replaces the snapshot with `snapshot` and drops the log
+    /// entries with sequence numbers `<= upto_seq` (which it covers).
+    fn compact(&self, room: &str, snapshot: Bytes, upto_seq: u64) -> StoreFuture<()>;
+    /// Removes everything stored for the room.
+    fn delete(&self, room: &str) -> StoreFuture<()>;
+    /// Short name for logs and metrics.
+    fn name(&self) -> &'static str;
+}
