@@ -13,6 +13,9 @@ use crate::protocol::native::{Bin, CursorView, MemberView};
 /// A member id: unique across the cluster (`<node>-<counter>`).
 pub type MemberId = Arc<str>;
 
+/// A cursor: encoded Yjs relative positions of anchor and head.
+type Cursor = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// One member's visible state.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -21,7 +24,7 @@ struct Entry {
     /// Presence map as sent by the client (a JSON object).
     state: Value,
     /// Last cursor: encoded Yjs relative positions (anchor, head).
-    cursor: Option<(Option<Vec<u8>>, Option<Vec<u8>>)>,
+    cursor: Option<Cursor>,
     /// When `typing: on` lapses unless renewed; `None` when not typing.
     typing_until: Option<Instant>,
 }

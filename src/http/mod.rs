@@ -86,7 +86,8 @@ impl Server {
         self.addr
     }
 
-    /// Runs until `shutdown` is called from elsewhere or the server fails.
+    /// Runs until `stop` resolves (then shuts down gracefully) or the
+    /// server fails.
     pub async fn run_until(
         self,
         stop: impl std::future::Future<Output = ()>,
@@ -97,13 +98,17 @@ impl Server {
             shared,
             ..
         } = self;
-        let mut running = Box::pin(running);
+        // The server future processes its own commands (pause, stop), so it
+        // keeps running as a task while shutdown talks to it.
+        let mut running = actix_web::rt::spawn(running);
         tokio::select! {
-            res = &mut running => return res,
+            res = &mut running => return res.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             () = stop => {}
         }
         shutdown(&handle, &shared).await;
-        running.await
+        running
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 }
 

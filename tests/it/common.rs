@@ -1,0 +1,320 @@
+//! Test harness: a server on port 0 in this process (or as a child process),
+//! and a native-protocol client over a real WebSocket.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chorus::config::Config;
+use chorus::http::BackgroundServer;
+use chorus::protocol::native::{decode_server, encode_client, Bin, ClientMessage, ServerMessage};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+/// How long a test waits for one expected message.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Starts a server with test-friendly settings, adjusted by `tweak`.
+pub fn server(tweak: impl FnOnce(&mut Config)) -> BackgroundServer {
+    let mut config = Config::ephemeral();
+    config.room_threads = 2;
+    config.workers = 2;
+    config.log_level = "warn".into();
+    tweak(&mut config);
+    BackgroundServer::spawn(config).expect("server starts")
+}
+
+/// A native-protocol client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Member id from `welcome`.
+    pub session: String,
+    /// Messages read while looking for another one.
+    backlog: VecDeque<ServerMessage>,
+    next_rid: u64,
+}
+
+impl Client {
+    /// Connects without saying hello.
+    pub async fn connect_raw(addr: SocketAddr) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("websocket connects");
+        Client {
+            ws,
+            session: String::new(),
+            backlog: VecDeque::new(),
+            next_rid: 1,
+        }
+    }
+
+    /// Connects and completes the hello / welcome handshake.
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let mut c = Client::connect_raw(addr).await;
+        c.send(&ClientMessage::Hello {
+            v: 1,
+            token: None,
+            client: Some("chorus-tests".into()),
+            rid: None,
+        })
+        .await;
+        match c.recv().await {
+            ServerMessage::Welcome { session, .. } => c.session = session,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        c
+    }
+
+    /// A fresh request id.
+    pub fn rid(&mut self) -> u64 {
+        self.next_rid += 1;
+        self.next_rid
+    }
+
+    /// Sends a message.
+    pub async fn send(&mut self, msg: &ClientMessage) {
+        self.send_raw(encode_client(msg)).await;
+    }
+
+    /// Sends raw bytes as one binary frame.
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        self.ws
+            .send(Message::Binary(bytes.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Next server message (panics after [`WAIT`] or if the socket closes).
+    pub async fn recv(&mut self) -> ServerMessage {
+        if let Some(m) = self.backlog.pop_front() {
+            return m;
+        }
+        self.read().await.expect("connection open")
+    }
+
+    async fn read(&mut self) -> Result<ServerMessage, Option<u16>> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a server message");
+            match frame {
+                Some(Ok(Message::Binary(b))) => {
+                    return Ok(decode_server(&b).expect("server frame decodes"))
+                }
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// Reads until a message matches `pred`; others are kept for later.
+    pub async fn expect(&mut self, pred: impl Fn(&ServerMessage) -> bool) -> ServerMessage {
+        if let Some(pos) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(pos).expect("position is valid");
+        }
+        loop {
+            let m = self.read().await.expect("connection open");
+            if pred(&m) {
+                return m;
+            }
+            self.backlog.push_back(m);
+        }
+    }
+
+    /// Like `expect`, but answers `None` if nothing matches within `within`.
+    pub async fn maybe(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&ServerMessage) -> bool,
+    ) -> Option<ServerMessage> {
+        if let Some(pos) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(pos);
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(f) => f,
+            };
+            match frame {
+                Some(Ok(Message::Binary(b))) => {
+                    let m = decode_server(&b).expect("server frame decodes");
+                    if pred(&m) {
+                        return Some(m);
+                    }
+                    self.backlog.push_back(m);
+                }
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            match self.read().await {
+                Ok(_) => continue,
+                Err(code) => return code,
+            }
+        }
+    }
+
+    /// Joins `room` with `doc`'s state vector and applies the `synced` diff.
+    pub async fn join(&mut self, room: &str, doc: &TestDoc) {
+        self.join_with(room, doc, None).await;
+    }
+
+    /// Joins with an initial presence state.
+    pub async fn join_with(
+        &mut self,
+        room: &str,
+        doc: &TestDoc,
+        presence: Option<serde_json::Value>,
+    ) {
+        let rid = self.rid();
+        self.send(&ClientMessage::Join {
+            room: room.into(),
+            sv: Some(Bin(doc.state_vector())),
+            presence,
+            rid: Some(rid),
+        })
+        .await;
+        let synced = self
+            .expect(|m| matches!(m, ServerMessage::Synced { rid: r, .. } | ServerMessage::Error { rid: r, .. } if *r == Some(rid)))
+            .await;
+        match synced {
+            ServerMessage::Synced { diff, sv, .. } => {
+                doc.apply(&diff.0);
+                // Send what the server lacks.
+                let missing = doc.diff(&sv.0);
+                self.send(&ClientMessage::Update {
+                    room: room.into(),
+                    data: Bin(missing),
+                    rid: None,
+                })
+                .await;
+            }
+            other => panic!("join failed: {other:?}"),
+        }
+    }
+
+    /// Sends an update and waits for its ack.
+    pub async fn update_acked(&mut self, room: &str, data: Vec<u8>) {
+        let rid = self.rid();
+        self.send(&ClientMessage::Update {
+            room: room.into(),
+            data: Bin(data),
+            rid: Some(rid),
+        })
+        .await;
+        let reply = self
+            .expect(|m| {
+                matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
+                    || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
+            })
+            .await;
+        assert!(
+            matches!(reply, ServerMessage::Ack { .. }),
+            "update refused: {reply:?}"
+        );
+    }
+
+    /// Applies every `update` for `room` until `doc` has `text`.
+    pub async fn sync_until(&mut self, room: &str, doc: &TestDoc, text: &str) {
+        while doc.text() != text {
+            let m = self
+                .expect(|m| matches!(m, ServerMessage::Update { room: r, .. } if r == room))
+                .await;
+            if let ServerMessage::Update { data, .. } = m {
+                doc.apply(&data.0);
+            }
+        }
+    }
+
+    /// Closes the socket politely.
+    pub async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            }))
+            .await;
+    }
+}
+
+/// A client-side Yjs document with one text named `t`.
+pub struct TestDoc {
+    pub doc: Doc,
+}
+
+impl Default for TestDoc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestDoc {
+    /// An empty document.
+    pub fn new() -> Self {
+        TestDoc { doc: Doc::new() }
+    }
+
+    /// Inserts `s` at `index` of text `t`; returns the update it made.
+    pub fn insert(&self, index: u32, s: &str) -> Vec<u8> {
+        let before = self.doc.transact().state_vector();
+        let text = self.doc.get_or_insert_text("t");
+        let mut txn = self.doc.transact_mut();
+        text.insert(&mut txn, index, s);
+        drop(txn);
+        self.doc.transact().encode_diff_v1(&before)
+    }
+
+    /// Appends `s` to text `t`; returns the update.
+    pub fn push(&self, s: &str) -> Vec<u8> {
+        let len = self.len();
+        self.insert(len, s)
+    }
+
+    /// Length of text `t`.
+    pub fn len(&self) -> u32 {
+        let text = self.doc.get_or_insert_text("t");
+        text.len(&self.doc.transact())
+    }
+
+    /// Content of text `t`.
+    pub fn text(&self) -> String {
+        let text = self.doc.get_or_insert_text("t");
+        text.get_string(&self.doc.transact())
+    }
+
+    /// Applies a Yjs v1 update.
+    pub fn apply(&self, update: &[u8]) {
+        let u = Update::decode_v1(update).expect("update decodes");
+        self.doc
+            .transact_mut()
+            .apply_update(u)
+            .expect("update applies");
+    }
+
+    /// Encoded state vector.
+    pub fn state_vector(&self) -> Vec<u8> {
+        self.doc.transact().state_vector().encode_v1()
+    }
+
+    /// What this doc has that a peer with state vector `sv` lacks.
+    pub fn diff(&self, sv: &[u8]) -> Vec<u8> {
+        let sv = StateVector::decode_v1(sv).expect("state vector decodes");
+        self.doc.transact().encode_diff_v1(&sv)
+    }
+}

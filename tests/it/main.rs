@@ -1,0 +1,5 @@
+//! Integration tests against a real server on port 0, over real WebSockets.
+//! One test binary (modules below) keeps link time down.
+
+mod common;
+mod core;
