@@ -139,7 +139,7 @@ async fn presence_cursors_typing_and_events() {
         let text = doc.get_or_insert_text("t");
         let mut txn = doc.transact_mut();
         yrs::Text::insert(&text, &mut txn, 0, "hello");
-        text.sticky_index(&mut txn, 2, Assoc::After)
+        text.sticky_index(&txn, 2, Assoc::After)
             .expect("index in range")
             .encode_v1()
     };
