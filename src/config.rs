@@ -110,8 +110,9 @@ pub struct Limits {
     #[arg(long, env = "CHORUS_OUTBOUND_BUFFER_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub outbound_buffer_bytes: usize,
     /// Outbound bytes waiting at which a session is disconnected (close 4008)
-    /// because even its non-droppable messages pile up.
-    #[arg(long, env = "CHORUS_OUTBOUND_HARD_LIMIT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    /// because even its non-droppable messages pile up. Must leave room for
+    /// one whole-document frame (`synced` or a resync) on top of the buffer.
+    #[arg(long, env = "CHORUS_OUTBOUND_HARD_LIMIT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub outbound_hard_limit_bytes: usize,
     /// A `typing: on` not renewed within this many milliseconds turns off.
     #[arg(long, env = "CHORUS_TYPING_TTL_MS", default_value_t = 5_000)]
@@ -166,8 +167,13 @@ impl Config {
                 l.heartbeat_ms, l.client_timeout_ms
             ));
         }
-        if l.outbound_hard_limit_bytes < l.outbound_buffer_bytes {
-            return Err("outbound hard limit must be at least the outbound buffer".into());
+        if l.outbound_hard_limit_bytes < l.outbound_buffer_bytes + l.max_doc_bytes {
+            return Err(format!(
+                "outbound hard limit ({}) must be at least outbound buffer + max doc bytes ({}): \
+                 a whole-document frame must fit",
+                l.outbound_hard_limit_bytes,
+                l.outbound_buffer_bytes + l.max_doc_bytes
+            ));
         }
         if l.max_frame_bytes < 1024 {
             return Err("max frame bytes must be at least 1024".into());

@@ -45,7 +45,12 @@ pub struct Client {
 impl Client {
     /// Connects without saying hello.
     pub async fn connect_raw(addr: SocketAddr) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        // Whole-document frames (synced, resync) may be as large as the
+        // largest document a test makes.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(256 << 20))
+            .max_frame_size(Some(256 << 20));
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), Some(config), false)
             .await
             .expect("websocket connects");
         Client {
@@ -280,6 +285,13 @@ impl TestDoc {
         self.doc.transact().encode_diff_v1(&before)
     }
 
+    /// An update inserting `s` at the start of text `t`, made by a fresh
+    /// client: independent of every other update (no squashing into one
+    /// growing block, so building many is linear).
+    pub fn independent_insert(s: &str) -> Vec<u8> {
+        TestDoc::new().insert(0, s)
+    }
+
     /// Appends `s` to text `t`; returns the update.
     pub fn push(&self, s: &str) -> Vec<u8> {
         let len = self.len();
@@ -316,5 +328,97 @@ impl TestDoc {
     pub fn diff(&self, sv: &[u8]) -> Vec<u8> {
         let sv = StateVector::decode_v1(sv).expect("state vector decodes");
         self.doc.transact().encode_diff_v1(&sv)
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("tcp connects");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("request written");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("response read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Reads one metric's value from `/metrics`.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{body}"))
+}
+
+/// Polls `cond` every 20 ms until it holds or [`WAIT`] passes.
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The server binary as a child process; killed (SIGKILL) on drop.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts `chorus` with `args` on a free port and waits until it accepts.
+    pub async fn start(args: &[&str]) -> ChildServer {
+        let port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(["--port", &port.to_string(), "--log-level", "warn"])
+            .args(args)
+            .spawn()
+            .expect("server binary starts");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid addr");
+        eventually("child server accepts connections", || async move {
+            TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        ChildServer { child, addr }
+    }
+
+    /// Resident memory of the server process, in bytes (from /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmRSS line")
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

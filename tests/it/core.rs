@@ -210,3 +210,217 @@ async fn presence_cursors_typing_and_events() {
     b.expect(|m| matches!(m, ServerMessage::Presence { left, .. } if left.contains(&a_id)))
         .await;
 }
+
+/// Sends raw bytes and expects an `error` with `code`.
+async fn expect_error(c: &mut Client, bytes: Vec<u8>, code: ErrorCode) {
+    c.send_raw(bytes).await;
+    let got = c.expect(|m| matches!(m, ServerMessage::Error { .. })).await;
+    assert!(matches!(got, ServerMessage::Error { code: c, .. } if c == code), "expected {code:?}, got {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_errors_and_costs_nothing_else() {
+    let srv = server(|c| {
+        c.limits.max_frame_bytes = 64 * 1024;
+        c.limits.max_rooms_per_connection = 100;
+    });
+    let mut bystander = Client::connect(srv.addr).await;
+    let bystander_doc = TestDoc::new();
+    bystander.join("doc", &bystander_doc).await;
+    let mut writer = Client::connect(srv.addr).await;
+    let writer_doc = TestDoc::new();
+    writer.join("doc", &writer_doc).await;
+    let u = writer_doc.push("intact");
+    writer.update_acked("doc", u).await;
+    bystander.sync_until("doc", &bystander_doc, "intact").await;
+
+    let mut bad = Client::connect(srv.addr).await;
+    bad.join("doc", &TestDoc::new()).await;
+    let msgpack = |v: serde_json::Value| rmp_serde::to_vec_named(&v).expect("encodes");
+    // Truncated MessagePack.
+    let mut truncated = msgpack(json!({"t": "ping", "rid": 1}));
+    truncated.truncate(truncated.len() - 2);
+    expect_error(&mut bad, truncated, ErrorCode::BadMessage).await;
+    // Not a map at all.
+    expect_error(&mut bad, vec![0xc1], ErrorCode::BadMessage).await;
+    // Wrong field types.
+    expect_error(&mut bad, msgpack(json!({"t": "join", "room": 5})), ErrorCode::BadMessage).await;
+    expect_error(&mut bad, msgpack(json!({"t": "update", "room": "doc", "data": "text"})), ErrorCode::BadMessage).await;
+    // Unknown type: an error, and the connection stays usable.
+    expect_error(&mut bad, msgpack(json!({"t": "teleport", "rid": 9})), ErrorCode::UnknownType).await;
+    bad.send(&ClientMessage::Ping { rid: Some(5) }).await;
+    bad.expect(|m| matches!(m, ServerMessage::Pong { rid: Some(5) })).await;
+    // Garbage CRDT bytes.
+    for garbage in [vec![0xff; 32], vec![1, 2, 3], vec![0x01, 0x01, 0xff, 0xff, 0xff, 0xff, 0x0f]] {
+        bad.send(&ClientMessage::Update { room: "doc".into(), data: Bin(garbage), rid: Some(11) }).await;
+        bad.expect(|m| matches!(m, ServerMessage::Error { code: ErrorCode::BadUpdate, rid: Some(11), .. })).await;
+    }
+    // Update for a room not joined.
+    bad.send(&ClientMessage::Update { room: "elsewhere".into(), data: Bin(TestDoc::new().push("x")), rid: Some(12) }).await;
+    bad.expect(|m| matches!(m, ServerMessage::Error { code: ErrorCode::NotJoined, rid: Some(12), .. })).await;
+    // Bad room ids.
+    bad.send(&ClientMessage::Join { room: String::new(), sv: None, presence: None, rid: Some(13) }).await;
+    bad.expect(|m| matches!(m, ServerMessage::Error { code: ErrorCode::BadRoom, rid: Some(13), .. })).await;
+    // Oversize presence.
+    bad.send(&ClientMessage::Presence { room: "doc".into(), state: json!({"blob": "x".repeat(20_000)}), rid: Some(14) }).await;
+    bad.expect(|m| matches!(m, ServerMessage::Error { code: ErrorCode::PresenceTooLarge, rid: Some(14), .. })).await;
+
+    // 2 000 joins over the limit: the first 99 more succeed, the rest are refused.
+    let mut greedy = Client::connect(srv.addr).await;
+    for i in 0..2_100u64 {
+        greedy.send(&ClientMessage::Join { room: format!("g{i}"), sv: None, presence: None, rid: Some(i) }).await;
+    }
+    let mut refused = 0;
+    let mut synced = 0;
+    while refused + synced < 2_100 {
+        match greedy.recv().await {
+            ServerMessage::Error { code: ErrorCode::TooManyRooms, .. } => refused += 1,
+            ServerMessage::Synced { .. } => synced += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((synced, refused), (100, 2_000));
+
+    // Text frame on the native protocol.
+    // 10x oversize frame: closed with 1009.
+    let mut huge = Client::connect(srv.addr).await;
+    huge.send_raw(vec![0x80; 640 * 1024]).await;
+    assert_eq!(huge.closed().await, Some(chorus::protocol::close::TOO_BIG));
+
+    // Everyone else is still served, and the room content is unchanged.
+    let u = writer_doc.push(" still");
+    writer.update_acked("doc", u).await;
+    bystander.sync_until("doc", &bystander_doc, "intact still").await;
+    let mut late = Client::connect(srv.addr).await;
+    let late_doc = TestDoc::new();
+    late.join("doc", &late_doc).await;
+    assert_eq!(late_doc.text(), "intact still");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_comes_first_and_versions_are_checked() {
+    let srv = server(|_| {});
+    let mut c = Client::connect_raw(srv.addr).await;
+    c.send(&ClientMessage::Join { room: "x".into(), sv: None, presence: None, rid: Some(1) }).await;
+    c.expect(|m| matches!(m, ServerMessage::Error { code: ErrorCode::HelloRequired, .. })).await;
+    c.send(&ClientMessage::Hello { v: 99, token: None, client: None, rid: Some(2) }).await;
+    c.expect(|m| matches!(m, ServerMessage::Error { code: ErrorCode::UnsupportedVersion, rid: Some(2), .. })).await;
+    assert_eq!(c.closed().await, Some(chorus::protocol::close::UNSUPPORTED_VERSION));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_rooms_are_evicted_and_come_back_intact() {
+    let srv = server(|c| c.limits.room_idle_ms = 100);
+    let mut a = Client::connect(srv.addr).await;
+    let d = TestDoc::new();
+    a.join("ephemeral", &d).await;
+    let u = d.push("kept across eviction");
+    a.update_acked("ephemeral", u).await;
+    a.send(&ClientMessage::Leave { room: "ephemeral".into(), rid: None }).await;
+    let addr = srv.addr;
+    crate::common::eventually("room evicted", || async move {
+        crate::common::metric(addr, "chorus_rooms_evicted_total").await >= 1.0
+    })
+    .await;
+    assert_eq!(crate::common::metric(addr, "chorus_rooms_active").await, 0.0);
+    let fresh = TestDoc::new();
+    a.join("ephemeral", &fresh).await;
+    assert_eq!(fresh.text(), "kept across eviction");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_sends_going_away() {
+    let srv = server(|_| {});
+    let mut clients = Vec::new();
+    for room in ["a", "b"] {
+        let mut c = Client::connect(srv.addr).await;
+        c.join(room, &TestDoc::new()).await;
+        clients.push(c);
+    }
+    let stopper = tokio::task::spawn_blocking(move || srv.shutdown());
+    for c in &mut clients {
+        assert_eq!(c.closed().await, Some(chorus::protocol::close::GOING_AWAY));
+    }
+    stopper.await.expect("shutdown completes");
+}
+
+/// Ten clients stop reading while a writer pushes 50 MB of updates. Without
+/// the outbound limit each would queue all 50 MB in the server (500 MB);
+/// with it each holds at most `outbound_buffer_bytes` (4 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumers_cost_bounded_memory_and_resync() {
+    const UPDATES: usize = 5_000;
+    const CHUNK: usize = 10 * 1024;
+    const SLOW: usize = 10;
+    /// Stated bound for the whole server process, with a 50 MB document
+    /// (held in the doc and in the store's snapshot + log).
+    const RSS_LIMIT: u64 = 400 * 1024 * 1024;
+    let srv = crate::common::ChildServer::start(&[
+        "--max-doc-bytes",
+        "200000000",
+        "--outbound-hard-limit-bytes",
+        "300000000",
+        "--client-timeout-ms",
+        "120000",
+        "--heartbeat-ms",
+        "30000",
+    ])
+    .await;
+    let room = "firehose";
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let mut c = Client::connect(srv.addr).await;
+        let d = TestDoc::new();
+        c.join(room, &d).await;
+        slow.push((c, d));
+    }
+    let mut fast = Client::connect(srv.addr).await;
+    let fast_doc = TestDoc::new();
+    fast.join(room, &fast_doc).await;
+    let mut writer = Client::connect(srv.addr).await;
+    let writer_doc = TestDoc::new();
+    writer.join(room, &writer_doc).await;
+
+    // The fast reader reads concurrently with the writer.
+    let expected_len = (UPDATES * CHUNK) as u32;
+    let reader = tokio::spawn(async move {
+        while fast_doc.len() < expected_len {
+            if let ServerMessage::Update { data, .. } =
+                fast.expect(|m| matches!(m, ServerMessage::Update { .. })).await
+            {
+                fast_doc.apply(&data.0);
+            }
+        }
+        fast_doc.text()
+    });
+    let mut peak_rss = 0;
+    let chunk = "x".repeat(CHUNK);
+    for i in 0..UPDATES {
+        let u = TestDoc::independent_insert(&chunk);
+        writer_doc.apply(&u);
+        if i % 250 == 249 {
+            writer.update_acked(room, u).await;
+            peak_rss = peak_rss.max(srv.rss_bytes());
+        } else {
+            writer.send(&ClientMessage::Update { room: room.into(), data: Bin(u), rid: None }).await;
+        }
+    }
+    let fast_text = tokio::time::timeout(Duration::from_secs(120), reader)
+        .await
+        .expect("fast reader keeps receiving")
+        .expect("reader task");
+    assert_eq!(fast_text.len(), UPDATES * CHUNK);
+    peak_rss = peak_rss.max(srv.rss_bytes());
+    eprintln!("slow consumer test: peak server RSS {} MiB", peak_rss / (1024 * 1024));
+    assert!(peak_rss < RSS_LIMIT, "server RSS {peak_rss} over {RSS_LIMIT}");
+
+    // The slow clients resume and converge to the same document.
+    for (c, d) in &mut slow {
+        while d.len() < expected_len {
+            if let ServerMessage::Update { data, .. } = c.expect(|m| matches!(m, ServerMessage::Update { .. })).await {
+                d.apply(&data.0);
+            }
+        }
+        assert_eq!(d.text(), writer_doc.text());
+    }
+}
