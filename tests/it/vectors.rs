@@ -339,6 +339,32 @@ fn vectors_match_the_codec() {
     );
 }
 
+/// The server answers every invalid client vector with the stated error, and
+/// keeps the connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_vectors_over_a_live_socket() {
+    let srv = crate::common::server(|_| {});
+    let mut c = crate::common::Client::connect(srv.addr).await;
+    let invalid: Vec<Vector> = load_vectors()
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|v| v.error.is_some())
+        .collect();
+    assert!(!invalid.is_empty());
+    for v in &invalid {
+        c.send_raw(from_hex(&v.hex).expect("hex")).await;
+        match c.recv().await {
+            ServerMessage::Error { code, rid, .. } => {
+                assert_eq!(Some(code.as_str()), v.error.as_deref(), "{}", v.name);
+                assert_eq!(rid, v.rid, "{}", v.name);
+            }
+            other => panic!("{}: expected an error, got {other:?}", v.name),
+        }
+    }
+    c.send(&ClientMessage::Ping { rid: Some(99) }).await;
+    assert_eq!(c.recv().await, ServerMessage::Pong { rid: Some(99) });
+}
+
 /// Every `ErrorCode`. The match below stops compiling when a variant is
 /// added, and indexes past the list if it is not added here too.
 const ERROR_CODES: [ErrorCode; 17] = [
