@@ -312,6 +312,11 @@ pub enum ServerMessage {
     },
 }
 
+/// The `t` values of [`ServerMessage`].
+pub const SERVER_TYPES: &[&str] = &[
+    "welcome", "synced", "update", "ack", "presence", "cursor", "typing", "event", "error", "pong",
+];
+
 /// Why a frame could not be decoded, ready to become an `error` message.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code:?}: {message}")]
@@ -430,6 +435,92 @@ mod tests {
             decode_client(&bytes).unwrap(),
             ClientMessage::Ping { rid: Some(1) }
         );
+    }
+
+    /// The variant names serde knows, read from its "unknown variant" error.
+    fn serde_variants(err: String) -> Vec<String> {
+        let list = err.split("expected one of ").nth(1).unwrap_or_default();
+        list.split(", ")
+            .map(|s| s.trim_matches('`').to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn type_lists_match_the_enums() {
+        let probe = rmp_serde::to_vec_named(&serde_json::json!({"t": "?"})).unwrap();
+        let server = serde_variants(decode_server(&probe).unwrap_err().to_string());
+        assert_eq!(server, SERVER_TYPES);
+        let client = rmp_serde::from_slice::<ClientMessage>(&probe).unwrap_err();
+        assert_eq!(serde_variants(client.to_string()), CLIENT_TYPES);
+        // One of each server variant encodes with the `t` listed for it.
+        let samples = [
+            ServerMessage::Welcome {
+                v: 1,
+                session: "n-1".into(),
+                server: "chorus".into(),
+                limits: WireLimits {
+                    max_frame_bytes: 1,
+                    max_rooms: 1,
+                    max_doc_bytes: 1,
+                    max_presence_bytes: 1,
+                    typing_ttl_ms: 1,
+                    heartbeat_ms: 1,
+                },
+            },
+            ServerMessage::Synced {
+                room: "r".into(),
+                diff: Bin::default(),
+                sv: Bin::default(),
+                rid: None,
+            },
+            ServerMessage::Update {
+                room: "r".into(),
+                data: Bin::default(),
+                origin: None,
+            },
+            ServerMessage::Ack {
+                room: "r".into(),
+                rid: 1,
+            },
+            ServerMessage::Presence {
+                room: "r".into(),
+                snapshot: false,
+                joined: vec![],
+                updated: vec![],
+                left: vec![],
+            },
+            ServerMessage::Cursor {
+                room: "r".into(),
+                cursors: vec![],
+            },
+            ServerMessage::Typing {
+                room: "r".into(),
+                id: "n-1".into(),
+                on: true,
+            },
+            ServerMessage::Event {
+                room: "r".into(),
+                from: "n-1".into(),
+                name: "e".into(),
+                data: Value::Null,
+            },
+            ServerMessage::Error {
+                code: ErrorCode::Forbidden,
+                message: "m".into(),
+                rid: None,
+                room: None,
+            },
+            ServerMessage::Pong { rid: None },
+        ];
+        #[derive(Deserialize)]
+        struct Tag {
+            t: String,
+        }
+        let tags: Vec<String> = samples
+            .iter()
+            .map(|m| rmp_serde::from_slice::<Tag>(&encode_server(m)).unwrap().t)
+            .collect();
+        assert_eq!(tags, SERVER_TYPES);
     }
 
     #[test]
