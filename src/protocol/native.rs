@@ -177,6 +177,12 @@ pub struct WireLimits {
     pub typing_ttl_ms: u64,
     /// Server ping interval.
     pub heartbeat_ms: u64,
+    /// A connection silent this long is closed (4000).
+    pub client_timeout_ms: u64,
+    /// Largest event (name + JSON payload).
+    pub max_event_bytes: u64,
+    /// Longest room id.
+    pub max_room_id_bytes: u64,
 }
 
 /// One member of a room as others see it.
@@ -329,43 +335,86 @@ pub struct DecodeError {
     pub rid: Option<u64>,
 }
 
-/// Decodes one client frame. Unknown fields are ignored; an unknown `t` is
-/// reported as [`ErrorCode::UnknownType`], anything else as `bad_message`.
+/// Decodes one client frame: exactly one MessagePack map. Unknown fields are
+/// ignored; an unknown `t` is reported as [`ErrorCode::UnknownType`],
+/// anything else (not a map, trailing bytes, ill-typed fields) as
+/// `bad_message`.
 pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, DecodeError> {
-    match rmp_serde::from_slice::<ClientMessage>(bytes) {
-        Ok(msg) => Ok(msg),
-        Err(err) => Err(classify(bytes, err)),
+    if !starts_with_map(bytes) {
+        return Err(DecodeError {
+            code: ErrorCode::BadMessage,
+            message: "a message must be one MessagePack map".into(),
+            rid: None,
+        });
     }
+    // A `&[u8]` reader advances as it reads: what remains is trailing.
+    let mut de = rmp_serde::Deserializer::new(bytes);
+    let msg = match ClientMessage::deserialize(&mut de) {
+        Ok(msg) => msg,
+        Err(err) => return Err(classify(bytes, err)),
+    };
+    if !de.get_ref().is_empty() {
+        return Err(DecodeError {
+            code: ErrorCode::BadMessage,
+            message: "trailing bytes after the message: send one message per frame".into(),
+            rid: msg.rid(),
+        });
+    }
+    Ok(msg)
+}
+
+/// True when the first byte is a MessagePack map marker (fixmap, map16, map32).
+fn starts_with_map(bytes: &[u8]) -> bool {
+    matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf))
 }
 
 fn classify(bytes: &[u8], err: rmp_serde::decode::Error) -> DecodeError {
-    /// Just enough of a frame to explain why the full decode failed.
+    /// The request id alone, so that errors can echo it.
     #[derive(Deserialize)]
-    struct Probe {
-        t: Option<String>,
+    struct RidProbe {
         rid: Option<u64>,
     }
-    match rmp_serde::from_slice::<Probe>(bytes) {
-        Ok(Probe { t: Some(t), rid }) if !CLIENT_TYPES.contains(&t.as_str()) => DecodeError {
+    /// The type alone, to tell an unknown type from a malformed message.
+    #[derive(Deserialize)]
+    struct TypeProbe {
+        t: Option<String>,
+    }
+    let rid = rmp_serde::from_slice::<RidProbe>(bytes)
+        .ok()
+        .and_then(|p| p.rid);
+    match rmp_serde::from_slice::<TypeProbe>(bytes) {
+        Ok(TypeProbe { t: Some(t) }) if !CLIENT_TYPES.contains(&t.as_str()) => DecodeError {
             code: ErrorCode::UnknownType,
             message: format!("unknown message type {t:?}"),
             rid,
         },
-        Ok(Probe { t: None, rid }) => DecodeError {
+        Ok(TypeProbe { t: None }) => DecodeError {
             code: ErrorCode::BadMessage,
             message: "message has no type field `t`".into(),
             rid,
         },
-        Ok(Probe { rid, .. }) => DecodeError {
+        _ => DecodeError {
             code: ErrorCode::BadMessage,
             message: format!("invalid message: {err}"),
             rid,
         },
-        Err(_) => DecodeError {
-            code: ErrorCode::BadMessage,
-            message: format!("not a MessagePack map: {err}"),
-            rid: None,
-        },
+    }
+}
+
+impl ClientMessage {
+    /// The request id the message carries, if any.
+    pub fn rid(&self) -> Option<u64> {
+        match self {
+            ClientMessage::Hello { rid, .. }
+            | ClientMessage::Join { rid, .. }
+            | ClientMessage::Leave { rid, .. }
+            | ClientMessage::Update { rid, .. }
+            | ClientMessage::Presence { rid, .. }
+            | ClientMessage::Cursor { rid, .. }
+            | ClientMessage::Typing { rid, .. }
+            | ClientMessage::Event { rid, .. }
+            | ClientMessage::Ping { rid } => *rid,
+        }
     }
 }
 
@@ -465,6 +514,9 @@ mod tests {
                     max_presence_bytes: 1,
                     typing_ttl_ms: 1,
                     heartbeat_ms: 1,
+                    client_timeout_ms: 1,
+                    max_event_bytes: 1,
+                    max_room_id_bytes: 1,
                 },
             },
             ServerMessage::Synced {

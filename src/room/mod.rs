@@ -285,11 +285,12 @@ impl Room {
     }
 
     fn send_to(&self, member: &Member, msg: &ServerMessage, class: Class) -> Offer {
-        let frame = self.encode(member.link.protocol, msg);
-        member
-            .link
-            .outbox
-            .offer(&member.link.recipient, &frame, class)
+        self.send_to_link(&member.link, msg, class)
+    }
+
+    fn send_to_link(&self, link: &MemberLink, msg: &ServerMessage, class: Class) -> Offer {
+        let frame = self.encode(link.protocol, msg);
+        link.outbox.offer(&link.recipient, &frame, class)
     }
 
     fn encode(&self, protocol: Protocol, msg: &ServerMessage) -> Bytes {
@@ -311,10 +312,22 @@ impl Room {
             rid,
             room: Some(self.id.to_string()),
         };
-        let frame = self.encode(member.protocol, &msg);
-        member
-            .outbox
-            .offer(&member.recipient, &frame, Class::Control);
+        self.send_to_link(member, &msg, Class::Control);
+    }
+
+    /// Refuses a join: the error, then a note telling the session it is
+    /// not a member (so it may retry, and the room does not count).
+    fn refuse(
+        &self,
+        member: &MemberLink,
+        code: ErrorCode,
+        message: impl Into<String>,
+        rid: Option<u64>,
+    ) {
+        self.error_to(member, code, message, rid);
+        member.recipient.do_send(Outbound::Refused {
+            room: self.id.clone(),
+        });
     }
 
     fn error_to_member(
@@ -559,15 +572,16 @@ impl Room {
         self.fan_out(&msg, Class::Ephemeral, Some(id));
     }
 
-    fn check_presence(&self, state: &Value) -> Result<(), String> {
+    fn check_presence(&self, state: &Value) -> Result<(), (ErrorCode, String)> {
         if !state.is_object() {
-            return Err("presence state must be a map".into());
+            return Err((ErrorCode::BadMessage, "presence state must be a map".into()));
         }
         let size = serde_json::to_vec(state).map_or(usize::MAX, |v| v.len());
         if size > self.config.limits.max_presence_bytes {
-            return Err(format!(
-                "presence state is {size} bytes, over max_presence_bytes ({})",
-                self.config.limits.max_presence_bytes
+            let max = self.config.limits.max_presence_bytes;
+            return Err((
+                ErrorCode::PresenceTooLarge,
+                format!("presence state is {size} bytes, over max_presence_bytes ({max})"),
             ));
         }
         Ok(())
@@ -618,7 +632,7 @@ impl Handler<Join> for Room {
         let link = msg.member;
         if let Some(reason) = &self.broken {
             let reason = format!("room could not be loaded: {reason}");
-            return self.error_to(&link, ErrorCode::RoomUnavailable, reason, msg.rid);
+            return self.refuse(&link, ErrorCode::RoomUnavailable, reason, msg.rid);
         }
         if self.members.contains_key(&link.id) {
             return self.error_to(&link, ErrorCode::AlreadyJoined, "already joined", msg.rid);
@@ -638,8 +652,8 @@ impl Handler<Join> for Room {
         let state = msg
             .presence
             .unwrap_or_else(|| Value::Object(Default::default()));
-        if let Err(e) = self.check_presence(&state) {
-            return self.error_to(&link, ErrorCode::PresenceTooLarge, e, msg.rid);
+        if let Err((code, e)) = self.check_presence(&state) {
+            return self.refuse(&link, code, e, msg.rid);
         }
         // Deliver pending updates first: the diff below includes them, and
         // the new member must not receive them twice.
@@ -715,6 +729,18 @@ impl Handler<ClientUpdate> for Room {
             Ok(u) => u,
             Err(e) => return self.error_to(&link, ErrorCode::BadUpdate, e, msg.rid),
         };
+        if update.is_empty() {
+            // Clients send one after every sync when they had nothing new:
+            // acknowledge it without storing or broadcasting anything.
+            if let Some(rid) = msg.rid {
+                let ack = ServerMessage::Ack {
+                    room: self.id.to_string(),
+                    rid,
+                };
+                self.send_to_link(&link, &ack, Class::Control);
+            }
+            return;
+        }
         let base = self
             .batch_base
             .is_none()
@@ -769,8 +795,7 @@ impl Handler<ClientUpdate> for Room {
                             room: room.id.to_string(),
                             rid,
                         };
-                        let frame = room.encode(link.protocol, &ack);
-                        link.outbox.offer(&link.recipient, &frame, Class::Control);
+                        room.send_to_link(&link, &ack, Class::Control);
                     }
                     room.maybe_compact(ctx, false);
                 }
@@ -792,8 +817,8 @@ impl Handler<SetPresence> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: SetPresence, ctx: &mut Context<Self>) {
-        if let Err(e) = self.check_presence(&msg.state) {
-            return self.error_to_member(&msg.member, ErrorCode::PresenceTooLarge, e, msg.rid);
+        if let Err((code, e)) = self.check_presence(&msg.state) {
+            return self.error_to_member(&msg.member, code, e, msg.rid);
         }
         if self.presence.set_state(&msg.member, msg.state) {
             self.schedule_flush(ctx);
@@ -883,6 +908,14 @@ impl Handler<Resync> for Room {
         }
         if presence {
             self.send_to(member, &self.presence_snapshot(), Class::Control);
+            let cursors = self.presence.cursors();
+            if !cursors.is_empty() {
+                let msg = ServerMessage::Cursor {
+                    room: self.id.to_string(),
+                    cursors,
+                };
+                self.send_to(member, &msg, Class::Control);
+            }
         }
     }
 }

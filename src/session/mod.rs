@@ -253,6 +253,9 @@ impl NativeSession {
                         max_presence_bytes: limits.max_presence_bytes as u64,
                         typing_ttl_ms: limits.typing_ttl_ms,
                         heartbeat_ms: limits.heartbeat_ms,
+                        client_timeout_ms: limits.client_timeout_ms,
+                        max_event_bytes: limits.max_event_bytes as u64,
+                        max_room_id_bytes: limits.max_room_id_bytes as u64,
                     },
                 };
                 self.send(ctx, &welcome);
@@ -264,7 +267,7 @@ impl NativeSession {
                 rid,
             } => {
                 if let Err(e) = validate_room_id(&room, limits.max_room_id_bytes) {
-                    return self.error(ctx, ErrorCode::BadRoom, e, rid, None);
+                    return self.error(ctx, ErrorCode::BadRoom, e, rid, Some(&room));
                 }
                 if self.rooms.contains_key(room.as_str()) {
                     return self.error(
@@ -292,13 +295,18 @@ impl NativeSession {
                 let addr = self.shared.registry.join(&id, join);
                 self.rooms.insert(id, addr);
             }
-            ClientMessage::Leave { room, .. } => {
-                if let Some(addr) = self.rooms.remove(room.as_str()) {
-                    addr.do_send(Leave {
-                        member: self.id.clone(),
-                    });
-                }
-            }
+            ClientMessage::Leave { room, rid } => match self.rooms.remove(room.as_str()) {
+                Some(addr) => addr.do_send(Leave {
+                    member: self.id.clone(),
+                }),
+                None => self.error(
+                    ctx,
+                    ErrorCode::NotJoined,
+                    "not in this room",
+                    rid,
+                    Some(&room),
+                ),
+            },
             ClientMessage::Update { room, data, rid } => {
                 if let Some(addr) = self.joined(ctx, &room, rid) {
                     addr.do_send(ClientUpdate {
@@ -323,6 +331,9 @@ impl NativeSession {
                 head,
                 rid,
             } => {
+                let Some(addr) = self.joined(ctx, &room, rid) else {
+                    return;
+                };
                 let max = limits.max_presence_bytes;
                 let size = anchor.as_ref().map_or(0, |b| b.0.len())
                     + head.as_ref().map_or(0, |b| b.0.len());
@@ -330,14 +341,12 @@ impl NativeSession {
                     let text = format!("cursor is {size} bytes, over max_presence_bytes ({max})");
                     return self.error(ctx, ErrorCode::PresenceTooLarge, text, rid, Some(&room));
                 }
-                if let Some(addr) = self.joined(ctx, &room, rid) {
-                    addr.do_send(SetCursor {
-                        member: self.id.clone(),
-                        anchor: anchor.map(|b| b.0),
-                        head: head.map(|b| b.0),
-                        rid,
-                    });
-                }
+                addr.do_send(SetCursor {
+                    member: self.id.clone(),
+                    anchor: anchor.map(|b| b.0),
+                    head: head.map(|b| b.0),
+                    rid,
+                });
             }
             ClientMessage::Typing { room, on, rid } => {
                 if let Some(addr) = self.joined(ctx, &room, rid) {
@@ -396,6 +405,9 @@ impl Handler<Outbound> for NativeSession {
         match msg {
             Outbound::Frame(bytes) => ctx.binary(bytes),
             Outbound::Close { code, reason } => self.close(ctx, code, &reason),
+            Outbound::Refused { room } => {
+                self.rooms.remove(&room);
+            }
         }
     }
 }

@@ -24,6 +24,11 @@ use futures_util::Stream;
 pub enum Outbound {
     /// An encoded frame, already counted in the session's [`Outbox`].
     Frame(Bytes),
+    /// The room refused a join (the error frame precedes this): forget it.
+    Refused {
+        /// The room that refused.
+        room: crate::room::RoomId,
+    },
     /// Close the connection with this code.
     Close {
         /// WebSocket close code (see `protocol::close`).
