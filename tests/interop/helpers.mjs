@@ -81,6 +81,10 @@ export const connect = (url, room, doc = new Y.Doc(), opts = {}) => {
 
 export const synced = (provider) => waitFor(() => provider.synced, 'sync')
 
+/** Disconnects and frees clients (the awareness interval would keep node alive). */
 export const destroy = (...clients) => {
-  for (const c of clients) c.provider.destroy()
+  for (const c of clients) {
+    c.provider.destroy()
+    c.doc.destroy()
+  }
 }

@@ -62,8 +62,7 @@ test('awareness: a state appears at others and disappears on disconnect', async 
   a.provider.ws.terminate?.() ?? a.provider.ws.close()
   await removed
   assert.equal(b.awareness.getStates().has(a.doc.clientID), false)
-  a.provider.destroy()
-  destroy(b)
+  destroy(a, b)
 })
 
 test('awareness: a silent client\'s state expires', async () => {

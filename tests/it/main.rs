@@ -3,4 +3,5 @@
 
 mod common;
 mod core;
+mod interop;
 mod yjs;
