@@ -308,7 +308,7 @@ fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 /// Encodes a state vector as Yjs does: entries by descending client id.
 pub fn encode_state_vector(sv: &StateVector) -> Vec<u8> {
     let mut entries: Vec<(u64, u32)> = sv.iter().map(|(c, clock)| (c.get(), *clock)).collect();
-    entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
     let mut out = Vec::with_capacity(1 + entries.len() * 8);
     write_var(&mut out, entries.len() as u64);
     for (client, clock) in entries {
