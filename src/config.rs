@@ -120,6 +120,10 @@ pub struct Limits {
     /// A presence state (awareness) not renewed within this many ms expires.
     #[arg(long, env = "CHORUS_PRESENCE_TTL_MS", default_value_t = 30_000)]
     pub presence_ttl_ms: u64,
+    /// Awareness client ids one `/yjs` connection may announce (a stock
+    /// client uses one; states for further ids are ignored).
+    #[arg(long, env = "CHORUS_MAX_AWARENESS_CLIENTS", default_value_t = 8)]
+    pub max_awareness_clients: usize,
     /// A room with no members is evicted from memory after this many ms.
     #[arg(long, env = "CHORUS_ROOM_IDLE_MS", default_value_t = 30_000)]
     pub room_idle_ms: u64,

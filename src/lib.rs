@@ -1,19 +1,22 @@
 //! Chorus: a real-time collaboration engine. Every room is an actor holding
 //! one Yjs document (`yrs`) and a presence map; every WebSocket connection is
-//! a session actor speaking the native MessagePack protocol.
+//! a session actor speaking the native MessagePack protocol (`/ws`) or
+//! y-protocols (`/yjs/{room}`, for stock `y-websocket` editors).
 //!
 //! # Layout
 //!
 //! - [`config`]: the one `Config` (clap; every flag is also a `CHORUS_*` env
 //!   var) and every named limit.
 //! - [`protocol`]: wire types and codecs, pure and free of I/O. `native` is
-//!   the MessagePack protocol v1 specified in `proto/PROTOCOL.md`.
-//! - [`session`]: one actor per WebSocket: heartbeat, decoding, per-message
-//!   checks; `session::transport` accounts outbound bytes so rooms can see a
+//!   the MessagePack protocol v1 specified in `proto/PROTOCOL.md`; `yjs` is
+//!   y-protocols (sync, awareness, auth) with bounds-checked decoding.
+//! - [`session`]: one actor per WebSocket (`NativeSession`, `yjs::YjsSession`):
+//!   heartbeat, decoding, per-message checks; `session::transport` accounts outbound bytes so rooms can see a
 //!   slow consumer before it costs memory.
 //! - [`room`]: the room actor (document, members, coalesced fan-out, resync
 //!   of lagging members, idle eviction) and the `Registry` that finds or
-//!   starts rooms on a pool of arbiters.
+//!   starts rooms on a pool of arbiters; `room::awareness` maps awareness
+//!   client ids to members and expires silent ones.
 //! - [`presence`]: who is in a room, their state, cursor and typing.
 //! - [`store`]: the `DocStore` trait (snapshot + update log) and its
 //!   implementations.

@@ -43,6 +43,21 @@ pub struct Presence {
     moved: BTreeSet<MemberId>,
 }
 
+/// What one member shows others (see [`Presence::shown`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Shown<'a> {
+    /// Presence map.
+    pub state: &'a Value,
+    /// Encoded relative position of the cursor's anchor, if any.
+    pub anchor: Option<&'a [u8]>,
+    /// Encoded relative position of the cursor's head, if any.
+    pub head: Option<&'a [u8]>,
+    /// True when the member has a cursor at all.
+    pub has_cursor: bool,
+    /// Typing indicator on.
+    pub typing: bool,
+}
+
 /// Presence changes to broadcast: `(joined, updated, left)`.
 pub type PresenceDiff = (Vec<MemberView>, Vec<MemberView>, Vec<String>);
 
@@ -55,6 +70,28 @@ impl Presence {
     /// True when nobody is present.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// True when `id` is present.
+    pub fn contains(&self, id: &MemberId) -> bool {
+        self.members.contains_key(id)
+    }
+
+    /// What `id` shows others: state, cursor, typing (for the awareness
+    /// view of native members on `/yjs`).
+    pub fn shown(&self, id: &MemberId) -> Option<Shown<'_>> {
+        let e = self.members.get(id)?;
+        let (anchor, head) = match &e.cursor {
+            Some((a, h)) => (a.as_deref(), h.as_deref()),
+            None => (None, None),
+        };
+        Some(Shown {
+            state: &e.state,
+            anchor,
+            head,
+            has_cursor: e.cursor.is_some(),
+            typing: e.typing_until.is_some(),
+        })
     }
 
     /// Adds a member with its initial state.

@@ -13,6 +13,7 @@ use crate::config::{Config, StoreKind};
 use crate::protocol::close;
 use crate::room::Registry;
 use crate::session::transport::{CountingBody, Outbox};
+use crate::session::yjs::YjsSession;
 use crate::session::{NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
 use crate::store::DocStore;
@@ -204,6 +205,7 @@ impl Drop for BackgroundServer {
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(native_ws))
+        .route("/yjs/{room:[^/]*}", web::get().to(yjs_ws))
         .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics));
 }
@@ -221,6 +223,28 @@ async fn native_ws(
         limits.outbound_hard_limit_bytes,
     ));
     let session = NativeSession::new(shared.get_ref().clone(), outbox.clone());
+    let codec = Codec::new().max_size(limits.max_frame_bytes);
+    let body = ws::WebsocketContext::with_codec(session, payload, codec);
+    Ok(response.streaming(CountingBody::new(body, outbox)))
+}
+
+/// `GET /yjs/{room}`: upgrade to a y-websocket session in `room` (the last
+/// path segment, as `new WebsocketProvider(serverUrl, room, doc)` builds the
+/// URL; query parameters are allowed). An invalid room name is refused after
+/// the upgrade, with close code 4404, so the stock client stops retrying.
+async fn yjs_ws(
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+) -> actix_web::Result<HttpResponse> {
+    let limits = &shared.config.limits;
+    let room = req.match_info().get("room").unwrap_or_default().to_owned();
+    let mut response = ws::handshake(&req)?;
+    let outbox = Arc::new(Outbox::new(
+        limits.outbound_buffer_bytes,
+        limits.outbound_hard_limit_bytes,
+    ));
+    let session = YjsSession::new(shared.get_ref().clone(), outbox.clone(), room);
     let codec = Codec::new().max_size(limits.max_frame_bytes);
     let body = ws::WebsocketContext::with_codec(session, payload, codec);
     Ok(response.streaming(CountingBody::new(body, outbox)))

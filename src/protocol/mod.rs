@@ -1,9 +1,10 @@
 //! Wire protocols, pure and free of I/O: the native MessagePack protocol
-//! ([`native`]) and the names shared by every protocol (error codes, close
-//! codes, room ids). `proto/PROTOCOL.md` is the specification; the vectors in
+//! ([`native`]), the y-protocols format of stock Yjs clients ([`yjs`]), and
+//! the names shared by every protocol (error codes, close codes, room ids). `proto/PROTOCOL.md` is the specification; the vectors in
 //! `proto/vectors/` are checked against this code by `tests/it/vectors.rs`.
 
 pub mod native;
+pub mod yjs;
 
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +96,30 @@ pub mod close {
     /// The client read so slowly that even non-droppable messages piled up
     /// past `outbound_hard_limit_bytes`. Reconnect and resync.
     pub const SLOW_CONSUMER: u16 = 4008;
+
+    // `/yjs` sessions. The stock y-websocket client stops reconnecting on a
+    // close code in 4400..=4499 (its `shouldReconnect`), so permanent
+    // failures use that range; transient ones (timeout 4000, slow consumer
+    // 4008, going away 1001, internal 1011, try again later 1013) do not,
+    // and the client reconnects and resyncs.
+
+    /// `/yjs`: a frame that is not valid y-protocols (truncated var-uint,
+    /// length past the frame, unknown message type, text frame). Permanent.
+    pub const YJS_BAD_MESSAGE: u16 = 4400;
+    /// `/yjs`: permission denied (sent after an auth "permission denied"
+    /// message carrying the reason). Permanent.
+    pub const YJS_FORBIDDEN: u16 = 4403;
+    /// `/yjs`: the room name is empty, too long or has control characters. Permanent.
+    pub const YJS_BAD_ROOM: u16 = 4404;
+    /// `/yjs`: a frame over `max_frame_bytes`, or an update that would take
+    /// the document over `max_doc_bytes`. Permanent.
+    pub const YJS_TOO_LARGE: u16 = 4413;
+    /// `/yjs`: an update the document refuses (not a Yjs v1 update).
+    /// Permanent: the same client would resend the same bytes.
+    pub const YJS_BAD_UPDATE: u16 = 4422;
+    /// The room is unavailable (its document could not be loaded) or an
+    /// update could not be stored: reconnect later and resync. Transient.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Validates a room id: 1..=`max` bytes of UTF-8 with no control characters.

@@ -8,10 +8,17 @@
 //! behind gets no deltas; once it drains it is resynced from the state vector
 //! the room had when it started dropping.
 //!
+//! Members speak either protocol ([`Protocol`]): a `/yjs` member gets the
+//! same updates as y-protocols sync messages, and sees native members (and
+//! is seen by them) through the awareness table ([`awareness`]); see
+//! [`Room::flush_awareness`] for the mapping between awareness states and
+//! native presence.
+//!
 //! Rooms are started by the [`Registry`] on one of a pool of arbiters and
 //! evicted after `room_idle_ms` without members (their document is compacted
 //! into the store first, so a later join loads it back).
 
+pub mod awareness;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -21,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, StickyIndex, Transact, Update};
@@ -29,11 +36,13 @@ use yrs::{Doc, ReadTxn, StateVector, StickyIndex, Transact, Update};
 pub use registry::Registry;
 
 use crate::config::Config;
-use crate::presence::{MemberId, Presence};
+use crate::presence::{MemberId, Presence, Shown};
 use crate::protocol::native::{encode_server, Bin, ServerMessage};
+use crate::protocol::yjs::{self, AwarenessEntry};
 use crate::protocol::ErrorCode;
 use crate::session::transport::{Class, Offer, Outbound, Outbox};
 use crate::store::DocStore;
+use awareness::AwarenessTable;
 
 /// A room id (validated by the session before use).
 pub type RoomId = Arc<str>;
@@ -44,15 +53,18 @@ pub type RoomId = Arc<str>;
 pub enum Protocol {
     /// Native MessagePack protocol v1.
     Native,
+    /// y-protocols, as stock `y-websocket` clients speak it on `/yjs/{room}`.
+    Yjs,
 }
 
 impl Protocol {
     /// Number of protocols (size of per-protocol caches).
-    const COUNT: usize = 1;
+    const COUNT: usize = 2;
 
     fn index(self) -> usize {
         match self {
             Protocol::Native => 0,
+            Protocol::Yjs => 1,
         }
     }
 }
@@ -167,6 +179,36 @@ pub struct Broadcast {
     pub rid: Option<u64>,
 }
 
+/// Sync step 1 from a `/yjs` member: the room answers with sync step 2
+/// (what the member lacks).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SyncStep1 {
+    /// The member.
+    pub member: MemberId,
+    /// Its state vector.
+    pub sv: StateVector,
+}
+
+/// Awareness states from a `/yjs` member, each with its parsed state
+/// (`None` for `null`). The session has checked their size.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AwarenessUpdate {
+    /// The member whose connection sent them.
+    pub member: MemberId,
+    /// The entries.
+    pub entries: Vec<(AwarenessEntry, Option<Value>)>,
+}
+
+/// A `/yjs` member asks for every awareness state.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct QueryAwareness {
+    /// The member.
+    pub member: MemberId,
+}
+
 /// A lagging member drained its backlog: resync it.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -215,6 +257,12 @@ pub struct Room {
     joins_seen: u64,
     idle_timer: Option<SpawnHandle>,
     typing_timer: Option<SpawnHandle>,
+    /// Awareness client ids (Yjs clients' and native members' derived ones).
+    awareness: AwarenessTable,
+    /// Native members whose awareness view must be rewritten at the next tick.
+    native_dirty: std::collections::BTreeSet<MemberId>,
+    /// Last time native members' awareness states were renewed.
+    native_renewed: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -254,6 +302,9 @@ impl Room {
             joins_seen: 0,
             idle_timer: None,
             typing_timer: None,
+            awareness: AwarenessTable::default(),
+            native_dirty: Default::default(),
+            native_renewed: Instant::now(),
         }
     }
 
@@ -284,19 +335,11 @@ impl Room {
         self.since_compact = stored.updates.len() as u64;
     }
 
-    fn send_to(&self, member: &Member, msg: &ServerMessage, class: Class) -> Offer {
-        self.send_to_link(&member.link, msg, class)
-    }
-
-    fn send_to_link(&self, link: &MemberLink, msg: &ServerMessage, class: Class) -> Offer {
-        let frame = self.encode(link.protocol, msg);
-        link.outbox.offer(&link.recipient, &frame, class)
-    }
-
-    fn encode(&self, protocol: Protocol, msg: &ServerMessage) -> Bytes {
-        match protocol {
-            Protocol::Native => Bytes::from(encode_server(msg)),
-        }
+    /// Sends `msg` encoded for the member's protocol; `None` when that
+    /// protocol has no such message (e.g. `ack` on `/yjs`).
+    fn send_to(&self, member: &Member, msg: &ServerMessage, class: Class) -> Option<Offer> {
+        let frame = encode(member.link.protocol, msg)?;
+        Some(send_frame(&member.link, &frame, class))
     }
 
     fn error_to(
@@ -306,13 +349,33 @@ impl Room {
         message: impl Into<String>,
         rid: Option<u64>,
     ) {
+        let message = message.into();
+        if member.protocol == Protocol::Yjs {
+            // y-protocols has no error message: a failure either closes the
+            // connection (code chosen by `yjs::close_for`) or is dropped.
+            let Some(close) = yjs::close_for(code) else {
+                tracing::debug!(room = %self.id, member = %member.id, "dropped for /yjs: {message}");
+                return;
+            };
+            if code == ErrorCode::Forbidden {
+                let frame = Bytes::from(yjs::auth_denied(&message));
+                send_frame(member, &frame, Class::Control);
+            }
+            member.recipient.do_send(Outbound::Close {
+                code: close,
+                reason: truncate_reason(&message),
+            });
+            return;
+        }
         let msg = ServerMessage::Error {
             code,
-            message: message.into(),
+            message,
             rid,
             room: Some(self.id.to_string()),
         };
-        self.send_to_link(member, &msg, Class::Control);
+        if let Some(frame) = encode(member.protocol, &msg) {
+            send_frame(member, &frame, Class::Control);
+        }
     }
 
     /// Refuses a join: the error, then a note telling the session it is
@@ -346,16 +409,29 @@ impl Room {
     /// per protocol. Members that are behind get nothing droppable; they are
     /// marked for a resync instead.
     fn fan_out(&mut self, msg: &ServerMessage, class: Class, except: Option<&MemberId>) {
-        let mut frames: [Option<Bytes>; Protocol::COUNT] = Default::default();
+        self.fan_out_with(class, except, |protocol| encode(protocol, msg));
+    }
+
+    /// Like [`Room::fan_out`], with the frame of each protocol made by
+    /// `encode` (called at most once per protocol; `None`: nothing to send
+    /// to members of that protocol).
+    fn fan_out_with(
+        &mut self,
+        class: Class,
+        except: Option<&MemberId>,
+        mut encode: impl FnMut(Protocol) -> Option<Bytes>,
+    ) {
+        let mut frames: [Option<Option<Bytes>>; Protocol::COUNT] = Default::default();
         let mut dropped: Vec<MemberId> = Vec::new();
         for (id, member) in &self.members {
             if except == Some(id) {
                 continue;
             }
-            let slot = &mut frames[member.link.protocol.index()];
-            let frame = slot.get_or_insert_with(|| match member.link.protocol {
-                Protocol::Native => Bytes::from(encode_server(msg)),
-            });
+            let protocol = member.link.protocol;
+            let slot = &mut frames[protocol.index()];
+            let Some(frame) = slot.get_or_insert_with(|| encode(protocol)) else {
+                continue;
+            };
             if member
                 .link
                 .outbox
@@ -462,6 +538,104 @@ impl Room {
             };
             self.fan_out(&msg, Class::Presence, None);
         }
+        self.flush_awareness();
+    }
+
+    /// Rewrites the awareness view of native members that changed and sends
+    /// every awareness change of this tick to the `/yjs` members, as one
+    /// message encoded once. The sender of a state gets it back too: the
+    /// stock client ignores its own state at an equal clock, and the echo
+    /// is what keeps its "no message for 30 s" watchdog quiet in an idle room.
+    ///
+    /// Mapping, native → awareness: a native member is the awareness client
+    /// `yjs::derived_client_id(member id)`; its state is its presence map,
+    /// plus `cursor: {anchor, head}` (each a Yjs `RelativePosition` as JSON,
+    /// converted from the binary native cursor) when it has a cursor, plus
+    /// `typing: true` while typing. Awareness → native: see
+    /// [`Room::sync_yjs_presence`].
+    fn flush_awareness(&mut self) {
+        let now = Instant::now();
+        for id in std::mem::take(&mut self.native_dirty) {
+            match self.presence.shown(&id) {
+                Some(shown) => {
+                    let json = native_awareness_json(shown);
+                    self.awareness.set_native(&id, json, now);
+                }
+                None => self.awareness.remove_owner(&id),
+            }
+        }
+        if let Some(frame) = self.awareness.take_frame() {
+            let frame = Bytes::from(frame);
+            self.fan_out_with(Class::Presence, None, |p| {
+                (p == Protocol::Yjs).then(|| frame.clone())
+            });
+        }
+    }
+
+    /// Mirrors a `/yjs` connection's awareness into native presence. The
+    /// connection is a presence member while it has a live awareness state
+    /// (its most recently renewed one if it uses several client ids); the
+    /// member's presence map is that state without `cursor` (a non-object
+    /// state appears as `{"state": …}`), and a `cursor: {anchor, head}` of
+    /// Yjs `RelativePosition` JSON becomes its native cursor (binary). A
+    /// `null` or expired state, or a closed connection, removes the member.
+    fn sync_yjs_presence(&mut self, owner: &MemberId) {
+        let Some(state) = self.awareness.owner_state(owner).cloned() else {
+            self.presence.leave(owner);
+            return;
+        };
+        let (map, cursor) = split_yjs_state(state);
+        match self.presence.shown(owner) {
+            Some(shown) => {
+                if *shown.state != map {
+                    self.presence.set_state(owner, map);
+                }
+            }
+            None => {
+                let user = self.members.get(owner).and_then(|m| m.link.user.clone());
+                self.presence.join(owner.clone(), user, map);
+            }
+        }
+        let Some(shown) = self.presence.shown(owner) else {
+            return;
+        };
+        let current = (
+            shown.anchor.map(<[u8]>::to_vec),
+            shown.head.map(<[u8]>::to_vec),
+        );
+        match cursor {
+            Some(c) if !shown.has_cursor || c != current => {
+                self.presence.set_cursor(owner, c.0, c.1)
+            }
+            None if shown.has_cursor => self.presence.set_cursor(owner, None, None),
+            _ => {}
+        }
+    }
+
+    /// Expires silent awareness states and renews native members' ones.
+    fn sweep_awareness(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let ttl = self.config.limits.presence_ttl();
+        let owners = self.awareness.expire(now, ttl);
+        let mut changed = !owners.is_empty();
+        for owner in &owners {
+            self.sync_yjs_presence(owner);
+        }
+        let has_yjs = self
+            .members
+            .values()
+            .any(|m| m.link.protocol == Protocol::Yjs);
+        if has_yjs
+            && self.awareness.has_native()
+            && now.duration_since(self.native_renewed) >= ttl / 2
+        {
+            self.awareness.renew_native(now);
+            self.native_renewed = now;
+            changed = true;
+        }
+        if changed {
+            self.schedule_flush(ctx);
+        }
     }
 
     fn presence_snapshot(&self) -> ServerMessage {
@@ -558,6 +732,10 @@ impl Room {
             room.typing_timer = None;
             for id in room.presence.expire_typing(Instant::now()) {
                 room.broadcast_typing(&id, false);
+                room.native_dirty.insert(id);
+            }
+            if !room.native_dirty.is_empty() {
+                room.schedule_flush(ctx);
             }
             room.schedule_typing_sweep(ctx);
         }));
@@ -597,6 +775,85 @@ fn decode_update(bytes: &[u8]) -> Result<Update, String> {
     }
 }
 
+/// Encodes `msg` for `protocol`; `None` when the protocol has no such
+/// message. On `/yjs` only document updates have an equivalent (a sync
+/// update); presence, cursors and typing travel as awareness instead, and
+/// acks, events and the rest have none.
+fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Bytes> {
+    match protocol {
+        Protocol::Native => Some(Bytes::from(encode_server(msg))),
+        Protocol::Yjs => match msg {
+            ServerMessage::Update { data, .. } => {
+                Some(Bytes::from(yjs::sync_update(data.0.clone())))
+            }
+            _ => None,
+        },
+    }
+}
+
+/// Offers an encoded frame to one member.
+fn send_frame(link: &MemberLink, frame: &Bytes, class: Class) -> Offer {
+    link.outbox.offer(&link.recipient, frame, class)
+}
+
+/// A close reason fits in a control frame (123 bytes).
+fn truncate_reason(reason: &str) -> String {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+/// The awareness state JSON of a native member (see [`Room::flush_awareness`]).
+fn native_awareness_json(shown: Shown<'_>) -> String {
+    let mut obj = match shown.state {
+        Value::Object(m) => m.clone(),
+        other => {
+            let mut m = Map::new();
+            m.insert("state".into(), other.clone());
+            m
+        }
+    };
+    if shown.anchor.is_some() || shown.head.is_some() {
+        let pos = |p: Option<&[u8]>| p.and_then(yjs::position_to_json).unwrap_or(Value::Null);
+        obj.insert(
+            "cursor".into(),
+            serde_json::json!({ "anchor": pos(shown.anchor), "head": pos(shown.head) }),
+        );
+    }
+    if shown.typing {
+        obj.insert("typing".into(), Value::Bool(true));
+    }
+    // unwrap_or: a map of JSON values always serializes.
+    serde_json::to_string(&Value::Object(obj)).unwrap_or_else(|_| "{}".into())
+}
+
+/// A native cursor: (anchor, head), binary relative positions.
+type NativeCursor = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Splits a Yjs awareness state into the native presence map and cursor
+/// (see [`Room::sync_yjs_presence`]).
+fn split_yjs_state(state: Value) -> (Value, Option<NativeCursor>) {
+    let mut map = match state {
+        Value::Object(m) => m,
+        other => {
+            let mut m = Map::new();
+            m.insert("state".into(), other);
+            return (Value::Object(m), None);
+        }
+    };
+    let cursor = match map.remove("cursor") {
+        Some(Value::Object(c)) => {
+            let anchor = c.get("anchor").and_then(yjs::position_from_json);
+            let head = c.get("head").and_then(yjs::position_from_json);
+            (anchor.is_some() || head.is_some()).then_some((anchor, head))
+        }
+        _ => None,
+    };
+    (Value::Object(map), cursor)
+}
+
 /// Checks that bytes are an encoded Yjs relative position.
 fn valid_position(bytes: &Option<Vec<u8>>) -> bool {
     match bytes {
@@ -621,6 +878,8 @@ impl Actor for Room {
             }
             room.arm_idle_timer(ctx);
         }));
+        let every = (self.config.limits.presence_ttl() / 10).max(Duration::from_millis(10));
+        ctx.run_interval(every, |room, ctx| room.sweep_awareness(ctx));
     }
 }
 
@@ -636,6 +895,9 @@ impl Handler<Join> for Room {
         }
         if self.members.contains_key(&link.id) {
             return self.error_to(&link, ErrorCode::AlreadyJoined, "already joined", msg.rid);
+        }
+        if link.protocol == Protocol::Yjs {
+            return self.join_yjs(link, ctx);
         }
         let sv = match msg.sv.as_deref().map(StateVector::decode_v1) {
             None => StateVector::default(),
@@ -676,6 +938,7 @@ impl Handler<Join> for Room {
         self.send_to(&member, &synced, Class::Control);
         self.presence
             .join(link.id.clone(), link.user.clone(), state);
+        self.native_dirty.insert(link.id.clone());
         self.send_to(&member, &self.presence_snapshot(), Class::Control);
         let cursors = self.presence.cursors();
         if !cursors.is_empty() {
@@ -701,6 +964,8 @@ impl Handler<Leave> for Room {
             return;
         }
         self.presence.leave(&msg.member);
+        self.native_dirty.remove(&msg.member);
+        self.awareness.remove_owner(&msg.member);
         self.schedule_flush(ctx);
         if self.members.is_empty() {
             self.arm_idle_timer(ctx);
@@ -737,7 +1002,9 @@ impl Handler<ClientUpdate> for Room {
                     room: self.id.to_string(),
                     rid,
                 };
-                self.send_to_link(&link, &ack, Class::Control);
+                if let Some(frame) = encode(link.protocol, &ack) {
+                    send_frame(&link, &frame, Class::Control);
+                }
             }
             return;
         }
@@ -795,7 +1062,9 @@ impl Handler<ClientUpdate> for Room {
                             room: room.id.to_string(),
                             rid,
                         };
-                        room.send_to_link(&link, &ack, Class::Control);
+                        if let Some(frame) = encode(link.protocol, &ack) {
+                            send_frame(&link, &frame, Class::Control);
+                        }
                     }
                     room.maybe_compact(ctx, false);
                 }
@@ -821,6 +1090,7 @@ impl Handler<SetPresence> for Room {
             return self.error_to_member(&msg.member, code, e, msg.rid);
         }
         if self.presence.set_state(&msg.member, msg.state) {
+            self.native_dirty.insert(msg.member);
             self.schedule_flush(ctx);
         }
     }
@@ -839,6 +1109,9 @@ impl Handler<SetCursor> for Room {
             );
         }
         self.presence.set_cursor(&msg.member, msg.anchor, msg.head);
+        if self.presence.contains(&msg.member) {
+            self.native_dirty.insert(msg.member);
+        }
         self.schedule_flush(ctx);
     }
 }
@@ -852,6 +1125,8 @@ impl Handler<SetTyping> for Room {
             .then(|| Instant::now() + self.config.limits.typing_ttl());
         if let Some(on) = self.presence.set_typing(&msg.member, until) {
             self.broadcast_typing(&msg.member, on);
+            self.native_dirty.insert(msg.member.clone());
+            self.schedule_flush(ctx);
         }
         self.schedule_typing_sweep(ctx);
     }
@@ -896,25 +1171,43 @@ impl Handler<Resync> for Room {
         let Some(member) = self.members.get(&msg.member) else {
             return;
         };
+        let link = &member.link;
         if let Some(sv) = from {
             let diff = self.doc.transact().encode_diff_v1(&sv);
-            let update = ServerMessage::Update {
-                room: self.id.to_string(),
-                data: Bin(diff),
-                origin: None,
-            };
             tracing::debug!(room = %self.id, member = %msg.member, "resyncing lagging member");
-            self.send_to(member, &update, Class::Control);
+            match link.protocol {
+                Protocol::Native => {
+                    let update = ServerMessage::Update {
+                        room: self.id.to_string(),
+                        data: Bin(diff),
+                        origin: None,
+                    };
+                    self.send_to(member, &update, Class::Control);
+                }
+                Protocol::Yjs => {
+                    let frame = Bytes::from(yjs::sync_step2(diff));
+                    send_frame(link, &frame, Class::Control);
+                }
+            }
         }
         if presence {
-            self.send_to(member, &self.presence_snapshot(), Class::Control);
-            let cursors = self.presence.cursors();
-            if !cursors.is_empty() {
-                let msg = ServerMessage::Cursor {
-                    room: self.id.to_string(),
-                    cursors,
-                };
-                self.send_to(member, &msg, Class::Control);
+            match link.protocol {
+                Protocol::Native => {
+                    self.send_to(member, &self.presence_snapshot(), Class::Control);
+                    let cursors = self.presence.cursors();
+                    if !cursors.is_empty() {
+                        let msg = ServerMessage::Cursor {
+                            room: self.id.to_string(),
+                            cursors,
+                        };
+                        self.send_to(member, &msg, Class::Control);
+                    }
+                }
+                Protocol::Yjs => {
+                    if let Some(frame) = self.awareness.snapshot_frame() {
+                        send_frame(link, &Bytes::from(frame), Class::Control);
+                    }
+                }
             }
         }
     }
@@ -945,5 +1238,89 @@ impl Handler<Flush> for Room {
             }
             .into_actor(self),
         )
+    }
+}
+
+impl Room {
+    /// A `/yjs` join: like `synced` + presence snapshot of a native join,
+    /// in y-protocols terms. The room sends sync step 1 (its state vector)
+    /// and the current awareness states (when there are any), as the stock
+    /// y-websocket server does; the client's own step 1, sent as soon as it
+    /// connects, is answered with step 2 ([`SyncStep1`]). The connection
+    /// joins native presence once it announces an awareness state.
+    fn join_yjs(&mut self, link: MemberLink, ctx: &mut Context<Self>) {
+        // Deliver pending updates first, and the awareness of this tick.
+        self.flush();
+        let step1 = Bytes::from(yjs::sync_step1(&self.doc.transact().state_vector()));
+        send_frame(&link, &step1, Class::Control);
+        if let Some(frame) = self.awareness.snapshot_frame() {
+            send_frame(&link, &Bytes::from(frame), Class::Control);
+        }
+        self.members.insert(
+            link.id.clone(),
+            Member {
+                link,
+                resync_from: None,
+                presence_stale: false,
+            },
+        );
+        if let Some(h) = self.idle_timer.take() {
+            ctx.cancel_future(h);
+        }
+    }
+}
+
+impl Handler<SyncStep1> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: SyncStep1, _: &mut Context<Self>) {
+        if !self.members.contains_key(&msg.member) {
+            return;
+        }
+        // Pending updates go out first, so the diff does not repeat them.
+        self.flush();
+        let Some(member) = self.members.get_mut(&msg.member) else {
+            return;
+        };
+        // The diff brings a lagging member up to date as well.
+        member.resync_from = None;
+        let diff = self.doc.transact().encode_diff_v1(&msg.sv);
+        let frame = Bytes::from(yjs::sync_step2(diff));
+        send_frame(&member.link, &frame, Class::Control);
+    }
+}
+
+impl Handler<AwarenessUpdate> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: AwarenessUpdate, ctx: &mut Context<Self>) {
+        if !self.members.contains_key(&msg.member) {
+            return;
+        }
+        let max = self.config.limits.max_awareness_clients;
+        if self
+            .awareness
+            .apply_remote(&msg.member, msg.entries, max, Instant::now())
+        {
+            self.sync_yjs_presence(&msg.member);
+            self.schedule_flush(ctx);
+        }
+    }
+}
+
+impl Handler<QueryAwareness> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: QueryAwareness, _: &mut Context<Self>) {
+        self.flush();
+        let Some(member) = self.members.get(&msg.member) else {
+            return;
+        };
+        // An empty room answers with an empty update, so the query has a reply.
+        let frame = self
+            .awareness
+            .snapshot_frame()
+            .unwrap_or_else(|| yjs::awareness([]));
+        send_frame(&member.link, &Bytes::from(frame), Class::Control);
     }
 }

@@ -1,9 +1,12 @@
 //! One actor per WebSocket connection. It decodes frames, checks them
 //! against the connection's state and limits, forwards them to its rooms, and
 //! writes what rooms send it. Outbound bytes are accounted in an [`Outbox`]
-//! shared with the rooms (see [`transport`]).
+//! shared with the rooms (see [`transport`]). [`NativeSession`] speaks the
+//! native protocol on `/ws`; [`yjs::YjsSession`] speaks y-protocols on
+//! `/yjs/{room}` to the same room actors.
 
 pub mod transport;
+pub mod yjs;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

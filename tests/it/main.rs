@@ -4,4 +4,6 @@
 mod common;
 mod core;
 mod docs;
+mod interop;
 mod vectors;
+mod yjs;

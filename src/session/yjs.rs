@@ -1,0 +1,307 @@
+//! The `/yjs/{room}` session: one stock y-websocket client, one room.
+//!
+//! It talks to the same room actor as native sessions (as a member with
+//! [`Protocol::Yjs`]), through the same [`Outbox`] accounting. Inbound
+//! frames may hold several y-protocols messages ([`yjs::decode_frame`]);
+//! everything the server writes is one message per frame, since the
+//! y-websocket 3.x client reads only the first message of a frame.
+//!
+//! What arrives, and where it goes:
+//! - sync step 1 → the room answers with step 2 (what the client lacks);
+//! - sync step 2 / update → the room's update path (apply, store, fan out),
+//!   as a native `update` without a request id (y-protocols has no ack);
+//!   an empty update (`[0, 0]`, the step 2 of a client with nothing new) is
+//!   skipped;
+//! - awareness → the room's awareness table; states over
+//!   `max_presence_bytes` are dropped;
+//! - query awareness → every awareness state;
+//! - auth → ignored (clients do not send it; the server sends "permission
+//!   denied" before closing with 4403).
+//!
+//! Liveness: the server pings every `heartbeat_ms`; a connection that sends
+//! nothing (no frame, no pong) for `client_timeout_ms` is closed with 4000
+//! (transient: the client reconnects), so a dead client is dropped at most
+//! `client_timeout_ms + heartbeat_ms` after its last frame (20 s by default).
+//! Query parameters (such as `token`) are accepted and not used yet.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_http::ws::Item;
+use actix_web_actors::ws;
+use bytes::{Bytes, BytesMut};
+
+use super::transport::{Drained, Outbound, Outbox};
+use super::Shared;
+use crate::presence::MemberId;
+use crate::protocol::yjs::{self, YjsMessage};
+use crate::protocol::{close, validate_room_id};
+use crate::room::{
+    AwarenessUpdate, ClientUpdate, Join, Leave, MemberLink, Protocol, QueryAwareness, Resync, Room,
+    RoomId, SyncStep1,
+};
+
+/// The y-websocket session actor.
+pub struct YjsSession {
+    id: MemberId,
+    shared: Shared,
+    outbox: Arc<Outbox>,
+    /// The room name from the URL, validated when the session starts.
+    room_name: String,
+    /// The room, once joined. A room stays live while this session is a member.
+    room: Option<Addr<Room>>,
+    /// Last frame (of any kind) from the client: the heartbeat's clock.
+    last_seen: Instant,
+    /// A fragmented message being reassembled.
+    partial: Option<BytesMut>,
+}
+
+impl YjsSession {
+    /// A session for room `room_name` that writes through `outbox`.
+    pub fn new(shared: Shared, outbox: Arc<Outbox>, room_name: String) -> Self {
+        YjsSession {
+            id: shared.sessions.next_id(),
+            shared,
+            outbox,
+            room_name,
+            room: None,
+            last_seen: Instant::now(),
+            partial: None,
+        }
+    }
+
+    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        tracing::debug!(session = %self.id, code, "closing /yjs session: {reason}");
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        ctx.run_interval(self.shared.config.limits.heartbeat(), |act, ctx| {
+            if act.last_seen.elapsed() > act.shared.config.limits.client_timeout() {
+                return act.close(ctx, close::TIMEOUT, "heartbeat timeout");
+            }
+            act.outbox.count(0);
+            ctx.ping(b"");
+            if act.outbox.is_lagging() && act.outbox.is_drained() {
+                act.resync();
+            }
+        });
+    }
+
+    fn resync(&self) {
+        if let Some(room) = &self.room {
+            if self.outbox.take_lagging() {
+                room.do_send(Resync {
+                    member: self.id.clone(),
+                });
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
+        let messages = match yjs::decode_frame(bytes) {
+            Ok(m) => m,
+            Err(e) => return self.close(ctx, close::YJS_BAD_MESSAGE, &e.to_string()),
+        };
+        let Some(room) = self.room.clone() else {
+            return;
+        };
+        let max_state = self.shared.config.limits.max_presence_bytes;
+        for msg in messages {
+            match msg {
+                YjsMessage::SyncStep1(sv) => room.do_send(SyncStep1 {
+                    member: self.id.clone(),
+                    sv,
+                }),
+                YjsMessage::SyncStep2(update) | YjsMessage::Update(update) => {
+                    if update != yjs::EMPTY_UPDATE {
+                        room.do_send(ClientUpdate {
+                            member: self.id.clone(),
+                            data: Bytes::from(update),
+                            rid: None,
+                        });
+                    }
+                }
+                YjsMessage::Awareness(entries) => {
+                    let mut parsed = Vec::with_capacity(entries.len());
+                    for entry in entries {
+                        if entry.json.len() > max_state {
+                            tracing::debug!(session = %self.id, "awareness state over max_presence_bytes dropped");
+                            continue;
+                        }
+                        match entry.state() {
+                            Ok(state) => parsed.push((entry, state)),
+                            Err(e) => {
+                                return self.close(ctx, close::YJS_BAD_MESSAGE, &e.to_string())
+                            }
+                        }
+                    }
+                    if !parsed.is_empty() {
+                        room.do_send(AwarenessUpdate {
+                            member: self.id.clone(),
+                            entries: parsed,
+                        });
+                    }
+                }
+                YjsMessage::QueryAwareness => room.do_send(QueryAwareness {
+                    member: self.id.clone(),
+                }),
+                YjsMessage::Auth(_) => {
+                    tracing::debug!(session = %self.id, "ignoring auth message from a client");
+                }
+            }
+        }
+    }
+
+    fn continuation(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let max = self.shared.config.limits.max_frame_bytes;
+        let (chunk, last) = match item {
+            Item::FirstBinary(b) => {
+                self.partial = Some(BytesMut::new());
+                (b, false)
+            }
+            Item::FirstText(_) => {
+                return self.close(
+                    ctx,
+                    close::YJS_BAD_MESSAGE,
+                    "y-protocols uses binary frames",
+                )
+            }
+            Item::Continue(b) => (b, false),
+            Item::Last(b) => (b, true),
+        };
+        let Some(buf) = self.partial.as_mut() else {
+            return self.close(
+                ctx,
+                close::PROTOCOL_ERROR,
+                "continuation without a first frame",
+            );
+        };
+        if buf.len() + chunk.len() > max {
+            return self.close(
+                ctx,
+                close::YJS_TOO_LARGE,
+                &format!("message over max_frame_bytes ({max})"),
+            );
+        }
+        buf.extend_from_slice(&chunk);
+        if last {
+            if let Some(whole) = self.partial.take() {
+                self.handle_frame(&whole, ctx);
+            }
+        }
+    }
+}
+
+impl Actor for YjsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.outbox.set_waker(ctx.address().recipient());
+        self.shared
+            .sessions
+            .register(self.id.clone(), ctx.address().recipient());
+        self.heartbeat(ctx);
+        let limits = &self.shared.config.limits;
+        if let Err(e) = validate_room_id(&self.room_name, limits.max_room_id_bytes) {
+            return self.close(ctx, close::YJS_BAD_ROOM, e);
+        }
+        let id: RoomId = Arc::from(self.room_name.as_str());
+        let join = Join {
+            member: MemberLink {
+                id: self.id.clone(),
+                user: None,
+                protocol: Protocol::Yjs,
+                recipient: ctx.address().recipient(),
+                outbox: self.outbox.clone(),
+            },
+            sv: None,
+            presence: None,
+            rid: None,
+        };
+        self.room = Some(self.shared.registry.join(&id, join));
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        if let Some(room) = self.room.take() {
+            room.do_send(Leave {
+                member: self.id.clone(),
+            });
+        }
+        self.shared.sessions.unregister(&self.id);
+        Running::Stop
+    }
+}
+
+impl Handler<Outbound> for YjsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
+        match msg {
+            Outbound::Frame(bytes) => ctx.binary(bytes),
+            Outbound::Close { code, reason } => self.close(ctx, code, &reason),
+            // A /yjs connection has exactly one room; a refused join is
+            // followed by a close with the refusal's code.
+            Outbound::Refused { .. } => {}
+        }
+    }
+}
+
+impl Handler<Drained> for YjsSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Drained, _: &mut Self::Context) {
+        self.resync();
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for YjsSession {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_seen = Instant::now();
+        if self.outbox.is_evicted() {
+            return self.close(ctx, close::SLOW_CONSUMER, "slow consumer");
+        }
+        let msg = match item {
+            Ok(msg) => msg,
+            Err(ws::ProtocolError::Overflow) => {
+                let max = self.shared.config.limits.max_frame_bytes;
+                return self.close(
+                    ctx,
+                    close::YJS_TOO_LARGE,
+                    &format!("message over max_frame_bytes ({max})"),
+                );
+            }
+            Err(e) => {
+                tracing::debug!(session = %self.id, "websocket protocol error: {e}");
+                return self.close(ctx, close::PROTOCOL_ERROR, "websocket protocol error");
+            }
+        };
+        match msg {
+            ws::Message::Binary(bytes) => self.handle_frame(&bytes, ctx),
+            ws::Message::Text(_) => self.close(
+                ctx,
+                close::YJS_BAD_MESSAGE,
+                "y-protocols uses binary frames",
+            ),
+            ws::Message::Continuation(item) => self.continuation(item, ctx),
+            ws::Message::Ping(payload) => {
+                self.outbox.count(payload.len());
+                ctx.pong(&payload);
+            }
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

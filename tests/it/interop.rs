@@ -1,0 +1,147 @@
+//! Runs the stock-client interop suite (`tests/interop/`, yjs 13 +
+//! y-websocket 3 under `node --test`) against the `chorus` binary, and a
+//! stock y-websocket peer against the native Rust test client. Needs Node
+//! 20+ and npm; `npm ci` runs once when `node_modules` is missing. Without
+//! Node the tests fail with a message saying so (they are never skipped).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chorus::protocol::native::ServerMessage;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use crate::common::{server, Client, TestDoc};
+
+/// One `npm ci` at a time.
+static NPM: Mutex<()> = Mutex::new(());
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Checks for node and npm and installs the locked packages if needed.
+fn ensure_node_modules() -> PathBuf {
+    let dir = interop_dir();
+    let _guard = NPM.lock().unwrap_or_else(|e| e.into_inner());
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        matches!(&node, Ok(o) if o.status.success()),
+        "the interop tests need Node.js 20+ on PATH (`node --version` failed: {node:?})"
+    );
+    if !dir.join("node_modules/y-websocket").exists() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect(
+                "the interop tests need npm on PATH to install tests/interop/package-lock.json",
+            );
+        assert!(status.success(), "npm ci failed in tests/interop");
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_yjs_clients_interop_suite() {
+    let dir = ensure_node_modules();
+    let run = Command::new("node")
+        .args([
+            "--test",
+            "--test-concurrency=1",
+            "--test-timeout=60000",
+            ".",
+        ])
+        .current_dir(&dir)
+        .env("CHORUS_BIN", env!("CARGO_BIN_EXE_chorus"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the interop suite finishes within 180 s")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "interop suite failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+}
+
+/// A stock y-websocket client (`tests/interop/peer.mjs`) and the native
+/// Rust test client in one room: edits and presence both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn y_websocket_and_native_clients_converge_and_see_each_other() {
+    let dir = ensure_node_modules();
+    let srv = server(|_| {});
+    let mut native = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    native
+        .join_with("mixed", &doc, Some(json!({"name": "nat"})))
+        .await;
+    native.update_acked("mixed", doc.push("native ")).await;
+
+    let mut peer = Command::new("node")
+        .arg("peer.mjs")
+        .arg(format!("ws://{}/yjs", srv.addr))
+        .arg("mixed")
+        .current_dir(&dir)
+        .env("CHORUS_BIN", env!("CARGO_BIN_EXE_chorus"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    // The peer's edit and presence reach the native client.
+    native.sync_until("mixed", &doc, "native js").await;
+    let me = native.session.clone();
+    let joined = native
+        .expect(|m| {
+            matches!(m, ServerMessage::Presence { joined, updated, .. }
+                if joined.iter().chain(updated).any(|j| j.id != me && j.state["user"]["name"] == "js"))
+        })
+        .await;
+    let ServerMessage::Presence {
+        joined, updated, ..
+    } = joined
+    else {
+        unreachable!()
+    };
+    let js = joined
+        .iter()
+        .chain(&updated)
+        .find(|j| j.id != me)
+        .expect("peer member")
+        .id
+        .clone();
+    // The native edit and presence reach the peer: it prints what it saw.
+    let stdout = peer.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("peer reports in time")
+        .expect("peer output")
+        .expect("a line");
+    let seen: serde_json::Value = serde_json::from_str(&line).expect("json line");
+    assert_eq!(seen["text"], "native js");
+    assert!(seen["states"]
+        .as_array()
+        .expect("states")
+        .iter()
+        .any(|s| s["name"] == "nat"));
+    // The peer leaves: the native client sees it go.
+    let mut stdin = peer.stdin.take().expect("stdin");
+    stdin.write_all(b"bye\n").await.expect("write");
+    native
+        .expect(|m| matches!(m, ServerMessage::Presence { left, .. } if left.contains(&js)))
+        .await;
+    let status = tokio::time::timeout(Duration::from_secs(10), peer.wait())
+        .await
+        .expect("peer exits")
+        .expect("status");
+    assert!(status.success());
+}
