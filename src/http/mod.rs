@@ -15,7 +15,8 @@ use crate::room::Registry;
 use crate::session::transport::{CountingBody, Outbox};
 use crate::session::{NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
-use crate::store::DocStore;
+use crate::store::redb::RedbStore;
+use crate::store::{DocStore, StoreError};
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum ServerError {
     /// The server thread failed to start.
     #[error("server thread failed: {0}")]
     Thread(String),
+    /// The document store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A started server, running on the current actix `System`.
@@ -42,6 +46,8 @@ pub struct Server {
     handle: actix_web::dev::ServerHandle,
     running: actix_web::dev::Server,
     shared: Shared,
+    /// Closed last at shutdown, after rooms have flushed into it.
+    store: Arc<dyn DocStore>,
 }
 
 impl Server {
@@ -50,11 +56,12 @@ impl Server {
         config.validate().map_err(ServerError::Config)?;
         let config = Arc::new(config);
         let store: Arc<dyn DocStore> = match config.store {
+            StoreKind::Redb => Arc::new(RedbStore::open(&config)?),
             StoreKind::Memory => Arc::new(MemoryStore::new()),
         };
         let node = format!("{:08x}", rand::random::<u32>());
         let shared = Shared {
-            registry: Registry::new(config.clone(), store),
+            registry: Registry::new(config.clone(), store.clone()),
             sessions: Arc::new(Sessions::new(node)),
             config: config.clone(),
         };
@@ -78,6 +85,7 @@ impl Server {
             handle: running.handle(),
             running,
             shared,
+            store,
         })
     }
 
@@ -96,6 +104,7 @@ impl Server {
             handle,
             running,
             shared,
+            store,
             ..
         } = self;
         // The server future processes its own commands (pause, stop), so it
@@ -105,7 +114,7 @@ impl Server {
             res = &mut running => return res.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             () = stop => {}
         }
-        shutdown(&handle, &shared).await;
+        shutdown(&handle, &shared, &*store).await;
         running
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -113,8 +122,8 @@ impl Server {
 }
 
 /// Graceful shutdown: stop accepting, tell every session "going away", let
-/// rooms flush to the store, then stop the HTTP server.
-async fn shutdown(handle: &actix_web::dev::ServerHandle, shared: &Shared) {
+/// rooms flush to the store, close the store, then stop the HTTP server.
+async fn shutdown(handle: &actix_web::dev::ServerHandle, shared: &Shared, store: &dyn DocStore) {
     tracing::info!("shutting down: closing sessions, flushing rooms");
     handle.pause().await;
     shared
@@ -129,6 +138,9 @@ async fn shutdown(handle: &actix_web::dev::ServerHandle, shared: &Shared) {
     let flush = shared.registry.flush_all();
     if tokio::time::timeout_at(deadline, flush).await.is_err() {
         tracing::warn!("rooms did not finish flushing before the shutdown timeout");
+    }
+    if let Err(e) = store.close().await {
+        tracing::error!("closing the {} store: {e}", store.name());
     }
     handle.stop(true).await;
     tracing::info!("shutdown complete");
