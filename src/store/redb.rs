@@ -433,6 +433,7 @@ fn writer_loop(
     reader: JoinHandle<()>,
 ) {
     let mut close_reply = None;
+    let mut seqs = SeqCache::default();
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(options.max_batch.min(64));
         let mut push = |op: WriteOp, batch: &mut Vec<WriteOp>| match op {
@@ -453,14 +454,25 @@ fn writer_loop(
             }
         }
         if !batch.is_empty() {
-            let result = catch_unwind(AssertUnwindSafe(|| write_batch(&db, &batch)))
+            let t = std::time::Instant::now();
+            let n = batch.len();
+            let result = catch_unwind(AssertUnwindSafe(|| write_batch(&db, &batch, &mut seqs)))
                 .unwrap_or_else(|p| {
                     Err(io(format!(
                         "the store writer panicked: {}",
                         panic_message(&*p)
                     )))
                 });
+            if result.is_err() {
+                // It may hold numbers of a batch that was not committed.
+                seqs.rooms.clear();
+            }
             answer(batch, result);
+            tracing::trace!(
+                ops = n,
+                micros = t.elapsed().as_micros() as u64,
+                "store batch committed"
+            );
         }
         if close_reply.is_some() {
             break;
@@ -521,8 +533,51 @@ fn answer(batch: Vec<WriteOp>, result: Result<Vec<Outcome>, StoreError>) {
 
 type RoomTable<'t> = Table<'t, (&'static str, u64), &'static [u8]>;
 
+/// The writer's memory of each room's last sequence number, so an append
+/// does not look it up in the tables. Only the writer thread writes, so it
+/// stays exact; it is cleared when a commit fails and when it grows past
+/// [`SeqCache::MAX_ROOMS`] (then rebuilt from the tables on demand).
+#[derive(Default)]
+struct SeqCache {
+    rooms: HashMap<String, u64>,
+}
+
+impl SeqCache {
+    /// Rooms remembered at most (about 100 bytes each).
+    const MAX_ROOMS: usize = 100_000;
+
+    fn next(
+        &mut self,
+        log: &RoomTable<'_>,
+        snapshots: &RoomTable<'_>,
+        room: &str,
+    ) -> Result<u64, StoreError> {
+        let last = match self.rooms.get(room) {
+            Some(seq) => *seq,
+            None => {
+                if self.rooms.len() >= Self::MAX_ROOMS {
+                    self.rooms.clear();
+                }
+                last_seq(log, snapshots, room)?
+            }
+        };
+        let next = last + 1;
+        match self.rooms.get_mut(room) {
+            Some(seq) => *seq = next,
+            None => {
+                self.rooms.insert(room.to_owned(), next);
+            }
+        }
+        Ok(next)
+    }
+}
+
 /// Writes a batch in one transaction and commits it durably.
-fn write_batch(db: &Database, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreError> {
+fn write_batch(
+    db: &Database,
+    batch: &[WriteOp],
+    seqs: &mut SeqCache,
+) -> Result<Vec<Outcome>, StoreError> {
     let mut txn = db.begin_write().map_err(io)?;
     txn.set_durability(Durability::Immediate).map_err(io)?;
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -530,16 +585,10 @@ fn write_batch(db: &Database, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreEr
         let mut log = txn.open_table(LOG).map_err(io)?;
         let mut snapshots = txn.open_table(SNAPSHOT).map_err(io)?;
         let mut damaged = txn.open_table(DAMAGED).map_err(io)?;
-        // Last sequence number of each room touched by this batch.
-        let mut last: HashMap<&str, u64> = HashMap::new();
         for op in batch {
             match op {
                 WriteOp::Append { room, data, .. } => {
-                    let seq = match last.get(room.as_str()) {
-                        Some(seq) => *seq,
-                        None => last_seq(&log, &snapshots, room)?,
-                    } + 1;
-                    last.insert(room, seq);
+                    let seq = seqs.next(&log, &snapshots, room)?;
                     log.insert((room.as_str(), seq), frame(room, seq, data)?.as_slice())
                         .map_err(io)?;
                     outcomes.push(Outcome::Seq(seq));
@@ -564,7 +613,7 @@ fn write_batch(db: &Database, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreEr
                     for table in [&mut log, &mut snapshots, &mut damaged] {
                         clear(table, room, u64::MAX)?;
                     }
-                    last.remove(room.as_str());
+                    seqs.rooms.remove(room.as_str());
                     outcomes.push(Outcome::Done);
                 }
                 WriteOp::Close { .. } => outcomes.push(Outcome::Done),
