@@ -321,3 +321,26 @@ async fn store_corrupt_record_costs_only_its_room() {
         logs.join("\n")
     );
 }
+
+#[test]
+fn store_unreadable_file_stops_the_start_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(chorus::store::redb::FILE_NAME);
+    std::fs::write(&file, vec![0xA5u8; 64 * 1024]).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("chorus runs");
+    assert!(
+        !out.status.success(),
+        "must not start on a file it cannot read"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&file.display().to_string()),
+        "error names the file: {stderr}"
+    );
+    // Nothing was moved aside or replaced.
+    assert_eq!(std::fs::read(&file).unwrap(), vec![0xA5u8; 64 * 1024]);
+}
