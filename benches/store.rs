@@ -4,7 +4,9 @@
 //!
 //! `cargo bench --bench store` prints a table. Env: `CHORUS_BENCH_SECS`
 //! (measured seconds per scenario, default 3), `CHORUS_BENCH_ROOMS` (run only
-//! the scenarios with this many rooms: 1 or 100).
+//! the scenarios with this many rooms: 1 or 100). The `writer` column is the
+//! store writer thread's CPU use over the run: well under 100% means commits
+//! wait on fsync, not on CPU.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,10 +30,40 @@ struct Scenario {
     window: usize,
 }
 
+/// CPU seconds (user + system) used so far by this process's threads whose
+/// name starts with `prefix` ("" for all), from `/proc/self/task`.
+fn cpu_secs(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the ")" that closes the thread name: utime is the 12th, stime the 13th.
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f.len() > 12 {
+                total += (f[11].parse::<f64>().unwrap_or(0.0)
+                    + f[12].parse::<f64>().unwrap_or(0.0))
+                    / ticks;
+            }
+        }
+    }
+    total
+}
+
 /// What the clients measured.
 struct Outcome {
     acked: usize,
     secs: f64,
+    /// CPU the store writer thread used during the run, as a share of the
+    /// run's wall time.
+    writer_busy: f64,
     /// Send → ack, microseconds, sorted.
     latencies: Vec<u64>,
 }
@@ -139,6 +171,7 @@ fn run(s: &Scenario, secs: f64) -> Outcome {
         .expect("runtime");
     let warmup = Duration::from_millis(500);
     let measured = Duration::from_secs_f64(secs);
+    let began = Instant::now();
     let (acked, mut latencies) = rt.block_on(async {
         let t0 = Instant::now() + Duration::from_millis(300);
         let (start, end) = (t0 + warmup, t0 + warmup + measured);
@@ -162,11 +195,13 @@ fn run(s: &Scenario, secs: f64) -> Outcome {
         }
         (acked, latencies)
     });
+    let writer_busy = cpu_secs("chorus-store-wr") / began.elapsed().as_secs_f64();
     server.shutdown();
     latencies.sort_unstable();
     Outcome {
         acked,
         secs,
+        writer_busy,
         latencies,
     }
 }
@@ -209,8 +244,8 @@ fn main() {
         }
     }
     println!(
-        "{:<24} {:>5} {:>7} {:>6} {:>12} {:>9} {:>9}",
-        "store", "rooms", "clients", "window", "acked/s", "p50 ms", "p99 ms"
+        "{:<24} {:>5} {:>7} {:>6} {:>12} {:>9} {:>9} {:>8}",
+        "store", "rooms", "clients", "window", "acked/s", "p50 ms", "p99 ms", "writer"
     );
     let mut memory_rate = 0.0;
     for s in &scenarios {
@@ -220,7 +255,7 @@ fn main() {
             memory_rate = rate;
         }
         println!(
-            "{:<24} {:>5} {:>7} {:>6} {:>12.0} {:>9.2} {:>9.2}   ({:.2}x memory)",
+            "{:<24} {:>5} {:>7} {:>6} {:>12.0} {:>9.2} {:>9.2} {:>7.0}%   ({:.2}x memory)",
             s.name,
             s.rooms,
             s.rooms * s.clients_per_room,
@@ -228,6 +263,7 @@ fn main() {
             rate,
             percentile(&o.latencies, 0.50),
             percentile(&o.latencies, 0.99),
+            o.writer_busy * 100.0,
             memory_rate / rate,
         );
     }
