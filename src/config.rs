@@ -3,6 +3,7 @@
 //! limits table is generated from the same names).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -39,6 +40,9 @@ impl Cli {
 /// Which `DocStore` keeps documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
+    /// Embedded, crash-safe redb database `chorus.redb` in `--data-dir`
+    /// (the default): every acknowledged update survives `kill -9`.
+    Redb,
     /// In process memory: lost when the process exits.
     Memory,
 }
@@ -62,9 +66,24 @@ pub struct Config {
     /// TCP port to listen on; 0 picks a free one.
     #[arg(long, env = "CHORUS_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Where documents are kept.
-    #[arg(long, env = "CHORUS_STORE", value_enum, default_value = "memory")]
+    /// Where documents are kept: `redb` (durable, in `--data-dir`) or
+    /// `memory` (ephemeral, for tests).
+    #[arg(long, env = "CHORUS_STORE", value_enum, default_value = "redb")]
     pub store: StoreKind,
+    /// Directory of the durable store (created if missing); the database is
+    /// the file `chorus.redb` inside it. Unused with `--store memory`.
+    #[arg(long, env = "CHORUS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Group commit: appends from every room that queue up while one commit
+    /// is being written share the next commit (one fsync per batch). `false`
+    /// commits (and fsyncs) every append on its own; for benchmarks.
+    #[arg(long, env = "CHORUS_STORE_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub store_group_commit: bool,
+    /// Most store operations (appends, compactions, deletes) written in one
+    /// group commit. No delay is added to fill a batch: a batch is whatever
+    /// queued while the previous commit was being written, up to this cap.
+    #[arg(long, env = "CHORUS_STORE_MAX_BATCH", default_value_t = 1024)]
+    pub store_max_batch: usize,
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `chorus=debug`).
     #[arg(long, env = "CHORUS_LOG", default_value = "info")]
     pub log_level: String,
@@ -141,6 +160,10 @@ pub struct Limits {
     /// Updates appended to a room's log before it is compacted to a snapshot.
     #[arg(long, env = "CHORUS_COMPACT_EVERY", default_value_t = 500)]
     pub compact_every: u64,
+    /// Bytes of updates appended to a room's log before it is compacted to a
+    /// snapshot (whichever of this and `compact_every` comes first).
+    #[arg(long, env = "CHORUS_COMPACT_BYTES", default_value_t = 1024 * 1024)]
+    pub compact_bytes: u64,
     /// How long shutdown waits for sessions to close and rooms to flush, in ms.
     #[arg(long, env = "CHORUS_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
     pub shutdown_timeout_ms: u64,
@@ -154,10 +177,12 @@ impl Default for Config {
 }
 
 impl Config {
-    /// A config for tests and embedding: defaults, port 0, loopback.
+    /// A config for tests and embedding: defaults, port 0, loopback, and
+    /// the in-memory store (nothing is written to disk).
     pub fn ephemeral() -> Self {
         Config {
             port: 0,
+            store: StoreKind::Memory,
             ..Config::default()
         }
     }
@@ -181,6 +206,12 @@ impl Config {
         }
         if l.max_frame_bytes < 1024 {
             return Err("max frame bytes must be at least 1024".into());
+        }
+        if self.store_max_batch == 0 {
+            return Err("store max batch must be at least 1".into());
+        }
+        if l.compact_every == 0 || l.compact_bytes == 0 {
+            return Err("compact_every and compact_bytes must be at least 1".into());
         }
         if l.tick_ms == 0 {
             return Err("tick must be at least 1 ms".into());

@@ -18,35 +18,41 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Json => builder.json().init(),
     }
     actix_web::rt::System::new().block_on(async move {
+        let stop = shutdown_signal();
         let server = Server::start(config).context("starting the server")?;
         tracing::info!(addr = %server.addr(), "chorus listening");
-        server
-            .run_until(shutdown_signal())
-            .await
-            .context("server failed")
+        server.run_until(stop).await.context("server failed")
     })
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers the SIGINT and SIGTERM handlers at once (so a signal sent as
+/// soon as the server says it listens still shuts it down gracefully) and
+/// resolves on the first of them. Must be called inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = ctrl_c.await;
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!("cannot listen for SIGINT/SIGTERM: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -16,7 +16,8 @@ use crate::session::transport::{CountingBody, Outbox};
 use crate::session::yjs::YjsSession;
 use crate::session::{NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
-use crate::store::DocStore;
+use crate::store::redb::RedbStore;
+use crate::store::{DocStore, StoreError};
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,9 @@ pub enum ServerError {
     /// The server thread failed to start.
     #[error("server thread failed: {0}")]
     Thread(String),
+    /// The document store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A started server, running on the current actix `System`.
@@ -43,6 +47,8 @@ pub struct Server {
     handle: actix_web::dev::ServerHandle,
     running: actix_web::dev::Server,
     shared: Shared,
+    /// Closed last at shutdown, after rooms have flushed into it.
+    store: Arc<dyn DocStore>,
 }
 
 impl Server {
@@ -51,11 +57,12 @@ impl Server {
         config.validate().map_err(ServerError::Config)?;
         let config = Arc::new(config);
         let store: Arc<dyn DocStore> = match config.store {
+            StoreKind::Redb => Arc::new(RedbStore::open(&config)?),
             StoreKind::Memory => Arc::new(MemoryStore::new()),
         };
         let node = format!("{:08x}", rand::random::<u32>());
         let shared = Shared {
-            registry: Registry::new(config.clone(), store),
+            registry: Registry::new(config.clone(), store.clone()),
             sessions: Arc::new(Sessions::new(node)),
             config: config.clone(),
         };
@@ -79,6 +86,7 @@ impl Server {
             handle: running.handle(),
             running,
             shared,
+            store,
         })
     }
 
@@ -97,6 +105,7 @@ impl Server {
             handle,
             running,
             shared,
+            store,
             ..
         } = self;
         // The server future processes its own commands (pause, stop), so it
@@ -106,7 +115,7 @@ impl Server {
             res = &mut running => return res.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             () = stop => {}
         }
-        shutdown(&handle, &shared).await;
+        shutdown(&handle, &shared, &*store).await;
         running
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -114,8 +123,8 @@ impl Server {
 }
 
 /// Graceful shutdown: stop accepting, tell every session "going away", let
-/// rooms flush to the store, then stop the HTTP server.
-async fn shutdown(handle: &actix_web::dev::ServerHandle, shared: &Shared) {
+/// rooms flush to the store, close the store, then stop the HTTP server.
+async fn shutdown(handle: &actix_web::dev::ServerHandle, shared: &Shared, store: &dyn DocStore) {
     tracing::info!("shutting down: closing sessions, flushing rooms");
     handle.pause().await;
     shared
@@ -130,6 +139,9 @@ async fn shutdown(handle: &actix_web::dev::ServerHandle, shared: &Shared) {
     let flush = shared.registry.flush_all();
     if tokio::time::timeout_at(deadline, flush).await.is_err() {
         tracing::warn!("rooms did not finish flushing before the shutdown timeout");
+    }
+    if let Err(e) = store.close().await {
+        tracing::error!("closing the {} store: {e}", store.name());
     }
     handle.stop(true).await;
     tracing::info!("shutdown complete");

@@ -249,6 +249,8 @@ pub struct Room {
     durable_seq: u64,
     /// Appends since the last compaction.
     since_compact: u64,
+    /// Bytes appended since the last compaction (`compact_bytes` threshold).
+    bytes_since_compact: u64,
     /// Appends not yet completed (eviction waits for zero).
     inflight_appends: usize,
     compacting: bool,
@@ -297,6 +299,7 @@ impl Room {
             doc_bytes: 0,
             durable_seq: 0,
             since_compact: 0,
+            bytes_since_compact: 0,
             inflight_appends: 0,
             compacting: false,
             joins_seen: 0,
@@ -333,6 +336,7 @@ impl Room {
         }
         self.durable_seq = stored.last_seq;
         self.since_compact = stored.updates.len() as u64;
+        self.bytes_since_compact = stored.updates.iter().map(|u| u.len() as u64).sum();
     }
 
     /// Sends `msg` encoded for the member's protocol; `None` when that
@@ -653,7 +657,11 @@ impl Room {
         if self.compacting || self.broken.is_some() || (self.since_compact == 0 && !force) {
             return;
         }
-        if !force && self.since_compact < self.config.limits.compact_every {
+        let limits = &self.config.limits;
+        if !force
+            && self.since_compact < limits.compact_every
+            && self.bytes_since_compact < limits.compact_bytes
+        {
             return;
         }
         self.compacting = true;
@@ -665,6 +673,7 @@ impl Room {
         let size = snapshot.len();
         let upto = self.durable_seq;
         let covered = self.since_compact;
+        let covered_bytes = self.bytes_since_compact;
         let bytes_before = self.doc_bytes;
         let fut = self.store.compact(&self.id, snapshot, upto);
         ctx.spawn(fut.into_actor(self).map(move |res, room, _| {
@@ -672,6 +681,8 @@ impl Room {
             match res {
                 Ok(()) => {
                     room.since_compact = room.since_compact.saturating_sub(covered);
+                    room.bytes_since_compact =
+                        room.bytes_since_compact.saturating_sub(covered_bytes);
                     // The bound restarts from the snapshot, plus what was
                     // applied while it was being written.
                     room.doc_bytes = size + room.doc_bytes.saturating_sub(bytes_before);
@@ -1049,6 +1060,7 @@ impl Handler<ClientUpdate> for Room {
         self.schedule_flush(ctx);
 
         self.inflight_appends += 1;
+        let len = msg.data.len() as u64;
         let append = self.store.append(&self.id, msg.data);
         let rid = msg.rid;
         ctx.spawn(append.into_actor(self).map(move |res, room, ctx| {
@@ -1057,6 +1069,7 @@ impl Handler<ClientUpdate> for Room {
                 Ok(seq) => {
                     room.durable_seq = room.durable_seq.max(seq);
                     room.since_compact += 1;
+                    room.bytes_since_compact += len;
                     if let Some(rid) = rid {
                         let ack = ServerMessage::Ack {
                             room: room.id.to_string(),

@@ -3,11 +3,14 @@
 //! update and acknowledges it only once `append` resolves; it compacts the
 //! log into a new snapshot from time to time and on eviction.
 //!
-//! Implementations: [`memory::MemoryStore`] (tests and `--store memory`).
+//! Implementations: [`redb::RedbStore`] (the default: durable, embedded,
+//! group-committed) and [`memory::MemoryStore`] (tests and `--store memory`).
 
 pub mod memory;
+pub mod redb;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -24,6 +27,14 @@ pub enum StoreError {
         /// Room whose data is damaged.
         room: String,
         /// What was found.
+        detail: String,
+    },
+    /// The store itself could not be opened (so the server cannot start).
+    #[error("cannot open the store {path}: {detail}")]
+    Open {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// Why.
         detail: String,
     },
 }
@@ -59,6 +70,12 @@ pub trait DocStore: Send + Sync + 'static {
     fn compact(&self, room: &str, snapshot: Bytes, upto_seq: u64) -> StoreFuture<()>;
     /// Removes everything stored for the room.
     fn delete(&self, room: &str) -> StoreFuture<()>;
+    /// Finishes the operations already queued and releases the storage
+    /// (files closed cleanly); later operations fail. Called at shutdown,
+    /// after rooms have flushed.
+    fn close(&self) -> StoreFuture<()> {
+        Box::pin(async { Ok(()) })
+    }
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
 }

@@ -41,7 +41,7 @@ export class Server {
 
   async start () {
     this.port ??= await freePort()
-    this.child = spawn(bin(), ['--port', String(this.port), '--log-level', 'warn', ...this.args], {
+    this.child = spawn(bin(), ['--port', String(this.port), '--log-level', 'warn', '--store', 'memory', ...this.args], {
       stdio: ['ignore', 'inherit', 'inherit']
     })
     this.exited = new Promise((resolve) => this.child.once('exit', resolve))

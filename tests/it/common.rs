@@ -32,6 +32,122 @@ pub fn server(tweak: impl FnOnce(&mut Config)) -> BackgroundServer {
     BackgroundServer::spawn(config).expect("server starts")
 }
 
+/// The `chorus` binary running as a child process, with its log lines
+/// (stdout and stderr) collected. Started on port 0; the address is read
+/// from its "chorus listening" log line, so no port is ever guessed.
+pub struct ChildServer {
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ChildServer {
+    /// Starts `chorus` with `args` (plus `--port 0 --log-format json`) and
+    /// waits until it listens. Panics with its output if it exits first.
+    pub fn start(args: &[&str]) -> ChildServer {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(["--port", "0", "--log-format", "json", "--log-level", "info"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chorus binary starts");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Option<SocketAddr>>();
+        let outputs: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("piped stdout")),
+            Box::new(child.stderr.take().expect("piped stderr")),
+        ];
+        for output in outputs {
+            let (lines, addr_tx) = (lines.clone(), addr_tx.clone());
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(output).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["fields"]["message"] == "chorus listening" {
+                            let addr = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
+                            let _ = addr_tx.send(addr);
+                        }
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+                let _ = addr_tx.send(None);
+            });
+        }
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(addr)) => addr,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "chorus did not start listening; output:\n{}",
+                    lines.lock().unwrap().join("\n")
+                );
+            }
+        };
+        ChildServer { child, addr, lines }
+    }
+
+    /// Resident memory of the server process, in bytes (from /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmRSS line")
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM and wait for the graceful shutdown; returns the log lines.
+    pub fn terminate(mut self) -> Vec<String> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM runs");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                assert!(status.success(), "chorus exited with {status}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "chorus did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let the output threads read the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        self.logs()
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        // A panicking test must not leave the server running.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A native-protocol client.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -217,6 +333,54 @@ impl Client {
         }
     }
 
+    /// Sends a message; `Err` when the connection is gone (no panic).
+    pub async fn try_send(&mut self, msg: &ClientMessage) -> Result<(), String> {
+        self.ws
+            .send(Message::Binary(encode_client(msg).into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Next server message, or `None` when the connection closed, failed or
+    /// stayed silent for `within` (no panic).
+    pub async fn try_recv(&mut self, within: Duration) -> Option<ServerMessage> {
+        if let Some(m) = self.backlog.pop_front() {
+            return Some(m);
+        }
+        loop {
+            match tokio::time::timeout(within, self.ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => return decode_server(&b).ok(),
+                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => {
+                    return None
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Joins `room` with `doc`'s state vector; on `synced` applies the diff
+    /// and returns the server's state vector, else returns the error reply.
+    pub async fn try_join(&mut self, room: &str, doc: &TestDoc) -> Result<Vec<u8>, ServerMessage> {
+        let rid = self.rid();
+        self.send(&ClientMessage::Join {
+            room: room.into(),
+            sv: Some(Bin(doc.state_vector())),
+            presence: None,
+            rid: Some(rid),
+        })
+        .await;
+        let reply = self
+            .expect(|m| matches!(m, ServerMessage::Synced { rid: r, .. } | ServerMessage::Error { rid: r, .. } if *r == Some(rid)))
+            .await;
+        match reply {
+            ServerMessage::Synced { diff, sv, .. } => {
+                doc.apply(&diff.0);
+                Ok(sv.0)
+            }
+            other => Err(other),
+        }
+    }
+
     /// Sends an update and waits for its ack.
     pub async fn update_acked(&mut self, room: &str, data: Vec<u8>) {
         let rid = self.rid();
@@ -323,6 +487,19 @@ impl TestDoc {
             .expect("update applies");
     }
 
+    /// This document's Yjs client id.
+    pub fn client_id(&self) -> u64 {
+        self.doc.client_id().get()
+    }
+
+    /// Clock of this document's own client: how many items it has made.
+    pub fn own_clock(&self) -> u32 {
+        self.doc
+            .transact()
+            .state_vector()
+            .get(&self.doc.client_id())
+    }
+
     /// Encoded state vector.
     pub fn state_vector(&self) -> Vec<u8> {
         self.doc.transact().state_vector().encode_v1()
@@ -380,56 +557,5 @@ where
             "timed out waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A free TCP port on loopback (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The server binary as a child process; killed (SIGKILL) on drop.
-pub struct ChildServer {
-    pub child: std::process::Child,
-    pub addr: SocketAddr,
-}
-
-impl ChildServer {
-    /// Starts `chorus` with `args` on a free port and waits until it accepts.
-    pub async fn start(args: &[&str]) -> ChildServer {
-        let port = free_port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .args(["--port", &port.to_string(), "--log-level", "warn"])
-            .args(args)
-            .spawn()
-            .expect("server binary starts");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid addr");
-        eventually("child server accepts connections", || async move {
-            TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
-        ChildServer { child, addr }
-    }
-
-    /// Resident memory of the server process, in bytes (from /proc).
-    pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .expect("VmRSS line")
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

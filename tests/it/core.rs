@@ -493,6 +493,8 @@ async fn slow_consumers_cost_bounded_memory_and_resync() {
     /// (held in the doc and in the store's snapshot + log).
     const RSS_LIMIT: u64 = 400 * 1024 * 1024;
     let srv = crate::common::ChildServer::start(&[
+        "--store",
+        "memory",
         "--max-doc-bytes",
         "200000000",
         "--outbound-hard-limit-bytes",
@@ -501,8 +503,7 @@ async fn slow_consumers_cost_bounded_memory_and_resync() {
         "120000",
         "--heartbeat-ms",
         "30000",
-    ])
-    .await;
+    ]);
     let room = "firehose";
     let mut slow = Vec::new();
     for _ in 0..SLOW {

@@ -5,5 +5,6 @@ mod common;
 mod core;
 mod docs;
 mod interop;
+mod store;
 mod vectors;
 mod yjs;

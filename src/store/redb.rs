@@ -1,0 +1,908 @@
+//! Durable [`DocStore`] on [redb](https://www.redb.org), an embedded,
+//! crash-safe (copy-on-write B-trees, checksummed commits), pure-Rust
+//! key-value store: one file, `chorus.redb`, in the data directory.
+//!
+//! # Threads
+//!
+//! Room actors never touch the disk. A dedicated **writer thread** owns all
+//! writes: `append`, `compact` and `delete` queue an operation (with a
+//! oneshot for the answer) on a channel and return a future. The writer takes
+//! everything queued, up to `store_max_batch` operations, writes it in ONE
+//! write transaction and commits it with [`Durability::Immediate`] (fsync
+//! before `commit` returns); only then does it answer each operation. This
+//! is group commit: appends from every room that arrive while one commit is
+//! being written share the next one, so one fsync covers a batch and no
+//! delay is added to fill it. With group commit off, every operation gets a
+//! transaction (and an fsync) of its own. A **reader thread** serves `load`
+//! from read transactions (redb readers never wait for the writer).
+//!
+//! # Layout
+//!
+//! Three tables, all keyed by `(room id, sequence number)`:
+//! - `log`: appended updates. Sequence numbers are per room and monotonic:
+//!   the next one is one past the largest of the room's last log key and its
+//!   snapshot's key, so compaction and restarts never reuse a number.
+//! - `snapshot`: at most one entry per room, keyed by the last sequence
+//!   number it covers (so that number survives damage to the value).
+//! - `damaged`: log records that failed their checksum, moved aside by
+//!   compaction instead of being dropped, for an operator to inspect.
+//!
+//! A compaction replaces the snapshot and drops the log entries it covers in
+//! one transaction: a crash leaves either the old or the new state.
+//!
+//! # Corruption policy
+//!
+//! redb checksums its pages but verifies them only when it repairs a file
+//! after an unclean shutdown; it does not promise to detect a flipped byte
+//! in a value on a normal read. So every stored value is framed as
+//! `[version u8][payload length u32 LE][crc32 u32 LE][payload]`, the CRC
+//! covering the room id, the sequence number and the payload. On load:
+//! - a damaged **log entry** is skipped and reported in
+//!   [`StoredDoc::skipped`] (the room logs it, with its id, at error level);
+//!   the rest is served. Its next compaction moves the record to `damaged`.
+//! - a damaged **snapshot** refuses the room ([`StoreError::Corrupt`], so
+//!   joins get `room_unavailable`): serving the log tail without its base
+//!   would be a silently gutted document, and a later compaction would make
+//!   the loss permanent. The data is left untouched.
+//! - if every entry of a room is damaged, the room is refused the same way,
+//!   never served empty.
+//! - a panic inside redb while reading a room (possible on a malformed file)
+//!   is caught and reported as that room being corrupt.
+//!
+//! If redb refuses the file itself when opening it (bad header, unrepairable
+//! after a crash, locked by another process), the server does not start and
+//! the error names the file. Nothing is moved aside automatically: an empty
+//! database in place of a damaged one would look like every document lost.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use ::redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, StorageError, Table, TableDefinition,
+};
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{DocStore, StoreError, StoreFuture, StoredDoc};
+use crate::config::Config;
+
+/// Name of the database file inside the data directory.
+pub const FILE_NAME: &str = "chorus.redb";
+
+/// Appended updates: `(room, seq)` → framed update.
+const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
+/// Snapshots: `(room, last seq covered)` → framed encoded state.
+const SNAPSHOT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("snapshot");
+/// Log records that failed their checksum, moved aside by compaction.
+const DAMAGED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("damaged");
+
+/// Version byte of the value frame.
+const FRAME_VERSION: u8 = 1;
+/// Bytes before the payload: version, length, crc.
+const FRAME_HEADER: usize = 1 + 4 + 4;
+
+/// Frames `payload` stored under `(room, seq)` with its length and checksum.
+fn frame(room: &str, seq: u64, payload: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let len = u32::try_from(payload.len())
+        .map_err(|_| StoreError::Io(format!("value of {} bytes is too large", payload.len())))?;
+    let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
+    out.push(FRAME_VERSION);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&checksum(room, seq, payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// The payload of a frame stored under `(room, seq)`, or what is wrong.
+fn unframe<'a>(room: &str, seq: u64, value: &'a [u8]) -> Result<&'a [u8], String> {
+    if value.len() < FRAME_HEADER {
+        return Err(format!(
+            "truncated: {} bytes, shorter than a header",
+            value.len()
+        ));
+    }
+    if value[0] != FRAME_VERSION {
+        return Err(format!("unknown frame version {}", value[0]));
+    }
+    let word =
+        |at: usize| u32::from_le_bytes([value[at], value[at + 1], value[at + 2], value[at + 3]]);
+    let (len, crc) = (word(1) as usize, word(5));
+    let payload = &value[FRAME_HEADER..];
+    if payload.len() != len {
+        return Err(format!(
+            "truncated: {} payload bytes, header says {len}",
+            payload.len()
+        ));
+    }
+    let actual = checksum(room, seq, payload);
+    if actual != crc {
+        return Err(format!(
+            "checksum mismatch (stored {crc:08x}, computed {actual:08x})"
+        ));
+    }
+    Ok(payload)
+}
+
+fn checksum(room: &str, seq: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(room.len() as u64).to_le_bytes());
+    h.update(room.as_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn io(e: impl Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn closed() -> StoreError {
+    StoreError::Io("the store is closed".into())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// An operation for the writer thread.
+enum WriteOp {
+    Append {
+        room: String,
+        data: Bytes,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Compact {
+        room: String,
+        snapshot: Bytes,
+        upto: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Delete {
+        room: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Stop after the operations queued before this one; close the file.
+    Close {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// A load for the reader thread.
+struct ReadOp {
+    room: String,
+    reply: oneshot::Sender<Result<StoredDoc, StoreError>>,
+}
+
+/// What an operation of a batch produced, before the commit decides.
+enum Outcome {
+    Seq(u64),
+    Done,
+}
+
+/// The durable store. Cheap to share: it only holds channel ends.
+pub struct RedbStore {
+    path: PathBuf,
+    /// To the writer thread. Sending never blocks (unbounded): the writer
+    /// drains the queue a batch per commit, so it is bounded in practice by
+    /// the updates clients have in flight.
+    writes: mpsc::Sender<WriteOp>,
+    /// To the reader thread.
+    reads: Mutex<Option<mpsc::Sender<ReadOp>>>,
+}
+
+/// How the writer thread batches.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// Most operations in one commit; 1 disables group commit.
+    pub max_batch: usize,
+}
+
+impl WriterOptions {
+    /// The options `config` asks for.
+    pub fn from_config(config: &Config) -> Self {
+        WriterOptions {
+            max_batch: if config.store_group_commit {
+                config.store_max_batch.max(1)
+            } else {
+                1
+            },
+        }
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) `data_dir/chorus.redb` with the writer
+    /// options of `config`, and starts the writer and reader threads.
+    pub fn open(config: &Config) -> Result<RedbStore, StoreError> {
+        Self::open_at(&config.data_dir, WriterOptions::from_config(config))
+    }
+
+    /// Opens (creating if needed) `dir/chorus.redb`. Fails with
+    /// [`StoreError::Open`] naming the file when the directory cannot be
+    /// created or redb refuses the file (damaged beyond repair, locked by
+    /// another process, unknown format).
+    pub fn open_at(dir: &Path, options: WriterOptions) -> Result<RedbStore, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let open_err = |detail: String| StoreError::Open {
+            path: path.clone(),
+            detail,
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| open_err(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let opened = catch_unwind(|| Database::builder().create(&path))
+            .map_err(|p| open_err(format!("redb panicked opening it: {}", panic_message(&*p))))?;
+        let db = opened.map_err(|e| {
+            open_err(match e {
+                ::redb::DatabaseError::DatabaseAlreadyOpen => {
+                    "it is already open (another chorus process on this data dir?)".into()
+                }
+                other => format!("{other}"),
+            })
+        })?;
+        // Create the tables so that readers always find them.
+        let init = || -> Result<(), ::redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(LOG)?;
+            txn.open_table(SNAPSHOT)?;
+            txn.open_table(DAMAGED)?;
+            txn.commit()?;
+            Ok(())
+        };
+        init().map_err(|e| open_err(format!("cannot initialise tables: {e}")))?;
+        let db = Arc::new(db);
+
+        let (read_tx, read_rx) = mpsc::channel::<ReadOp>();
+        let reader_db = db.clone();
+        let reader = std::thread::Builder::new()
+            .name("chorus-store-read".into())
+            .spawn(move || reader_loop(&reader_db, &read_rx))
+            .map_err(|e| open_err(format!("cannot start the reader thread: {e}")))?;
+        let (write_tx, write_rx) = mpsc::channel::<WriteOp>();
+        std::thread::Builder::new()
+            .name("chorus-store-write".into())
+            .spawn(move || writer_loop(db, &write_rx, options, reader))
+            .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
+        tracing::info!(
+            path = %path.display(),
+            max_batch = options.max_batch,
+            "durable store open"
+        );
+        Ok(RedbStore {
+            path,
+            writes: write_tx,
+            reads: Mutex::new(Some(read_tx)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+    ) -> StoreFuture<T> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writes.send(op(tx)).map_err(|_| closed());
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| closed())?
+        })
+    }
+}
+
+impl DocStore for RedbStore {
+    fn load(&self, room: &str) -> StoreFuture<StoredDoc> {
+        let (tx, rx) = oneshot::channel();
+        let op = ReadOp {
+            room: room.to_owned(),
+            reply: tx,
+        };
+        let sent = self
+            .reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .ok_or_else(closed)
+            .and_then(|reads| reads.send(op).map_err(|_| closed()));
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| closed())?
+        })
+    }
+
+    fn append(&self, room: &str, update: Bytes) -> StoreFuture<u64> {
+        let room = room.to_owned();
+        self.write(|reply| WriteOp::Append {
+            room,
+            data: update,
+            reply,
+        })
+    }
+
+    fn compact(&self, room: &str, snapshot: Bytes, upto_seq: u64) -> StoreFuture<()> {
+        let room = room.to_owned();
+        self.write(|reply| WriteOp::Compact {
+            room,
+            snapshot,
+            upto: upto_seq,
+            reply,
+        })
+    }
+
+    fn delete(&self, room: &str) -> StoreFuture<()> {
+        let room = room.to_owned();
+        self.write(|reply| WriteOp::Delete { room, reply })
+    }
+
+    fn close(&self) -> StoreFuture<()> {
+        // Stop taking loads; the writer joins the reader before closing.
+        self.reads.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.write(|reply| WriteOp::Close { reply })
+    }
+
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+}
+
+/// Serves loads until the channel closes.
+fn reader_loop(db: &Database, rx: &mpsc::Receiver<ReadOp>) {
+    while let Ok(ReadOp { room, reply }) = rx.recv() {
+        let result = catch_unwind(AssertUnwindSafe(|| load(db, &room))).unwrap_or_else(|p| {
+            Err(StoreError::Corrupt {
+                room: room.clone(),
+                detail: format!("reading it panicked: {}", panic_message(&*p)),
+            })
+        });
+        let _ = reply.send(result);
+    }
+}
+
+/// Reads a room's snapshot and log tail, applying the corruption policy.
+fn load(db: &Database, room: &str) -> Result<StoredDoc, StoreError> {
+    let storage = |e: StorageError| match e {
+        StorageError::Corrupted(detail) => StoreError::Corrupt {
+            room: room.to_owned(),
+            detail,
+        },
+        other => io(other),
+    };
+    let txn = db.begin_read().map_err(io)?;
+    let snapshots = txn.open_table(SNAPSHOT).map_err(io)?;
+    let log = txn.open_table(LOG).map_err(io)?;
+    let all = (room, 0u64)..=(room, u64::MAX);
+    let mut doc = StoredDoc::default();
+    let mut covered = 0;
+    if let Some(entry) = snapshots.range(all.clone()).map_err(storage)?.next_back() {
+        let (key, value) = entry.map_err(storage)?;
+        covered = key.value().1;
+        match unframe(room, covered, value.value()) {
+            Ok(payload) => doc.snapshot = Some(Bytes::copy_from_slice(payload)),
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    room: room.to_owned(),
+                    detail: format!(
+                        "its snapshot (covering updates up to #{covered}) is damaged: {e}; \
+                         the room is refused and its stored data left as it is"
+                    ),
+                })
+            }
+        }
+    }
+    doc.last_seq = covered;
+    for entry in log.range(all).map_err(storage)? {
+        let (key, value) = entry.map_err(storage)?;
+        let seq = key.value().1;
+        doc.last_seq = doc.last_seq.max(seq);
+        if seq <= covered {
+            continue;
+        }
+        match unframe(room, seq, value.value()) {
+            Ok(payload) => doc.updates.push(Bytes::copy_from_slice(payload)),
+            Err(e) => doc.skipped.push(format!("log entry #{seq}: {e}")),
+        }
+    }
+    if !doc.skipped.is_empty() && doc.snapshot.is_none() && doc.updates.is_empty() {
+        return Err(StoreError::Corrupt {
+            room: room.to_owned(),
+            detail: format!(
+                "every stored entry is damaged ({}); the room is refused rather than served empty",
+                doc.skipped.join("; ")
+            ),
+        });
+    }
+    Ok(doc)
+}
+
+/// Writes batches until the channel closes or a `Close` arrives.
+fn writer_loop(
+    db: Arc<Database>,
+    rx: &mpsc::Receiver<WriteOp>,
+    options: WriterOptions,
+    reader: JoinHandle<()>,
+) {
+    let mut close_reply = None;
+    let mut seqs = SeqCache::default();
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::with_capacity(options.max_batch.min(64));
+        let mut push = |op: WriteOp, batch: &mut Vec<WriteOp>| match op {
+            WriteOp::Close { reply } => {
+                close_reply = Some(reply);
+                false
+            }
+            op => {
+                batch.push(op);
+                true
+            }
+        };
+        let mut more = push(first, &mut batch);
+        while more && batch.len() < options.max_batch {
+            match rx.try_recv() {
+                Ok(op) => more = push(op, &mut batch),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            let t = std::time::Instant::now();
+            let n = batch.len();
+            let result = catch_unwind(AssertUnwindSafe(|| write_batch(&db, &batch, &mut seqs)))
+                .unwrap_or_else(|p| {
+                    Err(io(format!(
+                        "the store writer panicked: {}",
+                        panic_message(&*p)
+                    )))
+                });
+            if result.is_err() {
+                // It may hold numbers of a batch that was not committed.
+                seqs.rooms.clear();
+            }
+            answer(batch, result);
+            tracing::trace!(
+                ops = n,
+                micros = t.elapsed().as_micros() as u64,
+                "store batch committed"
+            );
+        }
+        if close_reply.is_some() {
+            break;
+        }
+    }
+    // Close: the reader's channel is gone (see `close`), so it ends; once it
+    // has dropped its handle this thread holds the last one, and dropping it
+    // closes the file cleanly (no repair at the next start).
+    let _ = reader.join();
+    let result = match Arc::try_unwrap(db) {
+        Ok(db) => db.close().map_err(io),
+        Err(_) => Err(io("the database is still in use; not closed cleanly")),
+    };
+    if let Err(e) = &result {
+        tracing::warn!("closing the store: {e}");
+    }
+    if let Some(reply) = close_reply {
+        let _ = reply.send(result);
+    }
+}
+
+/// Answers every operation of a batch once its commit is decided.
+fn answer(batch: Vec<WriteOp>, result: Result<Vec<Outcome>, StoreError>) {
+    match result {
+        Ok(outcomes) => {
+            for (op, outcome) in batch.into_iter().zip(outcomes) {
+                match (op, outcome) {
+                    (WriteOp::Append { reply, .. }, Outcome::Seq(seq)) => {
+                        let _ = reply.send(Ok(seq));
+                    }
+                    (WriteOp::Compact { reply, .. } | WriteOp::Delete { reply, .. }, _) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    (WriteOp::Append { reply, .. }, Outcome::Done) => {
+                        let _ = reply.send(Err(io("append produced no sequence number")));
+                    }
+                    (WriteOp::Close { .. }, _) => {}
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!("store commit failed: {e}");
+            let msg = e.to_string();
+            for op in batch {
+                match op {
+                    WriteOp::Append { reply, .. } => {
+                        let _ = reply.send(Err(StoreError::Io(msg.clone())));
+                    }
+                    WriteOp::Compact { reply, .. } | WriteOp::Delete { reply, .. } => {
+                        let _ = reply.send(Err(StoreError::Io(msg.clone())));
+                    }
+                    WriteOp::Close { .. } => {}
+                }
+            }
+        }
+    }
+}
+
+type RoomTable<'t> = Table<'t, (&'static str, u64), &'static [u8]>;
+
+/// The writer's memory of each room's last sequence number, so an append
+/// does not look it up in the tables. Only the writer thread writes, so it
+/// stays exact; it is cleared when a commit fails and when it grows past
+/// [`SeqCache::MAX_ROOMS`] (then rebuilt from the tables on demand).
+#[derive(Default)]
+struct SeqCache {
+    rooms: HashMap<String, u64>,
+}
+
+impl SeqCache {
+    /// Rooms remembered at most (about 100 bytes each).
+    const MAX_ROOMS: usize = 100_000;
+
+    fn next(
+        &mut self,
+        log: &RoomTable<'_>,
+        snapshots: &RoomTable<'_>,
+        room: &str,
+    ) -> Result<u64, StoreError> {
+        let last = match self.rooms.get(room) {
+            Some(seq) => *seq,
+            None => {
+                if self.rooms.len() >= Self::MAX_ROOMS {
+                    self.rooms.clear();
+                }
+                last_seq(log, snapshots, room)?
+            }
+        };
+        let next = last + 1;
+        match self.rooms.get_mut(room) {
+            Some(seq) => *seq = next,
+            None => {
+                self.rooms.insert(room.to_owned(), next);
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// Writes a batch in one transaction and commits it durably.
+fn write_batch(
+    db: &Database,
+    batch: &[WriteOp],
+    seqs: &mut SeqCache,
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut txn = db.begin_write().map_err(io)?;
+    txn.set_durability(Durability::Immediate).map_err(io)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    {
+        let mut log = txn.open_table(LOG).map_err(io)?;
+        let mut snapshots = txn.open_table(SNAPSHOT).map_err(io)?;
+        let mut damaged = txn.open_table(DAMAGED).map_err(io)?;
+        for op in batch {
+            match op {
+                WriteOp::Append { room, data, .. } => {
+                    let seq = seqs.next(&log, &snapshots, room)?;
+                    log.insert((room.as_str(), seq), frame(room, seq, data)?.as_slice())
+                        .map_err(io)?;
+                    outcomes.push(Outcome::Seq(seq));
+                }
+                WriteOp::Compact {
+                    room,
+                    snapshot,
+                    upto,
+                    ..
+                } => {
+                    compact(
+                        &mut log,
+                        &mut snapshots,
+                        &mut damaged,
+                        room,
+                        snapshot,
+                        *upto,
+                    )?;
+                    outcomes.push(Outcome::Done);
+                }
+                WriteOp::Delete { room, .. } => {
+                    for table in [&mut log, &mut snapshots, &mut damaged] {
+                        clear(table, room, u64::MAX)?;
+                    }
+                    seqs.rooms.remove(room.as_str());
+                    outcomes.push(Outcome::Done);
+                }
+                WriteOp::Close { .. } => outcomes.push(Outcome::Done),
+            }
+        }
+    }
+    txn.commit().map_err(io)?;
+    Ok(outcomes)
+}
+
+/// The room's last sequence number: its last log key or, when the log is
+/// empty, the one its snapshot covers.
+fn last_seq(log: &RoomTable<'_>, snapshots: &RoomTable<'_>, room: &str) -> Result<u64, StoreError> {
+    let all = (room, 0u64)..=(room, u64::MAX);
+    let mut seq = 0;
+    for table in [log, snapshots] {
+        if let Some(entry) = table.range(all.clone()).map_err(io)?.next_back() {
+            let (key, _) = entry.map_err(io)?;
+            seq = seq.max(key.value().1);
+        }
+    }
+    Ok(seq)
+}
+
+/// Removes the room's entries with sequence numbers `<= upto`.
+fn clear(table: &mut RoomTable<'_>, room: &str, upto: u64) -> Result<(), StoreError> {
+    table
+        .retain_in((room, 0u64)..=(room, upto), |_, _| false)
+        .map_err(io)
+}
+
+/// Replaces the room's snapshot and drops the log entries it covers;
+/// damaged ones are moved to `damaged` instead. A compaction older than the
+/// stored snapshot (smaller `upto`) is ignored: snapshots only move forward.
+fn compact(
+    log: &mut RoomTable<'_>,
+    snapshots: &mut RoomTable<'_>,
+    damaged: &mut RoomTable<'_>,
+    room: &str,
+    snapshot: &[u8],
+    upto: u64,
+) -> Result<(), StoreError> {
+    let all = (room, 0u64)..=(room, u64::MAX);
+    if let Some(entry) = snapshots.range(all.clone()).map_err(io)?.next_back() {
+        let (key, _) = entry.map_err(io)?;
+        if key.value().1 > upto {
+            return Ok(());
+        }
+    }
+    let mut bad: Vec<(u64, Vec<u8>)> = Vec::new();
+    log.retain_in((room, 0u64)..=(room, upto), |key, value| {
+        if unframe(room, key.1, value).is_err() {
+            bad.push((key.1, value.to_vec()));
+        }
+        false
+    })
+    .map_err(io)?;
+    for (seq, value) in bad {
+        tracing::error!(
+            room,
+            seq,
+            "compaction moved a damaged log entry to the `damaged` table"
+        );
+        damaged.insert((room, seq), value.as_slice()).map_err(io)?;
+    }
+    clear(snapshots, room, u64::MAX)?;
+    snapshots
+        .insert((room, upto), frame(room, upto, snapshot)?.as_slice())
+        .map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> RedbStore {
+        RedbStore::open_at(dir, WriterOptions { max_batch: 64 }).unwrap()
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn appends_compaction_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut seqs = Vec::new();
+        for i in 0..10 {
+            seqs.push(store.append("r", b(&format!("u{i}"))).await.unwrap());
+        }
+        assert!(seqs.windows(2).all(|w| w[1] > w[0]), "monotonic: {seqs:?}");
+        store.compact("r", b("snap"), seqs[5]).await.unwrap();
+        let doc = store.load("r").await.unwrap();
+        assert_eq!(doc.snapshot, Some(b("snap")));
+        assert_eq!(
+            doc.updates,
+            (6..10).map(|i| b(&format!("u{i}"))).collect::<Vec<_>>()
+        );
+        assert_eq!(doc.last_seq, seqs[9]);
+        // A stale compaction (older upto) does not move the snapshot back.
+        store.compact("r", b("old"), seqs[2]).await.unwrap();
+        assert_eq!(store.load("r").await.unwrap().snapshot, Some(b("snap")));
+        // Compacting everything keeps the sequence going.
+        store.compact("r", b("all"), seqs[9]).await.unwrap();
+        store.close().await.unwrap();
+
+        let store = open(dir.path());
+        let doc = store.load("r").await.unwrap();
+        assert_eq!(doc.snapshot, Some(b("all")));
+        assert!(doc.updates.is_empty());
+        assert_eq!(doc.last_seq, seqs[9]);
+        let next = store.append("r", b("after")).await.unwrap();
+        assert!(next > seqs[9], "sequence numbers never go back");
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn compaction_in_the_middle_of_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // Everything is queued before anything is awaited, so appends and
+        // the compaction share batches; a fresh room numbers from 1.
+        let mut appends = Vec::new();
+        for i in 1..=100u64 {
+            appends.push(store.append("r", b(&format!("u{i}"))));
+        }
+        let compaction = store.compact("r", b("snap"), 60);
+        for i in 101..=130u64 {
+            appends.push(store.append("r", b(&format!("u{i}"))));
+        }
+        let mut seqs = Vec::new();
+        for f in appends {
+            seqs.push(f.await.unwrap());
+        }
+        compaction.await.unwrap();
+        assert_eq!(seqs, (1..=130).collect::<Vec<u64>>());
+        store.close().await.unwrap();
+
+        let store = open(dir.path());
+        let doc = store.load("r").await.unwrap();
+        assert_eq!(doc.snapshot, Some(b("snap")));
+        let tail: Vec<Bytes> = (61..=130).map(|i| b(&format!("u{i}"))).collect();
+        assert_eq!(doc.updates, tail, "exactly the entries after the snapshot");
+        assert_eq!(doc.last_seq, 130);
+        assert!(doc.skipped.is_empty());
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn delete_removes_only_that_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.append("a", b("a1")).await.unwrap();
+        store.append("b", b("b1")).await.unwrap();
+        store.compact("a", b("sa"), 1).await.unwrap();
+        store.append("a", b("a2")).await.unwrap();
+        store.delete("a").await.unwrap();
+        let a = store.load("a").await.unwrap();
+        assert!(a.snapshot.is_none() && a.updates.is_empty() && a.last_seq == 0);
+        assert_eq!(store.load("b").await.unwrap().updates, vec![b("b1")]);
+        store.close().await.unwrap();
+    }
+
+    #[test]
+    fn frames_detect_damage() {
+        let f = frame("room", 7, b"payload").unwrap();
+        assert_eq!(unframe("room", 7, &f).unwrap(), b"payload");
+        assert!(unframe("room", 8, &f).is_err(), "seq is covered");
+        assert!(unframe("other", 7, &f).is_err(), "room is covered");
+        let mut flipped = f.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        assert!(unframe("room", 7, &flipped)
+            .unwrap_err()
+            .contains("checksum"));
+        assert!(unframe("room", 7, &f[..f.len() - 2])
+            .unwrap_err()
+            .contains("truncated"));
+        assert!(unframe("room", 7, &f[..3])
+            .unwrap_err()
+            .contains("truncated"));
+    }
+
+    /// Overwrites the stored value of `(room, seq)` in `table`, as a flipped
+    /// byte on disk would look to a reader.
+    fn damage(dir: &Path, table: TableDefinition<(&str, u64), &[u8]>, room: &str, seq: u64) {
+        let db = Database::create(dir.join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(table).unwrap();
+            let mut value = t.get((room, seq)).unwrap().unwrap().value().to_vec();
+            let last = value.len() - 1;
+            value[last] ^= 0xff;
+            t.insert((room, seq), value.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn damaged_entries_are_skipped_and_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 1..=3 {
+            store.append("r", b(&format!("u{i}"))).await.unwrap();
+        }
+        store.close().await.unwrap();
+        damage(dir.path(), LOG, "r", 2);
+
+        let store = open(dir.path());
+        let doc = store.load("r").await.unwrap();
+        assert_eq!(doc.updates, vec![b("u1"), b("u3")]);
+        assert_eq!(doc.skipped.len(), 1);
+        assert!(doc.skipped[0].contains("#2"), "{:?}", doc.skipped);
+        assert_eq!(doc.last_seq, 3);
+        store.compact("r", b("snap"), 3).await.unwrap();
+        store.close().await.unwrap();
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(DAMAGED).unwrap();
+        assert!(t.get(("r", 2)).unwrap().is_some(), "kept for inspection");
+    }
+
+    #[tokio::test]
+    async fn damaged_snapshot_refuses_the_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.append("r", b("u1")).await.unwrap();
+        store.append("ok", b("u1")).await.unwrap();
+        store.compact("r", b("snap"), 1).await.unwrap();
+        store.append("r", b("u2")).await.unwrap();
+        store.close().await.unwrap();
+        damage(dir.path(), SNAPSHOT, "r", 1);
+
+        let store = open(dir.path());
+        match store.load("r").await {
+            Err(StoreError::Corrupt { room, detail }) => {
+                assert_eq!(room, "r");
+                assert!(detail.contains("snapshot"), "{detail}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(store.load("ok").await.unwrap().updates, vec![b("u1")]);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_room_with_only_damaged_entries_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.append("r", b("u1")).await.unwrap();
+        store.close().await.unwrap();
+        damage(dir.path(), LOG, "r", 1);
+        let store = open(dir.path());
+        assert!(matches!(
+            store.load("r").await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_second_open_of_the_same_file_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        match RedbStore::open_at(dir.path(), WriterOptions { max_batch: 1 }) {
+            Err(e @ StoreError::Open { .. }) => {
+                assert!(e.to_string().contains(FILE_NAME), "{e}")
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("opened twice"),
+        }
+        store.close().await.unwrap();
+        assert!(store.append("r", b("x")).await.is_err(), "closed");
+    }
+
+    #[tokio::test]
+    async fn without_group_commit_every_append_still_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_at(dir.path(), WriterOptions { max_batch: 1 }).unwrap();
+        let futs: Vec<_> = (0..20)
+            .map(|i| store.append(if i % 2 == 0 { "a" } else { "b" }, b(&format!("{i}"))))
+            .collect();
+        for f in futs {
+            f.await.unwrap();
+        }
+        assert_eq!(store.load("a").await.unwrap().updates.len(), 10);
+        assert_eq!(store.load("b").await.unwrap().last_seq, 10);
+        store.close().await.unwrap();
+    }
+}
