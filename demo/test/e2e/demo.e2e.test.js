@@ -133,9 +133,17 @@ test('chat: a message from A appears in B; "A is typing…" shows while A types 
   // Read receipt: B saw it, A's page says so.
   await until(async () => (await alice.page.locator('.chorus-msg.chorus-mine .chorus-receipt').allTextContents()).some((t) => t.includes('Seen by Bob')), 'the read receipt in A');
 
-  // Typing again, then stopping without sending.
-  await alice.page.keyboard.type('still thinking', { delay: 20 });
+  // Typing for longer than the server's 5 s typing TTL: the indicator is
+  // renewed and never drops while A types.
+  await alice.page.keyboard.type('s');
   await until(async () => (await typing.textContent()) === 'Alice is typing…', 'typing shown again');
+  const samples = [];
+  for (let i = 0; i < 26; i++) {
+    await alice.page.keyboard.type('t', { delay: 0 });
+    await new Promise((r) => setTimeout(r, 250));
+    samples.push(await typing.textContent());
+  }
+  assert.deepEqual(samples.filter((t) => t !== 'Alice is typing…'), [], 'the indicator stayed on while A typed');
   const stoppedAt = Date.now();
   await until(async () => (await typing.textContent()) === '', 'the typing line to clear', 6_000);
   assert.ok(Date.now() - stoppedAt <= 6_000);
@@ -147,7 +155,8 @@ test('chat: a message from A appears in B; "A is typing…" shows while A types 
 
 test('B goes offline, edits, comes back: both converge', async () => {
   await bob.context.setOffline(true);
-  await bob.page.waitForSelector('.chorus-badge:is([data-status="offline"],[data-status="reconnecting"])', { timeout: WAIT });
+  await bob.page.waitForSelector('.chorus-badge[data-status="offline"]', { timeout: WAIT });
+  assert.equal(await bob.page.locator('.chorus-badge').textContent(), 'Offline');
   await bob.page.click('.cm-content');
   await bob.page.keyboard.press('Control+End');
   await bob.page.keyboard.type(' [bob offline]', { delay: 10 });
