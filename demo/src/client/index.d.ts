@@ -154,6 +154,8 @@ export class ChorusRoom extends Emitter<RoomEvents> {
   readonly typing: Set<string>;
   /** This connection's member id. */
   readonly self: string | null;
+  /** True while some local change is not yet acknowledged as durable. */
+  readonly unsaved: boolean;
   /** Has the room synced at least once. */
   readonly everSynced: boolean;
   whenSynced(): Promise<ChorusRoom>;

@@ -384,6 +384,8 @@ export class ChorusRoom extends Emitter {
     this.typing = new Set();
     this.joinRid = null;
     this.unacked = new Set();
+    /** Local changes not yet known durable (drives the `saved` event). */
+    this.unsaved = false;
     this.everSynced = false;
     this.localCursor = undefined;
     this.presenceDirty = false;
@@ -394,7 +396,7 @@ export class ChorusRoom extends Emitter {
       if (origin === this.origin) return;
       // Before `synced` the room may not have this member yet; the diff sent
       // after `synced` covers these edits.
-      if (this.state !== 'synced') return;
+      if (this.state !== 'synced') return this.#markUnsaved();
       this.#sendUpdate(update);
     };
     this.doc.on('update', this.onDocUpdate);
@@ -469,11 +471,20 @@ export class ChorusRoom extends Emitter {
 
   #sendUpdate(update) {
     const rid = this.client.rid();
-    if (this.client._send({ t: 'update', room: this.id, data: update, rid })) {
-      const wasSaved = this.unacked.size === 0;
-      this.unacked.add(rid);
-      if (wasSaved) this.emit('saved', false);
-    }
+    if (this.client._send({ t: 'update', room: this.id, data: update, rid })) this.unacked.add(rid);
+    this.#markUnsaved();
+  }
+
+  #markUnsaved() {
+    if (this.unsaved) return;
+    this.unsaved = true;
+    this.emit('saved', false);
+  }
+
+  #markSavedIfDone() {
+    if (!this.unsaved || this.unacked.size > 0 || this.state !== 'synced') return;
+    this.unsaved = false;
+    this.emit('saved', true);
   }
 
   #sendCursor() {
@@ -519,6 +530,8 @@ export class ChorusRoom extends Emitter {
         const missing = Y.encodeStateAsUpdate(this.doc, msg.sv);
         this.#setState('synced');
         if (!isEmptyUpdate(missing)) this.#sendUpdate(missing);
+        // Nothing missing: whatever was unacknowledged had reached the store.
+        else this.#markSavedIfDone();
         if (this.presenceDirty) this.setPresence(this.presence);
         this.#sendCursor();
         if (this.typingOn) this.setTyping(true);
@@ -530,7 +543,7 @@ export class ChorusRoom extends Emitter {
         Y.applyUpdate(this.doc, msg.data, this.origin);
         return;
       case 'ack':
-        if (this.unacked.delete(msg.rid) && this.unacked.size === 0) this.emit('saved', true);
+        if (this.unacked.delete(msg.rid)) this.#markSavedIfDone();
         return;
       case 'presence':
         return this.#onPresence(msg);

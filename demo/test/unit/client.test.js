@@ -102,13 +102,15 @@ test('reconnect: backoff, then resync from the state vector; offline edits survi
   a.on('status', (s) => statuses.push(s));
   server.down = true;
   for (const s of [...server.sockets]) if (s.id === a.session) s._serverClose(1006, '');
-  await until(() => statuses.filter((s) => s.status === 'reconnecting').length >= 2, 'two failed attempts');
+  await until(() => statuses.filter((s) => s.status === 'reconnecting' && s.delayMs != null).length >= 2, 'two failed attempts');
   // Offline edits on both sides.
   ra.doc.getText('t').insert(5, 'offline-a ');
   rb.doc.getText('t').insert(0, 'online-b ');
   assert.equal(ra.state, 'disconnected');
+  assert.equal(ra.unsaved, true, 'offline edits are not saved yet');
   server.down = false;
   await until(() => a.status === 'online' && ra.state === 'synced', 'a back online');
+  await until(() => ra.unsaved === false, 'offline edits acknowledged after the resync');
   await until(() => text(ra) === text(rb) && text(ra).includes('offline-a') && text(ra).includes('online-b'), 'convergence after reconnect');
   const delays = statuses.filter((s) => s.status === 'reconnecting' && s.delayMs != null).map((s) => s.delayMs);
   // random 0.5 → 3/4 of the exponential base 5, 10, …
