@@ -96,6 +96,13 @@ pub struct Config {
     /// Room arbiters (threads that run room actors; 0 = one per core).
     #[arg(long, env = "CHORUS_ROOM_THREADS", default_value_t = 0)]
     pub room_threads: usize,
+    /// Directory of the built demo page (chat + editor) served at `/` and
+    /// `/assets/*`; relative paths are taken from the working directory.
+    /// Build it with `npm --prefix demo run build` (`npm --prefix demo start`
+    /// builds it and starts the server). When it is missing, `/` answers
+    /// 503 with these instructions; the WebSocket API works regardless.
+    #[arg(long, env = "CHORUS_DEMO_DIR", default_value = "demo/dist")]
+    pub demo_dir: PathBuf,
     /// Limits and timings.
     #[command(flatten)]
     pub limits: Limits,

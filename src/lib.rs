@@ -20,8 +20,8 @@
 //! - [`presence`]: who is in a room, their state, cursor and typing.
 //! - [`store`]: the `DocStore` trait (snapshot + update log) and its
 //!   implementations.
-//! - [`http`]: the actix-web app (routes, health, metrics) and the server
-//!   lifecycle, including graceful shutdown.
+//! - [`http`]: the actix-web app (routes, health, metrics, the demo page
+//!   from `demo_dir`) and the server lifecycle, including graceful shutdown.
 #![deny(missing_docs)]
 
 pub mod config;

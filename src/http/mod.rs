@@ -1,6 +1,8 @@
 //! The actix-web application: WebSocket routes, health and metrics, and the
 //! server's lifecycle (start, graceful shutdown).
 
+pub mod demo;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -219,7 +221,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(native_ws))
         .route("/yjs/{room:[^/]*}", web::get().to(yjs_ws))
         .route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/", web::get().to(demo::index))
+        .route("/assets/{path:.*}", web::get().to(demo::asset));
 }
 
 /// `GET /ws`: upgrade to a native-protocol session.

@@ -1,0 +1,242 @@
+//! The demo's JavaScript tests, run by `cargo test`:
+//!
+//! - `js_unit_tests`: `node --test demo/test/unit/` (the client library
+//!   against an in-memory server, golden protocol frames, proto/vectors);
+//! - `browser_e2e`: builds the demo, starts a server on a free port serving
+//!   it, and runs `node --test demo/test/e2e/` (Playwright driving Debian's
+//!   headless Chromium) against it. Screenshots land in `artifacts/e2e/`.
+//!
+//! What they need is installed when missing: the demo's npm packages
+//! (`npm ci` from the committed lockfile) and `/usr/bin/chromium`
+//! (`apt-get install -y chromium`; needs root, as on CI).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chorus::config::Config;
+use chorus::http::BackgroundServer;
+
+/// Setup steps (npm ci, build, apt) must not run twice at once.
+static SETUP: Mutex<()> = Mutex::new(());
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn demo() -> PathBuf {
+    repo().join("demo")
+}
+
+fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `cmd` to completion (output passed through); panics with `what` on failure.
+fn run(what: &str, cmd: &mut Command, limit: Duration) {
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
+    let status = wait(child, limit, what);
+    assert!(status.success(), "{what} failed ({status}): {cmd:?}");
+}
+
+/// Waits for `child`, killing it after `limit`.
+fn wait(mut child: Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish within {limit:?}");
+            }
+            Err(e) => panic!("{what}: waiting failed: {e}"),
+        }
+    }
+}
+
+fn apt_install(packages: &[&str]) {
+    run(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-q"]),
+        Duration::from_secs(600),
+    );
+    run(
+        &format!("apt-get install {packages:?}"),
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        Duration::from_secs(1200),
+    );
+}
+
+/// Node and the demo's npm packages.
+fn ensure_node_deps() {
+    if !have("node") || !have("npm") {
+        apt_install(&["nodejs", "npm"]);
+    }
+    if !demo().join("node_modules/.package-lock.json").is_file() {
+        run(
+            "npm ci (demo)",
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(demo()),
+            Duration::from_secs(900),
+        );
+    }
+}
+
+fn ensure_chromium() -> PathBuf {
+    let path = PathBuf::from(
+        std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+    );
+    if !path.exists() {
+        apt_install(&["chromium", "fonts-dejavu-core"]);
+    }
+    assert!(
+        path.exists(),
+        "{} is missing after apt-get install chromium",
+        path.display()
+    );
+    path
+}
+
+fn node_test(dir: &str, envs: &[(&str, &str)], limit: Duration) {
+    let mut cmd = Command::new("node");
+    cmd.args(["--test", "--test-concurrency=1", dir])
+        .current_dir(demo())
+        .envs(envs.iter().copied());
+    run(&format!("node --test {dir}"), &mut cmd, limit);
+}
+
+#[test]
+fn js_unit_tests() {
+    {
+        let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
+        ensure_node_deps();
+    }
+    node_test("test/unit/", &[], Duration::from_secs(300));
+}
+
+#[test]
+fn browser_e2e() {
+    let chromium = {
+        let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
+        ensure_node_deps();
+        run(
+            "demo build",
+            Command::new("node")
+                .arg(Path::new("scripts").join("build.mjs"))
+                .current_dir(demo()),
+            Duration::from_secs(300),
+        );
+        ensure_chromium()
+    };
+    let mut config = Config::ephemeral();
+    config.workers = 2;
+    config.room_threads = 2;
+    config.log_level = "warn".into();
+    config.demo_dir = demo().join("dist");
+    let server = BackgroundServer::spawn(config).expect("server starts");
+    let url = format!("http://{}", server.addr);
+    let artifacts = repo().join("artifacts").join("e2e");
+    node_test(
+        "test/e2e/",
+        &[
+            ("CHORUS_URL", url.as_str()),
+            ("CHORUS_ARTIFACTS", &artifacts.to_string_lossy()),
+            ("CHROMIUM_PATH", &chromium.to_string_lossy()),
+        ],
+        Duration::from_secs(600),
+    );
+    server.shutdown();
+}
+
+#[test]
+fn missing_demo_build_is_a_clear_503() {
+    let mut config = Config::ephemeral();
+    config.workers = 1;
+    config.room_threads = 1;
+    config.log_level = "warn".into();
+    config.demo_dir = repo().join("target").join("no-such-demo-dir");
+    let server = BackgroundServer::spawn(config).expect("server starts");
+    let (status, body) = http_get(server.addr, "/");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("npm --prefix demo start"), "{body}");
+    let (status, _) = http_get(server.addr, "/assets/widget.js");
+    assert_eq!(status, 503);
+    let (status, _) = http_get(server.addr, "/assets/../Cargo.toml");
+    assert_eq!(status, 404);
+    server.shutdown();
+}
+
+/// A minimal HTTP/1.1 GET (status, body) without an HTTP client dependency.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write request");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read response");
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {raw}"));
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// The golden frames the JS codec is tested against (`demo/test/golden/`)
+/// must be what the Rust codec produces: each decodes and re-encodes to the
+/// same bytes, and frames marked `error` are refused.
+#[test]
+fn golden_frames_match_the_rust_codec() {
+    use chorus::protocol::native::{decode_client, decode_server, encode_client, encode_server};
+    let path = demo().join("test/golden/native-v1.json");
+    let text = std::fs::read_to_string(&path).expect("golden file readable");
+    let vectors: Vec<serde_json::Value> = serde_json::from_str(&text).expect("golden file is JSON");
+    assert!(vectors.len() >= 20, "too few golden vectors");
+    for v in &vectors {
+        let name = v["name"].as_str().expect("name");
+        let hex = v["hex"].as_str().expect("hex");
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
+            .collect();
+        let error = v.get("error").is_some();
+        match (v["direction"].as_str(), error) {
+            (Some("client"), false) => {
+                let msg = decode_client(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(encode_client(&msg), bytes, "{name}: re-encoding differs");
+            }
+            (Some("server"), false) => {
+                let msg = decode_server(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(encode_server(&msg), bytes, "{name}: re-encoding differs");
+            }
+            (Some("server"), true) => {
+                assert!(decode_server(&bytes).is_err(), "{name}: should be refused")
+            }
+            (Some("client"), true) => {
+                assert!(decode_client(&bytes).is_err(), "{name}: should be refused")
+            }
+            other => panic!("{name}: unexpected direction {other:?}"),
+        }
+    }
+}
