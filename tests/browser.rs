@@ -1,7 +1,7 @@
 //! The demo's JavaScript tests, run by `cargo test`:
 //!
 //! - `js_unit_tests`: `node --test demo/test/unit/` (the client library
-//!   against an in-memory server, golden protocol frames, proto/vectors);
+//!   against an in-memory server, and against proto/vectors);
 //! - `browser_e2e`: builds the demo, starts a server on a free port serving
 //!   it, and runs `node --test demo/test/e2e/` (Playwright driving Debian's
 //!   headless Chromium) against it. Screenshots land in `artifacts/e2e/`.
@@ -201,42 +201,4 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_else(|| panic!("bad response: {raw}"));
     let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
     (status, body)
-}
-
-/// The golden frames the JS codec is tested against (`demo/test/golden/`)
-/// must be what the Rust codec produces: each decodes and re-encodes to the
-/// same bytes, and frames marked `error` are refused.
-#[test]
-fn golden_frames_match_the_rust_codec() {
-    use chorus::protocol::native::{decode_client, decode_server, encode_client, encode_server};
-    let path = demo().join("test/golden/native-v1.json");
-    let text = std::fs::read_to_string(&path).expect("golden file readable");
-    let vectors: Vec<serde_json::Value> = serde_json::from_str(&text).expect("golden file is JSON");
-    assert!(vectors.len() >= 20, "too few golden vectors");
-    for v in &vectors {
-        let name = v["name"].as_str().expect("name");
-        let hex = v["hex"].as_str().expect("hex");
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
-            .collect();
-        let error = v.get("error").is_some();
-        match (v["direction"].as_str(), error) {
-            (Some("client"), false) => {
-                let msg = decode_client(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert_eq!(encode_client(&msg), bytes, "{name}: re-encoding differs");
-            }
-            (Some("server"), false) => {
-                let msg = decode_server(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert_eq!(encode_server(&msg), bytes, "{name}: re-encoding differs");
-            }
-            (Some("server"), true) => {
-                assert!(decode_server(&bytes).is_err(), "{name}: should be refused")
-            }
-            (Some("client"), true) => {
-                assert!(decode_client(&bytes).is_err(), "{name}: should be refused")
-            }
-            other => panic!("{name}: unexpected direction {other:?}"),
-        }
-    }
 }

@@ -47,8 +47,12 @@ export function checkVector(v) {
   }
   const expected = fromVectorValue(v.value);
   if (v.direction === 'client') {
+    // The client writes these frames: it must write exactly the canonical
+    // bytes. Decode-only client vectors (extra fields, other key orders) are
+    // about what the server accepts.
+    if (v.roundtrip === false) return 'server-side decoding';
+    assert.equal(toHex(encodeClient(expected)), v.hex.toLowerCase(), `${label}: encode`);
     assert.deepStrictEqual(decodeClient(bytes), expected, `${label}: decode`);
-    if (v.roundtrip !== false) assert.equal(toHex(encodeClient(expected)), v.hex.toLowerCase(), `${label}: encode`);
   } else if (v.direction === 'server') {
     assert.deepStrictEqual(decodeServer(bytes), expected, `${label}: decode`);
     if (v.roundtrip !== false) assert.equal(toHex(encodeServer(expected)), v.hex.toLowerCase(), `${label}: encode`);

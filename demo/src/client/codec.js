@@ -70,7 +70,10 @@ const NESTED = {
   updated: ['id', 'user?', 'state'],
   cursors: ['id', 'anchor', 'head'],
 };
-const LIMIT_FIELDS = ['max_frame_bytes', 'max_rooms', 'max_doc_bytes', 'max_presence_bytes', 'typing_ttl_ms', 'heartbeat_ms'];
+const LIMIT_FIELDS = [
+  'max_frame_bytes', 'max_rooms', 'max_doc_bytes', 'max_presence_bytes', 'typing_ttl_ms', 'heartbeat_ms',
+  'client_timeout_ms', 'max_event_bytes', 'max_room_id_bytes',
+];
 
 function orderStruct(value, fields) {
   const out = {};
