@@ -178,8 +178,7 @@ pub struct Limits {
 
 impl Default for Config {
     fn default() -> Self {
-        // unwrap: parsing an empty command line only uses the declared defaults.
-        Cli::try_parse_from(["chorus"]).unwrap().into_config()
+        Cli::try_parse_from(["chorus"]).unwrap().into_config() // unwrap: an empty command line uses only the declared defaults
     }
 }
 

@@ -427,16 +427,14 @@ pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, rmp_serde::decode::E
 /// map key string, and JSON values have string keys.
 pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
-    // unwrap: writing into a Vec cannot fail, and every type here serializes.
-    rmp_serde::encode::write_named(&mut buf, msg).unwrap();
+    rmp_serde::encode::write_named(&mut buf, msg).unwrap(); // unwrap: a Vec sink cannot fail; these types always serialize
     buf
 }
 
 /// Encodes a client message (used by clients and tests).
 pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
-    // unwrap: writing into a Vec cannot fail, and every type here serializes.
-    rmp_serde::encode::write_named(&mut buf, msg).unwrap();
+    rmp_serde::encode::write_named(&mut buf, msg).unwrap(); // unwrap: a Vec sink cannot fail; these types always serialize
     buf
 }
 
