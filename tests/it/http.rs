@@ -99,10 +99,7 @@ fn parse_response(raw: &[u8]) -> Resp {
 fn dechunk(mut raw: &[u8]) -> (Vec<u8>, usize) {
     let total = raw.len();
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap().trim(), 16)
             .expect("chunk size");
         if size == 0 || raw.len() < eol + 2 + size + 2 {
