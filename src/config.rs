@@ -106,6 +106,65 @@ pub struct Config {
     /// Limits and timings.
     #[command(flatten)]
     pub limits: Limits,
+    /// HTTP API, event streams and webhooks.
+    #[command(flatten)]
+    pub api: ApiConfig,
+}
+
+/// Options of the HTTP API under `/api/v1`, its event streams (SSE, long
+/// poll, NDJSON) and outgoing webhooks.
+#[derive(Debug, Clone, Args)]
+pub struct ApiConfig {
+    /// Server API key: `/api/v1` requests must carry
+    /// `Authorization: Bearer <key>`. Unset: the API is open (logged at start).
+    #[arg(long, env = "CHORUS_API_KEY")]
+    pub api_key: Option<String>,
+    /// Largest request body the API accepts, in bytes (larger: 413).
+    #[arg(long, env = "CHORUS_API_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub api_max_body_bytes: usize,
+    /// Events (updates, presence diffs, events) a room keeps for SSE resume
+    /// and long polling.
+    #[arg(long, env = "CHORUS_EVENT_WINDOW", default_value_t = 1024)]
+    pub event_window: usize,
+    /// Bytes of JSON a room's event window may hold (whichever of this and
+    /// `event_window` comes first).
+    #[arg(long, env = "CHORUS_EVENT_WINDOW_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub event_window_bytes: usize,
+    /// Events queued for one SSE / NDJSON / poll subscriber; a subscriber
+    /// further behind gets a `reset` event and its stream ends.
+    #[arg(long, env = "CHORUS_SUBSCRIBER_BUFFER", default_value_t = 256)]
+    pub subscriber_buffer: usize,
+    /// How long a long poll is held when nothing happens, in ms (then 204).
+    #[arg(long, env = "CHORUS_POLL_TIMEOUT_MS", default_value_t = 25_000)]
+    pub poll_timeout_ms: u64,
+    /// Interval of heartbeat comments on SSE streams (and empty lines on
+    /// NDJSON streams), in ms.
+    #[arg(long, env = "CHORUS_SSE_HEARTBEAT_MS", default_value_t = 15_000)]
+    pub sse_heartbeat_ms: u64,
+    /// Webhook receivers (`http://` URLs; repeat the flag or separate by commas).
+    #[arg(long, env = "CHORUS_WEBHOOK_URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
+    /// Secret of the `X-Chorus-Signature: sha256=<hex HMAC of the body>` header.
+    #[arg(long, env = "CHORUS_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+    /// Webhook deliveries waiting to be sent; when full, new ones are
+    /// dropped (and counted), never blocking a room.
+    #[arg(long, env = "CHORUS_WEBHOOK_QUEUE", default_value_t = 1024)]
+    pub webhook_queue: usize,
+    /// Attempts per webhook delivery (first try included); the waits between
+    /// them double from `webhook_backoff_ms`.
+    #[arg(long, env = "CHORUS_WEBHOOK_ATTEMPTS", default_value_t = 5)]
+    pub webhook_attempts: u32,
+    /// First wait before retrying a failed webhook delivery, in ms.
+    #[arg(long, env = "CHORUS_WEBHOOK_BACKOFF_MS", default_value_t = 500)]
+    pub webhook_backoff_ms: u64,
+    /// Timeout of one webhook request, in ms.
+    #[arg(long, env = "CHORUS_WEBHOOK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub webhook_timeout_ms: u64,
+    /// `document.stored` webhooks of a room are sent at most once per this
+    /// many ms (debounce).
+    #[arg(long, env = "CHORUS_WEBHOOK_DEBOUNCE_MS", default_value_t = 2_000)]
+    pub webhook_debounce_ms: u64,
 }
 
 /// Every limit and timing the server enforces. Each is a named flag and env
@@ -221,6 +280,18 @@ impl Config {
         }
         if l.tick_ms == 0 {
             return Err("tick must be at least 1 ms".into());
+        }
+        let a = &self.api;
+        if a.event_window == 0 || a.subscriber_buffer == 0 || a.sse_heartbeat_ms == 0 {
+            return Err(
+                "event window, subscriber buffer and SSE heartbeat must be at least 1".into(),
+            );
+        }
+        if a.webhook_queue == 0 || a.webhook_attempts == 0 {
+            return Err("webhook queue and attempts must be at least 1".into());
+        }
+        for url in &a.webhook_url {
+            crate::webhook::parse_url(url).map_err(|e| format!("webhook URL {url:?}: {e}"))?;
         }
         Ok(())
     }

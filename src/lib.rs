@@ -21,13 +21,19 @@
 //! - [`store`]: the `DocStore` trait (snapshot + update log) and its
 //!   implementations.
 //! - [`http`]: the actix-web app (routes, health, metrics, the demo page
-//!   from `demo_dir`) and the server lifecycle, including graceful shutdown.
+//!   from `demo_dir`) and the server lifecycle, including graceful shutdown;
+//!   `http::api` is the REST API under `/api/v1` (API key, JSON errors, SSE,
+//!   long poll, NDJSON); `room::events` is the event window it streams from.
+//! - [`metrics`]: counters and histograms behind `/metrics`.
+//! - [`webhook`]: the bounded webhook queue and its signed, retried delivery.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod room;
 pub mod session;
 pub mod store;
+pub mod webhook;

@@ -1,6 +1,8 @@
-//! The actix-web application: WebSocket routes, health and metrics, and the
-//! server's lifecycle (start, graceful shutdown).
+//! The actix-web application: WebSocket routes, the REST API ([`api`]),
+//! health, readiness and metrics, and the server's lifecycle (start,
+//! graceful shutdown).
 
+pub mod api;
 pub mod demo;
 
 use std::net::SocketAddr;
@@ -62,6 +64,11 @@ impl Server {
             StoreKind::Redb => Arc::new(RedbStore::open(&config)?),
             StoreKind::Memory => Arc::new(MemoryStore::new()),
         };
+        if config.api.api_key.is_none() {
+            tracing::warn!(
+                "no --api-key (CHORUS_API_KEY) set: the HTTP API under /api/v1 is open to anyone who can reach this server"
+            );
+        }
         let node = format!("{:08x}", rand::random::<u32>());
         let shared = Shared {
             registry: Registry::new(config.clone(), store.clone()),
@@ -221,9 +228,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(native_ws))
         .route("/yjs/{room:[^/]*}", web::get().to(yjs_ws))
         .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/", web::get().to(demo::index))
-        .route("/assets/{path:.*}", web::get().to(demo::asset));
+        .route("/assets/{path:.*}", web::get().to(demo::asset))
+        .configure(api::configure);
 }
 
 /// `GET /ws`: upgrade to a native-protocol session.
@@ -271,10 +280,33 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
+/// `GET /readyz`: 200 when the store answers (within 2 s), else 503. Redis
+/// joins the check with cluster mode.
+async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
+    let store = shared.registry.store();
+    let check = tokio::time::timeout(Duration::from_secs(2), store.health()).await;
+    let (status, store_state) = match check {
+        Ok(Ok(())) => (actix_web::http::StatusCode::OK, "ok".to_owned()),
+        Ok(Err(e)) => (
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        ),
+        Err(_) => (
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "timed out".to_owned(),
+        ),
+    };
+    let ready = status.is_success();
+    HttpResponse::build(status).json(serde_json::json!({
+        "ready": ready,
+        "store": { "kind": store.name(), "state": store_state },
+    }))
+}
+
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
     let r = &shared.registry;
-    let body = format!(
+    let mut body = format!(
         "# HELP chorus_connections Open WebSocket sessions.\n\
          # TYPE chorus_connections gauge\n\
          chorus_connections {}\n\
@@ -292,6 +324,7 @@ async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
         r.rooms_started(),
         r.rooms_evicted(),
     );
+    r.metrics().render(&mut body);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(body)

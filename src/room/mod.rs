@@ -18,7 +18,9 @@
 //! evicted after `room_idle_ms` without members (their document is compacted
 //! into the store first, so a later join loads it back).
 
+pub mod api;
 pub mod awareness;
+pub mod events;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -36,13 +38,16 @@ use yrs::{Doc, ReadTxn, StateVector, StickyIndex, Transact, Update};
 pub use registry::Registry;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::presence::{MemberId, Presence, Shown};
 use crate::protocol::native::{encode_server, Bin, ServerMessage};
 use crate::protocol::yjs::{self, AwarenessEntry};
 use crate::protocol::ErrorCode;
 use crate::session::transport::{Class, Offer, Outbound, Outbox};
 use crate::store::DocStore;
+use crate::webhook::{HookKind, Webhooks};
 use awareness::AwarenessTable;
+use events::{EventRing, Subscriber};
 
 /// A room id (validated by the session before use).
 pub type RoomId = Arc<str>;
@@ -265,6 +270,20 @@ pub struct Room {
     native_dirty: std::collections::BTreeSet<MemberId>,
     /// Last time native members' awareness states were renewed.
     native_renewed: Instant,
+    /// Recent events for HTTP subscribers (SSE, poll, NDJSON) and resume.
+    events: EventRing,
+    /// HTTP subscribers by id; they keep the room live like members do.
+    subscribers: HashMap<u64, Subscriber>,
+    /// Next subscriber id.
+    next_subscriber: u64,
+    /// When the oldest pending update was applied (fan-out latency).
+    pending_since: Option<Instant>,
+    /// A `document.stored` webhook is waiting for its debounce interval.
+    stored_hook_due: bool,
+    /// Server counters.
+    metrics: Arc<Metrics>,
+    /// Webhook queue.
+    hooks: Webhooks,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -282,7 +301,17 @@ impl Room {
         store: Arc<dyn DocStore>,
         registry: Registry,
     ) -> Self {
+        let events = EventRing::new(config.api.event_window, config.api.event_window_bytes);
+        let metrics = registry.metrics().clone();
+        let hooks = registry.webhooks().clone();
         Room {
+            events,
+            subscribers: HashMap::new(),
+            next_subscriber: 0,
+            pending_since: None,
+            stored_hook_due: false,
+            metrics,
+            hooks,
             id,
             config,
             store,
@@ -354,6 +383,7 @@ impl Room {
         rid: Option<u64>,
     ) {
         let message = message.into();
+        self.metrics.error(code.as_str());
         if member.protocol == Protocol::Yjs {
             // y-protocols has no error message: a failure either closes the
             // connection (code chosen by `yjs::close_for`) or is dropped.
@@ -436,13 +466,14 @@ impl Room {
             let Some(frame) = slot.get_or_insert_with(|| encode(protocol)) else {
                 continue;
             };
-            if member
+            match member
                 .link
                 .outbox
                 .offer(&member.link.recipient, frame, class)
-                == Offer::Dropped
             {
-                dropped.push(id.clone());
+                Offer::Sent => self.metrics.sent(frame.len()),
+                Offer::Dropped => dropped.push(id.clone()),
+                Offer::Evicted => {}
             }
         }
         for id in dropped {
@@ -505,6 +536,9 @@ impl Room {
             };
             self.broadcast_update(data, &origin);
             self.batch_base = None;
+            if let Some(since) = self.pending_since.take() {
+                self.metrics.fanout_latency.observe(since.elapsed());
+            }
         }
         self.flush_presence();
     }
@@ -514,6 +548,14 @@ impl Room {
             PendingOrigin::One(id) => (Some(id.to_string()), Some(id.clone())),
             _ => (None, None),
         };
+        {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+            self.publish(
+                "update",
+                serde_json::json!({ "update": b64, "origin": origin }),
+            );
+        }
         let msg = ServerMessage::Update {
             room: self.id.to_string(),
             data: Bin(data),
@@ -525,6 +567,10 @@ impl Room {
     fn flush_presence(&mut self) {
         if self.presence.has_diff() {
             let (joined, updated, left) = self.presence.take_diff();
+            self.publish(
+                "presence",
+                serde_json::json!({ "joined": joined, "updated": updated, "left": left }),
+            );
             let msg = ServerMessage::Presence {
                 room: self.id.to_string(),
                 snapshot: false,
@@ -710,7 +756,7 @@ impl Room {
     /// Evicts the room if it is still empty: compacts it into the store,
     /// then removes it from the registry (unless a join is on its way).
     fn try_evict(&mut self, ctx: &mut Context<Self>) {
-        if !self.members.is_empty() {
+        if !self.is_idle() {
             return;
         }
         if self.inflight_appends > 0 || self.compacting {
@@ -960,6 +1006,7 @@ impl Handler<Join> for Room {
             self.send_to(&member, &msg, Class::Presence);
         }
         self.members.insert(link.id.clone(), member);
+        self.member_added(&link);
         if let Some(h) = self.idle_timer.take() {
             ctx.cancel_future(h);
         }
@@ -978,7 +1025,16 @@ impl Handler<Leave> for Room {
         self.native_dirty.remove(&msg.member);
         self.awareness.remove_owner(&msg.member);
         self.schedule_flush(ctx);
+        self.hooks.emit(
+            HookKind::MemberLeft,
+            &self.id,
+            serde_json::json!({ "member": msg.member.to_string() }),
+        );
         if self.members.is_empty() {
+            self.hooks
+                .emit(HookKind::RoomVacated, &self.id, serde_json::json!({}));
+        }
+        if self.is_idle() {
             self.arm_idle_timer(ctx);
         }
     }
@@ -992,32 +1048,68 @@ impl Handler<ClientUpdate> for Room {
             return;
         };
         let link = member.link.clone();
-        let max = self.config.limits.max_doc_bytes;
-        if self.doc_bytes + msg.data.len() > max {
-            return self.error_to(
-                &link,
-                ErrorCode::DocTooLarge,
-                format!("document would exceed max_doc_bytes ({max})"),
-                msg.rid,
-            );
-        }
-        let update = match decode_update(&msg.data) {
-            Ok(u) => u,
-            Err(e) => return self.error_to(&link, ErrorCode::BadUpdate, e, msg.rid),
+        let applied = match self.apply_update(&msg.data, Some(&link.id), ctx) {
+            Ok(applied) => applied,
+            Err((code, e)) => return self.error_to(&link, code, e, msg.rid),
         };
-        if update.is_empty() {
-            // Clients send one after every sync when they had nothing new:
-            // acknowledge it without storing or broadcasting anything.
-            if let Some(rid) = msg.rid {
+        let rid = msg.rid;
+        let ack = move |room: &Room| {
+            if let Some(rid) = rid {
                 let ack = ServerMessage::Ack {
-                    room: self.id.to_string(),
+                    room: room.id.to_string(),
                     rid,
                 };
                 if let Some(frame) = encode(link.protocol, &ack) {
                     send_frame(&link, &frame, Class::Control);
                 }
             }
-            return;
+        };
+        if !applied {
+            // Clients send one after every sync when they had nothing new:
+            // acknowledge it without storing or broadcasting anything.
+            return ack(self);
+        }
+        let link = self.members.get(&msg.member).map(|m| m.link.clone());
+        ctx.spawn(
+            self.append_update(msg.data)
+                .map(move |res, room, _| match res {
+                    Ok(()) => ack(room),
+                    Err(_) => {
+                        if let Some(link) = &link {
+                            room.error_to(
+                                link,
+                                ErrorCode::StoreFailed,
+                                "update not stored; resend it",
+                                rid,
+                            );
+                        }
+                    }
+                }),
+        );
+    }
+}
+
+impl Room {
+    /// Checks and applies an update from `author` (`None`: the HTTP API)
+    /// in one transaction and queues it for the next broadcast. `Ok(false)`
+    /// for an empty update (nothing to store or send). A refused update
+    /// leaves the document as it was.
+    fn apply_update(
+        &mut self,
+        data: &Bytes,
+        author: Option<&MemberId>,
+        ctx: &mut Context<Self>,
+    ) -> Result<bool, (ErrorCode, String)> {
+        let max = self.config.limits.max_doc_bytes;
+        if self.doc_bytes + data.len() > max {
+            return Err((
+                ErrorCode::DocTooLarge,
+                format!("document would exceed max_doc_bytes ({max})"),
+            ));
+        }
+        let update = decode_update(data).map_err(|e| (ErrorCode::BadUpdate, e))?;
+        if update.is_empty() {
+            return Ok(false);
         }
         let base = self
             .batch_base
@@ -1029,69 +1121,120 @@ impl Handler<ClientUpdate> for Room {
         }));
         match applied {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return self.error_to(
-                    &link,
-                    ErrorCode::BadUpdate,
-                    format!("update refused: {e}"),
-                    msg.rid,
-                )
-            }
+            Ok(Err(e)) => return Err((ErrorCode::BadUpdate, format!("update refused: {e}"))),
             Err(_) => {
-                tracing::error!(room = %self.id, member = %link.id, "applying an update panicked");
-                return self.error_to(
-                    &link,
-                    ErrorCode::BadUpdate,
-                    "update could not be applied",
-                    msg.rid,
-                );
+                tracing::error!(room = %self.id, "applying an update panicked");
+                return Err((ErrorCode::BadUpdate, "update could not be applied".into()));
             }
         }
         if let Some(base) = base {
             self.batch_base = Some(base);
         }
-        self.doc_bytes += msg.data.len();
-        self.pending.push(msg.data.clone());
-        self.pending_origin = match &self.pending_origin {
-            PendingOrigin::None => PendingOrigin::One(link.id.clone()),
-            PendingOrigin::One(id) if *id == link.id => PendingOrigin::One(id.clone()),
+        self.doc_bytes += data.len();
+        self.pending.push(data.clone());
+        self.pending_since.get_or_insert_with(Instant::now);
+        self.pending_origin = match (&self.pending_origin, author) {
+            (PendingOrigin::None, Some(a)) => PendingOrigin::One(a.clone()),
+            (PendingOrigin::One(id), Some(a)) if id == a => PendingOrigin::One(id.clone()),
             _ => PendingOrigin::Many,
         };
         self.schedule_flush(ctx);
+        Ok(true)
+    }
 
+    /// Appends an applied update to the store; resolves once it is durable
+    /// (`Err` with a reason when the store failed).
+    fn append_update(
+        &mut self,
+        data: Bytes,
+    ) -> impl ActorFuture<Self, Output = Result<(), String>> + 'static {
         self.inflight_appends += 1;
-        let len = msg.data.len() as u64;
-        let append = self.store.append(&self.id, msg.data);
-        let rid = msg.rid;
-        ctx.spawn(append.into_actor(self).map(move |res, room, ctx| {
+        let len = data.len() as u64;
+        let started = Instant::now();
+        let append = self.store.append(&self.id, data);
+        append.into_actor(self).map(move |res, room, ctx| {
             room.inflight_appends -= 1;
+            room.metrics.store_latency.observe(started.elapsed());
             match res {
                 Ok(seq) => {
                     room.durable_seq = room.durable_seq.max(seq);
                     room.since_compact += 1;
                     room.bytes_since_compact += len;
-                    if let Some(rid) = rid {
-                        let ack = ServerMessage::Ack {
-                            room: room.id.to_string(),
-                            rid,
-                        };
-                        if let Some(frame) = encode(link.protocol, &ack) {
-                            send_frame(&link, &frame, Class::Control);
-                        }
-                    }
                     room.maybe_compact(ctx, false);
+                    room.schedule_stored_hook(ctx);
+                    Ok(())
                 }
                 Err(e) => {
                     tracing::error!(room = %room.id, "append failed: {e}");
-                    room.error_to(
-                        &link,
-                        ErrorCode::StoreFailed,
-                        "update not stored; resend it",
-                        rid,
-                    );
+                    room.metrics.error(ErrorCode::StoreFailed.as_str());
+                    Err(e.to_string())
                 }
             }
-        }));
+        })
+    }
+
+    /// Sends one `document.stored` webhook per debounce interval.
+    fn schedule_stored_hook(&mut self, ctx: &mut Context<Self>) {
+        if self.stored_hook_due {
+            return;
+        }
+        self.stored_hook_due = true;
+        let wait = Duration::from_millis(self.config.api.webhook_debounce_ms);
+        ctx.run_later(wait, |room, _| {
+            room.stored_hook_due = false;
+            room.hooks.emit(
+                HookKind::DocumentStored,
+                &room.id,
+                serde_json::json!({ "seq": room.durable_seq, "doc_bytes": room.doc_bytes }),
+            );
+        });
+    }
+
+    /// Webhooks for a member that was just added.
+    fn member_added(&self, link: &MemberLink) {
+        if self.members.len() == 1 {
+            self.hooks
+                .emit(HookKind::RoomOccupied, &self.id, serde_json::json!({}));
+        }
+        self.hooks.emit(
+            HookKind::MemberJoined,
+            &self.id,
+            serde_json::json!({ "member": link.id.to_string(), "user": link.user.as_deref() }),
+        );
+    }
+
+    /// No members and no subscribers: the room may be evicted.
+    fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.subscribers.is_empty()
+    }
+
+    /// Records an event in the window and offers it to every subscriber;
+    /// subscribers that are gone or behind are dropped.
+    fn publish(&mut self, kind: &'static str, body: Value) {
+        let event = self.events.push(kind, body);
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let mut gone = Vec::new();
+        for (id, sub) in &self.subscribers {
+            if sub.offer(&event) {
+                self.metrics.sent(event.json.len());
+            } else {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            if let Some(sub) = self.subscribers.remove(&id) {
+                self.metrics
+                    .subscribers
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                if sub.lagged.load(std::sync::atomic::Ordering::Acquire) {
+                    self.metrics
+                        .subscribers_lagged
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 
@@ -1162,6 +1305,10 @@ impl Handler<Broadcast> for Room {
         if !self.members.contains_key(&msg.member) {
             return;
         }
+        self.publish(
+            "event",
+            serde_json::json!({ "from": msg.member.to_string(), "name": msg.name, "data": msg.data }),
+        );
         let out = ServerMessage::Event {
             room: self.id.to_string(),
             from: msg.member.to_string(),
@@ -1272,11 +1419,12 @@ impl Room {
         self.members.insert(
             link.id.clone(),
             Member {
-                link,
+                link: link.clone(),
                 resync_from: None,
                 presence_stale: false,
             },
         );
+        self.member_added(&link);
         if let Some(h) = self.idle_timer.take() {
             ctx.cancel_future(h);
         }

@@ -12,7 +12,9 @@ use actix::prelude::*;
 
 use super::{Flush, Join, Room, RoomId};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::DocStore;
+use crate::webhook::Webhooks;
 
 /// A live room as the registry knows it.
 struct Entry {
@@ -31,6 +33,8 @@ struct Inner {
     rooms: Mutex<HashMap<RoomId, Entry>>,
     started: AtomicU64,
     evicted: AtomicU64,
+    metrics: Arc<Metrics>,
+    webhooks: Webhooks,
 }
 
 /// Shared handle to the set of live rooms.
@@ -42,7 +46,10 @@ pub struct Registry {
 impl Registry {
     /// A registry that starts `config.room_thread_count()` arbiter threads.
     /// Must be called inside an actix `System`.
+    /// Starts the webhook task too (see [`Webhooks::start`]).
     pub fn new(config: Arc<Config>, store: Arc<dyn DocStore>) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let webhooks = Webhooks::start(&config.api, metrics.clone());
         let threads: Vec<Arbiter> = (0..config.room_thread_count())
             .map(|_| Arbiter::new())
             .collect();
@@ -56,6 +63,8 @@ impl Registry {
                 rooms: Mutex::new(HashMap::new()),
                 started: AtomicU64::new(0),
                 evicted: AtomicU64::new(0),
+                metrics,
+                webhooks,
             }),
         }
     }
@@ -69,6 +78,52 @@ impl Registry {
     /// Sends `join` to the room, starting the room if it is not live. The
     /// returned address stays valid while the member has not left.
     pub fn join(&self, room: &RoomId, join: Join) -> Addr<Room> {
+        let addr = self.enter(room);
+        addr.do_send(join);
+        addr
+    }
+
+    /// Sends `msg` to the room (starting it if needed), counted like a
+    /// join, so the room cannot be evicted before it handled the message
+    /// (every handler of such a message counts it in `joins_seen`; see
+    /// [`Room::entered`](super::Room)). For the HTTP API's one-shot
+    /// operations and subscriptions.
+    pub fn request<M>(&self, room: &RoomId, msg: M) -> Request<Room, M>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Room: Handler<M>,
+    {
+        self.enter(room).send(msg)
+    }
+
+    /// The room's address if it is live (not counted: the caller must
+    /// accept that the room may stop before the message arrives).
+    pub fn live(&self, room: &str) -> Option<Addr<Room>> {
+        self.rooms().get(room).map(|e| e.addr.clone())
+    }
+
+    /// Every live room with its address.
+    pub fn live_list(&self) -> Vec<(RoomId, Addr<Room>)> {
+        self.rooms()
+            .iter()
+            .map(|(id, e)| (id.clone(), e.addr.clone()))
+            .collect()
+    }
+
+    /// Server counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Webhook queue.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.inner.webhooks
+    }
+
+    /// Finds or starts the room and counts one join for it; the caller
+    /// must send it exactly one message whose handler counts it.
+    pub fn enter(&self, room: &RoomId) -> Addr<Room> {
         let mut rooms = self.rooms();
         let entry = rooms.entry(room.clone()).or_insert_with(|| {
             self.inner.started.fetch_add(1, Ordering::Relaxed);
@@ -87,7 +142,6 @@ impl Registry {
             }
         });
         entry.joins_sent += 1;
-        entry.addr.do_send(join);
         entry.addr.clone()
     }
 

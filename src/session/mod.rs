@@ -214,6 +214,7 @@ impl NativeSession {
     }
 
     fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
+        self.shared.registry.metrics().received(bytes.len());
         let msg = match decode_client(bytes) {
             Ok(msg) => msg,
             Err(e) => return self.error(ctx, e.code, e.message, e.rid, None),

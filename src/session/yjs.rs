@@ -104,6 +104,7 @@ impl YjsSession {
     }
 
     fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
+        self.shared.registry.metrics().received(bytes.len());
         let messages = match yjs::decode_frame(bytes) {
             Ok(m) => m,
             Err(e) => return self.close(ctx, close::YJS_BAD_MESSAGE, &e.to_string()),

@@ -76,6 +76,19 @@ pub trait DocStore: Send + Sync + 'static {
     fn close(&self) -> StoreFuture<()> {
         Box::pin(async { Ok(()) })
     }
+    /// True when anything is stored for the room.
+    fn exists(&self, room: &str) -> StoreFuture<bool> {
+        let load = self.load(room);
+        Box::pin(async move {
+            let doc = load.await?;
+            Ok(doc.snapshot.is_some() || !doc.updates.is_empty() || doc.last_seq > 0)
+        })
+    }
+    /// A cheap check that the store answers (for `/readyz`).
+    fn health(&self) -> StoreFuture<()> {
+        let load = self.load("\u{0}chorus-health");
+        Box::pin(async move { load.await.map(|_| ()) })
+    }
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
 }

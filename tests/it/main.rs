@@ -4,6 +4,7 @@
 mod common;
 mod core;
 mod docs;
+mod http;
 mod interop;
 mod store;
 mod vectors;

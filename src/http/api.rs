@@ -1,0 +1,655 @@
+//! The REST API under `/api/v1` (specified in `proto/openapi.json`): rooms,
+//! documents, presence, backend-triggered events, and the room event stream
+//! as SSE, long poll and NDJSON.
+//!
+//! - **Auth**: [`authorize`] is the one check (server API key, `Authorization:
+//!   Bearer <key>`, compared in constant time; open when no key is set).
+//! - **Errors**: every failure is an [`ApiError`], mapped to its status and
+//!   the JSON body `{"error": {"code", "message"}}` in ONE place
+//!   ([`ApiError::status`]).
+//! - **Routes**: [`ROUTES`] is the list the scope is built from; a test checks
+//!   it against the OpenAPI document both ways.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::{validate_room_id, ErrorCode};
+use crate::room::api::{
+    ApiUpdate, DeleteRoom, DocBody, DocFormat, ReadDoc, ReadPresence, RoomError, Stats, Subscribe,
+    Subscription, Trigger, Unsubscribe,
+};
+use crate::room::events::RoomEvent;
+use crate::room::{Room, RoomId};
+use crate::session::Shared;
+
+/// Most rooms one `POST /api/v1/events` may name.
+pub const MAX_TRIGGER_ROOMS: usize = 100;
+
+/// Every API route, `(method, path under /api/v1)`. The scope is built from
+/// this list, and `tests/it/http.rs` checks it against `proto/openapi.json`.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/rooms"),
+    ("DELETE", "/rooms/{room}"),
+    ("GET", "/rooms/{room}/doc"),
+    ("GET", "/rooms/{room}/update"),
+    ("POST", "/rooms/{room}/update"),
+    ("GET", "/rooms/{room}/presence"),
+    ("GET", "/rooms/{room}/events"),
+    ("POST", "/rooms/{room}/events"),
+    ("GET", "/rooms/{room}/poll"),
+    ("GET", "/rooms/{room}/stream"),
+    ("POST", "/events"),
+];
+
+/// An API failure; [`ApiError::status`] is the one mapping to HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed JSON, a missing field, a bad query parameter. 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong API key. 401.
+    #[error("missing or wrong API key (Authorization: Bearer <key>)")]
+    Unauthorized,
+    /// No such room (delete of a room that is neither live nor stored). 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// No route with this method and path under /api/v1. 404.
+    #[error("no such API route")]
+    NoRoute,
+    /// The body is over `--api-max-body-bytes`. 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The room refused the request (bad update, document too large,
+    /// room unavailable, store failure).
+    #[error(transparent)]
+    Room(#[from] RoomError),
+    /// The room or the store did not answer. 503.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// HTTP status and stable code of this error: the one mapping.
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Room(e) => {
+                let status = match e.code {
+                    ErrorCode::BadUpdate => StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::DocTooLarge | ErrorCode::EventTooLarge => {
+                        StatusCode::PAYLOAD_TOO_LARGE
+                    }
+                    ErrorCode::BadRoom | ErrorCode::BadMessage => StatusCode::BAD_REQUEST,
+                    ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+                    ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RoomUnavailable | ErrorCode::StoreFailed | ErrorCode::GoingAway => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                (status, e.code.as_str())
+            }
+        }
+    }
+
+    fn bad_room(e: &str) -> ApiError {
+        ApiError::Room(RoomError {
+            code: ErrorCode::BadRoom,
+            message: e.to_owned(),
+        })
+    }
+}
+
+/// Turns a handler's result into a response; errors become the JSON error
+/// body and are counted in `chorus_errors_total`.
+fn respond(shared: &Shared, res: Result<HttpResponse, ApiError>) -> HttpResponse {
+    match res {
+        Ok(r) => r,
+        Err(e) => {
+            let (status, code) = e.status();
+            shared.registry.metrics().error(code);
+            HttpResponse::build(status)
+                .json(json!({ "error": { "code": code, "message": e.to_string() } }))
+        }
+    }
+}
+
+/// The one API authorization check: with `--api-key` set, the request must
+/// carry `Authorization: Bearer <key>`. Compared in constant time (the
+/// SHA-256 digests of both, so the length does not leak either). The place
+/// to accept tokens too once they exist.
+pub fn authorize(req: &HttpRequest, shared: &Shared) -> Result<(), ApiError> {
+    let Some(key) = &shared.config.api.api_key else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    let a = Sha256::digest(given.trim().as_bytes());
+    let b = Sha256::digest(key.as_bytes());
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    if diff == 0 {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Registers the `/api/v1` scope from [`ROUTES`].
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let mut scope = web::scope("/api/v1");
+    for (method, path) in ROUTES {
+        let route = match (*method, *path) {
+            ("GET", "/rooms") => web::get().to(list_rooms),
+            ("DELETE", "/rooms/{room}") => web::delete().to(delete_room),
+            ("GET", "/rooms/{room}/doc") => web::get().to(get_doc),
+            ("GET", "/rooms/{room}/update") => web::get().to(get_update),
+            ("POST", "/rooms/{room}/update") => web::post().to(post_update),
+            ("GET", "/rooms/{room}/presence") => web::get().to(get_presence),
+            ("GET", "/rooms/{room}/events") => web::get().to(sse),
+            ("POST", "/rooms/{room}/events") => web::post().to(trigger_room),
+            ("GET", "/rooms/{room}/poll") => web::get().to(poll),
+            ("GET", "/rooms/{room}/stream") => web::get().to(ndjson),
+            ("POST", "/events") => web::post().to(trigger_many),
+            _ => web::route().to(no_route),
+        };
+        scope = scope.route(path, route);
+    }
+    cfg.service(scope.default_service(web::to(no_route)));
+}
+
+async fn no_route(shared: web::Data<Shared>) -> HttpResponse {
+    respond(&shared, Err(ApiError::NoRoute))
+}
+
+/// The `{room}` path segment, validated.
+fn room_of(req: &HttpRequest, shared: &Shared) -> Result<RoomId, ApiError> {
+    let room = req.match_info().get("room").unwrap_or_default();
+    validate_room_id(room, shared.config.limits.max_room_id_bytes).map_err(ApiError::bad_room)?;
+    Ok(Arc::from(room))
+}
+
+/// Reads the body, refusing more than `--api-max-body-bytes` (413).
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    shared: &Shared,
+) -> Result<Bytes, ApiError> {
+    let max = shared.config.api.api_max_body_bytes;
+    let too_large = || ApiError::TooLarge(format!("body over api_max_body_bytes ({max})"));
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    shared.registry.metrics().received(body.len());
+    Ok(body.freeze())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+}
+
+/// Maps a mailbox failure (room stopped or overloaded).
+fn mailbox(e: actix::MailboxError) -> ApiError {
+    ApiError::Unavailable(format!("room did not answer: {e}"))
+}
+
+#[derive(serde::Serialize)]
+struct RoomEntry {
+    id: String,
+    #[serde(flatten)]
+    stats: crate::room::api::RoomStats,
+}
+
+async fn list_rooms(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let res = async {
+        authorize(&req, &shared)?;
+        let live = shared.registry.live_list();
+        let stats = futures_util::future::join_all(live.iter().map(|(_, a)| a.send(Stats))).await;
+        let mut rooms: Vec<RoomEntry> = live
+            .iter()
+            .zip(stats)
+            .filter_map(|((id, _), s)| {
+                s.ok().map(|stats| RoomEntry {
+                    id: id.to_string(),
+                    stats,
+                })
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(HttpResponse::Ok().json(json!({ "rooms": rooms })))
+    };
+    respond(&shared, res.await)
+}
+
+async fn get_doc(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let res = async {
+        authorize(&req, &shared)?;
+        let room = room_of(&req, &shared)?;
+        let read = ReadDoc {
+            format: DocFormat::Json,
+        };
+        match shared
+            .registry
+            .request(&room, read)
+            .await
+            .map_err(mailbox)??
+        {
+            DocBody::Json(doc) => {
+                Ok(HttpResponse::Ok().json(json!({ "room": &*room, "doc": doc })))
+            }
+            DocBody::Binary(_) => Err(ApiError::Unavailable("unexpected document form".into())),
+        }
+    };
+    respond(&shared, res.await)
+}
+
+async fn get_update(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let res = async {
+        authorize(&req, &shared)?;
+        let room = room_of(&req, &shared)?;
+        let read = ReadDoc {
+            format: DocFormat::Binary,
+        };
+        match shared
+            .registry
+            .request(&room, read)
+            .await
+            .map_err(mailbox)??
+        {
+            DocBody::Binary(bytes) => Ok(HttpResponse::Ok()
+                .content_type("application/octet-stream")
+                .body(bytes)),
+            DocBody::Json(_) => Err(ApiError::Unavailable("unexpected document form".into())),
+        }
+    };
+    respond(&shared, res.await)
+}
+
+async fn post_update(
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    let res = async {
+        authorize(&req, &shared)?;
+        let room = room_of(&req, &shared)?;
+        let data = read_body(&req, payload, &shared).await?;
+        shared
+            .registry
+            .request(&room, ApiUpdate { data })
+            .await
+            .map_err(mailbox)??;
+        Ok(HttpResponse::Ok().json(json!({ "ok": true })))
+    };
+    respond(&shared, res.await)
+}
+
+async fn get_presence(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let res = async {
+        authorize(&req, &shared)?;
+        let room = room_of(&req, &shared)?;
+        let presence = shared
+            .registry
+            .request(&room, ReadPresence)
+            .await
+            .map_err(mailbox)??;
+        Ok(HttpResponse::Ok().json(presence))
+    };
+    respond(&shared, res.await)
+}
+
+async fn delete_room(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let res = async {
+        authorize(&req, &shared)?;
+        let room = room_of(&req, &shared)?;
+        if shared.registry.live(&room).is_none() {
+            let exists = shared
+                .registry
+                .store()
+                .exists(&room)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("store: {e}")))?;
+            if !exists {
+                return Err(ApiError::NotFound(format!("no room {room:?}")));
+            }
+        }
+        shared
+            .registry
+            .request(&room, DeleteRoom)
+            .await
+            .map_err(mailbox)??;
+        Ok(HttpResponse::Ok().json(json!({ "deleted": &*room })))
+    };
+    respond(&shared, res.await)
+}
+
+/// Body of a trigger into one room.
+#[derive(Deserialize)]
+struct EventBody {
+    name: String,
+    #[serde(default)]
+    data: Value,
+}
+
+/// Body of a trigger into several rooms.
+#[derive(Deserialize)]
+struct ManyEventBody {
+    rooms: Vec<String>,
+    name: String,
+    #[serde(default)]
+    data: Value,
+}
+
+/// Sends the event to each live room; returns the rooms it reached.
+async fn trigger(
+    shared: &Shared,
+    rooms: Vec<RoomId>,
+    name: String,
+    data: Value,
+) -> Result<HttpResponse, ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::BadRequest("event name is empty".into()));
+    }
+    let size = name.len() + serde_json::to_vec(&data).map_or(usize::MAX, |v| v.len());
+    let max = shared.config.limits.max_event_bytes;
+    if size > max {
+        return Err(ApiError::TooLarge(format!(
+            "event is {size} bytes, over max_event_bytes ({max})"
+        )));
+    }
+    let mut delivered = Vec::new();
+    for room in rooms {
+        if let Some(addr) = shared.registry.live(&room) {
+            let msg = Trigger {
+                name: name.clone(),
+                data: data.clone(),
+            };
+            if addr.send(msg).await.is_ok() {
+                delivered.push(room.to_string());
+            }
+        }
+    }
+    Ok(HttpResponse::Accepted().json(json!({ "delivered": delivered })))
+}
+
+async fn trigger_room(
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    let res = async {
+        authorize(&req, &shared)?;
+        let room = room_of(&req, &shared)?;
+        let body: EventBody = parse_json(&read_body(&req, payload, &shared).await?)?;
+        trigger(&shared, vec![room], body.name, body.data).await
+    };
+    respond(&shared, res.await)
+}
+
+async fn trigger_many(
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    let res = async {
+        authorize(&req, &shared)?;
+        let body: ManyEventBody = parse_json(&read_body(&req, payload, &shared).await?)?;
+        if body.rooms.is_empty() || body.rooms.len() > MAX_TRIGGER_ROOMS {
+            return Err(ApiError::BadRequest(format!(
+                "rooms must name 1 to {MAX_TRIGGER_ROOMS} rooms"
+            )));
+        }
+        let max = shared.config.limits.max_room_id_bytes;
+        let mut rooms = Vec::with_capacity(body.rooms.len());
+        for r in body.rooms {
+            validate_room_id(&r, max).map_err(ApiError::bad_room)?;
+            rooms.push(RoomId::from(r));
+        }
+        trigger(&shared, rooms, body.name, body.data).await
+    };
+    respond(&shared, res.await)
+}
+
+/// Query of the stream endpoints.
+#[derive(Deserialize)]
+struct StreamQuery {
+    /// Resume after this sequence number (SSE also reads `Last-Event-ID`).
+    since: Option<u64>,
+}
+
+/// Unsubscribes when the response (and its stream) is dropped.
+struct SubGuard {
+    addr: Addr<Room>,
+    id: u64,
+}
+
+impl Drop for SubGuard {
+    fn drop(&mut self) {
+        self.addr.do_send(Unsubscribe { id: self.id });
+    }
+}
+
+/// Subscribes to `room` after `since`.
+async fn subscribe(
+    shared: &Shared,
+    room: &RoomId,
+    since: Option<u64>,
+) -> Result<(Subscription, SubGuard), ApiError> {
+    let addr = shared.registry.enter(room);
+    let sub = addr.send(Subscribe { since }).await.map_err(mailbox)??;
+    let guard = SubGuard { addr, id: sub.id };
+    Ok((sub, guard))
+}
+
+fn since_of(req: &HttpRequest, sse: bool) -> Result<Option<u64>, ApiError> {
+    let query = web::Query::<StreamQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
+    if query.since.is_some() || !sse {
+        return Ok(query.since);
+    }
+    match req.headers().get("Last-Event-ID") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::BadRequest("Last-Event-ID is not a sequence number".into())),
+    }
+}
+
+/// How a stream frames events.
+#[derive(Clone, Copy)]
+enum Framing {
+    Sse,
+    Ndjson,
+}
+
+struct StreamState {
+    replay: VecDeque<Arc<RoomEvent>>,
+    sub: Subscription,
+    _guard: SubGuard,
+    framing: Framing,
+    heartbeat: Duration,
+    last: u64,
+    done: bool,
+}
+
+impl StreamState {
+    fn frame(&mut self, event: &RoomEvent) -> Bytes {
+        if event.kind != "reset" || event.seq > self.last {
+            self.last = self.last.max(event.seq);
+        }
+        match self.framing {
+            Framing::Sse => event.sse.clone(),
+            Framing::Ndjson => event.ndjson.clone(),
+        }
+    }
+}
+
+/// The event stream of a subscription: replay, then live events, with
+/// heartbeats; ends with a `reset` if the room drops the subscriber.
+fn event_stream(
+    mut sub: Subscription,
+    guard: SubGuard,
+    framing: Framing,
+    heartbeat: Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    let head = sub.head;
+    let first = match framing {
+        Framing::Sse => Bytes::from(format!("retry: 1000\n: chorus head={head}\n\n")),
+        Framing::Ndjson => Bytes::new(),
+    };
+    let state = StreamState {
+        replay: sub.replay.drain(..).collect(),
+        sub,
+        _guard: guard,
+        framing,
+        heartbeat,
+        last: head,
+        done: false,
+    };
+    let body = futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if let Some(event) = st.replay.pop_front() {
+            let frame = st.frame(&event);
+            return Some((Ok(frame), st));
+        }
+        tokio::select! {
+            event = st.sub.rx.recv() => match event {
+                Some(event) => {
+                    let frame = st.frame(&event);
+                    Some((Ok(frame), st))
+                }
+                None => {
+                    st.done = true;
+                    if st.sub.lagged.load(Ordering::Acquire) {
+                        let reset = RoomEvent::reset(st.last, "dropped");
+                        let frame = st.frame(&reset);
+                        Some((Ok(frame), st))
+                    } else {
+                        None
+                    }
+                }
+            },
+            () = tokio::time::sleep(st.heartbeat) => {
+                let beat = match st.framing {
+                    Framing::Sse => Bytes::from_static(b": heartbeat\n\n"),
+                    Framing::Ndjson => Bytes::from_static(b"\n"),
+                };
+                Some((Ok(beat), st))
+            }
+        }
+    });
+    futures_util::stream::once(async move { Ok(first) }).chain(body)
+}
+
+async fn stream_response(
+    req: HttpRequest,
+    shared: web::Data<Shared>,
+    framing: Framing,
+) -> HttpResponse {
+    let res = async {
+        authorize(&req, &shared)?;
+        let room = room_of(&req, &shared)?;
+        let since = since_of(&req, matches!(framing, Framing::Sse))?;
+        let (sub, guard) = subscribe(&shared, &room, since).await?;
+        let heartbeat = Duration::from_millis(shared.config.api.sse_heartbeat_ms);
+        let content_type = match framing {
+            Framing::Sse => "text/event-stream",
+            Framing::Ndjson => "application/x-ndjson",
+        };
+        Ok(HttpResponse::Ok()
+            .content_type(content_type)
+            .insert_header(("Cache-Control", "no-cache"))
+            .insert_header(("X-Accel-Buffering", "no"))
+            .streaming(event_stream(sub, guard, framing, heartbeat)))
+    };
+    respond(&shared, res.await)
+}
+
+async fn sse(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    stream_response(req, shared, Framing::Sse).await
+}
+
+async fn ndjson(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    stream_response(req, shared, Framing::Ndjson).await
+}
+
+/// Long poll: events after `since` at once if there are any, else the
+/// first ones within `--poll-timeout-ms`, else 204.
+async fn poll(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let res = async {
+        authorize(&req, &shared)?;
+        let room = room_of(&req, &shared)?;
+        let since = since_of(&req, false)?;
+        let (mut sub, _guard) = subscribe(&shared, &room, since).await?;
+        let mut events = std::mem::take(&mut sub.replay);
+        if events.is_empty() {
+            let timeout = Duration::from_millis(shared.config.api.poll_timeout_ms);
+            match tokio::time::timeout(timeout, sub.rx.recv()).await {
+                Ok(Some(event)) => events.push(event),
+                Ok(None) => {
+                    events.push(Arc::new(RoomEvent::reset(sub.head, "dropped")));
+                }
+                Err(_) => return Ok(HttpResponse::NoContent().finish()),
+            }
+        }
+        while let Ok(event) = sub.rx.try_recv() {
+            events.push(event);
+        }
+        let seq = events.iter().map(|e| e.seq).max().unwrap_or(sub.head);
+        // Each event's JSON was serialized once by the room; splice it in.
+        let mut body = format!("{{\"seq\":{seq},\"events\":[");
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(std::str::from_utf8(&e.json).unwrap_or("null"));
+        }
+        body.push_str("]}");
+        Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .insert_header(("Cache-Control", "no-cache"))
+            .body(body))
+    };
+    respond(&shared, res.await)
+}
