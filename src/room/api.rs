@@ -251,7 +251,7 @@ impl Handler<Trigger> for Room {
     fn handle(&mut self, msg: Trigger, _: &mut Context<Self>) {
         self.publish(
             "event",
-            json!({ "from": "server", "name": msg.name, "data": msg.data }),
+            || json!({ "from": "server", "name": msg.name, "data": msg.data }),
         );
         let out = ServerMessage::Event {
             room: self.id.to_string(),
@@ -277,6 +277,7 @@ impl Handler<Subscribe> for Room {
         // Pending updates go out first, so the replay and the live events
         // follow each other without a gap or a repeat.
         self.flush();
+        self.followed = true;
         let head = self.events.head();
         let replay = match msg.since {
             None => Vec::new(),

@@ -5,7 +5,9 @@
 //! ephemeral event gets the next sequence number of the room and goes into a
 //! bounded ring ([`EventRing`], `--event-window` events and
 //! `--event-window-bytes` bytes). Each event is serialized ONCE into its JSON,
-//! SSE and NDJSON forms; subscribers share those bytes.
+//! SSE and NDJSON forms; subscribers share those bytes. A room starts
+//! recording only when it is first followed over HTTP, so rooms that only
+//! have WebSocket members pay nothing for this.
 //!
 //! Sequence numbers start, for each incarnation of a room in memory, at the
 //! load time in microseconds since the Unix epoch, and grow by one per

@@ -274,6 +274,10 @@ pub struct Room {
     events: EventRing,
     /// HTTP subscribers by id; they keep the room live like members do.
     subscribers: HashMap<u64, Subscriber>,
+    /// Set by the first HTTP subscriber (SSE, long poll, NDJSON): from then
+    /// on the room keeps its event window, so followers can resume. Rooms
+    /// never followed skip the per-event JSON/SSE/NDJSON rendering.
+    followed: bool,
     /// Next subscriber id.
     next_subscriber: u64,
     /// When the oldest pending update was applied (fan-out latency).
@@ -307,6 +311,7 @@ impl Room {
         Room {
             events,
             subscribers: HashMap::new(),
+            followed: false,
             next_subscriber: 0,
             pending_since: None,
             stored_hook_due: false,
@@ -548,14 +553,11 @@ impl Room {
             PendingOrigin::One(id) => (Some(id.to_string()), Some(id.clone())),
             _ => (None, None),
         };
-        {
+        self.publish("update", || {
             use base64::Engine as _;
             let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-            self.publish(
-                "update",
-                serde_json::json!({ "update": b64, "origin": origin }),
-            );
-        }
+            serde_json::json!({ "update": b64, "origin": origin })
+        });
         let msg = ServerMessage::Update {
             room: self.id.to_string(),
             data: Bin(data),
@@ -569,7 +571,7 @@ impl Room {
             let (joined, updated, left) = self.presence.take_diff();
             self.publish(
                 "presence",
-                serde_json::json!({ "joined": joined, "updated": updated, "left": left }),
+                || serde_json::json!({ "joined": joined, "updated": updated, "left": left }),
             );
             let msg = ServerMessage::Presence {
                 room: self.id.to_string(),
@@ -1209,9 +1211,13 @@ impl Room {
     }
 
     /// Records an event in the window and offers it to every subscriber;
-    /// subscribers that are gone or behind are dropped.
-    fn publish(&mut self, kind: &'static str, body: Value) {
-        let event = self.events.push(kind, body);
+    /// subscribers that are gone or behind are dropped. A room nobody has
+    /// followed over HTTP records nothing: `body` is not even built.
+    fn publish(&mut self, kind: &'static str, body: impl FnOnce() -> Value) {
+        if !self.followed {
+            return;
+        }
+        let event = self.events.push(kind, body());
         if self.subscribers.is_empty() {
             return;
         }
@@ -1305,10 +1311,9 @@ impl Handler<Broadcast> for Room {
         if !self.members.contains_key(&msg.member) {
             return;
         }
-        self.publish(
-            "event",
-            serde_json::json!({ "from": msg.member.to_string(), "name": msg.name, "data": msg.data }),
-        );
+        self.publish("event", || {
+            serde_json::json!({ "from": msg.member.to_string(), "name": msg.name, "data": msg.data })
+        });
         let out = ServerMessage::Event {
             room: self.id.to_string(),
             from: msg.member.to_string(),
