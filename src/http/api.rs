@@ -257,48 +257,43 @@ async fn list_rooms(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse
     respond(&shared, res.await)
 }
 
+/// Reads the room's document in `format` (the checks of every route first).
+async fn read_doc(
+    req: &HttpRequest,
+    shared: &Shared,
+    format: DocFormat,
+) -> Result<DocBody, ApiError> {
+    authorize(req, shared)?;
+    let room = room_of(req, shared)?;
+    shared
+        .registry
+        .request(&room, ReadDoc { format })
+        .await
+        .map_err(mailbox)?
+        .map_err(ApiError::from)
+}
+
 async fn get_doc(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
-    let res = async {
-        authorize(&req, &shared)?;
-        let room = room_of(&req, &shared)?;
-        let read = ReadDoc {
-            format: DocFormat::Json,
-        };
-        match shared
-            .registry
-            .request(&room, read)
-            .await
-            .map_err(mailbox)??
-        {
-            DocBody::Json(doc) => {
-                Ok(HttpResponse::Ok().json(json!({ "room": &*room, "doc": doc })))
-            }
-            DocBody::Binary(_) => Err(ApiError::Unavailable("unexpected document form".into())),
+    let res = match read_doc(&req, &shared, DocFormat::Json).await {
+        Ok(DocBody::Json(doc)) => {
+            let room = req.match_info().get("room").unwrap_or_default();
+            Ok(HttpResponse::Ok().json(json!({ "room": room, "doc": doc })))
         }
+        Ok(DocBody::Binary(_)) => Err(ApiError::Unavailable("unexpected document form".into())),
+        Err(e) => Err(e),
     };
-    respond(&shared, res.await)
+    respond(&shared, res)
 }
 
 async fn get_update(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
-    let res = async {
-        authorize(&req, &shared)?;
-        let room = room_of(&req, &shared)?;
-        let read = ReadDoc {
-            format: DocFormat::Binary,
-        };
-        match shared
-            .registry
-            .request(&room, read)
-            .await
-            .map_err(mailbox)??
-        {
-            DocBody::Binary(bytes) => Ok(HttpResponse::Ok()
-                .content_type("application/octet-stream")
-                .body(bytes)),
-            DocBody::Json(_) => Err(ApiError::Unavailable("unexpected document form".into())),
-        }
+    let res = match read_doc(&req, &shared, DocFormat::Binary).await {
+        Ok(DocBody::Binary(bytes)) => Ok(HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(bytes)),
+        Ok(DocBody::Json(_)) => Err(ApiError::Unavailable("unexpected document form".into())),
+        Err(e) => Err(e),
     };
-    respond(&shared, res.await)
+    respond(&shared, res)
 }
 
 async fn post_update(
