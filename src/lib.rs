@@ -5,6 +5,11 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: token verification (JWT HS256, or RS256 / ES256 / EdDSA
+//!   public keys) into `Grants`: who a session is and its rights
+//!   (`r` / `rp` / `rw`) per room pattern. Pure; sessions and `http` use it.
+//! - [`limit`]: token buckets (per-session messages/s and bytes/s, per-IP
+//!   connection rate) and the per-IP open-connection table.
 //! - [`config`]: the one `Config` (clap; every flag is also a `CHORUS_*` env
 //!   var) and every named limit.
 //! - [`protocol`]: wire types and codecs, pure and free of I/O. `native` is
@@ -21,11 +26,15 @@
 //! - [`store`]: the `DocStore` trait (snapshot + update log) and its
 //!   implementations.
 //! - [`http`]: the actix-web app (routes, health, metrics, the demo page
-//!   from `demo_dir`) and the server lifecycle, including graceful shutdown.
+//!   from `demo_dir`), connection admission before the upgrade (token from
+//!   the URL / `Authorization`, `Origin`, per-IP limits), TLS, and the
+//!   server lifecycle, including graceful shutdown.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod http;
+pub mod limit;
 pub mod presence;
 pub mod protocol;
 pub mod room;

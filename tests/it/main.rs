@@ -5,6 +5,7 @@ mod common;
 mod core;
 mod docs;
 mod interop;
+mod security;
 mod store;
 mod vectors;
 mod yjs;
