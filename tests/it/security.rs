@@ -189,7 +189,7 @@ async fn security_tokens_and_rights_are_enforced_per_message() {
     narrow
         .send(&ClientMessage::Update {
             room: "doc:b".into(),
-            data: Bin(vec![0, 0]),
+            data: Bin(TestDoc::independent_insert("x")),
             rid: Some(8),
         })
         .await;
