@@ -22,6 +22,7 @@ pub struct Cli {
 
 /// Subcommands of the binary.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum Command {
     /// Run the server (the default).
     Serve(Config),

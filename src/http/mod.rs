@@ -349,6 +349,7 @@ fn request_token(req: &HttpRequest) -> Option<String> {
 
 /// Connection-level checks, before the upgrade: `Origin`, per-IP limits,
 /// token. `Err` is the HTTP answer instead of the upgrade.
+#[allow(clippy::result_large_err)] // built once per connection attempt
 fn admit(req: &HttpRequest, shared: &Shared, route: Route) -> Result<Admission, HttpResponse> {
     use actix_web::http::StatusCode;
     let config = &shared.config;
