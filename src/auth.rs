@@ -319,6 +319,8 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"0123456789abcdef-test-secret";
+    /// jsonwebtoken also checks `exp` against the real clock.
+    static N: std::sync::LazyLock<u64> = std::sync::LazyLock::new(now_secs);
 
     fn claims(room: &str, rights: Rights, exp: u64) -> Claims {
         Claims {
@@ -335,11 +337,11 @@ mod tests {
     #[test]
     fn round_trip_and_patterns() {
         let v = Verifier::from_secret(SECRET).unwrap();
-        let t = mint(SECRET, &claims("doc:acme/*", Rights::Write, 2_000)).unwrap();
-        let g = v.verify(&t, 1_000).unwrap();
+        let t = mint(SECRET, &claims("doc:acme/*", Rights::Write, *N + 2_000)).unwrap();
+        let g = v.verify(&t, *N + 1_000).unwrap();
         assert_eq!(g.user.as_deref(), Some("alice"));
         assert_eq!(g.name.as_deref(), Some("Alice"));
-        assert_eq!(g.exp, Some(2_000));
+        assert_eq!(g.exp, Some(*N + 2_000));
         assert_eq!(g.rights("doc:acme/plan"), Some(Rights::Write));
         assert_eq!(g.rights("doc:acme/"), Some(Rights::Write));
         assert_eq!(g.rights("doc:acme"), None);
@@ -348,7 +350,7 @@ mod tests {
 
     #[test]
     fn widest_matching_grant_wins() {
-        let mut c = claims("*", Rights::Read, 2_000);
+        let mut c = claims("*", Rights::Read, *N + 2_000);
         c.grants.push(GrantClaim {
             room: "team".into(),
             rights: Rights::Presence,
@@ -364,29 +366,33 @@ mod tests {
     #[test]
     fn refusals() {
         let v = Verifier::from_secret(SECRET).unwrap();
-        let t = mint(SECRET, &claims("a", Rights::Write, 2_000)).unwrap();
-        assert_eq!(v.verify(&t, 2_000), Err(AuthError::Expired));
-        assert_eq!(v.verify(&t, 5_000), Err(AuthError::Expired));
-        let other = mint(b"another-secret-of-16+", &claims("a", Rights::Write, 2_000)).unwrap();
-        assert_eq!(v.verify(&other, 1_000), Err(AuthError::BadSignature));
+        let t = mint(SECRET, &claims("a", Rights::Write, *N + 2_000)).unwrap();
+        assert_eq!(v.verify(&t, *N + 2_000), Err(AuthError::Expired));
+        assert_eq!(v.verify(&t, *N + 5_000), Err(AuthError::Expired));
+        let other = mint(
+            b"another-secret-of-16+",
+            &claims("a", Rights::Write, *N + 2_000),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&other, *N + 1_000), Err(AuthError::BadSignature));
         // Tampered payload, same signature.
         let mut parts: Vec<&str> = t.split('.').collect();
-        let forged = mint(SECRET, &claims("*", Rights::Write, 2_000)).unwrap();
+        let forged = mint(SECRET, &claims("*", Rights::Write, *N + 2_000)).unwrap();
         let forged_payload = forged.split('.').nth(1).unwrap().to_owned();
         parts[1] = &forged_payload;
         assert_eq!(
-            v.verify(&parts.join("."), 1_000),
+            v.verify(&parts.join("."), *N + 1_000),
             Err(AuthError::BadSignature)
         );
         assert!(matches!(
-            v.verify("garbage", 1_000),
+            v.verify("garbage", *N + 1_000),
             Err(AuthError::Malformed(_))
         ));
         // alg=none is not an accepted algorithm.
         let none = format!("eyJhbGciOiJub25lIn0.{}.", t.split('.').nth(1).unwrap());
-        assert!(v.verify(&none, 1_000).is_err());
+        assert!(v.verify(&none, *N + 1_000).is_err());
         assert!(matches!(
-            mint(SECRET, &claims("doc:*/x", Rights::Write, 2_000)),
+            mint(SECRET, &claims("doc:*/x", Rights::Write, *N + 2_000)),
             Err(AuthError::BadGrant(_))
         ));
         assert!(Verifier::from_secret(b"short").is_err());
