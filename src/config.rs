@@ -22,9 +22,36 @@ pub struct Cli {
 
 /// Subcommands of the binary.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum Command {
     /// Run the server (the default).
     Serve(Config),
+    /// Mint a signed token for development; prints it alone on the last line.
+    Token(TokenArgs),
+}
+
+/// `chorus token`: mints an HS256 token (see `auth` for the claims).
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Shared secret, the same as the server's `--auth-secret`.
+    #[arg(long, env = "CHORUS_AUTH_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// Room pattern granted: exact, or ending in `*` (prefix). Repeatable.
+    #[arg(long = "room", required = true)]
+    pub rooms: Vec<String>,
+    /// Rights in those rooms: `r` read-only, `rp` read + own presence,
+    /// cursor, typing and events, `rw` everything.
+    #[arg(long, default_value = "rw")]
+    pub rights: String,
+    /// User id (`sub`).
+    #[arg(long)]
+    pub user: String,
+    /// Display name (`name`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Lifetime in seconds (`exp` = now + this).
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
 }
 
 impl Cli {
@@ -32,7 +59,7 @@ impl Cli {
     pub fn into_config(self) -> Config {
         match self.command {
             Some(Command::Serve(config)) => config,
-            None => self.serve,
+            Some(Command::Token(_)) | None => self.serve,
         }
     }
 }
@@ -103,6 +130,35 @@ pub struct Config {
     /// 503 with these instructions; the WebSocket API works regardless.
     #[arg(long, env = "CHORUS_DEMO_DIR", default_value = "demo/dist")]
     pub demo_dir: PathBuf,
+    /// HS256 secret (at least 16 bytes) that tokens are signed with. When
+    /// set (or `--auth-public-key` is), connections without a valid token
+    /// are refused; when neither is, the server is open to anyone.
+    #[arg(long, env = "CHORUS_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+    /// PEM public key (Ed25519, P-256 or RSA) that tokens are signed with
+    /// (EdDSA / ES256 / RS256), instead of `--auth-secret`.
+    #[arg(long, env = "CHORUS_AUTH_PUBLIC_KEY", conflicts_with = "auth_secret")]
+    pub auth_public_key: Option<PathBuf>,
+    /// With authentication on, let connections without a token read every
+    /// room (rights `r`: no updates, no presence).
+    #[arg(long, env = "CHORUS_ALLOW_ANONYMOUS_READ", default_value_t = false)]
+    pub allow_anonymous_read: bool,
+    /// Comma-separated `Origin`s browsers may connect from (e.g.
+    /// `https://app.example.com`); a request with another `Origin` header is
+    /// refused (403). Empty: any origin. Requests without `Origin`
+    /// (non-browser clients) are not affected.
+    #[arg(long, env = "CHORUS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Take the client IP for per-IP limits from the last `X-Forwarded-For`
+    /// entry. Only behind a proxy that sets it; otherwise clients pick their IP.
+    #[arg(long, env = "CHORUS_TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
+    /// PEM certificate chain: serve https / wss with rustls (needs `--tls-key`).
+    #[arg(long, env = "CHORUS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "CHORUS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Limits and timings.
     #[command(flatten)]
     pub limits: Limits,
@@ -174,6 +230,22 @@ pub struct Limits {
     /// Largest WebSocket message accepted, in bytes. Larger: close 1009.
     #[arg(long, env = "CHORUS_MAX_FRAME_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_frame_bytes: usize,
+    /// Open WebSocket connections from one IP address; more: HTTP 429. 0: no limit.
+    #[arg(long, env = "CHORUS_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+    /// New connections per second from one IP address (token bucket, burst
+    /// of the same size); more: HTTP 429. 0: no limit.
+    #[arg(long, env = "CHORUS_CONNECTIONS_PER_IP_PER_SEC", default_value_t = 30)]
+    pub connections_per_ip_per_sec: u32,
+    /// Messages per second one session may send (token bucket, burst of the
+    /// same size); more: `error rate_limited`, then close 4429. 0: no limit.
+    #[arg(long, env = "CHORUS_MAX_MESSAGES_PER_SEC", default_value_t = 500)]
+    pub max_messages_per_sec: u32,
+    /// Bytes per second one session may send (token bucket, burst of the
+    /// larger of this and `max_frame_bytes`); more: `error rate_limited`,
+    /// then close 4429. 0: no limit.
+    #[arg(long, env = "CHORUS_MAX_BYTES_PER_SEC", default_value_t = 8 * 1024 * 1024)]
+    pub max_bytes_per_sec: u64,
     /// Rooms one connection may have joined at once.
     #[arg(long, env = "CHORUS_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
     pub max_rooms_per_connection: usize,

@@ -5,6 +5,11 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: token verification (JWT HS256, or RS256 / ES256 / EdDSA
+//!   public keys) into `Grants`: who a session is and its rights
+//!   (`r` / `rp` / `rw`) per room pattern. Pure; sessions and `http` use it.
+//! - [`limit`]: token buckets (per-session messages/s and bytes/s, per-IP
+//!   connection rate) and the per-IP open-connection table.
 //! - [`config`]: the one `Config` (clap; every flag is also a `CHORUS_*` env
 //!   var) and every named limit.
 //! - [`protocol`]: wire types and codecs, pure and free of I/O. `native` is
@@ -21,15 +26,19 @@
 //! - [`store`]: the `DocStore` trait (snapshot + update log) and its
 //!   implementations.
 //! - [`http`]: the actix-web app (routes, health, metrics, the demo page
-//!   from `demo_dir`) and the server lifecycle, including graceful shutdown;
-//!   `http::api` is the REST API under `/api/v1` (API key, JSON errors, SSE,
-//!   long poll, NDJSON); `room::events` is the event window it streams from.
+//!   from `demo_dir`), connection admission before the upgrade (token from
+//!   the URL / `Authorization`, `Origin`, per-IP limits), TLS, and the
+//!   server lifecycle, including graceful shutdown; `http::api` is the REST
+//!   API under `/api/v1` (API key, JSON errors, SSE, long poll, NDJSON);
+//!   `room::events` is the event window it streams from.
 //! - [`metrics`]: counters and histograms behind `/metrics`.
 //! - [`webhook`]: the bounded webhook queue and its signed, retried delivery.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;

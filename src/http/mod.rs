@@ -1,11 +1,20 @@
 //! The actix-web application: WebSocket routes, the REST API ([`api`]),
 //! health, readiness and metrics, and the server's lifecycle (start,
-//! graceful shutdown).
+//! graceful shutdown), with TLS when configured.
+//!
+//! Connection-level checks happen here, before the upgrade ([`admit`]): the
+//! `Origin` header against `allowed_origins`, the per-IP open-connection
+//! count and connection rate, and a token from the `token` query parameter
+//! or `Authorization: Bearer`. On `/ws` a refusal is an HTTP status (403,
+//! 429, 401) with a text body; on `/yjs` a token or `Origin` refusal is
+//! delivered after the upgrade as a close code (4401 / 4403), since the
+//! y-websocket client cannot read an HTTP status and would retry forever.
 
 pub mod api;
 pub mod demo;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +22,14 @@ use actix_http::ws::Codec;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_actors::ws;
 
+use crate::auth::{now_secs, Verifier};
 use crate::config::{Config, StoreKind};
+use crate::limit::IpLimiter;
 use crate::protocol::close;
 use crate::room::Registry;
 use crate::session::transport::{CountingBody, Outbox};
 use crate::session::yjs::YjsSession;
-use crate::session::{NativeSession, Sessions, Shared};
+use crate::session::{Admission, NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
 use crate::store::redb::RedbStore;
 use crate::store::{DocStore, StoreError};
@@ -43,6 +54,12 @@ pub enum ServerError {
     /// The document store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The token key is unusable.
+    #[error("authentication: {0}")]
+    Auth(#[from] crate::auth::AuthError),
+    /// The TLS certificate or key is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A started server, running on the current actix `System`.
@@ -69,11 +86,35 @@ impl Server {
                 "no --api-key (CHORUS_API_KEY) set: the HTTP API under /api/v1 is open to anyone who can reach this server"
             );
         }
+        let auth = match (&config.auth_secret, &config.auth_public_key) {
+            (Some(secret), _) => Some(Arc::new(Verifier::from_secret(secret.as_bytes())?)),
+            (None, Some(path)) => Some(Arc::new(Verifier::from_public_key_file(path)?)),
+            (None, None) => None,
+        };
+        if auth.is_none() {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF: no --auth-secret or --auth-public-key, so ANYONE who \
+                 can reach this server may read and write EVERY room. Do not expose it."
+            );
+        } else if config.allow_anonymous_read {
+            tracing::warn!(
+                "--allow-anonymous-read: connections without a token may read every room"
+            );
+        }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+            _ => None,
+        };
         let node = format!("{:08x}", rand::random::<u32>());
         let shared = Shared {
             registry: Registry::new(config.clone(), store.clone()),
             sessions: Arc::new(Sessions::new(node)),
             config: config.clone(),
+            auth,
+            ips: IpLimiter::new(
+                config.limits.max_connections_per_ip,
+                config.limits.connections_per_ip_per_sec,
+            ),
         };
         let data = web::Data::new(shared.clone());
         let mut server =
@@ -84,7 +125,11 @@ impl Server {
             server = server.workers(config.workers);
         }
         let bind = (config.bind, config.port);
-        let server = server.bind(bind).map_err(|source| ServerError::Bind {
+        let bound = match tls {
+            Some(tls) => server.bind_rustls_0_23(bind, tls),
+            None => server.bind(bind),
+        };
+        let server = bound.map_err(|source| ServerError::Bind {
             addr: format!("{}:{}", config.bind, config.port),
             source,
         })?;
@@ -129,6 +174,32 @@ impl Server {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
+}
+
+/// A rustls server config (ring provider) from PEM files.
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServerError::Tls(format!("certificate {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServerError::Tls(format!(
+            "no certificate in {}",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ServerError::Tls(format!("private key {}: {e}", key.display())))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(e.to_string()))
 }
 
 /// Graceful shutdown: stop accepting, tell every session "going away", let
@@ -235,6 +306,99 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(api::configure);
 }
 
+/// Which WebSocket route a connection is for: how refusals are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// `/ws`: refusals are HTTP statuses.
+    Native,
+    /// `/yjs`: token and `Origin` refusals are close codes after the upgrade.
+    Yjs,
+}
+
+/// A plain-text refusal before the upgrade.
+fn refuse(status: actix_web::http::StatusCode, text: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/plain; charset=utf-8")
+        .body(text.into() + "\n")
+}
+
+/// The client's IP: the socket peer, or the last `X-Forwarded-For` entry
+/// with `--trust-forwarded-for`.
+fn client_ip(req: &HttpRequest, trust_forwarded: bool) -> Option<IpAddr> {
+    if trust_forwarded {
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    req.peer_addr().map(|a| a.ip())
+}
+
+/// The token of a request: the `token` query parameter, else
+/// `Authorization: Bearer <token>`.
+fn request_token(req: &HttpRequest) -> Option<String> {
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).ok();
+    if let Some(token) = query.and_then(|q| q.into_inner().remove("token")) {
+        return Some(token);
+    }
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned())
+}
+
+/// Connection-level checks, before the upgrade: `Origin`, per-IP limits,
+/// token. `Err` is the HTTP answer instead of the upgrade.
+#[allow(clippy::result_large_err)] // built once per connection attempt
+fn admit(req: &HttpRequest, shared: &Shared, route: Route) -> Result<Admission, HttpResponse> {
+    use actix_web::http::StatusCode;
+    let config = &shared.config;
+    let mut admission = Admission::default();
+    if !config.allowed_origins.is_empty() {
+        if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
+            let ok = origin
+                .to_str()
+                .is_ok_and(|o| config.allowed_origins.iter().any(|a| a == o));
+            if !ok {
+                let text = "this Origin is not allowed (allowed_origins)";
+                if route == Route::Native {
+                    return Err(refuse(StatusCode::FORBIDDEN, text));
+                }
+                admission.refusal = Some((close::YJS_FORBIDDEN, text.into()));
+                return Ok(admission);
+            }
+        }
+    }
+    if let Some(ip) = client_ip(req, config.trust_forwarded_for) {
+        match shared.ips.admit(ip) {
+            Ok(slot) => admission.slot = Some(slot),
+            Err(e) => return Err(refuse(StatusCode::TOO_MANY_REQUESTS, e.to_string())),
+        }
+    }
+    match (&shared.auth, request_token(req)) {
+        (Some(verifier), Some(token)) => match verifier.verify(&token, now_secs()) {
+            Ok(grants) => admission.grants = Some(grants),
+            Err(e) if route == Route::Native => {
+                return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()))
+            }
+            Err(e) => admission.refusal = Some((close::UNAUTHORIZED, e.to_string())),
+        },
+        // The native session may still authenticate with `hello.token`.
+        (Some(_), None) if route == Route::Native => {}
+        _ => admission.grants = shared.anonymous_grants(),
+    }
+    Ok(admission)
+}
+
 /// `GET /ws`: upgrade to a native-protocol session.
 async fn native_ws(
     req: HttpRequest,
@@ -243,11 +407,15 @@ async fn native_ws(
 ) -> actix_web::Result<HttpResponse> {
     let limits = &shared.config.limits;
     let mut response = ws::handshake(&req)?;
+    let admission = match admit(&req, &shared, Route::Native) {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
     let outbox = Arc::new(Outbox::new(
         limits.outbound_buffer_bytes,
         limits.outbound_hard_limit_bytes,
     ));
-    let session = NativeSession::new(shared.get_ref().clone(), outbox.clone());
+    let session = NativeSession::new(shared.get_ref().clone(), outbox.clone(), admission);
     let codec = Codec::new().max_size(limits.max_frame_bytes);
     let body = ws::WebsocketContext::with_codec(session, payload, codec);
     Ok(response.streaming(CountingBody::new(body, outbox)))
@@ -265,11 +433,15 @@ async fn yjs_ws(
     let limits = &shared.config.limits;
     let room = req.match_info().get("room").unwrap_or_default().to_owned();
     let mut response = ws::handshake(&req)?;
+    let admission = match admit(&req, &shared, Route::Yjs) {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
     let outbox = Arc::new(Outbox::new(
         limits.outbound_buffer_bytes,
         limits.outbound_hard_limit_bytes,
     ));
-    let session = YjsSession::new(shared.get_ref().clone(), outbox.clone(), room);
+    let session = YjsSession::new(shared.get_ref().clone(), outbox.clone(), room, admission);
     let codec = Codec::new().max_size(limits.max_frame_bytes);
     let body = ws::WebsocketContext::with_codec(session, payload, codec);
     Ok(response.streaming(CountingBody::new(body, outbox)))

@@ -97,6 +97,21 @@ pub mod close {
     /// past `outbound_hard_limit_bytes`. Reconnect and resync.
     pub const SLOW_CONSUMER: u16 = 4008;
 
+    // Authentication and limits, both protocols. They are in 4400..=4499
+    // so that a stock y-websocket client does not retry with the same
+    // (bad) token or keep flooding.
+
+    /// No token, a bad signature, a malformed or expired token at connect
+    /// time (native: after an `error forbidden`; `/yjs`: after an auth
+    /// "permission denied" message). Get a new token before reconnecting.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// The session exceeded `max_messages_per_sec` or `max_bytes_per_sec`
+    /// (native: after an `error rate_limited`).
+    pub const RATE_LIMITED: u16 = 4429;
+    /// The session's token reached its `exp`: closed at that moment.
+    /// Reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4440;
+
     // `/yjs` sessions. The stock y-websocket client stops reconnecting on a
     // close code in 4400..=4499 (its `shouldReconnect`), so permanent
     // failures use that range; transient ones (timeout 4000, slow consumer
@@ -107,7 +122,9 @@ pub mod close {
     /// length past the frame, unknown message type, text frame). Permanent.
     pub const YJS_BAD_MESSAGE: u16 = 4400;
     /// `/yjs`: permission denied (sent after an auth "permission denied"
-    /// message carrying the reason). Permanent.
+    /// message carrying the reason): the room is outside the token's
+    /// grants, a read-only session sent an update, or the `Origin` is not
+    /// allowed. Permanent.
     pub const YJS_FORBIDDEN: u16 = 4403;
     /// `/yjs`: the room name is empty, too long or has control characters. Permanent.
     pub const YJS_BAD_ROOM: u16 = 4404;

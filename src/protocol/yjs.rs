@@ -263,7 +263,26 @@ fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, DecodeError> {
     if r.remaining() > 0 {
         return Err(DecodeError::Trailing("state vector"));
     }
+    if !state_vector_plausible(bytes) {
+        return Err(DecodeError::BadStateVector(
+            "entry count larger than the state vector".into(),
+        ));
+    }
     StateVector::decode_v1(bytes).map_err(|e| DecodeError::BadStateVector(e.to_string()))
+}
+
+/// Like [`update_counts_plausible`] for a state vector: its entry count
+/// (each entry at least 2 bytes) must fit the bytes that follow, since yrs
+/// reserves capacity for the declared count.
+pub fn state_vector_plausible(bytes: &[u8]) -> bool {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return value.saturating_mul(2) <= (bytes.len() - i - 1) as u64;
+        }
+    }
+    true
 }
 
 /// Decodes an awareness update (count checked against the bytes left; one
@@ -445,6 +464,41 @@ pub fn position_from_json(json: &Value) -> Option<Vec<u8>> {
     // lib0 writeVarInt: sign in bit 6 of the first byte.
     out.push(if assoc < 0 { 0x40 | 1 } else { 0 });
     Some(out)
+}
+
+/// A cheap guard run before `yrs` decodes an update: the leading counts of a
+/// v1 update (clients, then blocks of the first client) must not exceed the
+/// bytes that follow. yrs reserves capacity for the declared block count
+/// (`try_reserve`), so a 30-byte update declaring millions of blocks would
+/// ask the allocator for gigabytes. Later clients' counts are not reached
+/// without a full parse; this bounds the common case only.
+pub fn update_counts_plausible(bytes: &[u8]) -> bool {
+    fn var(bytes: &[u8], pos: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *bytes.get(*pos)?;
+            *pos += 1;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let mut pos = 0;
+    let Some(clients) = var(bytes, &mut pos) else {
+        return true; // malformed: let the decoder say so
+    };
+    if clients > (bytes.len() - pos) as u64 {
+        return false;
+    }
+    if clients == 0 {
+        return true;
+    }
+    match var(bytes, &mut pos) {
+        Some(blocks) => blocks <= (bytes.len() - pos) as u64,
+        None => true,
+    }
 }
 
 #[cfg(test)]

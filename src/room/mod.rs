@@ -827,6 +827,9 @@ impl Room {
 
 /// Decodes a Yjs v1 update, turning a decoder panic into an error.
 fn decode_update(bytes: &[u8]) -> Result<Update, String> {
+    if !crate::protocol::yjs::update_counts_plausible(bytes) {
+        return Err("not a Yjs v1 update: counts larger than the update".into());
+    }
     match catch_unwind(|| Update::decode_v1(bytes)) {
         Ok(Ok(update)) => Ok(update),
         Ok(Err(e)) => Err(format!("not a Yjs v1 update: {e}")),
@@ -958,7 +961,14 @@ impl Handler<Join> for Room {
         if link.protocol == Protocol::Yjs {
             return self.join_yjs(link, ctx);
         }
-        let sv = match msg.sv.as_deref().map(StateVector::decode_v1) {
+        let decode_sv = |b: &[u8]| {
+            if crate::protocol::yjs::state_vector_plausible(b) {
+                StateVector::decode_v1(b)
+            } else {
+                Err(yrs::encoding::read::Error::EndOfBuffer(b.len()))
+            }
+        };
+        let sv = match msg.sv.as_deref().map(decode_sv) {
             None => StateVector::default(),
             Some(Ok(sv)) => sv,
             Some(Err(e)) => {

@@ -18,7 +18,9 @@ use actix_http::ws::Item;
 use actix_web_actors::ws;
 use bytes::{Bytes, BytesMut};
 
+use crate::auth::{now_secs, Grants, Rights, Verifier};
 use crate::config::Config;
+use crate::limit::{IpLimiter, IpSlot, SessionRate};
 use crate::presence::MemberId;
 use crate::protocol::native::{
     decode_client, encode_server, ClientMessage, ServerMessage, WireLimits,
@@ -93,6 +95,55 @@ pub struct Shared {
     pub registry: Registry,
     /// Live sessions.
     pub sessions: Arc<Sessions>,
+    /// Token verifier; `None`: authentication is off (open server).
+    pub auth: Option<Arc<Verifier>>,
+    /// Open connections and connection rate per client IP.
+    pub ips: Arc<IpLimiter>,
+}
+
+impl Shared {
+    /// Grants of a session that presents no token: everything on an open
+    /// server, read-only with `--allow-anonymous-read`, else none.
+    pub fn anonymous_grants(&self) -> Option<Grants> {
+        match &self.auth {
+            None => Some(Grants::open()),
+            Some(_) if self.config.allow_anonymous_read => Some(Grants::anonymous(Rights::Read)),
+            Some(_) => None,
+        }
+    }
+}
+
+/// What the HTTP layer decided about a connection before the upgrade.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// Grants from a token in the URL or `Authorization` header, or the
+    /// anonymous grants. `None` on `/ws`: the session authenticates with
+    /// `hello.token`.
+    pub grants: Option<Grants>,
+    /// The per-IP slot, held for the life of the session.
+    pub slot: Option<IpSlot>,
+    /// `/yjs` only: refused after the upgrade with this close code and
+    /// reason (y-websocket cannot read an HTTP status).
+    pub refusal: Option<(u16, String)>,
+}
+
+/// Schedules the close of a session when its token expires (`exp`, in
+/// seconds since the epoch), with [`close::TOKEN_EXPIRED`].
+fn schedule_expiry<A>(grants: &Grants, ctx: &mut ws::WebsocketContext<A>)
+where
+    A: Actor<Context = ws::WebsocketContext<A>> + Handler<Outbound>,
+{
+    let Some(exp) = grants.exp else { return };
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
+    let wait = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    ctx.run_later(wait, |_, ctx| {
+        ctx.address().do_send(Outbound::Close {
+            code: close::TOKEN_EXPIRED,
+            reason: "token expired".into(),
+        });
+    });
 }
 
 /// The native-protocol session actor.
@@ -108,19 +159,89 @@ pub struct NativeSession {
     last_seen: Instant,
     /// A fragmented message being reassembled.
     partial: Option<BytesMut>,
+    /// What this session may do: from the connection (URL / header token,
+    /// or anonymous) or from `hello.token`. Checked on every message.
+    grants: Option<Grants>,
+    /// Inbound messages/s and bytes/s.
+    rate: SessionRate,
+    /// Per-IP connection slot, freed when the session ends.
+    _slot: Option<IpSlot>,
 }
 
 impl NativeSession {
-    /// A session that writes through `outbox`.
-    pub fn new(shared: Shared, outbox: Arc<Outbox>) -> Self {
+    /// A session that writes through `outbox`, admitted as `admission` says.
+    pub fn new(shared: Shared, outbox: Arc<Outbox>, admission: Admission) -> Self {
         NativeSession {
             id: shared.sessions.next_id(),
+            rate: SessionRate::new(&shared.config.limits),
             shared,
             outbox,
             greeted: false,
             rooms: HashMap::new(),
             last_seen: Instant::now(),
             partial: None,
+            grants: admission.grants,
+            _slot: admission.slot,
+        }
+    }
+
+    /// The rights in `room`, or answers `forbidden` and returns `None`
+    /// when the session may not do what `needs` asks there.
+    fn allowed(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        room: &str,
+        rid: Option<u64>,
+        needs: fn(Rights) -> bool,
+        what: &str,
+    ) -> bool {
+        let rights = self.grants.as_ref().and_then(|g| g.rights(room));
+        if rights.is_some_and(needs) {
+            return true;
+        }
+        let text = match rights {
+            None => format!("the token grants no access to this room ({what})"),
+            Some(r) => format!("not allowed with rights {r:?} ({what})"),
+        };
+        self.error(ctx, ErrorCode::Forbidden, text, rid, Some(room));
+        false
+    }
+
+    /// Authenticates `hello`: its token (if the server checks tokens),
+    /// else the grants the connection already has, else anonymous grants.
+    /// On failure answers `forbidden` and closes with 4401.
+    fn authenticate(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        token: Option<String>,
+        rid: Option<u64>,
+    ) -> bool {
+        let verified = match (&self.shared.auth, token) {
+            (Some(verifier), Some(token)) => verifier.verify(&token, now_secs()).map(Some),
+            _ => Ok(None),
+        };
+        match verified {
+            Ok(Some(grants)) => self.grants = Some(grants),
+            Ok(None) if self.grants.is_none() => self.grants = self.shared.anonymous_grants(),
+            Ok(None) => {}
+            Err(e) => {
+                self.error(ctx, ErrorCode::Forbidden, e.to_string(), rid, None);
+                self.close(ctx, close::UNAUTHORIZED, &e.to_string());
+                return false;
+            }
+        }
+        match &self.grants {
+            Some(grants) => {
+                schedule_expiry(grants, ctx);
+                true
+            }
+            None => {
+                let text =
+                    "this server requires a token (hello.token, ?token= or Authorization: Bearer)";
+                self.error(ctx, ErrorCode::Forbidden, text, rid, None);
+                self.close(ctx, close::UNAUTHORIZED, "token required");
+                false
+            }
         }
     }
 
@@ -160,7 +281,7 @@ impl NativeSession {
     fn link(&self, ctx: &mut ws::WebsocketContext<Self>) -> MemberLink {
         MemberLink {
             id: self.id.clone(),
-            user: None,
+            user: self.grants.as_ref().and_then(|g| g.user.clone()),
             protocol: Protocol::Native,
             recipient: ctx.address().recipient(),
             outbox: self.outbox.clone(),
@@ -215,6 +336,11 @@ impl NativeSession {
 
     fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
         self.shared.registry.metrics().received(bytes.len());
+        if let Err(limit) = self.rate.admit(bytes.len()) {
+            let text = format!("over {limit}: slow down");
+            self.error(ctx, ErrorCode::RateLimited, text, None, None);
+            return self.close(ctx, close::RATE_LIMITED, limit);
+        }
         let msg = match decode_client(bytes) {
             Ok(msg) => msg,
             Err(e) => return self.error(ctx, e.code, e.message, e.rid, None),
@@ -233,9 +359,10 @@ impl NativeSession {
                 None,
             );
         }
-        let limits = &self.shared.config.limits;
+        let config = self.shared.config.clone();
+        let limits = &config.limits;
         match msg {
-            ClientMessage::Hello { v, rid, .. } => {
+            ClientMessage::Hello { v, rid, token, .. } => {
                 if v != PROTOCOL_VERSION {
                     let text = format!("this server speaks protocol version {PROTOCOL_VERSION}");
                     self.error(ctx, ErrorCode::UnsupportedVersion, text, rid, None);
@@ -244,6 +371,10 @@ impl NativeSession {
                         close::UNSUPPORTED_VERSION,
                         "unsupported protocol version",
                     );
+                }
+                // A second hello is answered again and changes nothing.
+                if !self.greeted && !self.authenticate(ctx, token, rid) {
+                    return;
                 }
                 self.greeted = true;
                 let welcome = ServerMessage::Welcome {
@@ -282,6 +413,14 @@ impl NativeSession {
                         Some(&room),
                     );
                 }
+                let needs: fn(Rights) -> bool = if presence.is_some() {
+                    Rights::can_presence
+                } else {
+                    |_| true
+                };
+                if !self.allowed(ctx, &room, rid, needs, "join") {
+                    return;
+                }
                 if self.rooms.len() >= limits.max_rooms_per_connection {
                     let text = format!(
                         "at most {} rooms per connection (max_rooms_per_connection)",
@@ -312,6 +451,12 @@ impl NativeSession {
                 ),
             },
             ClientMessage::Update { room, data, rid } => {
+                // An empty update (`[0, 0]`, step 5 of a join with nothing
+                // new) writes nothing, so any joined session may send it.
+                let empty = data.0 == crate::protocol::yjs::EMPTY_UPDATE;
+                if !empty && !self.allowed(ctx, &room, rid, Rights::can_write, "update") {
+                    return;
+                }
                 if let Some(addr) = self.joined(ctx, &room, rid) {
                     addr.do_send(ClientUpdate {
                         member: self.id.clone(),
@@ -321,6 +466,9 @@ impl NativeSession {
                 }
             }
             ClientMessage::Presence { room, state, rid } => {
+                if !self.allowed(ctx, &room, rid, Rights::can_presence, "presence") {
+                    return;
+                }
                 if let Some(addr) = self.joined(ctx, &room, rid) {
                     addr.do_send(SetPresence {
                         member: self.id.clone(),
@@ -335,6 +483,9 @@ impl NativeSession {
                 head,
                 rid,
             } => {
+                if !self.allowed(ctx, &room, rid, Rights::can_presence, "cursor") {
+                    return;
+                }
                 let Some(addr) = self.joined(ctx, &room, rid) else {
                     return;
                 };
@@ -353,6 +504,9 @@ impl NativeSession {
                 });
             }
             ClientMessage::Typing { room, on, rid } => {
+                if !self.allowed(ctx, &room, rid, Rights::can_presence, "typing") {
+                    return;
+                }
                 if let Some(addr) = self.joined(ctx, &room, rid) {
                     addr.do_send(SetTyping {
                         member: self.id.clone(),
@@ -366,6 +520,9 @@ impl NativeSession {
                 data,
                 rid,
             } => {
+                if !self.allowed(ctx, &room, rid, Rights::can_presence, "event") {
+                    return;
+                }
                 if let Some(addr) = self.joined(ctx, &room, rid) {
                     addr.do_send(Broadcast {
                         member: self.id.clone(),
@@ -447,13 +604,25 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for NativeSession {
         };
         match msg {
             ws::Message::Binary(bytes) => self.handle_frame(&bytes, ctx),
-            ws::Message::Text(_) => self.error(
-                ctx,
-                ErrorCode::BadMessage,
-                "the native protocol uses binary frames",
-                None,
-                None,
-            ),
+            ws::Message::Text(text) => {
+                if let Err(limit) = self.rate.admit(text.len()) {
+                    self.error(
+                        ctx,
+                        ErrorCode::RateLimited,
+                        format!("over {limit}"),
+                        None,
+                        None,
+                    );
+                    return self.close(ctx, close::RATE_LIMITED, limit);
+                }
+                self.error(
+                    ctx,
+                    ErrorCode::BadMessage,
+                    "the native protocol uses binary frames",
+                    None,
+                    None,
+                )
+            }
             ws::Message::Continuation(item) => {
                 let max = self.shared.config.limits.max_frame_bytes;
                 let (chunk, last) = match item {

@@ -16,13 +16,23 @@
 //!   `max_presence_bytes` are dropped;
 //! - query awareness → every awareness state;
 //! - auth → ignored (clients do not send it; the server sends "permission
-//!   denied" before closing with 4403).
+//!   denied" before closing with 4401 / 4403).
+//!
+//! Authorization: the token (`?token=` or `Authorization: Bearer`) is
+//! checked before the upgrade; a refusal is delivered after it, as an auth
+//! "permission denied" message and close 4401 (no / bad / expired token) or
+//! 4403 (room outside the grants, `Origin` not allowed), because
+//! y-websocket cannot read an HTTP status and would retry forever. A session
+//! without the write right that sends a non-empty update gets "permission
+//! denied" and close 4403; awareness from a session without the presence
+//! right is ignored (a stock client always sends its own state). The
+//! session closes with 4440 when its token expires, and with 4429 over
+//! the message or byte rate.
 //!
 //! Liveness: the server pings every `heartbeat_ms`; a connection that sends
 //! nothing (no frame, no pong) for `client_timeout_ms` is closed with 4000
 //! (transient: the client reconnects), so a dead client is dropped at most
 //! `client_timeout_ms + heartbeat_ms` after its last frame (20 s by default).
-//! Query parameters (such as `token`) are accepted and not used yet.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,7 +43,9 @@ use actix_web_actors::ws;
 use bytes::{Bytes, BytesMut};
 
 use super::transport::{Drained, Outbound, Outbox};
-use super::Shared;
+use super::{schedule_expiry, Admission, Shared};
+use crate::auth::{Grants, Rights};
+use crate::limit::{IpSlot, SessionRate};
 use crate::presence::MemberId;
 use crate::protocol::yjs::{self, YjsMessage};
 use crate::protocol::{close, validate_room_id};
@@ -55,20 +67,49 @@ pub struct YjsSession {
     last_seen: Instant,
     /// A fragmented message being reassembled.
     partial: Option<BytesMut>,
+    /// Who this is and what it may do; `None` only with a refusal pending.
+    grants: Option<Grants>,
+    /// Rights in this session's room, fixed at join.
+    rights: Rights,
+    /// Set by the HTTP layer: close with this code and reason on start.
+    refusal: Option<(u16, String)>,
+    /// Inbound messages/s and bytes/s.
+    rate: SessionRate,
+    /// Per-IP connection slot, freed when the session ends.
+    _slot: Option<IpSlot>,
 }
 
 impl YjsSession {
-    /// A session for room `room_name` that writes through `outbox`.
-    pub fn new(shared: Shared, outbox: Arc<Outbox>, room_name: String) -> Self {
+    /// A session for room `room_name` that writes through `outbox`,
+    /// admitted as `admission` says.
+    pub fn new(
+        shared: Shared,
+        outbox: Arc<Outbox>,
+        room_name: String,
+        admission: Admission,
+    ) -> Self {
         YjsSession {
             id: shared.sessions.next_id(),
+            rate: SessionRate::new(&shared.config.limits),
             shared,
             outbox,
             room_name,
             room: None,
             last_seen: Instant::now(),
             partial: None,
+            grants: admission.grants,
+            rights: Rights::Read,
+            refusal: admission.refusal,
+            _slot: admission.slot,
         }
+    }
+
+    /// Sends y-protocols "permission denied" with `reason`, then closes.
+    fn deny(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        let frame = yjs::auth_denied(reason);
+        self.outbox.count(frame.len());
+        ctx.binary(frame);
+        self.close(ctx, code, reason);
     }
 
     fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
@@ -105,6 +146,9 @@ impl YjsSession {
 
     fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
         self.shared.registry.metrics().received(bytes.len());
+        if let Err(limit) = self.rate.admit(bytes.len()) {
+            return self.close(ctx, close::RATE_LIMITED, limit);
+        }
         let messages = match yjs::decode_frame(bytes) {
             Ok(m) => m,
             Err(e) => return self.close(ctx, close::YJS_BAD_MESSAGE, &e.to_string()),
@@ -120,6 +164,13 @@ impl YjsSession {
                     sv,
                 }),
                 YjsMessage::SyncStep2(update) | YjsMessage::Update(update) => {
+                    if update != yjs::EMPTY_UPDATE && !self.rights.can_write() {
+                        return self.deny(
+                            ctx,
+                            close::YJS_FORBIDDEN,
+                            "read-only: this token may not write the document",
+                        );
+                    }
                     if update != yjs::EMPTY_UPDATE {
                         room.do_send(ClientUpdate {
                             member: self.id.clone(),
@@ -127,6 +178,9 @@ impl YjsSession {
                             rid: None,
                         });
                     }
+                }
+                YjsMessage::Awareness(_) if !self.rights.can_presence() => {
+                    tracing::debug!(session = %self.id, "awareness without the presence right ignored");
                 }
                 YjsMessage::Awareness(entries) => {
                     let mut parsed = Vec::with_capacity(entries.len());
@@ -208,15 +262,30 @@ impl Actor for YjsSession {
             .sessions
             .register(self.id.clone(), ctx.address().recipient());
         self.heartbeat(ctx);
+        if let Some((code, reason)) = self.refusal.take() {
+            return self.deny(ctx, code, &reason);
+        }
         let limits = &self.shared.config.limits;
         if let Err(e) = validate_room_id(&self.room_name, limits.max_room_id_bytes) {
             return self.close(ctx, close::YJS_BAD_ROOM, e);
         }
+        let Some(grants) = self.grants.clone() else {
+            return self.deny(ctx, close::UNAUTHORIZED, "a token is required");
+        };
+        let Some(rights) = grants.rights(&self.room_name) else {
+            return self.deny(
+                ctx,
+                close::YJS_FORBIDDEN,
+                "the token grants no access to this room",
+            );
+        };
+        self.rights = rights;
+        schedule_expiry(&grants, ctx);
         let id: RoomId = Arc::from(self.room_name.as_str());
         let join = Join {
             member: MemberLink {
                 id: self.id.clone(),
-                user: None,
+                user: grants.user.clone(),
                 protocol: Protocol::Yjs,
                 recipient: ctx.address().recipient(),
                 outbox: self.outbox.clone(),

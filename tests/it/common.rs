@@ -181,6 +181,57 @@ impl Client {
         }
     }
 
+    /// Wraps an already connected WebSocket (e.g. over TLS).
+    pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
+            ws,
+            session: String::new(),
+            backlog: VecDeque::new(),
+            next_rid: 1,
+        }
+    }
+
+    /// Connects to `path` (with query) and extra request headers, without
+    /// hello; `Err` is the HTTP status of a refused upgrade.
+    pub async fn connect_path(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{addr}{path}")
+            .into_client_request()
+            .expect("request");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                    .expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(Client::from_ws(ws)),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+
+    /// Sends `hello` with `token`; returns the first reply (`welcome` or `error`).
+    pub async fn hello(&mut self, token: Option<String>) -> ServerMessage {
+        self.send(&ClientMessage::Hello {
+            v: 1,
+            token,
+            client: Some("chorus-tests".into()),
+            rid: Some(1),
+        })
+        .await;
+        let m = self.recv().await;
+        if let ServerMessage::Welcome { session, .. } = &m {
+            self.session = session.clone();
+        }
+        m
+    }
+
     /// Connects and completes the hello / welcome handshake.
     pub async fn connect(addr: SocketAddr) -> Client {
         let mut c = Client::connect_raw(addr).await;

@@ -226,6 +226,8 @@ async fn bad_input_gets_errors_and_costs_nothing_else() {
     let srv = server(|c| {
         c.limits.max_frame_bytes = 64 * 1024;
         c.limits.max_rooms_per_connection = 100;
+        // 2 100 joins in a burst: not a rate-limit test.
+        c.limits.max_messages_per_sec = 0;
     });
     let mut bystander = Client::connect(srv.addr).await;
     let bystander_doc = TestDoc::new();
@@ -503,6 +505,9 @@ async fn slow_consumers_cost_bounded_memory_and_resync() {
         "120000",
         "--heartbeat-ms",
         "30000",
+        // A 50 MB firehose: not a rate-limit test.
+        "--max-bytes-per-sec",
+        "0",
     ]);
     let room = "firehose";
     let mut slow = Vec::new();

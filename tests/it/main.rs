@@ -6,6 +6,7 @@ mod core;
 mod docs;
 mod http;
 mod interop;
+mod security;
 mod store;
 mod vectors;
 mod yjs;

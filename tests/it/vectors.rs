@@ -544,6 +544,9 @@ fn spec_covers_every_type_and_code() {
         "TIMEOUT" => close::TIMEOUT,
         "UNSUPPORTED_VERSION" => close::UNSUPPORTED_VERSION,
         "SLOW_CONSUMER" => close::SLOW_CONSUMER,
+        "UNAUTHORIZED" => close::UNAUTHORIZED,
+        "RATE_LIMITED" => close::RATE_LIMITED,
+        "TOKEN_EXPIRED" => close::TOKEN_EXPIRED,
         "TRY_AGAIN_LATER" => close::TRY_AGAIN_LATER,
         "YJS_BAD_MESSAGE" => close::YJS_BAD_MESSAGE,
         "YJS_FORBIDDEN" => close::YJS_FORBIDDEN,
@@ -552,7 +555,7 @@ fn spec_covers_every_type_and_code() {
         "YJS_BAD_UPDATE" => close::YJS_BAD_UPDATE,
         other => panic!("new close constant {other}: add it here and to PROTOCOL.md"),
     };
-    assert_eq!(constants.len(), 14, "close constants parsed: {constants:?}");
+    assert_eq!(constants.len(), 17, "close constants parsed: {constants:?}");
     let rows = table_rows(section(&secs, "Close codes"));
     for (name, code) in &constants {
         assert_eq!(by_name(name), *code, "parsed value of close::{name}");

@@ -68,6 +68,25 @@ impl YClient {
         YClient { ws }
     }
 
+    /// Connects to `path` (with query) and extra request headers.
+    pub async fn connect_path(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> YClient {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{addr}{path}")
+            .into_client_request()
+            .expect("request");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                    .expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("websocket connects");
+        YClient { ws }
+    }
+
     /// Sends one binary frame.
     pub async fn send(&mut self, bytes: Vec<u8>) {
         self.ws

@@ -1,0 +1,206 @@
+//! Rate and count limits: a token bucket (per session: messages/s and
+//! bytes/s; per IP: new connections/s) and the per-IP table of open
+//! connections, whose [`IpSlot`] guard gives a slot back when the session
+//! ends.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// A token bucket: `capacity` tokens, refilled at `rate` per second.
+/// A rate of 0 disables it (every take succeeds).
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, capacity: f64) -> TokenBucket {
+        TokenBucket {
+            rate,
+            capacity,
+            tokens: capacity,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes `n` tokens at `now`; false (and nothing taken) if too few.
+    pub fn take_at(&mut self, n: f64, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes `n` tokens now.
+    pub fn take(&mut self, n: f64) -> bool {
+        self.take_at(n, Instant::now())
+    }
+}
+
+/// Why a connection was refused by [`IpLimiter::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IpRefusal {
+    /// `max_connections_per_ip` connections are open already.
+    #[error("too many open connections from this address")]
+    TooManyConnections,
+    /// Over `connections_per_ip_per_sec`.
+    #[error("too many new connections from this address; slow down")]
+    TooFast,
+}
+
+#[derive(Debug)]
+struct IpEntry {
+    open: usize,
+    bucket: TokenBucket,
+}
+
+/// Open connections and connection rate, per client IP.
+#[derive(Debug)]
+pub struct IpLimiter {
+    max_open: usize,
+    per_sec: u32,
+    table: Mutex<HashMap<IpAddr, IpEntry>>,
+}
+
+impl IpLimiter {
+    /// Limits of `max_open` open connections (0: none) and `per_sec` new
+    /// ones per second (0: none) per IP.
+    pub fn new(max_open: usize, per_sec: u32) -> Arc<IpLimiter> {
+        Arc::new(IpLimiter {
+            max_open,
+            per_sec,
+            table: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<IpAddr, IpEntry>> {
+        // A panic while holding the lock leaves counts that are still valid.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits one connection from `ip`, or says why not. The slot is held
+    /// until the returned guard is dropped.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<IpSlot, IpRefusal> {
+        let mut table = self.table();
+        let rate = f64::from(self.per_sec);
+        let entry = table.entry(ip).or_insert_with(|| IpEntry {
+            open: 0,
+            bucket: TokenBucket::new(rate, rate),
+        });
+        if self.max_open > 0 && entry.open >= self.max_open {
+            return Err(IpRefusal::TooManyConnections);
+        }
+        if !entry.bucket.take(1.0) {
+            return Err(IpRefusal::TooFast);
+        }
+        entry.open += 1;
+        // Forget addresses with nothing open and a full bucket, so the
+        // table does not grow with every address ever seen.
+        if table.len() > 4096 {
+            table.retain(|_, e| e.open > 0 || !e.bucket.clone().take(rate.max(1.0)));
+        }
+        Ok(IpSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    /// Open connections from `ip`.
+    pub fn open(&self, ip: IpAddr) -> usize {
+        self.table().get(&ip).map_or(0, |e| e.open)
+    }
+}
+
+/// One admitted connection; dropping it frees the slot.
+#[derive(Debug)]
+pub struct IpSlot {
+    limiter: Arc<IpLimiter>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some(e) = self.limiter.table().get_mut(&self.ip) {
+            e.open = e.open.saturating_sub(1);
+        }
+    }
+}
+
+/// Per-session inbound limits: messages/s and bytes/s.
+#[derive(Debug, Clone)]
+pub struct SessionRate {
+    messages: TokenBucket,
+    bytes: TokenBucket,
+}
+
+impl SessionRate {
+    /// From the configured limits.
+    pub fn new(limits: &crate::config::Limits) -> SessionRate {
+        let m = f64::from(limits.max_messages_per_sec);
+        let b = limits.max_bytes_per_sec as f64;
+        SessionRate {
+            messages: TokenBucket::new(m, m),
+            bytes: TokenBucket::new(b, b.max(limits.max_frame_bytes as f64)),
+        }
+    }
+
+    /// Accounts one inbound message of `len` bytes; `Err` names the limit hit.
+    pub fn admit(&mut self, len: usize) -> Result<(), &'static str> {
+        if !self.messages.take(1.0) {
+            return Err("max_messages_per_sec");
+        }
+        if !self.bytes.take(len as f64) {
+            return Err("max_bytes_per_sec");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_refills() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 10.0);
+        b.last = t0;
+        for _ in 0..10 {
+            assert!(b.take_at(1.0, t0));
+        }
+        assert!(!b.take_at(1.0, t0));
+        assert!(b.take_at(1.0, t0 + Duration::from_millis(110)));
+        assert!(TokenBucket::new(0.0, 0.0).take(1e9));
+    }
+
+    #[test]
+    fn ip_slots_are_returned() {
+        let l = IpLimiter::new(2, 0);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let a = l.admit(ip).unwrap();
+        let _b = l.admit(ip).unwrap();
+        assert_eq!(l.admit(ip).unwrap_err(), IpRefusal::TooManyConnections);
+        drop(a);
+        assert_eq!(l.open(ip), 1);
+        assert!(l.admit(ip).is_ok());
+        let r = IpLimiter::new(0, 2);
+        let _x = r.admit(ip).unwrap();
+        let _y = r.admit(ip).unwrap();
+        assert_eq!(r.admit(ip).unwrap_err(), IpRefusal::TooFast);
+    }
+}

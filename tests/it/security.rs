@@ -1,0 +1,571 @@
+//! [security] acceptance: tokens, per-message authorization, limits, TLS.
+//! Every refusal carries its documented code; other sessions and the
+//! document are unaffected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus::auth::{mint, now_secs, Claims, GrantClaim, Rights, Verifier};
+use chorus::config::Config;
+use chorus::protocol::native::{Bin, ClientMessage, ServerMessage};
+use chorus::protocol::yjs::{self, YjsMessage};
+use chorus::protocol::{close, ErrorCode};
+use serde_json::json;
+
+use crate::common::{server, Client, TestDoc};
+use crate::yjs::YClient;
+
+const SECRET: &str = "test-secret-0123456789abcdef";
+
+fn token(user: &str, grants: &[(&str, Rights)], ttl: u64) -> String {
+    token_signed(SECRET, user, grants, now_secs() + ttl)
+}
+
+fn token_signed(secret: &str, user: &str, grants: &[(&str, Rights)], exp: u64) -> String {
+    let claims = Claims {
+        sub: user.into(),
+        name: Some(user.to_uppercase()),
+        exp,
+        grants: grants
+            .iter()
+            .map(|(room, rights)| GrantClaim {
+                room: (*room).into(),
+                rights: *rights,
+            })
+            .collect(),
+    };
+    mint(secret.as_bytes(), &claims).expect("mint")
+}
+
+fn secured(tweak: impl FnOnce(&mut Config)) -> chorus::http::BackgroundServer {
+    server(|c| {
+        c.auth_secret = Some(SECRET.into());
+        tweak(c);
+    })
+}
+
+/// Connects with `?token=` and says hello.
+async fn authed(addr: SocketAddr, token: &str) -> Client {
+    let mut c = Client::connect_path(addr, &format!("/ws?token={token}"), &[])
+        .await
+        .expect("upgrade accepted");
+    assert!(matches!(c.hello(None).await, ServerMessage::Welcome { .. }));
+    c
+}
+
+fn is_forbidden(m: &ServerMessage, want_rid: u64) -> bool {
+    matches!(m, ServerMessage::Error { code: ErrorCode::Forbidden, rid: Some(r), .. } if *r == want_rid)
+}
+
+async fn refused_update(c: &mut Client, room: &str, data: Vec<u8>) {
+    let rid = c.rid();
+    c.send(&ClientMessage::Update {
+        room: room.into(),
+        data: Bin(data),
+        rid: Some(rid),
+    })
+    .await;
+    let m = c
+        .expect(|m| matches!(m, ServerMessage::Error { .. } | ServerMessage::Ack { .. }))
+        .await;
+    assert!(is_forbidden(&m, rid), "expected forbidden, got {m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_tokens_and_rights_are_enforced_per_message() {
+    let srv = secured(|_| {});
+    let addr = srv.addr;
+
+    // A writer with full rights, whose document must stay as it writes it.
+    let mut writer = authed(addr, &token("wendy", &[("doc:*", Rights::Write)], 600)).await;
+    let wdoc = TestDoc::new();
+    writer.join("doc:a", &wdoc).await;
+    writer.update_acked("doc:a", wdoc.push("intact")).await;
+
+    // No token: hello → error forbidden, close 4401.
+    let mut anon = Client::connect_path(addr, "/ws", &[])
+        .await
+        .expect("upgrade");
+    let m = anon.hello(None).await;
+    assert!(
+        matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::Forbidden,
+                rid: Some(1),
+                ..
+            }
+        ),
+        "{m:?}"
+    );
+    assert_eq!(anon.closed().await, Some(close::UNAUTHORIZED));
+    // Nothing else is accepted before a successful hello.
+    let mut anon = Client::connect_path(addr, "/ws", &[])
+        .await
+        .expect("upgrade");
+    anon.send(&ClientMessage::Join {
+        room: "doc:a".into(),
+        sv: None,
+        presence: None,
+        rid: Some(3),
+    })
+    .await;
+    assert!(matches!(
+        anon.recv().await,
+        ServerMessage::Error {
+            code: ErrorCode::HelloRequired,
+            ..
+        }
+    ));
+
+    // Bad signature: in the URL → HTTP 401; in hello → forbidden + 4401.
+    let forged = token_signed(
+        "another-secret-0123456789",
+        "eve",
+        &[("*", Rights::Write)],
+        now_secs() + 600,
+    );
+    assert_eq!(
+        Client::connect_path(addr, &format!("/ws?token={forged}"), &[])
+            .await
+            .err(),
+        Some(401)
+    );
+    let mut c = Client::connect_path(addr, "/ws", &[])
+        .await
+        .expect("upgrade");
+    assert!(matches!(
+        c.hello(Some(forged.clone())).await,
+        ServerMessage::Error {
+            code: ErrorCode::Forbidden,
+            ..
+        }
+    ));
+    assert_eq!(c.closed().await, Some(close::UNAUTHORIZED));
+
+    // Expired: in the Authorization header → HTTP 401; in hello → 4401.
+    let expired = token_signed(SECRET, "old", &[("*", Rights::Write)], now_secs() - 10);
+    let bearer = format!("Bearer {expired}");
+    assert_eq!(
+        Client::connect_path(addr, "/ws", &[("authorization", &bearer)])
+            .await
+            .err(),
+        Some(401)
+    );
+    let mut c = Client::connect_path(addr, "/ws", &[])
+        .await
+        .expect("upgrade");
+    match c.hello(Some(expired.clone())).await {
+        ServerMessage::Error {
+            code: ErrorCode::Forbidden,
+            message,
+            ..
+        } => assert!(message.contains("expired")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.closed().await, Some(close::UNAUTHORIZED));
+
+    // A valid token in the header works too.
+    let good = format!("Bearer {}", token("hdr", &[("doc:*", Rights::Write)], 600));
+    let mut h = Client::connect_path(addr, "/ws", &[("authorization", &good)])
+        .await
+        .expect("upgrade");
+    assert!(matches!(h.hello(None).await, ServerMessage::Welcome { .. }));
+
+    // Wrong room: join refused with forbidden and the join's rid.
+    let mut narrow = authed(addr, &token("nora", &[("doc:a", Rights::Write)], 600)).await;
+    narrow
+        .send(&ClientMessage::Join {
+            room: "doc:b".into(),
+            sv: None,
+            presence: None,
+            rid: Some(7),
+        })
+        .await;
+    let m = narrow.recv().await;
+    assert!(is_forbidden(&m, 7), "{m:?}");
+    // ...and messages for it are refused the same way.
+    narrow
+        .send(&ClientMessage::Update {
+            room: "doc:b".into(),
+            data: Bin(TestDoc::independent_insert("x")),
+            rid: Some(8),
+        })
+        .await;
+    assert!(is_forbidden(&narrow.recv().await, 8));
+
+    // Read-only: may join and read, may not write, set presence or cursor.
+    let mut reader = Client::connect_path(addr, "/ws", &[])
+        .await
+        .expect("upgrade");
+    assert!(matches!(
+        reader
+            .hello(Some(token("rita", &[("doc:*", Rights::Read)], 600)))
+            .await,
+        ServerMessage::Welcome { .. }
+    ));
+    let rdoc = TestDoc::new();
+    reader
+        .try_join("doc:a", &rdoc)
+        .await
+        .expect("read-only join");
+    assert_eq!(rdoc.text(), "intact");
+    refused_update(&mut reader, "doc:a", TestDoc::independent_insert("evil")).await;
+    reader
+        .send(&ClientMessage::Presence {
+            room: "doc:a".into(),
+            state: json!({"x": 1}),
+            rid: Some(20),
+        })
+        .await;
+    assert!(is_forbidden(
+        &reader
+            .expect(|m| matches!(m, ServerMessage::Error { .. }))
+            .await,
+        20
+    ));
+    reader
+        .send(&ClientMessage::Typing {
+            room: "doc:a".into(),
+            on: true,
+            rid: Some(21),
+        })
+        .await;
+    assert!(is_forbidden(
+        &reader
+            .expect(|m| matches!(m, ServerMessage::Error { .. }))
+            .await,
+        21
+    ));
+    // Joining with a presence state needs the presence right.
+    reader
+        .send(&ClientMessage::Join {
+            room: "doc:c".into(),
+            sv: None,
+            presence: Some(json!({"n": 1})),
+            rid: Some(22),
+        })
+        .await;
+    assert!(is_forbidden(
+        &reader
+            .expect(|m| matches!(m, ServerMessage::Error { .. }))
+            .await,
+        22
+    ));
+
+    // Presence-only: presence works (and shows the user id), writes do not.
+    let mut pres = authed(addr, &token("pat", &[("doc:*", Rights::Presence)], 600)).await;
+    let pdoc = TestDoc::new();
+    pres.join_with("doc:a", &pdoc, Some(json!({"name": "Pat"})))
+        .await;
+    refused_update(&mut pres, "doc:a", TestDoc::independent_insert("evil")).await;
+    let seen = writer
+        .expect(|m| matches!(m, ServerMessage::Presence { joined, .. } if joined.iter().any(|v| v.user.as_deref() == Some("pat"))))
+        .await;
+    assert!(matches!(seen, ServerMessage::Presence { .. }));
+
+    // Others unaffected, document unchanged by every refusal.
+    writer.update_acked("doc:a", wdoc.push(" still")).await;
+    let late = TestDoc::new();
+    let mut check = authed(addr, &token("carl", &[("doc:*", Rights::Read)], 600)).await;
+    check.try_join("doc:a", &late).await.expect("join");
+    assert_eq!(late.text(), "intact still");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_yjs_refusals_use_close_codes() {
+    let srv = secured(|c| c.allowed_origins = vec!["https://good.example".into()]);
+    let addr = srv.addr;
+    let denied = |m: &YjsMessage| matches!(m, YjsMessage::Auth(Some(_)));
+
+    // No token: permission denied, 4401.
+    let mut c = YClient::connect(addr, "doc:y").await;
+    c.expect(denied).await;
+    assert_eq!(c.closed().await, Some(close::UNAUTHORIZED));
+    // Bad signature.
+    let forged = token_signed(
+        "another-secret-0123456789",
+        "eve",
+        &[("*", Rights::Write)],
+        now_secs() + 600,
+    );
+    let mut c = YClient::connect_path(addr, &format!("/yjs/doc:y?token={forged}"), &[]).await;
+    c.expect(denied).await;
+    assert_eq!(c.closed().await, Some(close::UNAUTHORIZED));
+    // Wrong room: 4403.
+    let t = token("yan", &[("doc:a", Rights::Write)], 600);
+    let mut c = YClient::connect_path(addr, &format!("/yjs/doc:y?token={t}"), &[]).await;
+    c.expect(denied).await;
+    assert_eq!(c.closed().await, Some(close::YJS_FORBIDDEN));
+    // Bad Origin: 4403 (native: HTTP 403).
+    let t = token("yan", &[("doc:*", Rights::Write)], 600);
+    let mut c = YClient::connect_path(
+        addr,
+        &format!("/yjs/doc:y?token={t}"),
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    c.expect(denied).await;
+    assert_eq!(c.closed().await, Some(close::YJS_FORBIDDEN));
+    assert_eq!(
+        Client::connect_path(
+            addr,
+            &format!("/ws?token={t}"),
+            &[("origin", "https://evil.example")]
+        )
+        .await
+        .err(),
+        Some(403)
+    );
+    let mut ok = Client::connect_path(
+        addr,
+        &format!("/ws?token={t}"),
+        &[("origin", "https://good.example")],
+    )
+    .await
+    .expect("allowed origin");
+    assert!(matches!(
+        ok.hello(None).await,
+        ServerMessage::Welcome { .. }
+    ));
+
+    // Read-only /yjs client: reads, but its update is denied with 4403.
+    let mut w = YClient::connect_path(addr, &format!("/yjs/doc:y?token={t}"), &[]).await;
+    w.recv().await; // server step 1
+    let doc = yrs::Doc::new();
+    let update = {
+        use yrs::{Text, Transact};
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "kept");
+        txn.encode_update_v1()
+    };
+    w.send(yjs::sync_update(update.clone())).await;
+    let rt = token("ro", &[("doc:*", Rights::Read)], 600);
+    let mut r = YClient::connect_path(addr, &format!("/yjs/doc:y?token={rt}"), &[]).await;
+    r.expect(|m| matches!(m, YjsMessage::SyncStep1(_))).await;
+    r.send(yjs::sync_update(TestDoc::independent_insert("evil")))
+        .await;
+    r.expect(denied).await;
+    assert_eq!(r.closed().await, Some(close::YJS_FORBIDDEN));
+    // The document holds only the writer's text.
+    let mut n = authed(addr, &t).await;
+    let nd = TestDoc::new();
+    n.try_join("doc:y", &nd).await.expect("join");
+    assert_eq!(nd.text(), "kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_token_expiry_closes_that_session_only() {
+    let srv = secured(|_| {});
+    let short = token("brief", &[("room", Rights::Write)], 2);
+    let long = token("steady", &[("room", Rights::Write)], 600);
+    let mut a = authed(srv.addr, &short).await;
+    let mut b = authed(srv.addr, &long).await;
+    let (da, db) = (TestDoc::new(), TestDoc::new());
+    a.join("room", &da).await;
+    b.join("room", &db).await;
+    let mut y = YClient::connect_path(srv.addr, &format!("/yjs/room?token={short}"), &[]).await;
+    let started = std::time::Instant::now();
+    assert_eq!(a.closed().await, Some(close::TOKEN_EXPIRED));
+    assert_eq!(y.closed().await, Some(close::TOKEN_EXPIRED));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    b.update_acked("room", db.push("still here")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_rate_and_connection_limits() {
+    let srv = server(|c| {
+        c.limits.max_messages_per_sec = 20;
+        c.limits.max_bytes_per_sec = 4096;
+        c.limits.max_frame_bytes = 2048;
+        c.limits.max_connections_per_ip = 6;
+        c.limits.connections_per_ip_per_sec = 1000;
+    });
+    let mut calm = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    calm.join("r", &doc).await;
+
+    // Messages per second: error rate_limited, then close 4429.
+    let mut flood = Client::connect(srv.addr).await;
+    for i in 0..60 {
+        if flood
+            .try_send(&ClientMessage::Ping { rid: Some(i) })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert!(matches!(
+        flood
+            .expect(|m| matches!(m, ServerMessage::Error { .. }))
+            .await,
+        ServerMessage::Error {
+            code: ErrorCode::RateLimited,
+            ..
+        }
+    ));
+    assert_eq!(flood.closed().await, Some(close::RATE_LIMITED));
+
+    // Bytes per second: a few 1.5 KB frames exceed 4 KiB/s.
+    let mut hog = Client::connect(srv.addr).await;
+    for _ in 0..6 {
+        let _ = hog
+            .try_send(&ClientMessage::Event {
+                room: "r".into(),
+                name: "x".repeat(1500),
+                data: json!(null),
+                rid: None,
+            })
+            .await;
+    }
+    assert!(matches!(
+        hog.expect(|m| matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            }
+        ))
+        .await,
+        ServerMessage::Error { .. }
+    ));
+    assert_eq!(hog.closed().await, Some(close::RATE_LIMITED));
+
+    // Oversize frame: 1009, unchanged by the rate limits.
+    let mut big = Client::connect(srv.addr).await;
+    big.send_raw(vec![0x80; 4096]).await;
+    assert_eq!(big.closed().await, Some(close::TOO_BIG));
+
+    // Connections per IP: the 7th open connection gets HTTP 429.
+    tokio::time::sleep(Duration::from_millis(200)).await; // closed sessions free their slots
+    let mut held = Vec::new();
+    let mut status = None;
+    for _ in 0..8 {
+        match Client::connect_path(srv.addr, "/ws", &[]).await {
+            Ok(c) => held.push(c),
+            Err(s) => {
+                status = Some(s);
+                break;
+            }
+        }
+    }
+    assert_eq!(status, Some(429));
+    assert_eq!(held.len(), 5, "calm + 5 = 6 open");
+
+    // The calm session is unaffected.
+    calm.update_acked("r", doc.push("fine")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_connection_rate_per_ip() {
+    let srv = server(|c| c.limits.connections_per_ip_per_sec = 3);
+    let mut refused = None;
+    for i in 0..6 {
+        if let Err(s) = Client::connect_path(srv.addr, "/ws", &[]).await {
+            refused = Some((i, s));
+            break;
+        }
+    }
+    assert_eq!(refused, Some((3, 429)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_anonymous_read_mode() {
+    let srv = secured(|c| c.allow_anonymous_read = true);
+    let mut w = authed(srv.addr, &token("w", &[("*", Rights::Write)], 600)).await;
+    let d = TestDoc::new();
+    w.join("pub", &d).await;
+    w.update_acked("pub", d.push("public")).await;
+    let mut anon = Client::connect(srv.addr).await;
+    let ad = TestDoc::new();
+    anon.try_join("pub", &ad).await.expect("anonymous read");
+    assert_eq!(ad.text(), "public");
+    refused_update(&mut anon, "pub", TestDoc::independent_insert("x")).await;
+}
+
+#[test]
+fn security_cli_mints_a_token_on_its_last_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args([
+            "token", "--secret", SECRET, "--room", "doc:*", "--rights", "rp", "--user", "alice",
+        ])
+        .output()
+        .expect("chorus token runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let token = stdout.lines().last().expect("a last line");
+    let grants = Verifier::from_secret(SECRET.as_bytes())
+        .unwrap()
+        .verify(token, now_secs())
+        .expect("minted token verifies");
+    assert_eq!(grants.user.as_deref(), Some("alice"));
+    assert_eq!(grants.rights("doc:x"), Some(Rights::Presence));
+    assert_eq!(grants.rights("other"), None);
+    // The secret may come from the server's env var.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["token", "--room", "x", "--rights", "r", "--user", "bob"])
+        .env("CHORUS_AUTH_SECRET", SECRET)
+        .output()
+        .expect("chorus token runs");
+    assert!(out.status.success());
+}
+
+#[test]
+fn security_open_mode_warns_loudly() {
+    let srv = crate::common::ChildServer::start(&["--store", "memory"]);
+    let logs = srv.terminate();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("AUTHENTICATION IS OFF") && l.contains("WARN")),
+        "{logs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_tls_serves_wss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, ck.cert.pem()).unwrap();
+    std::fs::write(&key_path, ck.signing_key.serialize_pem()).unwrap();
+    let srv = server(|c| {
+        c.tls_cert = Some(cert_path.clone());
+        c.tls_key = Some(key_path.clone());
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).expect("root");
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        format!("wss://localhost:{}/ws", srv.addr.port()),
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(Arc::new(tls))),
+    )
+    .await
+    .expect("wss connects with the test's self-signed certificate");
+    let mut c = Client::from_ws(ws);
+    assert!(matches!(c.hello(None).await, ServerMessage::Welcome { .. }));
+    let d = TestDoc::new();
+    c.join("tls", &d).await;
+    c.update_acked("tls", d.push("secret")).await;
+    // Plain ws:// to a TLS port does not get a session.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", srv.addr)),
+    )
+    .await;
+    assert!(!matches!(plain, Ok(Ok(_))));
+}
