@@ -5,6 +5,7 @@
 //! native protocol on `/ws`; [`yjs::YjsSession`] speaks y-protocols on
 //! `/yjs/{room}` to the same room actors.
 
+pub mod intake;
 pub mod transport;
 pub mod yjs;
 
@@ -14,9 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix::prelude::*;
-use actix_http::ws::Item;
 use actix_web_actors::ws;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::auth::{now_secs, Grants, Rights, Verifier};
 use crate::config::Config;
@@ -30,6 +30,7 @@ use crate::room::{
     Broadcast, ClientUpdate, Join, Leave, MemberLink, Protocol, Registry, Resync, Room, RoomId,
     SetCursor, SetPresence, SetTyping,
 };
+use intake::{Inbound, Intake};
 use transport::{Drained, Outbound, Outbox};
 
 /// Every live session, so shutdown can tell each one to go away and
@@ -157,8 +158,8 @@ pub struct NativeSession {
     rooms: HashMap<RoomId, Addr<Room>>,
     /// Last frame (of any kind) from the client: the heartbeat's clock.
     last_seen: Instant,
-    /// A fragmented message being reassembled.
-    partial: Option<BytesMut>,
+    /// Reassembles fragmented messages within `max_frame_bytes`.
+    intake: Intake,
     /// What this session may do: from the connection (URL / header token,
     /// or anonymous) or from `hello.token`. Checked on every message.
     grants: Option<Grants>,
@@ -174,12 +175,12 @@ impl NativeSession {
         NativeSession {
             id: shared.sessions.next_id(),
             rate: SessionRate::new(&shared.config.limits),
+            intake: Intake::new(shared.config.limits.max_frame_bytes),
             shared,
             outbox,
             greeted: false,
             rooms: HashMap::new(),
             last_seen: Instant::now(),
-            partial: None,
             grants: admission.grants,
             _slot: admission.slot,
         }
@@ -587,25 +588,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for NativeSession {
         if self.outbox.is_evicted() {
             return self.close(ctx, close::SLOW_CONSUMER, "slow consumer");
         }
-        let msg = match item {
-            Ok(msg) => msg,
-            Err(ws::ProtocolError::Overflow) => {
-                let max = self.shared.config.limits.max_frame_bytes;
-                return self.close(
-                    ctx,
-                    close::TOO_BIG,
-                    &format!("message over max_frame_bytes ({max})"),
-                );
-            }
-            Err(e) => {
-                tracing::debug!(session = %self.id, "websocket protocol error: {e}");
-                return self.close(ctx, close::PROTOCOL_ERROR, "websocket protocol error");
-            }
-        };
-        match msg {
-            ws::Message::Binary(bytes) => self.handle_frame(&bytes, ctx),
-            ws::Message::Text(text) => {
-                if let Err(limit) = self.rate.admit(text.len()) {
+        match self.intake.feed(item) {
+            Inbound::Binary(bytes) => self.handle_frame(&bytes, ctx),
+            Inbound::Text(len) => {
+                if let Err(limit) = self.rate.admit(len) {
                     self.error(
                         ctx,
                         ErrorCode::RateLimited,
@@ -623,45 +609,26 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for NativeSession {
                     None,
                 )
             }
-            ws::Message::Continuation(item) => {
-                let max = self.shared.config.limits.max_frame_bytes;
-                let (chunk, last) = match item {
-                    Item::FirstBinary(b) | Item::FirstText(b) => {
-                        self.partial = Some(BytesMut::new());
-                        (b, false)
-                    }
-                    Item::Continue(b) => (b, false),
-                    Item::Last(b) => (b, true),
-                };
-                let Some(buf) = self.partial.as_mut() else {
-                    return self.close(
-                        ctx,
-                        close::PROTOCOL_ERROR,
-                        "continuation without a first frame",
-                    );
-                };
-                if buf.len() + chunk.len() > max {
-                    return self.close(
-                        ctx,
-                        close::TOO_BIG,
-                        &format!("message over max_frame_bytes ({max})"),
-                    );
-                }
-                buf.extend_from_slice(&chunk);
-                if last {
-                    if let Some(whole) = self.partial.take() {
-                        self.handle_frame(&whole, ctx);
-                    }
-                }
-            }
-            ws::Message::Ping(payload) => {
+            Inbound::Ping(payload) => {
                 self.outbox.count(payload.len());
                 ctx.pong(&payload);
             }
-            ws::Message::Pong(_) | ws::Message::Nop => {}
-            ws::Message::Close(reason) => {
+            Inbound::Close(reason) => {
                 ctx.close(reason);
                 ctx.stop();
+            }
+            Inbound::Nothing => {}
+            Inbound::TooBig => {
+                let max = self.shared.config.limits.max_frame_bytes;
+                self.close(
+                    ctx,
+                    close::TOO_BIG,
+                    &format!("message over max_frame_bytes ({max})"),
+                );
+            }
+            Inbound::Invalid(e) => {
+                tracing::debug!(session = %self.id, "websocket protocol error: {e}");
+                self.close(ctx, close::PROTOCOL_ERROR, "websocket protocol error");
             }
         }
     }

@@ -38,10 +38,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use actix_http::ws::Item;
 use actix_web_actors::ws;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
+use super::intake::{Inbound, Intake};
 use super::transport::{Drained, Outbound, Outbox};
 use super::{schedule_expiry, Admission, Shared};
 use crate::auth::{Grants, Rights};
@@ -65,8 +65,8 @@ pub struct YjsSession {
     room: Option<Addr<Room>>,
     /// Last frame (of any kind) from the client: the heartbeat's clock.
     last_seen: Instant,
-    /// A fragmented message being reassembled.
-    partial: Option<BytesMut>,
+    /// Reassembles fragmented messages within `max_frame_bytes`.
+    intake: Intake,
     /// Who this is and what it may do; `None` only with a refusal pending.
     grants: Option<Grants>,
     /// Rights in this session's room, fixed at join.
@@ -91,12 +91,12 @@ impl YjsSession {
         YjsSession {
             id: shared.sessions.next_id(),
             rate: SessionRate::new(&shared.config.limits),
+            intake: Intake::new(shared.config.limits.max_frame_bytes),
             shared,
             outbox,
             room_name,
             room: None,
             last_seen: Instant::now(),
-            partial: None,
             grants: admission.grants,
             rights: Rights::Read,
             refusal: admission.refusal,
@@ -212,45 +212,6 @@ impl YjsSession {
             }
         }
     }
-
-    fn continuation(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
-        let max = self.shared.config.limits.max_frame_bytes;
-        let (chunk, last) = match item {
-            Item::FirstBinary(b) => {
-                self.partial = Some(BytesMut::new());
-                (b, false)
-            }
-            Item::FirstText(_) => {
-                return self.close(
-                    ctx,
-                    close::YJS_BAD_MESSAGE,
-                    "y-protocols uses binary frames",
-                )
-            }
-            Item::Continue(b) => (b, false),
-            Item::Last(b) => (b, true),
-        };
-        let Some(buf) = self.partial.as_mut() else {
-            return self.close(
-                ctx,
-                close::PROTOCOL_ERROR,
-                "continuation without a first frame",
-            );
-        };
-        if buf.len() + chunk.len() > max {
-            return self.close(
-                ctx,
-                close::YJS_TOO_LARGE,
-                &format!("message over max_frame_bytes ({max})"),
-            );
-        }
-        buf.extend_from_slice(&chunk);
-        if last {
-            if let Some(whole) = self.partial.take() {
-                self.handle_frame(&whole, ctx);
-            }
-        }
-    }
 }
 
 impl Actor for YjsSession {
@@ -336,37 +297,33 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for YjsSession {
         if self.outbox.is_evicted() {
             return self.close(ctx, close::SLOW_CONSUMER, "slow consumer");
         }
-        let msg = match item {
-            Ok(msg) => msg,
-            Err(ws::ProtocolError::Overflow) => {
+        match self.intake.feed(item) {
+            Inbound::Binary(bytes) => self.handle_frame(&bytes, ctx),
+            Inbound::Text(_) => self.close(
+                ctx,
+                close::YJS_BAD_MESSAGE,
+                "y-protocols uses binary frames",
+            ),
+            Inbound::Ping(payload) => {
+                self.outbox.count(payload.len());
+                ctx.pong(&payload);
+            }
+            Inbound::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Inbound::Nothing => {}
+            Inbound::TooBig => {
                 let max = self.shared.config.limits.max_frame_bytes;
-                return self.close(
+                self.close(
                     ctx,
                     close::YJS_TOO_LARGE,
                     &format!("message over max_frame_bytes ({max})"),
                 );
             }
-            Err(e) => {
+            Inbound::Invalid(e) => {
                 tracing::debug!(session = %self.id, "websocket protocol error: {e}");
-                return self.close(ctx, close::PROTOCOL_ERROR, "websocket protocol error");
-            }
-        };
-        match msg {
-            ws::Message::Binary(bytes) => self.handle_frame(&bytes, ctx),
-            ws::Message::Text(_) => self.close(
-                ctx,
-                close::YJS_BAD_MESSAGE,
-                "y-protocols uses binary frames",
-            ),
-            ws::Message::Continuation(item) => self.continuation(item, ctx),
-            ws::Message::Ping(payload) => {
-                self.outbox.count(payload.len());
-                ctx.pong(&payload);
-            }
-            ws::Message::Pong(_) | ws::Message::Nop => {}
-            ws::Message::Close(reason) => {
-                ctx.close(reason);
-                ctx.stop();
+                self.close(ctx, close::PROTOCOL_ERROR, "websocket protocol error");
             }
         }
     }
