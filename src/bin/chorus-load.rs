@@ -137,6 +137,11 @@ struct Cli {
     /// Idle connections (idle).
     #[arg(long, default_value_t = 15000)]
     conns: usize,
+    /// Idle native connections join the room `idle` (and so are presence
+    /// members); `false`: they only say hello. y-websocket connections
+    /// always join the room of their URL.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    idle_join: bool,
     /// Document size in MB (join-storm).
     #[arg(long, default_value_t = 10.0)]
     doc_mb: f64,
@@ -591,19 +596,30 @@ async fn receive(
         let Ok(update) = Update::decode_v1(&data) else {
             continue;
         };
-        let sv = update.state_vector();
-        for (w, last) in seen.iter_mut().enumerate() {
-            let end = sv.get(&yrs::block::ClientID::new(WRITER_BASE + w as u64));
-            while *last < end {
-                let sent = table.sent[w]
-                    .get(*last as usize)
-                    .map_or(0, |a| a.load(Ordering::Relaxed));
-                *last += 1;
-                out.updates += 1;
-                if sent >= measure_from_us && sent > 0 {
-                    out.latencies_us
-                        .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+        // The clock ranges it inserts (`state_vector()` would only count
+        // updates that start at clock 0).
+        let inserted = update.insertions(true);
+        for (client, ranges) in inserted.iter() {
+            let Some(w) = client
+                .get()
+                .checked_sub(WRITER_BASE)
+                .map(|w| w as usize)
+                .filter(|w| *w < seen.len())
+            else {
+                continue;
+            };
+            for range in ranges.iter() {
+                for clock in range.start.max(seen[w])..range.end {
+                    let sent = table.sent[w]
+                        .get(clock as usize)
+                        .map_or(0, |a| a.load(Ordering::Relaxed));
+                    out.updates += 1;
+                    if sent >= measure_from_us && sent > 0 {
+                        out.latencies_us
+                            .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                    }
                 }
+                seen[w] = seen[w].max(range.end);
             }
         }
     }
@@ -728,7 +744,7 @@ fn latency(mut us: Vec<u32>) -> Option<Latency> {
 }
 
 fn print_report(r: &Report) {
-    println!("== {} / {} ({:?})  params {}", r.scenario, r.server, r.proto, r.params);
+    println!("== {} / {} ({})  params {}", r.scenario, r.server, r.proto, r.params);
     println!(
         "  clients {} (failed {}), {:.1} s measured",
         r.clients, r.failed_connects, r.secs
@@ -969,15 +985,26 @@ async fn many(ctx: &Ctx, rooms_mode: bool) -> Result<Report> {
             json!({"rooms": n_rooms, "per_room": per_room, "interval_s": cli.room_interval}),
         )
     } else {
-        ctx.report("idle", json!({"conns": cli.conns}))
+        ctx.report("idle", json!({"conns": cli.conns, "join": cli.idle_join}))
     };
     let before = ctx.stat();
     let t_setup = Instant::now();
     let total = n_rooms * per_room;
+    let idle_join = cli.idle_join;
     let opened = open_many(total, cli.connect_concurrency, |i| {
         let t = ctx.target.clone();
         let room = room_name(i / per_room);
-        async move { join(&t, &room, None, true).await.map(|(s, src, _)| (i, s, src)) }
+        let hello_only = !rooms_mode && !idle_join && t.proto == Proto::Native;
+        async move {
+            if hello_only {
+                let ws = t.connect(&room).await?;
+                let (mut sink, source) = ws.split();
+                let hello = t.join_frames(&room, None).swap_remove(0);
+                sink.send(Message::Binary(hello.into())).await?;
+                return Ok((i, sink, source));
+            }
+            join(&t, &room, None, true).await.map(|(s, src, _)| (i, s, src))
+        }
     })
     .await;
     let mut conns = Vec::new();
@@ -1119,7 +1146,7 @@ async fn join_storm(ctx: &Ctx) -> Result<Report> {
             let at = start.elapsed();
             let size = match &synced {
                 Some(Synced::Update(u)) => u.len(),
-                _ => 0,
+                Some(Synced::Sv(_)) | None => 0,
             };
             Ok((at, size, sink, source))
         }
