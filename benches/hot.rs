@@ -36,7 +36,13 @@ fn doc_and_update(chars: usize) -> (Doc, Vec<u8>) {
     let wtext = writer.get_or_insert_text("t");
     writer
         .transact_mut()
-        .apply_update(Update::decode_v1(&doc.transact().encode_state_as_update_v1(&Default::default())).expect("own update"))
+        .apply_update(
+            Update::decode_v1(
+                &doc.transact()
+                    .encode_state_as_update_v1(&Default::default()),
+            )
+            .expect("own update"),
+        )
         .expect("apply");
     let before = writer.transact().state_vector();
     {
@@ -153,14 +159,21 @@ fn store(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let memory = MemoryStore::new();
     g.bench_function("append_memory", |b| {
-        b.iter(|| rt.block_on(memory.append("bench-room", update.clone())).expect("append"))
+        b.iter(|| {
+            rt.block_on(memory.append("bench-room", update.clone()))
+                .expect("append")
+        })
     });
     let dir = tempfile::tempdir().expect("temp dir");
-    let redb = RedbStore::open_at(dir.path(), WriterOptions { max_batch: 1024 }).expect("open redb");
+    let redb =
+        RedbStore::open_at(dir.path(), WriterOptions { max_batch: 1024 }).expect("open redb");
     // One append at a time: each waits for its own commit and fsync.
     g.sample_size(20);
     g.bench_function("append_redb_one_at_a_time", |b| {
-        b.iter(|| rt.block_on(redb.append("bench-room", update.clone())).expect("append"))
+        b.iter(|| {
+            rt.block_on(redb.append("bench-room", update.clone()))
+                .expect("append")
+        })
     });
     // 256 appends in flight: group commit shares fsyncs.
     g.throughput(Throughput::Elements(256));

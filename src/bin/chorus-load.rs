@@ -87,7 +87,10 @@ enum Proto {
 
 /// Command line.
 #[derive(Debug, Parser)]
-#[command(name = "chorus-load", about = "Load generator for Chorus and peer Yjs servers")]
+#[command(
+    name = "chorus-load",
+    about = "Load generator for Chorus and peer Yjs servers"
+)]
 struct Cli {
     /// What to run.
     #[arg(value_enum)]
@@ -400,9 +403,9 @@ enum Incoming {
 fn classify_sync(frame: &[u8]) -> Incoming {
     let mut r = Reader { b: frame, i: 0 };
     match (r.var(), r.var()) {
-        (Some(0), Some(1)) => r
-            .bytes()
-            .map_or(Incoming::Other, |b| Incoming::Synced(Synced::Update(b.to_vec()))),
+        (Some(0), Some(1)) => r.bytes().map_or(Incoming::Other, |b| {
+            Incoming::Synced(Synced::Update(b.to_vec()))
+        }),
         (Some(0), Some(2)) => r
             .bytes()
             .map_or(Incoming::Other, |b| Incoming::Update(b.to_vec())),
@@ -744,7 +747,10 @@ fn latency(mut us: Vec<u32>) -> Option<Latency> {
 }
 
 fn print_report(r: &Report) {
-    println!("== {} / {} ({})  params {}", r.scenario, r.server, r.proto, r.params);
+    println!(
+        "== {} / {} ({})  params {}",
+        r.scenario, r.server, r.proto, r.params
+    );
     println!(
         "  clients {} (failed {}), {:.1} s measured",
         r.clients, r.failed_connects, r.secs
@@ -777,7 +783,9 @@ fn print_report(r: &Report) {
         r.server_cpu_secs,
         r.server_cpu_cores,
         r.server_cpu_us_per_delivered
-            .map_or(String::new(), |u| format!(", {u:.2} µs per delivered update"))
+            .map_or(String::new(), |u| format!(
+                ", {u:.2} µs per delivered update"
+            ))
     );
     println!(
         "  server rss {:.1} → {:.1} MB, peak {:.1} MB{}",
@@ -848,7 +856,9 @@ async fn fanout(ctx: &Ctx) -> Result<Report> {
             let (sink, source, synced) = join(&t, &room, None, true).await?;
             let seen = match synced {
                 Some(Synced::Sv(sv)) => writer_clocks(&StateVector::decode_v1(&sv)?, writers),
-                Some(Synced::Update(u)) => writer_clocks(&Update::decode_v1(&u)?.state_vector(), writers),
+                Some(Synced::Update(u)) => {
+                    writer_clocks(&Update::decode_v1(&u)?.state_vector(), writers)
+                }
                 None => vec![0; writers],
             };
             Ok((sink, source, seen))
@@ -1003,7 +1013,9 @@ async fn many(ctx: &Ctx, rooms_mode: bool) -> Result<Report> {
                 sink.send(Message::Binary(hello.into())).await?;
                 return Ok((i, sink, source));
             }
-            join(&t, &room, None, true).await.map(|(s, src, _)| (i, s, src))
+            join(&t, &room, None, true)
+                .await
+                .map(|(s, src, _)| (i, s, src))
         }
     })
     .await;
@@ -1020,11 +1032,13 @@ async fn many(ctx: &Ctx, rooms_mode: bool) -> Result<Report> {
         }
     }
     r.clients = conns.len();
-    r.notes.push(format!(
-        "setup {:.1} s",
-        t_setup.elapsed().as_secs_f64()
-    ));
-    let secs = if rooms_mode { cli.secs } else { cli.secs.min(5.0) };
+    r.notes
+        .push(format!("setup {:.1} s", t_setup.elapsed().as_secs_f64()));
+    let secs = if rooms_mode {
+        cli.secs
+    } else {
+        cli.secs.min(5.0)
+    };
     let t0 = tokio::time::Instant::now();
     let until = t0 + Duration::from_secs_f64(secs) + Duration::from_secs(1);
     let mut tasks = Vec::new();
@@ -1035,14 +1049,20 @@ async fn many(ctx: &Ctx, rooms_mode: bool) -> Result<Report> {
         if rooms_mode && i % per_room == 0 {
             // The first client of each room writes a small document, then
             // one short update every `room_interval`, at a random phase.
-            let (t, room, sent_total) = (ctx.target.clone(), room_name(i / per_room), sent_total.clone());
+            let (t, room, sent_total) = (
+                ctx.target.clone(),
+                room_name(i / per_room),
+                sent_total.clone(),
+            );
             let period = Duration::from_secs_f64(cli.room_interval);
             let phase = period.mul_f64(rand::random::<f64>());
             let first_secs = secs;
             tasks.push(tokio::spawn(async move {
                 let writer = Writer::new(WRITER_BASE + i as u64);
                 let data = writer.write(&"small document ".repeat(8));
-                let _ = sink.send(Message::Binary(t.update_frame(&room, data).into())).await;
+                let _ = sink
+                    .send(Message::Binary(t.update_frame(&room, data).into()))
+                    .await;
                 let mut tick = tokio::time::interval_at(t0 + phase, period);
                 loop {
                     let at = tick.tick().await;
@@ -1050,7 +1070,11 @@ async fn many(ctx: &Ctx, rooms_mode: bool) -> Result<Report> {
                         break;
                     }
                     let data = writer.write("x");
-                    if sink.send(Message::Binary(t.update_frame(&room, data).into())).await.is_err() {
+                    if sink
+                        .send(Message::Binary(t.update_frame(&room, data).into()))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                     sent_total.fetch_add(1, Ordering::Relaxed);
@@ -1096,10 +1120,14 @@ async fn many(ctx: &Ctx, rooms_mode: bool) -> Result<Report> {
 async fn join_storm(ctx: &Ctx) -> Result<Report> {
     let cli = &ctx.cli;
     let room = format!("storm-{}", std::process::id());
-    let mut r = ctx.report("join-storm", json!({"clients": cli.clients, "doc_mb": cli.doc_mb}));
+    let mut r = ctx.report(
+        "join-storm",
+        json!({"clients": cli.clients, "doc_mb": cli.doc_mb}),
+    );
     // Seed the document: 1 MB text updates from one writer.
     let bytes = (cli.doc_mb * 1_000_000.0) as usize;
     let seed_t = Instant::now();
+    let seeder;
     {
         let (mut sink, source, _) = join(&ctx.target, &room, None, true).await?;
         let drainer = tokio::spawn(drain(
@@ -1127,15 +1155,18 @@ async fn join_storm(ctx: &Ctx) -> Result<Report> {
                 None => 0,
             };
             if size >= expect || Instant::now() > deadline {
-                r.notes.push(format!("seeded {expect} chars; a probe synced {size}"));
+                r.notes
+                    .push(format!("seeded {expect} chars; a probe synced {size}"));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let _ = sink.close().await;
-        drainer.abort();
+        // The seeder stays connected through the storm: a server without
+        // persistence (Hocuspocus here) unloads a document nobody is in.
+        seeder = Some((sink, drainer));
     }
-    r.notes.push(format!("seed {:.1} s", seed_t.elapsed().as_secs_f64()));
+    r.notes
+        .push(format!("seed {:.1} s", seed_t.elapsed().as_secs_f64()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = ctx.stat();
     let start = Instant::now();
@@ -1173,10 +1204,14 @@ async fn join_storm(ctx: &Ctx) -> Result<Report> {
     }
     r.clients = times.len();
     r.secs = wall;
-    r.notes.push(format!("all {} synced within {:.2} s", r.clients, wall));
+    r.notes
+        .push(format!("all {} synced within {:.2} s", r.clients, wall));
     r.sync_ms = latency(times);
     finish(&mut r, before, after, wall);
     drop(keep);
+    if let Some((_, drainer)) = seeder {
+        drainer.abort();
+    }
     Ok(r)
 }
 
@@ -1197,7 +1232,9 @@ async fn presence(ctx: &Ctx) -> Result<Report> {
         let (t, room) = (ctx.target.clone(), room.clone());
         async move {
             let presence = Some(json!({ "name": format!("load-{i}") }));
-            join(&t, &room, presence, true).await.map(|(s, src, _)| (i, s, src))
+            join(&t, &room, presence, true)
+                .await
+                .map(|(s, src, _)| (i, s, src))
         }
     })
     .await;
@@ -1223,8 +1260,12 @@ async fn presence(ctx: &Ctx) -> Result<Report> {
     let mut tasks = Vec::new();
     for (i, mut sink, source) in conns {
         tasks.push(tokio::spawn(drain(source, until)));
-        let (t, room, pos, sent_total) =
-            (ctx.target.clone(), room.clone(), pos.clone(), sent_total.clone());
+        let (t, room, pos, sent_total) = (
+            ctx.target.clone(),
+            room.clone(),
+            pos.clone(),
+            sent_total.clone(),
+        );
         let period = Duration::from_secs_f64(1.0 / cli.hz);
         let phase = period.mul_f64(rand::random::<f64>());
         tasks.push(tokio::spawn(async move {
@@ -1282,7 +1323,10 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         let pid = self.0.id();
         // SIGTERM first (graceful), then SIGKILL after 3 s.
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
