@@ -250,6 +250,11 @@ pub struct Room {
     flush_scheduled: bool,
     /// Upper bound of the encoded document size.
     doc_bytes: usize,
+    /// The whole document encoded as one update, for joiners with an empty
+    /// state vector, with the snapshot (state vector + delete set) it was
+    /// encoded at: a storm of joins encodes a large document once, not once
+    /// per client. Stale as soon as the snapshot differs.
+    full_state: Option<(yrs::Snapshot, Arc<Vec<u8>>)>,
     /// Highest store sequence number known durable.
     durable_seq: u64,
     /// Appends since the last compaction.
@@ -298,6 +303,25 @@ enum PendingOrigin {
 }
 
 impl Room {
+    /// What a client with state vector `sv` lacks. For an empty state vector
+    /// (a fresh joiner) the encoding is cached until the document changes.
+    fn diff_from(&mut self, sv: &StateVector) -> Vec<u8> {
+        let txn = self.doc.transact();
+        if !sv.is_empty() {
+            return txn.encode_diff_v1(sv);
+        }
+        let snapshot = txn.snapshot();
+        if let Some((at, bytes)) = &self.full_state {
+            if *at == snapshot {
+                return bytes.as_ref().clone();
+            }
+        }
+        let bytes = Arc::new(txn.encode_diff_v1(sv));
+        drop(txn);
+        self.full_state = Some((snapshot, bytes.clone()));
+        bytes.as_ref().clone()
+    }
+
     /// A room that loads `id` from `store` when started.
     pub fn new(
         id: RoomId,
@@ -331,6 +355,7 @@ impl Room {
             last_flush: Instant::now() - Duration::from_secs(1),
             flush_scheduled: false,
             doc_bytes: 0,
+            full_state: None,
             durable_seq: 0,
             since_compact: 0,
             bytes_since_compact: 0,
@@ -989,10 +1014,8 @@ impl Handler<Join> for Room {
         // Deliver pending updates first: the diff below includes them, and
         // the new member must not receive them twice.
         self.flush();
-        let (diff, server_sv) = {
-            let txn = self.doc.transact();
-            (txn.encode_diff_v1(&sv), txn.state_vector().encode_v1())
-        };
+        let diff = self.diff_from(&sv);
+        let server_sv = self.doc.transact().state_vector().encode_v1();
         let member = Member {
             link: link.clone(),
             resync_from: None,
@@ -1460,9 +1483,11 @@ impl Handler<SyncStep1> for Room {
         };
         // The diff brings a lagging member up to date as well.
         member.resync_from = None;
-        let diff = self.doc.transact().encode_diff_v1(&msg.sv);
+        let diff = self.diff_from(&msg.sv);
         let frame = Bytes::from(yjs::sync_step2(diff));
-        send_frame(&member.link, &frame, Class::Control);
+        if let Some(member) = self.members.get(&msg.member) {
+            send_frame(&member.link, &frame, Class::Control);
+        }
     }
 }
 
