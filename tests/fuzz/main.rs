@@ -320,7 +320,7 @@ fn fuzz_yrs_update() {
             mutate(&mut rng, &mut input);
             let before = LARGEST.load(Ordering::Relaxed);
             // The guard the room runs before yrs decodes an update.
-            if chorus::protocol::yjs::update_counts_plausible(&input) {
+            if chorus::protocol::yupdate::check_update_v1(&input).is_ok() {
                 let _ = std::panic::catch_unwind(|| yrs::Update::decode_v1(&input));
             }
             if LARGEST.load(Ordering::Relaxed) > FRAME_LIMIT && before <= FRAME_LIMIT {
