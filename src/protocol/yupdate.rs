@@ -15,6 +15,9 @@
 //!   those too), an unknown struct, content, type or `Any` tag;
 //! - `Any` values nested deeper than [`MAX_ANY_DEPTH`] (yrs decodes them
 //!   recursively);
+//! - a client's clock running past 2^32 - 1 over its structs, or a deleted
+//!   range ending past it (yrs keeps clocks in `u32` and panics or wraps on
+//!   overflow; no Yjs document gets near);
 //! - bytes after the delete set (yrs and Yjs ignore them, neither writes
 //!   them).
 //!
@@ -121,6 +124,13 @@ pub enum UpdateShapeError {
         /// Offset of the value over the limit.
         at: usize,
     },
+    /// A client's clock, or a deleted range, past 2^32 - 1 (yrs keeps
+    /// clocks in a `u32` and its arithmetic on them would overflow).
+    #[error("clock past 2^32 - 1 for the client or range at byte {at}")]
+    ClockOverflow {
+        /// Offset of the starting clock.
+        at: usize,
+    },
     /// Bytes after the end of the structure.
     #[error("{count} trailing bytes after the {what}")]
     Trailing {
@@ -143,9 +153,18 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<()> {
         // One struct: an info byte and at least one more.
         let structs = w.count("struct count", 2)?;
         w.var_uint("client id")?;
-        w.var_uint("clock")?;
+        let at = w.pos;
+        let mut clock = w.var_uint("clock")?;
         for _ in 0..structs {
-            w.block()?;
+            // yrs adds each struct's length to a u32 clock.
+            let len = w.block()?;
+            clock = clock
+                .checked_add(len)
+                .filter(|c| *c <= u64::from(u32::MAX))
+                .ok_or(UpdateShapeError::ClockOverflow { at })?;
+        }
+        if clock > u64::from(u32::MAX) {
+            return Err(UpdateShapeError::ClockOverflow { at });
         }
     }
     w.delete_set()?;
@@ -265,11 +284,10 @@ impl<'a> Walker<'a> {
     }
 
     /// A var-uint length and that many bytes of UTF-8.
-    fn string(&mut self, what: &'static str) -> Result<()> {
+    fn string(&mut self, what: &'static str) -> Result<&'a str> {
         let at = self.pos;
         let bytes = self.buf(what)?;
-        std::str::from_utf8(bytes).map_err(|_| UpdateShapeError::BadUtf8 { what, at })?;
-        Ok(())
+        std::str::from_utf8(bytes).map_err(|_| UpdateShapeError::BadUtf8 { what, at })
     }
 
     fn id(&mut self, what: &'static str) -> Result<()> {
@@ -278,24 +296,26 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
-    /// One struct: GC, Skip or Item.
-    fn block(&mut self) -> Result<()> {
+    /// One struct: GC, Skip or Item; returns its length in clock ticks.
+    fn block(&mut self) -> Result<u64> {
         let at = self.pos;
         let info = self.byte("struct info")?;
         match info {
             INFO_GC | INFO_SKIP => {
                 let what = if info == INFO_GC { "GC" } else { "skip" };
                 let len_at = self.pos;
-                if self.var_uint(what)? == 0 {
-                    return Err(UpdateShapeError::EmptyBlock { what, at: len_at });
+                match self.var_uint(what)? {
+                    0 => Err(UpdateShapeError::EmptyBlock { what, at: len_at }),
+                    len => Ok(len),
                 }
-                Ok(())
             }
             _ => self.item(info, at),
         }
     }
 
-    fn item(&mut self, info: u8, at: usize) -> Result<()> {
+    /// An item; returns its length as yrs counts it (0 for an empty one,
+    /// which yrs drops).
+    fn item(&mut self, info: u8, at: usize) -> Result<u64> {
         let content = info & CONTENT_MASK;
         if !(1..=9).contains(&content) {
             return Err(UpdateShapeError::UnknownTag {
@@ -323,12 +343,12 @@ impl<'a> Walker<'a> {
         self.content(content)
     }
 
-    fn content(&mut self, content: u8) -> Result<()> {
-        match content {
+    /// Item content; returns its length: UTF-16 units of a string, the
+    /// element count of Deleted, JSON and Any, 1 for the rest.
+    fn content(&mut self, content: u8) -> Result<u64> {
+        let len = match content {
             // Deleted
-            1 => {
-                self.var_uint("deleted length")?;
-            }
+            1 => self.var_uint("deleted length")?,
             // JSON: yrs reads `len + 1` strings (Yjs reads `len`).
             2 => {
                 let at = self.pos;
@@ -346,33 +366,44 @@ impl<'a> Walker<'a> {
                 for _ in 0..strings {
                     self.string("JSON value")?;
                 }
+                strings
             }
             // Binary
             3 => {
                 self.buf("binary content")?;
+                1
             }
             // String
-            4 => self.string("string content")?,
+            4 => self.string("string content")?.encode_utf16().count() as u64,
             // Embed (JSON text)
-            5 => self.string("embed")?,
+            5 => {
+                self.string("embed")?;
+                1
+            }
             // Format: key, JSON text
             6 => {
                 self.string("format key")?;
                 self.string("format value")?;
+                1
             }
             // Type
-            7 => self.type_ref()?,
+            7 => {
+                self.type_ref()?;
+                1
+            }
             // Any
             8 => {
                 let n = self.count("Any count", 1)?;
                 for _ in 0..n {
                     self.any(1)?;
                 }
+                n
             }
             // Doc: guid, options
             9 => {
                 self.string("subdocument guid")?;
                 self.any(1)?;
+                1
             }
             // unreachable: `item` checked 1..=9; refuse rather than panic.
             other => {
@@ -382,8 +413,8 @@ impl<'a> Walker<'a> {
                     at: self.pos,
                 })
             }
-        }
-        Ok(())
+        };
+        Ok(len)
     }
 
     /// A type ref as yrs reads it: one byte; XmlElement carries a name.
@@ -391,7 +422,7 @@ impl<'a> Walker<'a> {
         let at = self.pos;
         match self.byte("type ref")? {
             // XmlElement
-            3 => self.string("XML element name"),
+            3 => self.string("XML element name").map(drop),
             // Array, Map, Text, XmlFragment, XmlHook (no name in yrs),
             // XmlText, SubDoc, Undefined. 7 (WeakLink) needs yrs' `weak`
             // feature, which is off.
@@ -423,7 +454,9 @@ impl<'a> Walker<'a> {
             122 => {
                 self.take(8, "Any bigint", at)?;
             }
-            119 => self.string("Any string")?,
+            119 => {
+                self.string("Any string")?;
+            }
             118 => {
                 // One entry: a key (at least its length) and a tag.
                 let n = self.count("Any map size", 2)?;
@@ -460,8 +493,13 @@ impl<'a> Walker<'a> {
             // One range: clock and length.
             let ranges = self.count("delete set range count", 2)?;
             for _ in 0..ranges {
-                self.var_uint("delete set clock")?;
-                self.var_uint("delete set length")?;
+                // yrs computes `clock + len` in u32.
+                let at = self.pos;
+                let clock = self.var_uint("delete set clock")?;
+                let len = self.var_uint("delete set length")?;
+                if clock.saturating_add(len) > u64::from(u32::MAX) {
+                    return Err(UpdateShapeError::ClockOverflow { at });
+                }
             }
         }
         Ok(())
@@ -724,6 +762,26 @@ mod tests {
         assert!(matches!(
             check_update_v1(&int),
             Err(UpdateShapeError::IntegerTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn clocks_past_u32_are_refused() {
+        // Found by the fuzz harness: a string of 8 UTF-16 units at clock
+        // 2^32 - 1 (yrs' `clock += len` overflows).
+        let overflow = hex("0101aef5c600ffffffff0f04010174087064626369646e6200");
+        assert!(matches!(
+            check_update_v1(&overflow),
+            Err(UpdateShapeError::ClockOverflow { .. })
+        ));
+        // One unit at 2^32 - 2 ends exactly at 2^32 - 1.
+        accepted(&hex("010101feffffff0f04010174017800"));
+        assert!(check_update_v1(&hex("010101feffffff0f0401017402787800")).is_err());
+        // A deleted range ending past 2^32 - 1.
+        accepted(&hex("00010101808080800fffffff7f"));
+        assert!(matches!(
+            check_update_v1(&hex("00010101808080800f8080808001")),
+            Err(UpdateShapeError::ClockOverflow { .. })
         ));
     }
 
