@@ -14,7 +14,9 @@
 //!   var) and every named limit.
 //! - [`protocol`]: wire types and codecs, pure and free of I/O. `native` is
 //!   the MessagePack protocol v1 specified in `proto/PROTOCOL.md`; `yjs` is
-//!   y-protocols (sync, awareness, auth) with bounds-checked decoding.
+//!   y-protocols (sync, awareness, auth) with bounds-checked decoding;
+//!   `yupdate` walks a Yjs v1 update or state vector without allocating and
+//!   refuses counts the bytes cannot hold, before yrs decodes it.
 //! - [`session`]: one actor per WebSocket (`NativeSession`, `yjs::YjsSession`):
 //!   heartbeat, decoding, per-message checks; `session::transport` accounts outbound bytes so rooms can see a
 //!   slow consumer before it costs memory.

@@ -1,10 +1,13 @@
 //! Wire protocols, pure and free of I/O: the native MessagePack protocol
-//! ([`native`]), the y-protocols format of stock Yjs clients ([`yjs`]), and
-//! the names shared by every protocol (error codes, close codes, room ids). `proto/PROTOCOL.md` is the specification; the vectors in
+//! ([`native`]), the y-protocols format of stock Yjs clients ([`yjs`]), the
+//! structural check of Yjs v1 updates run before yrs decodes them
+//! ([`yupdate`]), and the names shared by every protocol (error codes, close
+//! codes, room ids). `proto/PROTOCOL.md` is the specification; the vectors in
 //! `proto/vectors/` are checked against this code by `tests/it/vectors.rs`.
 
 pub mod native;
 pub mod yjs;
+pub mod yupdate;
 
 use serde::{Deserialize, Serialize};
 

@@ -347,6 +347,15 @@ pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, DecodeError> {
             rid: None,
         });
     }
+    // serde buffers an internally tagged message (`Content`) and reserves
+    // up to 1 MiB from each array / map header before reading it: check
+    // that every claimed length fits the frame first.
+    if let Err(reason) = check_msgpack_shape(bytes) {
+        return Err(classify(
+            bytes,
+            rmp_serde::decode::Error::Syntax(reason.into()),
+        ));
+    }
     // A `&[u8]` reader advances as it reads: what remains is trailing.
     let mut de = rmp_serde::Deserializer::new(bytes);
     let msg = match ClientMessage::deserialize(&mut de) {
@@ -366,6 +375,92 @@ pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, DecodeError> {
 /// True when the first byte is a MessagePack map marker (fixmap, map16, map32).
 fn starts_with_map(bytes: &[u8]) -> bool {
     matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf))
+}
+
+/// Deepest nesting of MessagePack arrays and maps in a client message, the
+/// message map included. Presence and event values are relayed as JSON,
+/// which serde_json reads back only to the same depth.
+const MAX_MSGPACK_DEPTH: usize = 128;
+
+/// Walks the first MessagePack value of `bytes` without allocating: every
+/// str / bin / ext length must fit the bytes left, and every array and map
+/// header's element count, added to the elements still owed by the
+/// containers around it, must too (each element takes at least one byte).
+/// So when serde reserves capacity from a header, the elements are there.
+/// What follows the first value is left to the caller (trailing bytes).
+fn check_msgpack_shape(bytes: &[u8]) -> Result<(), &'static str> {
+    /// A big-endian length of `n` bytes at `pos`.
+    fn be(bytes: &[u8], pos: &mut usize, n: usize) -> Result<u64, &'static str> {
+        let end = pos.checked_add(n).ok_or("truncated length")?;
+        let field = bytes.get(*pos..end).ok_or("truncated length")?;
+        *pos = end;
+        Ok(field.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    }
+    // owed[d]: values still to read at nesting level d.
+    let mut owed = [0u64; MAX_MSGPACK_DEPTH + 1];
+    owed[0] = 1;
+    let mut depth = 0usize;
+    // Sum of `owed`: each takes at least one byte of what is left.
+    let mut pending: u64 = 1;
+    let mut pos = 0usize;
+    loop {
+        while owed[depth] == 0 {
+            if depth == 0 {
+                return Ok(());
+            }
+            depth -= 1;
+        }
+        owed[depth] -= 1;
+        pending -= 1;
+        let marker = *bytes.get(pos).ok_or("truncated value")?;
+        pos += 1;
+        // (payload bytes to skip, child values)
+        let (skip, children) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+            0xc1 => return Err("reserved marker 0xc1"),
+            0xc4 | 0xd9 => (be(bytes, &mut pos, 1)?, 0),
+            0xc5 | 0xda => (be(bytes, &mut pos, 2)?, 0),
+            0xc6 | 0xdb => (be(bytes, &mut pos, 4)?, 0),
+            // ext: length, then a type byte and the data
+            0xc7 => (be(bytes, &mut pos, 1)? + 1, 0),
+            0xc8 => (be(bytes, &mut pos, 2)? + 1, 0),
+            0xc9 => (be(bytes, &mut pos, 4)? + 1, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            // fixext 1, 2, 4, 8, 16: a type byte and the data
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (0, be(bytes, &mut pos, 2)?),
+            0xdd => (0, be(bytes, &mut pos, 4)?),
+            0xde => (0, 2 * be(bytes, &mut pos, 2)?),
+            0xdf => (0, 2 * be(bytes, &mut pos, 4)?),
+        };
+        let left = bytes.len().saturating_sub(pos) as u64;
+        if skip > left {
+            return Err("length larger than the message");
+        }
+        // skip <= left, so this fits a usize and stays within `bytes`.
+        pos += skip as usize;
+        if children > 0 {
+            if depth + 1 > MAX_MSGPACK_DEPTH {
+                return Err("arrays or maps nested too deeply");
+            }
+            pending += children;
+            if pending > bytes.len().saturating_sub(pos) as u64 {
+                return Err("array or map larger than the message");
+            }
+            depth += 1;
+            owed[depth] = children;
+        }
+    }
 }
 
 fn classify(bytes: &[u8], err: rmp_serde::decode::Error) -> DecodeError {
@@ -578,5 +673,55 @@ mod tests {
         let bytes = encode_client(&ClientMessage::Ping { rid: Some(1) });
         let err = decode_client(&bytes[..bytes.len() - 1]).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadMessage);
+    }
+
+    /// An event whose `data` is the raw MessagePack `value`.
+    fn event_with(value: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x84, 0xa1, b't', 0xa5];
+        v.extend(b"event");
+        v.extend([0xa4]);
+        v.extend(b"room");
+        v.extend([0xa1, b'r', 0xa4]);
+        v.extend(b"name");
+        v.extend([0xa1, b'n', 0xa4]);
+        v.extend(b"data");
+        v.extend(value);
+        v
+    }
+
+    #[test]
+    fn container_headers_must_fit_the_frame() {
+        // Real containers decode.
+        let ok = event_with(&[0x92, 0x81, 0xa1, b'k', 0xc0, 0xdc, 0x00, 0x02, 1, 2]);
+        let msg = decode_client(&ok).unwrap();
+        assert!(
+            matches!(msg, ClientMessage::Event { ref data, .. } if data[1] == serde_json::json!([1, 2]))
+        );
+        assert_eq!(decode_client(&encode_client(&msg)), Ok(msg));
+        // Headers claiming more elements / bytes than the frame holds.
+        for claim in [
+            &[0xdd, 0x00, 0x10, 0x00, 0x00, 1][..],
+            &[0xdf, 0x00, 0x10, 0x00, 0x00, 1, 1],
+            &[0xdc, 0xff, 0xff],
+            &[0x92, 0xc0, 0xdc, 0x00, 0x02, 1],
+            &[0xc6, 0x00, 0x10, 0x00, 0x00, 1],
+            &[0xdb, 0xff, 0xff, 0xff, 0xff],
+            &[0xc9, 0x00, 0x00, 0x00, 0x01, 1],
+        ] {
+            let err = decode_client(&event_with(claim)).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadMessage, "{claim:02x?}");
+        }
+        // Nesting deeper than the limit.
+        let mut deep = vec![0x91; MAX_MSGPACK_DEPTH + 1];
+        deep.push(0xc0);
+        assert_eq!(
+            check_msgpack_shape(&deep),
+            Err("arrays or maps nested too deeply")
+        );
+        assert_eq!(check_msgpack_shape(&deep[1..]), Ok(()));
+        // Truncated anywhere: refused by the walk or by serde, never a panic.
+        for end in 0..ok.len() {
+            assert!(decode_client(&ok[..end]).is_err());
+        }
     }
 }

@@ -16,9 +16,10 @@
 //! at most 53 bits (what lib0 writes and JavaScript can represent), and a
 //! truncated message is an error, not the end of the frame (yrs'
 //! `MessageReader` treats a truncated tail as "no more messages", so it is
-//! not used for inbound frames). Counts of state-vector and awareness entries
-//! are checked against the smallest encoding of one entry before yrs
-//! reserves memory for them.
+//! not used for inbound frames). Counts of awareness entries are checked
+//! against the smallest encoding of one entry before anything is reserved
+//! for them; state vectors (and, in the room, updates) are walked whole by
+//! [`super::yupdate`] before yrs decodes them.
 //!
 //! Encoding uses `yrs::sync::Message` for sync, auth and query messages.
 //! State vectors and awareness updates are written here, sorted, so that a
@@ -39,6 +40,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::StateVector;
 
+use super::yupdate::{check_state_vector_v1, UpdateShapeError};
 use super::{close, ErrorCode};
 
 /// Message type of a sync message.
@@ -247,42 +249,18 @@ fn decode_message(r: &mut Reader<'_>) -> Result<YjsMessage, DecodeError> {
     }
 }
 
-/// Checks a state vector's shape (count within the bytes, 53-bit ids,
-/// nothing trailing) and then lets yrs decode it.
+/// Checks a state vector's shape ([`check_state_vector_v1`]: count within
+/// the bytes, 53-bit ids, nothing trailing) and then lets yrs decode it.
 fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, DecodeError> {
-    let mut r = Reader::new(bytes);
-    let count = r.var_uint("state vector length")?;
-    // One entry is at least two bytes (client, clock).
-    if count > (r.remaining() / 2) as u64 {
-        return Err(DecodeError::CountTooLarge("state vector"));
-    }
-    for _ in 0..count {
-        r.var_uint("state vector client")?;
-        r.var_uint("state vector clock")?;
-    }
-    if r.remaining() > 0 {
-        return Err(DecodeError::Trailing("state vector"));
-    }
-    if !state_vector_plausible(bytes) {
-        return Err(DecodeError::BadStateVector(
-            "entry count larger than the state vector".into(),
-        ));
-    }
+    const WHAT: &str = "state vector";
+    check_state_vector_v1(bytes).map_err(|e| match e {
+        UpdateShapeError::Truncated { .. } => DecodeError::Truncated(WHAT),
+        UpdateShapeError::IntegerTooLarge { .. } => DecodeError::IntegerTooLarge,
+        UpdateShapeError::CountTooLarge { .. } => DecodeError::CountTooLarge(WHAT),
+        UpdateShapeError::Trailing { .. } => DecodeError::Trailing(WHAT),
+        other => DecodeError::BadStateVector(other.to_string()),
+    })?;
     StateVector::decode_v1(bytes).map_err(|e| DecodeError::BadStateVector(e.to_string()))
-}
-
-/// Like [`update_counts_plausible`] for a state vector: its entry count
-/// (each entry at least 2 bytes) must fit the bytes that follow, since yrs
-/// reserves capacity for the declared count.
-pub fn state_vector_plausible(bytes: &[u8]) -> bool {
-    let mut value = 0u64;
-    for (i, b) in bytes.iter().take(10).enumerate() {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return value.saturating_mul(2) <= (bytes.len() - i - 1) as u64;
-        }
-    }
-    true
 }
 
 /// Decodes an awareness update (count checked against the bytes left; one
@@ -464,41 +442,6 @@ pub fn position_from_json(json: &Value) -> Option<Vec<u8>> {
     // lib0 writeVarInt: sign in bit 6 of the first byte.
     out.push(if assoc < 0 { 0x40 | 1 } else { 0 });
     Some(out)
-}
-
-/// A cheap guard run before `yrs` decodes an update: the leading counts of a
-/// v1 update (clients, then blocks of the first client) must not exceed the
-/// bytes that follow. yrs reserves capacity for the declared block count
-/// (`try_reserve`), so a 30-byte update declaring millions of blocks would
-/// ask the allocator for gigabytes. Later clients' counts are not reached
-/// without a full parse; this bounds the common case only.
-pub fn update_counts_plausible(bytes: &[u8]) -> bool {
-    fn var(bytes: &[u8], pos: &mut usize) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *bytes.get(*pos)?;
-            *pos += 1;
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-    let mut pos = 0;
-    let Some(clients) = var(bytes, &mut pos) else {
-        return true; // malformed: let the decoder say so
-    };
-    if clients > (bytes.len() - pos) as u64 {
-        return false;
-    }
-    if clients == 0 {
-        return true;
-    }
-    match var(bytes, &mut pos) {
-        Some(blocks) => blocks <= (bytes.len() - pos) as u64,
-        None => true,
-    }
 }
 
 #[cfg(test)]

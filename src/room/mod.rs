@@ -850,11 +850,13 @@ impl Room {
     }
 }
 
-/// Decodes a Yjs v1 update, turning a decoder panic into an error.
+/// Decodes a Yjs v1 update once [`crate::protocol::yupdate::check_update_v1`]
+/// has walked it (so yrs reserves nothing the bytes do not hold), turning a
+/// decoder panic into an error.
 fn decode_update(bytes: &[u8]) -> Result<Update, String> {
-    if !crate::protocol::yjs::update_counts_plausible(bytes) {
-        return Err("not a Yjs v1 update: counts larger than the update".into());
-    }
+    // yrs reserves memory from counts in the input: walk it first.
+    crate::protocol::yupdate::check_update_v1(bytes)
+        .map_err(|e| format!("not a Yjs v1 update: {e}"))?;
     match catch_unwind(|| Update::decode_v1(bytes)) {
         Ok(Ok(update)) => Ok(update),
         Ok(Err(e)) => Err(format!("not a Yjs v1 update: {e}")),
@@ -986,12 +988,9 @@ impl Handler<Join> for Room {
         if link.protocol == Protocol::Yjs {
             return self.join_yjs(link, ctx);
         }
-        let decode_sv = |b: &[u8]| {
-            if crate::protocol::yjs::state_vector_plausible(b) {
-                StateVector::decode_v1(b)
-            } else {
-                Err(yrs::encoding::read::Error::EndOfBuffer(b.len()))
-            }
+        let decode_sv = |b: &[u8]| match crate::protocol::yupdate::check_state_vector_v1(b) {
+            Ok(()) => StateVector::decode_v1(b).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
         let sv = match msg.sv.as_deref().map(decode_sv) {
             None => StateVector::default(),

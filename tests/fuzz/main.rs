@@ -1,7 +1,9 @@
 //! Fuzzing on the stable toolchain: deterministic, structure-aware random
-//! harnesses for three targets, with a counting global allocator that fails
+//! harnesses for four targets, with a counting global allocator that fails
 //! the run if any single allocation goes over the frame-size limit.
 //!
+//! - `yrs_update`: `protocol::yupdate::check_update_v1`, then (when it
+//!   passes) `yrs::Update::decode_v1`, on mutated real updates;
 //! - `native_decoder`: `protocol::native::decode_client` on mutated valid
 //!   messages and random bytes;
 //! - `yjs_decoder`: `protocol::yjs::decode_frame` (plus awareness JSON
@@ -10,6 +12,10 @@
 //!   real WebSockets on `/ws` (after hello + join) and `/yjs/{room}`, with a
 //!   liveness round trip after every batch; no panic anywhere, and the
 //!   server still serves a normal client at the end.
+//!
+//! The allocation bound is always asserted: an input that makes any target
+//! allocate more than the frame limit in one piece fails the run (the
+//! `yrs_update` and `native_decoder` targets print it in hex).
 //!
 //! `cargo test --test fuzz` runs a bounded slice (`CHORUS_FUZZ_CASES`,
 //! default 20 000 per target, seed `CHORUS_FUZZ_SEED`, default 1). The long
@@ -108,21 +114,14 @@ fn armed<T>(name: &str, body: impl FnOnce() -> T) -> T {
         cases(),
         start.elapsed()
     );
-    // KNOWN FINDINGS (see the [security] note): yrs reserves capacity for
-    // block / state-vector counts declared past the first client
-    // (`try_reserve`, up to ~146 GB asked of the allocator, recoverable), and
-    // serde's size hint preallocates up to 1 MiB for a MessagePack array
-    // header in presence / event JSON. Until they are fixed the bound is
-    // asserted only with CHORUS_FUZZ_STRICT=1; crashes always fail.
-    if largest > FRAME_LIMIT {
-        eprintln!("fuzz {name}: FINDING: allocation of {largest} bytes over the frame limit {FRAME_LIMIT}");
-    }
-    if std::env::var_os("CHORUS_FUZZ_STRICT").is_some() {
-        assert!(
-            largest <= FRAME_LIMIT,
-            "{name}: an allocation of {largest} bytes exceeds the frame limit {FRAME_LIMIT}"
-        );
-    }
+    // yrs reserves capacity from counts in an update, and serde from the
+    // array / map headers of a MessagePack message; `protocol::yupdate` and
+    // `native::decode_client` check those counts against the bytes first,
+    // so no single allocation may exceed the frame limit.
+    assert!(
+        largest <= FRAME_LIMIT,
+        "{name}: an allocation of {largest} bytes exceeds the frame limit {FRAME_LIMIT}"
+    );
     out
 }
 
@@ -319,8 +318,8 @@ fn fuzz_yrs_update() {
             let mut input = some_update(&mut rng);
             mutate(&mut rng, &mut input);
             let before = LARGEST.load(Ordering::Relaxed);
-            // The guard the room runs before yrs decodes an update.
-            if chorus::protocol::yjs::update_counts_plausible(&input) {
+            // The walk the room runs before yrs decodes an update.
+            if chorus::protocol::yupdate::check_update_v1(&input).is_ok() {
                 let _ = std::panic::catch_unwind(|| yrs::Update::decode_v1(&input));
             }
             if LARGEST.load(Ordering::Relaxed) > FRAME_LIMIT && before <= FRAME_LIMIT {
