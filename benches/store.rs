@@ -162,6 +162,12 @@ fn run(s: &Scenario, secs: f64) -> Outcome {
     config.store_group_commit = s.group_commit;
     config.log_level = "warn".into();
     config.limits.room_idle_ms = 600_000;
+    // Hundreds of clients from one address, each pushing thousands of
+    // updates a second: no abuse limits.
+    config.limits.max_messages_per_sec = 0;
+    config.limits.max_bytes_per_sec = 0;
+    config.limits.max_connections_per_ip = 0;
+    config.limits.connections_per_ip_per_sec = 0;
     let server = BackgroundServer::spawn(config).expect("server starts");
     let addr = server.addr;
     let rt = tokio::runtime::Builder::new_multi_thread()

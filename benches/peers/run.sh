@@ -46,15 +46,19 @@ else
   IDLE="--conns 15000"; ROOMS="--rooms 5000 --per-room 1 --secs 10"; STORM="--clients 200 --doc-mb 10"; PRES="--clients 500 --secs 10"
 fi
 
+# The load generator is many clients behind four loopback addresses: the
+# per-IP and per-session abuse limits (on by default) would throttle it.
+NOLIMITS="--max-connections-per-ip 0 --connections-per-ip-per-sec 0 --max-messages-per-sec 0 --max-bytes-per-sec 0"
+
 run() { # server scenario args...
   local server="$1" scenario="$2"; shift 2
   local p=$((PORT++)) data
   data="$(mktemp -d "$PEERS/data.XXXX")"
   local proto url cmd
   case "$server" in
-    chorus)      proto=native; url="ws://127.0.0.1:$p"; cmd="$CHORUS --store memory --port $p --log-level warn" ;;
-    chorus-yjs)  proto=yws; url="ws://127.0.0.1:$p/yjs"; cmd="$CHORUS --store memory --port $p --log-level warn" ;;
-    chorus-redb) proto=native; url="ws://127.0.0.1:$p"; cmd="$CHORUS --data-dir $data --port $p --log-level warn" ;;
+    chorus)      proto=native; url="ws://127.0.0.1:$p"; cmd="$CHORUS --store memory --port $p --log-level warn $NOLIMITS" ;;
+    chorus-yjs)  proto=yws; url="ws://127.0.0.1:$p/yjs"; cmd="$CHORUS --store memory --port $p --log-level warn $NOLIMITS" ;;
+    chorus-redb) proto=native; url="ws://127.0.0.1:$p"; cmd="$CHORUS --data-dir $data --port $p --log-level warn $NOLIMITS" ;;
     y-websocket) proto=yws; url="ws://127.0.0.1:$p"; cmd="env HOST=127.0.0.1 PORT=$p node $PEERS/node/node_modules/@y/websocket-server/src/server.js" ;;
     hocuspocus)  proto=hocuspocus; url="ws://127.0.0.1:$p"; cmd="env PORT=$p node $PEERS/node/hocuspocus.mjs" ;;
     hocuspocus-nomerge) proto=hocuspocus; url="ws://127.0.0.1:$p"; cmd="env PORT=$p HP_MERGE=0 node $PEERS/node/hocuspocus.mjs" ;;
