@@ -722,6 +722,26 @@ struct Report {
     notes: Vec<String>,
 }
 
+impl Report {
+    /// Keeps the connections that opened; counts the others (noting the
+    /// first failure, with `what` it was).
+    fn keep_opened<T>(&mut self, opened: Vec<Result<T>>, what: &str) -> Vec<T> {
+        let mut kept = Vec::new();
+        for o in opened {
+            match o {
+                Ok(c) => kept.push(c),
+                Err(e) => {
+                    if self.failed_connects == 0 {
+                        self.notes.push(format!("first failed {what}: {e:#}"));
+                    }
+                    self.failed_connects += 1;
+                }
+            }
+        }
+        kept
+    }
+}
+
 #[derive(Debug, Default, Clone, serde::Serialize)]
 struct Latency {
     n: usize,
@@ -865,18 +885,7 @@ async fn fanout(ctx: &Ctx) -> Result<Report> {
         }
     })
     .await;
-    let mut subs = Vec::new();
-    for o in opened {
-        match o {
-            Ok(s) => subs.push(s),
-            Err(e) => {
-                if r.failed_connects == 0 {
-                    r.notes.push(format!("first failed connect: {e:#}"));
-                }
-                r.failed_connects += 1;
-            }
-        }
-    }
+    let subs = r.keep_opened(opened, "connect");
     r.clients = subs.len();
     let mut writers = Vec::new();
     for w in 0..cli.writers {
@@ -1019,18 +1028,7 @@ async fn many(ctx: &Ctx, rooms_mode: bool) -> Result<Report> {
         }
     })
     .await;
-    let mut conns = Vec::new();
-    for o in opened {
-        match o {
-            Ok(c) => conns.push(c),
-            Err(e) => {
-                if r.failed_connects == 0 {
-                    r.notes.push(format!("first failed connect: {e:#}"));
-                }
-                r.failed_connects += 1;
-            }
-        }
-    }
+    let conns = r.keep_opened(opened, "connect");
     r.clients = conns.len();
     r.notes
         .push(format!("setup {:.1} s", t_setup.elapsed().as_secs_f64()));
@@ -1238,18 +1236,7 @@ async fn presence(ctx: &Ctx) -> Result<Report> {
         }
     })
     .await;
-    let mut conns = Vec::new();
-    for o in opened {
-        match o {
-            Ok(c) => conns.push(c),
-            Err(e) => {
-                if r.failed_connects == 0 {
-                    r.notes.push(format!("first failed connect: {e:#}"));
-                }
-                r.failed_connects += 1;
-            }
-        }
-    }
+    let conns = r.keep_opened(opened, "connect");
     r.clients = conns.len();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = tokio::time::Instant::now();
