@@ -111,6 +111,11 @@ pub struct Config {
     /// queued while the previous commit was being written, up to this cap.
     #[arg(long, env = "CHORUS_STORE_MAX_BATCH", default_value_t = 1024)]
     pub store_max_batch: usize,
+    /// Redis URL (`redis://host:port`) that turns on cluster mode: rooms
+    /// open on several nodes stay one room (see the README's "Cluster").
+    /// Absent: a single node, nothing is published.
+    #[arg(long, env = "CHORUS_REDIS_URL")]
+    pub redis_url: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `chorus=debug`).
     #[arg(long, env = "CHORUS_LOG", default_value = "info")]
     pub log_level: String,
