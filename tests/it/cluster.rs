@@ -1,0 +1,219 @@
+//! Cluster mode: a real `redis-server` on a free port and real nodes as
+//! child processes, each with `--redis-url`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chorus::protocol::native::{ClientMessage, ServerMessage};
+
+use crate::common::{eventually, http_get, ChildServer, Client, TestDoc, WAIT};
+
+/// A `redis-server` child on a free port, killed on drop.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts (is it installed?)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts a node connected to this Redis.
+    fn node(&self) -> ChildServer {
+        ChildServer::start(&["--redis-url", &self.url(), "--store", "memory"])
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Member ids in a node's presence for `room` (from the HTTP API).
+async fn presence_ids(addr: SocketAddr, room: &str) -> BTreeSet<String> {
+    let (status, body) = http_get(addr, &format!("/api/v1/rooms/{room}/presence")).await;
+    if status != 200 {
+        return BTreeSet::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Applies `update`s until `doc` holds `len` characters.
+async fn read_until_len(c: &mut Client, room: &str, doc: &TestDoc, len: u32) {
+    while doc.len() < len {
+        let m = c
+            .expect(|m| matches!(m, ServerMessage::Update { room: r, .. } if r == room))
+            .await;
+        if let ServerMessage::Update { data, .. } = m {
+            doc.apply(&data.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_one_room_converge_presence_typing_events() {
+    let redis = Redis::start();
+    let nodes: Vec<ChildServer> = (0..3).map(|_| redis.node()).collect();
+    let room = "cluster-room";
+    let mut clients = Vec::new();
+    let mut docs = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = Client::connect(node.addr).await;
+        let doc = TestDoc::new();
+        c.join_with(
+            room,
+            &doc,
+            Some(serde_json::json!({ "name": format!("n{i}") })),
+        )
+        .await;
+        clients.push(c);
+        docs.push(doc);
+    }
+
+    // Presence: every node sees the same three members.
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    eventually("identical presence of 3 members on every node", || {
+        let addrs = addrs.clone();
+        async move {
+            let mut views = Vec::new();
+            for a in addrs {
+                views.push(presence_ids(a, room).await);
+            }
+            views[0].len() == 3 && views.iter().all(|v| *v == views[0])
+        }
+    })
+    .await;
+
+    // Concurrent edits on every node; each one acked by its own node.
+    const EDITS: u32 = 5;
+    for round in 0..EDITS {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let update = docs[i].push(&format!("{i}{round}"));
+            c.update_acked(room, update).await;
+        }
+    }
+    let total = 2 * EDITS * 3;
+    for (c, doc) in clients.iter_mut().zip(&docs) {
+        read_until_len(c, room, doc, total).await;
+    }
+    assert!(docs.iter().all(|d| d.text() == docs[0].text()));
+    for i in 0..3 {
+        for round in 0..EDITS {
+            assert!(docs[0].text().contains(&format!("{i}{round}")));
+        }
+    }
+
+    // Typing crosses nodes.
+    clients[0]
+        .send(&ClientMessage::Typing {
+            room: room.into(),
+            on: true,
+            rid: None,
+        })
+        .await;
+    for c in &mut clients[1..] {
+        c.expect(|m| matches!(m, ServerMessage::Typing { on: true, .. }))
+            .await;
+    }
+
+    // Events cross nodes.
+    clients[1]
+        .send(&ClientMessage::Event {
+            room: room.into(),
+            name: "ping".into(),
+            data: serde_json::json!({ "from": 1 }),
+            rid: None,
+        })
+        .await;
+    for i in [0, 2] {
+        clients[i]
+            .expect(|m| matches!(m, ServerMessage::Event { name, .. } if name == "ping"))
+            .await;
+    }
+
+    // A member leaving one node leaves every node's presence.
+    let leaver = clients.remove(2);
+    leaver.close().await;
+    eventually("2 members left on every node", || {
+        let addrs = addrs.clone();
+        async move {
+            let mut views = Vec::new();
+            for a in addrs {
+                views.push(presence_ids(a, room).await);
+            }
+            views[0].len() == 2 && views.iter().all(|v| *v == views[0])
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_started_after_edits_catches_up() {
+    let redis = Redis::start();
+    let first = redis.node();
+    let room = "late-room";
+    let mut writer = Client::connect(first.addr).await;
+    let wdoc = TestDoc::new();
+    writer.join(room, &wdoc).await;
+    for word in ["hello ", "from ", "node one"] {
+        let update = wdoc.push(word);
+        writer.update_acked(room, update).await;
+    }
+
+    let late = redis.node();
+    let mut reader = Client::connect(late.addr).await;
+    let rdoc = TestDoc::new();
+    reader.join(room, &rdoc).await;
+    // Served from a live node through Hello/State (no Redis log yet).
+    tokio::time::timeout(WAIT, reader.sync_until(room, &rdoc, "hello from node one"))
+        .await
+        .expect("late node catches up");
+    // And its edits reach the first node.
+    let update = rdoc.push("!");
+    reader.update_acked(room, update).await;
+    writer.sync_until(room, &wdoc, "hello from node one!").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_and_metrics_report_cluster_state() {
+    let redis = Redis::start();
+    let node = redis.node();
+    eventually("cluster connected", || async {
+        let (_, body) = http_get(node.addr, "/readyz").await;
+        body.contains("\"redis\":\"ok\"")
+    })
+    .await;
+    let (_, metrics) = http_get(node.addr, "/metrics").await;
+    assert!(metrics.contains("chorus_cluster_connected 1"), "{metrics}");
+}
