@@ -25,8 +25,8 @@
 //! Liveness: each node refreshes `chorus:node:{id}` (`SET … PX`
 //! [`NODE_TTL`]) every [`HEARTBEAT`]; every [`HEARTBEAT`] it also checks the
 //! nodes its rooms have remote members from, and rooms drop the members of
-//! nodes whose key expired. A member of a dead node thus disappears within
-//! `NODE_TTL + HEARTBEAT` (13 s) after the node's last heartbeat, at most.
+//! nodes whose key expired. A member of a dead node thus disappears from
+//! the others at most `NODE_TTL + HEARTBEAT` (8 s) after the node died.
 //! Presence reads never wait on Redis: they read the room's local map.
 
 use std::collections::{HashMap, HashSet};
@@ -42,10 +42,11 @@ use tokio::sync::mpsc;
 
 use crate::protocol::native::{CursorView, MemberView};
 
-/// How long a node's liveness key lives without a refresh.
-pub const NODE_TTL: Duration = Duration::from_secs(10);
+/// How long a node's liveness key lives without a refresh (three missed
+/// heartbeats).
+pub const NODE_TTL: Duration = Duration::from_secs(6);
 /// How often a node refreshes its liveness key and checks the others'.
-pub const HEARTBEAT: Duration = Duration::from_secs(3);
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Items waiting for the bridge task; beyond this, publishes are dropped
 /// (and recovered by the peers' gap detection).
 const PUBLISH_QUEUE: usize = 8192;
@@ -134,6 +135,10 @@ pub enum Item {
         /// The origin's state vector (Yjs v1).
         #[serde(with = "serde_bytes")]
         sv: Vec<u8>,
+        /// The origin's local members (the others may have lost them).
+        members: Vec<MemberView>,
+        /// Their cursors.
+        cursors: Vec<CursorView>,
     },
     /// Answer to a `Hello` from node `to`.
     State {
@@ -198,9 +203,17 @@ struct Sub {
 }
 
 enum Control {
-    Subscribe { room: String, sub: Sub },
-    Unsubscribe { room: String, epoch: u64 },
+    Subscribe {
+        room: String,
+        sub: Sub,
+    },
+    Unsubscribe {
+        room: String,
+        epoch: u64,
+    },
     Dead(Arc<HashSet<String>>),
+    /// The publisher reconnected: items may have been dropped meanwhile.
+    Resync,
 }
 
 /// Counters and state of the bridge, for `/metrics` and `/readyz`.
@@ -214,8 +227,10 @@ pub struct Stats {
     pub received: AtomicU64,
     /// Gaps seen (resyncs asked for).
     pub gaps: AtomicU64,
-    /// True while both Redis connections are up.
+    /// True while the pub/sub connection is up.
     pub connected: AtomicBool,
+    /// True while the publishing connection is up.
+    pub publishing: AtomicBool,
 }
 
 /// Handle to the node's bridge to Redis; cheap to clone.
@@ -254,6 +269,11 @@ impl Bridge {
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// True while both connections to Redis are up (else: degraded).
+    pub fn connected(&self) -> bool {
+        bridge_up(&self.stats)
     }
 
     /// Counters and connection state.
@@ -338,7 +358,7 @@ impl Bridge {
             "chorus_cluster_connected",
             "gauge",
             "1 while the node is connected to Redis (0: degraded).",
-            u64::from(s.connected.load(Ordering::Relaxed)),
+            u64::from(bridge_up(s)),
         );
         line(
             out,
@@ -371,6 +391,11 @@ impl Bridge {
     }
 }
 
+/// Both connections to Redis are up.
+fn bridge_up(s: &Stats) -> bool {
+    s.connected.load(Ordering::Relaxed) && s.publishing.load(Ordering::Relaxed)
+}
+
 /// Waits before the next connection attempt, doubling up to [`MAX_BACKOFF`].
 async fn backoff(delay: &mut Duration) {
     tokio::time::sleep(*delay).await;
@@ -388,13 +413,20 @@ async fn publisher(
     let mut delay = Duration::from_millis(50);
     let key = node_key(&bridge.node);
     let ttl_ms = NODE_TTL.as_millis() as u64;
+    let mut failed = false;
     loop {
         let mut conn = match client.get_multiplexed_async_connection().await {
             Ok(c) => {
                 delay = Duration::from_millis(50);
+                bridge.stats.publishing.store(true, Ordering::Relaxed);
+                if std::mem::take(&mut failed) {
+                    // Items were dropped while down: rooms say Hello again.
+                    let _ = bridge.control.send(Control::Resync);
+                }
                 c
             }
             Err(e) => {
+                failed = true;
                 tracing::warn!("cluster: cannot reach Redis to publish: {e}");
                 while let Ok(_item) = rx.try_recv() {
                     bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -404,6 +436,9 @@ async fn publisher(
             }
         };
         let mut beat = tokio::time::interval(HEARTBEAT);
+        // Redis may have restarted empty: give every live node time to
+        // write its key again before calling anyone dead.
+        let up_since = tokio::time::Instant::now();
         loop {
             let res: redis::RedisResult<()> = tokio::select! {
                 item = rx.recv() => {
@@ -424,24 +459,30 @@ async fn publisher(
                         }
                     }
                 }
-                _ = beat.tick() => heartbeat(&mut conn, &bridge, &key, ttl_ms).await,
+                _ = beat.tick() => {
+                    let judge = up_since.elapsed() >= NODE_TTL;
+                    heartbeat(&mut conn, &bridge, &key, ttl_ms, judge).await
+                }
             };
             if let Err(e) = res {
                 tracing::warn!("cluster: Redis publish connection failed: {e}");
                 break;
             }
         }
+        failed = true;
+        bridge.stats.publishing.store(false, Ordering::Relaxed);
         backoff(&mut delay).await;
     }
 }
 
-/// Refreshes this node's liveness key, then tells rooms which watched
-/// nodes are gone.
+/// Refreshes this node's liveness key, then (when `judge`) tells rooms
+/// which watched nodes are gone.
 async fn heartbeat(
     conn: &mut redis::aio::MultiplexedConnection,
     bridge: &Bridge,
     key: &str,
     ttl_ms: u64,
+    judge: bool,
 ) -> redis::RedisResult<()> {
     redis::cmd("SET")
         .arg(key)
@@ -450,6 +491,9 @@ async fn heartbeat(
         .arg(ttl_ms)
         .query_async::<()>(conn)
         .await?;
+    if !judge {
+        return Ok(());
+    }
     let watched: Vec<String> = bridge
         .watched
         .read()
@@ -566,6 +610,14 @@ async fn apply_control(
                 subs.remove(&room);
                 if let Some(sink) = sink {
                     return sink.unsubscribe(room_channel(&room)).await.is_ok();
+                }
+            }
+        }
+        Control::Resync => {
+            // Only when subscribed; otherwise the reconnection does it.
+            if sink.is_some() {
+                for sub in subs.values() {
+                    sub.resubscribed.do_send(Resubscribed);
                 }
             }
         }

@@ -92,8 +92,16 @@ impl Room {
     /// Asks the other nodes for what this node lacks (document and
     /// presence): on subscription, after a reconnection, after a gap.
     pub(super) fn say_hello(&mut self) {
+        let Some(bridge) = self.cluster.clone() else {
+            return;
+        };
         let sv = self.doc.transact().state_vector().encode_v1();
-        self.cluster_publish(Item::Hello { sv });
+        let (members, cursors) = self.local_presence(&bridge);
+        self.cluster_publish(Item::Hello {
+            sv,
+            members,
+            cursors,
+        });
     }
 
     /// Adds or updates a member of another node.
@@ -115,6 +123,27 @@ impl Room {
                 .join(id.clone(), m.user.map(Into::into), m.state),
         }
         self.native_dirty.insert(id);
+    }
+
+    /// Replaces what is known of `node`'s members with `members`, its
+    /// complete list (members that left while items were lost go away).
+    fn node_members(&mut self, bridge: &Bridge, node: &str, members: Vec<MemberView>) {
+        let keep: std::collections::HashSet<&str> = members.iter().map(|m| m.id.as_str()).collect();
+        let gone: Vec<MemberId> = self
+            .presence
+            .snapshot()
+            .into_iter()
+            .filter(|m| node_of(&m.id) == Some(node) && !keep.contains(m.id.as_str()))
+            .map(|m| MemberId::from(m.id))
+            .collect();
+        for id in gone {
+            if self.presence.leave(&id) {
+                self.native_dirty.insert(id);
+            }
+        }
+        for m in members {
+            self.remote_member(bridge, m);
+        }
     }
 
     fn remote_cursors(&mut self, bridge: &Bridge, cursors: Vec<CursorView>) {
@@ -228,7 +257,14 @@ impl Handler<Remote> for Room {
                 };
                 self.fan_out(&out, Class::Ephemeral, None);
             }
-            Item::Hello { sv } => {
+            Item::Hello {
+                sv,
+                members: theirs,
+                cursors: their_cursors,
+            } => {
+                self.node_members(&bridge, &e.node, theirs);
+                self.remote_cursors(&bridge, their_cursors);
+                self.schedule_flush(ctx);
                 let sv = match StateVector::decode_v1(&sv) {
                     Ok(sv) => sv,
                     Err(err) => {
@@ -254,9 +290,7 @@ impl Handler<Remote> for Room {
                     return;
                 }
                 self.apply_remote_update(diff, ctx);
-                for m in members {
-                    self.remote_member(&bridge, m);
-                }
+                self.node_members(&bridge, &e.node, members);
                 self.remote_cursors(&bridge, cursors);
                 self.schedule_flush(ctx);
             }

@@ -21,6 +21,14 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        Redis {
+            child: Redis::spawn(port),
+            port,
+        }
+    }
+
+    /// Starts `redis-server` on `port` and waits until it accepts.
+    fn spawn(port: u16) -> std::process::Child {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -32,7 +40,16 @@ impl Redis {
             assert!(std::time::Instant::now() < deadline, "redis did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis { child, port }
+        child
+    }
+
+    /// Kills the server (as an outage would) and starts it again, empty,
+    /// on the same port after `down`.
+    fn restart_after(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Redis::spawn(self.port);
     }
 
     fn url(&self) -> String {
@@ -216,4 +233,114 @@ async fn readyz_and_metrics_report_cluster_state() {
     .await;
     let (_, metrics) = http_get(node.addr, "/metrics").await;
     assert!(metrics.contains("chorus_cluster_connected 1"), "{metrics}");
+}
+
+/// Waits until every node's presence for `room` is the same set of `n` ids.
+async fn same_presence(addrs: &[SocketAddr], room: &str, n: usize) {
+    eventually(&format!("identical presence of {n} members"), || {
+        let addrs = addrs.to_vec();
+        async move {
+            let mut views = Vec::new();
+            for a in addrs {
+                views.push(presence_ids(a, room).await);
+            }
+            views[0].len() == n && views.iter().all(|v| *v == views[0])
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_members_vanish_and_clients_move_over() {
+    let redis = Redis::start();
+    let survivor = redis.node();
+    let doomed = redis.node();
+    let room = "kill-room";
+    let mut a = Client::connect(survivor.addr).await;
+    let adoc = TestDoc::new();
+    a.join(room, &adoc).await;
+    let mut b = Client::connect(doomed.addr).await;
+    let bdoc = TestDoc::new();
+    b.join(room, &bdoc).await;
+    same_presence(&[survivor.addr, doomed.addr], room, 2).await;
+    for word in ["b1 ", "b2 "] {
+        let update = bdoc.push(word);
+        b.update_acked(room, update).await;
+    }
+    doomed.kill();
+    let killed_at = std::time::Instant::now();
+    // Documented bound: NODE_TTL + HEARTBEAT = 8 s (issue: at most 10 s).
+    let deadline = killed_at + Duration::from_secs(10);
+    loop {
+        if presence_ids(survivor.addr, room).await.len() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "members of the killed node still present after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The client reconnects to the survivor; its join sends what the
+    // survivor lacks, and it gets what it lacks: both converge.
+    drop(b);
+    let mut b = Client::connect(survivor.addr).await;
+    b.join(room, &bdoc).await;
+    let update = adoc.push("a1 ");
+    a.update_acked(room, update).await;
+    let want_len = bdoc.len() + 3;
+    read_until_len(&mut b, room, &bdoc, want_len).await;
+    read_until_len(&mut a, room, &adoc, want_len).await;
+    assert_eq!(adoc.text(), bdoc.text());
+    assert!(adoc.text().contains("b1 b2 "), "{}", adoc.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_then_nodes_converge() {
+    let mut redis = Redis::start();
+    let nodes = [redis.node(), redis.node()];
+    let addrs = [nodes[0].addr, nodes[1].addr];
+    let room = "outage-room";
+    let mut clients = Vec::new();
+    let mut docs = Vec::new();
+    for node in &nodes {
+        let mut c = Client::connect(node.addr).await;
+        let doc = TestDoc::new();
+        c.join(room, &doc).await;
+        clients.push(c);
+        docs.push(doc);
+    }
+    same_presence(&addrs, room, 2).await;
+    let update = docs[0].push("before ");
+    clients[0].update_acked(room, update).await;
+    read_until_len(&mut clients[1], room, &docs[1], 7).await;
+
+    // Redis goes away for 5 s; both nodes keep acking their own clients.
+    let outage = std::thread::spawn(move || {
+        redis.restart_after(Duration::from_secs(5));
+        redis
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let update = docs[0].push("zero ");
+    clients[0].update_acked(room, update).await;
+    let update = docs[1].push("one ");
+    clients[1].update_acked(room, update).await;
+    let _redis = tokio::task::spawn_blocking(move || outage.join().expect("outage thread"))
+        .await
+        .expect("joined");
+
+    // Reconnection + Hello/State bring both nodes (and clients) together.
+    let total = docs[0].len() + 4;
+    for (c, doc) in clients.iter_mut().zip(&docs) {
+        tokio::time::timeout(Duration::from_secs(20), read_until_len(c, room, doc, total))
+            .await
+            .expect("converged after the outage");
+    }
+    assert_eq!(docs[0].text(), docs[1].text());
+    same_presence(&addrs, room, 2).await;
+    eventually("nodes report Redis ok again", || async {
+        let (_, body) = http_get(addrs[0], "/readyz").await;
+        body.contains("\"redis\":\"ok\"")
+    })
+    .await;
 }
