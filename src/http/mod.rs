@@ -33,6 +33,7 @@ use crate::session::yjs::YjsSession;
 use crate::session::{Admission, NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
 use crate::store::redb::RedbStore;
+use crate::store::redis::RedisStore;
 use crate::store::{DocStore, StoreError};
 
 /// Errors starting the server.
@@ -81,6 +82,14 @@ impl Server {
         let store: Arc<dyn DocStore> = match config.store {
             StoreKind::Redb => Arc::new(RedbStore::open(&config)?),
             StoreKind::Memory => Arc::new(MemoryStore::new()),
+            StoreKind::Redis => match &config.redis_url {
+                Some(url) => Arc::new(RedisStore::open(url)?),
+                None => {
+                    return Err(ServerError::Config(
+                        "--store redis needs --redis-url".into(),
+                    ))
+                }
+            },
         };
         if config.api.api_key.is_none() {
             tracing::warn!(
