@@ -369,6 +369,18 @@ async fn redis_store_serves_a_room_whose_nodes_all_died() {
         writer.update_acked(room, update).await;
     }
     first.kill();
+    // Compacted: a snapshot exists and the log holds only its tail.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(cli(&["HEXISTS", "chorus:snap:stored-room", "doc"]), "1");
+    let tail: u32 = cli(&["XLEN", "chorus:log:stored-room"]).parse().expect("XLEN");
+    assert!(tail < 7, "log not trimmed: {tail} entries");
 
     let second = redis.node_with(&args);
     let mut reader = Client::connect(second.addr).await;
