@@ -379,7 +379,9 @@ async fn redis_store_serves_a_room_whose_nodes_all_died() {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     assert_eq!(cli(&["HEXISTS", "chorus:snap:stored-room", "doc"]), "1");
-    let tail: u32 = cli(&["XLEN", "chorus:log:stored-room"]).parse().expect("XLEN");
+    let tail: u32 = cli(&["XLEN", "chorus:log:stored-room"])
+        .parse()
+        .expect("XLEN");
     assert!(tail < 7, "log not trimmed: {tail} entries");
 
     let second = redis.node_with(&args);
@@ -389,4 +391,125 @@ async fn redis_store_serves_a_room_whose_nodes_all_died() {
     // Everything acked is in the `synced` diff itself: loaded from Redis.
     assert_eq!(rdoc.text(), wdoc.text());
     assert_eq!(rdoc.text(), "w0 w1 w2 w3 w4 w5 w6 ");
+}
+
+/// nginx running `deploy/nginx.conf` on a free port in front of `nodes`;
+/// installed with apt-get when missing. Killed on drop.
+struct Nginx {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(nodes: &[SocketAddr]) -> Nginx {
+        if std::process::Command::new("nginx")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            let status = std::process::Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "nginx-light"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .expect("apt-get runs");
+            assert!(status.success(), "installing nginx failed");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let sample =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
+                .expect("deploy/nginx.conf");
+        let servers: String = nodes.iter().map(|a| format!("server {a};\n")).collect();
+        let mut conf = String::new();
+        let mut placed = false;
+        for line in sample.lines() {
+            let t = line.trim();
+            if t.starts_with("server 127.0.0.1:") {
+                if !std::mem::replace(&mut placed, true) {
+                    conf.push_str(&servers);
+                }
+            } else if t == "listen 8080;" {
+                conf.push_str(&format!("listen 127.0.0.1:{port};\n"));
+            } else {
+                conf.push_str(line);
+                conf.push('\n');
+            }
+        }
+        assert!(placed, "sample config has no upstream servers");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).expect("config written");
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM to the master stops its workers too (SIGKILL would
+        // orphan them).
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancer_round_robins_and_survives_a_node() {
+    let redis = Redis::start();
+    let mut nodes: Vec<ChildServer> = (0..3).map(|_| redis.node()).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let lb = Nginx::start(&addrs);
+    let room = "lb-room";
+    let docs: Vec<TestDoc> = (0..3).map(|_| TestDoc::new()).collect();
+    let mut clients = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        let mut c = Client::connect(lb.addr).await;
+        c.join(room, doc).await;
+        let update = doc.push(&format!("c{i} "));
+        c.update_acked(room, update).await;
+        clients.push(c);
+    }
+    // Every node sees the three clients, wherever round-robin put them.
+    same_presence(&addrs, room, 3).await;
+    for (c, doc) in clients.iter_mut().zip(&docs) {
+        read_until_len(c, room, doc, 9).await;
+    }
+
+    nodes.remove(0).kill();
+    // Every client reconnects through nginx (the ones on the dead node
+    // must; the others may): the join exchanges what either side lacks.
+    drop(clients);
+    let mut clients = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        let mut c = Client::connect(lb.addr).await;
+        c.join(room, doc).await;
+        let update = doc.push(&format!("d{i} "));
+        c.update_acked(room, update).await;
+        clients.push(c);
+    }
+    for (c, doc) in clients.iter_mut().zip(&docs) {
+        read_until_len(c, room, doc, 18).await;
+    }
+    assert!(docs.iter().all(|d| d.text() == docs[0].text()));
 }
