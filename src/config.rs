@@ -72,6 +72,9 @@ pub enum StoreKind {
     Redb,
     /// In process memory: lost when the process exits.
     Memory,
+    /// In Redis at `--redis-url` (cluster mode): every node reads and
+    /// writes the same log, so any node can open any room.
+    Redis,
 }
 
 /// Log line format.
@@ -93,8 +96,9 @@ pub struct Config {
     /// TCP port to listen on; 0 picks a free one.
     #[arg(long, env = "CHORUS_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Where documents are kept: `redb` (durable, in `--data-dir`) or
-    /// `memory` (ephemeral, for tests).
+    /// Where documents are kept: `redb` (durable, in `--data-dir`),
+    /// `memory` (ephemeral, for tests) or `redis` (at `--redis-url`, shared
+    /// by the nodes of a cluster).
     #[arg(long, env = "CHORUS_STORE", value_enum, default_value = "redb")]
     pub store: StoreKind,
     /// Directory of the durable store (created if missing); the database is
@@ -111,6 +115,11 @@ pub struct Config {
     /// queued while the previous commit was being written, up to this cap.
     #[arg(long, env = "CHORUS_STORE_MAX_BATCH", default_value_t = 1024)]
     pub store_max_batch: usize,
+    /// Redis URL (`redis://host:port`) that turns on cluster mode: rooms
+    /// open on several nodes stay one room (see the README's "Cluster").
+    /// Absent: a single node, nothing is published.
+    #[arg(long, env = "CHORUS_REDIS_URL")]
+    pub redis_url: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `chorus=debug`).
     #[arg(long, env = "CHORUS_LOG", default_value = "info")]
     pub log_level: String,
@@ -326,6 +335,9 @@ impl Config {
 
     /// Checks relations between values that clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        if self.store == StoreKind::Redis && self.redis_url.is_none() {
+            return Err("--store redis needs --redis-url".into());
+        }
         let l = &self.limits;
         if l.heartbeat_ms == 0 || l.heartbeat_ms * 2 > l.client_timeout_ms {
             return Err(format!(

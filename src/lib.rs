@@ -33,11 +33,16 @@
 //!   server lifecycle, including graceful shutdown; `http::api` is the REST
 //!   API under `/api/v1` (API key, JSON errors, SSE, long poll, NDJSON);
 //!   `room::events` is the event window it streams from.
+//! - [`cluster`]: cluster mode (`--redis-url`): the bridge that publishes
+//!   each room's items on its Redis channel and delivers other nodes'
+//!   items to the room (`Remote`), ordering offsets and gap resync, node
+//!   liveness by heartbeat.
 //! - [`metrics`]: counters and histograms behind `/metrics`.
 //! - [`webhook`]: the bounded webhook queue and its signed, retried delivery.
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod limit;

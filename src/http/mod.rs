@@ -23,6 +23,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_actors::ws;
 
 use crate::auth::{now_secs, Verifier};
+use crate::cluster::Bridge;
 use crate::config::{Config, StoreKind};
 use crate::limit::IpLimiter;
 use crate::protocol::close;
@@ -32,6 +33,7 @@ use crate::session::yjs::YjsSession;
 use crate::session::{Admission, NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
 use crate::store::redb::RedbStore;
+use crate::store::redis::RedisStore;
 use crate::store::{DocStore, StoreError};
 
 /// Errors starting the server.
@@ -80,6 +82,14 @@ impl Server {
         let store: Arc<dyn DocStore> = match config.store {
             StoreKind::Redb => Arc::new(RedbStore::open(&config)?),
             StoreKind::Memory => Arc::new(MemoryStore::new()),
+            StoreKind::Redis => match &config.redis_url {
+                Some(url) => Arc::new(RedisStore::open(url)?),
+                None => {
+                    return Err(ServerError::Config(
+                        "--store redis needs --redis-url".into(),
+                    ))
+                }
+            },
         };
         if config.api.api_key.is_none() {
             tracing::warn!(
@@ -106,8 +116,15 @@ impl Server {
             _ => None,
         };
         let node = format!("{:08x}", rand::random::<u32>());
+        let bridge = match &config.redis_url {
+            Some(url) => {
+                Some(Bridge::start(url, &node).map_err(|e| ServerError::Config(e.to_string()))?)
+            }
+            None => None,
+        };
+        tracing::info!(node = %node, cluster = bridge.is_some(), "node id");
         let shared = Shared {
-            registry: Registry::new(config.clone(), store.clone()),
+            registry: Registry::clustered(config.clone(), store.clone(), bridge),
             sessions: Arc::new(Sessions::new(node)),
             config: config.clone(),
             auth,
@@ -469,10 +486,22 @@ async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
         ),
     };
     let ready = status.is_success();
-    HttpResponse::build(status).json(serde_json::json!({
+    let mut body = serde_json::json!({
         "ready": ready,
         "store": { "kind": store.name(), "state": store_state },
-    }))
+    });
+    if let Some(bridge) = shared.registry.bridge() {
+        // Degraded, not unready: local clients are still served.
+        let up = bridge
+            .stats()
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed);
+        body["cluster"] = serde_json::json!({
+            "node": bridge.node(),
+            "redis": if up { "ok" } else { "degraded" },
+        });
+    }
+    HttpResponse::build(status).json(body)
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -497,6 +526,9 @@ async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
         r.rooms_evicted(),
     );
     r.metrics().render(&mut body);
+    if let Some(bridge) = r.bridge() {
+        bridge.render(&mut body);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(body)

@@ -22,6 +22,7 @@ pub mod api;
 pub mod awareness;
 pub mod events;
 pub mod registry;
+mod remote;
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -37,6 +38,7 @@ use yrs::{Doc, ReadTxn, StateVector, StickyIndex, Transact, Update};
 
 pub use registry::Registry;
 
+use crate::cluster::{Bridge, Item};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::presence::{MemberId, Presence, Shown};
@@ -293,6 +295,19 @@ pub struct Room {
     metrics: Arc<Metrics>,
     /// Webhook queue.
     hooks: Webhooks,
+    /// Cluster mode: the bridge to the other nodes.
+    cluster: Option<Bridge>,
+    /// Random id of this room instance; other nodes track `cluster_seq`
+    /// per epoch.
+    epoch: u64,
+    /// Items published by this room instance so far.
+    cluster_seq: u64,
+    /// Local updates applied since the last tick, to publish merged. Kept
+    /// apart from `pending`, which holds remote updates too: those are
+    /// never published again.
+    cluster_out: Vec<Bytes>,
+    /// Last `(epoch, seq)` received from each other node, for gap detection.
+    remote_seq: HashMap<String, (u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -332,7 +347,13 @@ impl Room {
         let events = EventRing::new(config.api.event_window, config.api.event_window_bytes);
         let metrics = registry.metrics().clone();
         let hooks = registry.webhooks().clone();
+        let cluster = registry.bridge().cloned();
         Room {
+            cluster,
+            epoch: rand::random(),
+            cluster_seq: 0,
+            cluster_out: Vec::new(),
+            remote_seq: HashMap::new(),
             events,
             subscribers: HashMap::new(),
             followed: false,
@@ -544,6 +565,7 @@ impl Room {
     /// Broadcasts pending updates (merged), presence diffs and cursors.
     fn flush(&mut self) {
         self.last_flush = Instant::now();
+        self.publish_updates();
         if !self.pending.is_empty() {
             let pending = std::mem::take(&mut self.pending);
             let origin = std::mem::replace(&mut self.pending_origin, PendingOrigin::None);
@@ -605,10 +627,21 @@ impl Room {
                 updated,
                 left,
             };
+            self.publish_presence(&msg);
             self.fan_out(&msg, Class::Presence, None);
         }
         let cursors = self.presence.take_cursors();
         if !cursors.is_empty() {
+            if let Some(bridge) = &self.cluster {
+                let local: Vec<_> = cursors
+                    .iter()
+                    .filter(|c| bridge.is_local(&c.id))
+                    .cloned()
+                    .collect();
+                if !local.is_empty() {
+                    self.cluster_publish(Item::Cursors(local));
+                }
+            }
             let msg = ServerMessage::Cursor {
                 room: self.id.to_string(),
                 cursors,
@@ -826,6 +859,12 @@ impl Room {
     }
 
     fn broadcast_typing(&mut self, id: &MemberId, on: bool) {
+        if self.cluster.as_ref().is_some_and(|b| b.is_local(id)) {
+            self.cluster_publish(Item::Typing {
+                id: id.to_string(),
+                on,
+            });
+        }
         let msg = ServerMessage::Typing {
             room: self.id.to_string(),
             id: id.to_string(),
@@ -966,9 +1005,22 @@ impl Actor for Room {
                 }
             }
             room.arm_idle_timer(ctx);
+            if room.broken.is_none() {
+                if let Some(bridge) = &room.cluster {
+                    // The bridge answers with `Resubscribed` once subscribed:
+                    // the room then says `Hello` to catch up.
+                    bridge.subscribe(&room.id, room.epoch, &ctx.address());
+                }
+            }
         }));
         let every = (self.config.limits.presence_ttl() / 10).max(Duration::from_millis(10));
         ctx.run_interval(every, |room, ctx| room.sweep_awareness(ctx));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(bridge) = &self.cluster {
+            bridge.unsubscribe(&self.id, self.epoch);
+        }
     }
 }
 
@@ -1129,6 +1181,21 @@ impl Room {
     /// for an empty update (nothing to store or send). A refused update
     /// leaves the document as it was.
     fn apply_update(
+        &mut self,
+        data: &Bytes,
+        author: Option<&MemberId>,
+        ctx: &mut Context<Self>,
+    ) -> Result<bool, (ErrorCode, String)> {
+        let applied = self.apply_any_update(data, author, ctx)?;
+        if applied && self.cluster.is_some() {
+            self.cluster_out.push(data.clone());
+        }
+        Ok(applied)
+    }
+
+    /// [`Room::apply_update`] without publishing to the cluster (for
+    /// updates that came from it).
+    fn apply_any_update(
         &mut self,
         data: &Bytes,
         author: Option<&MemberId>,
@@ -1342,6 +1409,13 @@ impl Handler<Broadcast> for Room {
         }
         if !self.members.contains_key(&msg.member) {
             return;
+        }
+        if self.cluster.is_some() {
+            self.cluster_publish(Item::Event {
+                from: msg.member.to_string(),
+                name: msg.name.clone(),
+                data: msg.data.clone(),
+            });
         }
         self.publish("event", || {
             serde_json::json!({ "from": msg.member.to_string(), "name": msg.name, "data": msg.data })

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 
 use super::{Flush, Join, Room, RoomId};
+use crate::cluster::Bridge;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::DocStore;
@@ -35,6 +36,8 @@ struct Inner {
     evicted: AtomicU64,
     metrics: Arc<Metrics>,
     webhooks: Webhooks,
+    /// The bridge to the other nodes, in cluster mode only.
+    bridge: Option<Bridge>,
 }
 
 /// Shared handle to the set of live rooms.
@@ -48,6 +51,16 @@ impl Registry {
     /// Must be called inside an actix `System`.
     /// Starts the webhook task too (see [`Webhooks::start`]).
     pub fn new(config: Arc<Config>, store: Arc<dyn DocStore>) -> Self {
+        Registry::clustered(config, store, None)
+    }
+
+    /// Like [`Registry::new`]; rooms publish to and hear from the other
+    /// nodes through `bridge` when it is set (cluster mode).
+    pub fn clustered(
+        config: Arc<Config>,
+        store: Arc<dyn DocStore>,
+        bridge: Option<Bridge>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let webhooks = Webhooks::start(&config.api, metrics.clone());
         let threads: Vec<Arbiter> = (0..config.room_thread_count())
@@ -65,6 +78,7 @@ impl Registry {
                 evicted: AtomicU64::new(0),
                 metrics,
                 webhooks,
+                bridge,
             }),
         }
     }
@@ -114,6 +128,11 @@ impl Registry {
     /// Server counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The bridge to the other nodes (cluster mode only).
+    pub fn bridge(&self) -> Option<&Bridge> {
+        self.inner.bridge.as_ref()
     }
 
     /// Webhook queue.

@@ -4,10 +4,12 @@
 //! log into a new snapshot from time to time and on eviction.
 //!
 //! Implementations: [`redb::RedbStore`] (the default: durable, embedded,
-//! group-committed) and [`memory::MemoryStore`] (tests and `--store memory`).
+//! group-committed), [`memory::MemoryStore`] (tests and `--store memory`)
+//! and [`redis::RedisStore`] (`--store redis`, shared by a cluster's nodes).
 
 pub mod memory;
 pub mod redb;
+pub mod redis;
 
 use std::future::Future;
 use std::path::PathBuf;

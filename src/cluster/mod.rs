@@ -1,0 +1,684 @@
+//! Cluster mode (`--redis-url`): rooms open on several nodes stay one room.
+//!
+//! Every node has a random node id (the prefix of its member ids, logged at
+//! start). A room open on a node subscribes to the Redis channel
+//! `chorus:room:{id}` and publishes there what its local members do, as one
+//! MessagePack [`Envelope`] per item: merged document updates (one per
+//! tick), presence diffs, cursors, typing and events. Other nodes apply an
+//! item (a document update) and fan it out to their local members through
+//! [`Remote`], and never publish it again, so there are no echo loops.
+//!
+//! Ordering and gaps: each room instance has a random `epoch` and numbers
+//! what it publishes (`seq` = 1, 2, …). A receiver tracks `(epoch, seq)` per
+//! origin node; a gap (or a new epoch not starting at 1, or a reconnection
+//! to Redis) makes it publish [`Item::Hello`] with its state vector, and
+//! every other node answers with [`Item::State`]: the document diff the
+//! asker lacks plus its local members' presence. The document is a CRDT, so
+//! this state-vector exchange recovers any number of lost updates at once.
+//!
+//! The room's hot path stays cheap: publishing is a `try_send` into a
+//! bounded channel drained by the bridge task. On overflow (or while Redis
+//! is down) the item is counted in `chorus_cluster_dropped_total` and
+//! logged; the peers' gap detection then resyncs the document through
+//! `Hello`/`State`.
+//!
+//! Liveness: each node refreshes `chorus:node:{id}` (`SET … PX`
+//! [`NODE_TTL`]) every [`HEARTBEAT`]; every [`HEARTBEAT`] it also checks the
+//! nodes its rooms have remote members from, and rooms drop the members of
+//! nodes whose key expired. A member of a dead node thus disappears from
+//! the others at most `NODE_TTL + HEARTBEAT` (8 s) after the node died.
+//! Presence reads never wait on Redis: they read the room's local map.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::protocol::native::{CursorView, MemberView};
+
+/// How long a node's liveness key lives without a refresh (three missed
+/// heartbeats).
+pub const NODE_TTL: Duration = Duration::from_secs(6);
+/// How often a node refreshes its liveness key and checks the others'.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Items waiting for the bridge task; beyond this, publishes are dropped
+/// (and recovered by the peers' gap detection).
+const PUBLISH_QUEUE: usize = 8192;
+/// Longest wait between two attempts to reach Redis.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Errors of the cluster layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The Redis URL could not be parsed.
+    #[error("bad --redis-url: {0}")]
+    Url(String),
+    /// An envelope could not be decoded.
+    #[error("bad cluster envelope: {0}")]
+    Decode(String),
+}
+
+/// Redis channel of a room.
+pub fn room_channel(room: &str) -> String {
+    format!("chorus:room:{room}")
+}
+
+/// Redis key of a node's liveness heartbeat.
+pub fn node_key(node: &str) -> String {
+    format!("chorus:node:{node}")
+}
+
+/// The node id of a member id (`<node>-<counter>`).
+pub fn node_of(member: &str) -> Option<&str> {
+    member.split_once('-').map(|(node, _)| node)
+}
+
+/// One item on a room's channel: who sent it and where it sits in that
+/// node's sequence for the room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Origin node id.
+    pub node: String,
+    /// Room id.
+    pub room: String,
+    /// Random id of the origin's room instance; `seq` restarts with it.
+    pub epoch: u64,
+    /// Position in the origin room instance's sequence, from 1.
+    pub seq: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub item: Item,
+}
+
+/// What a room publishes, tagged by `kind` with its `payload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
+pub enum Item {
+    /// A (merged) Yjs v1 update made by the origin's local members.
+    Update(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Presence changes of the origin's local members.
+    Presence {
+        /// Members that joined.
+        joined: Vec<MemberView>,
+        /// Members whose state changed.
+        updated: Vec<MemberView>,
+        /// Members that left.
+        left: Vec<String>,
+    },
+    /// Cursor moves of the origin's local members.
+    Cursors(Vec<CursorView>),
+    /// A local member started or stopped typing.
+    Typing {
+        /// Member id.
+        id: String,
+        /// On or off.
+        on: bool,
+    },
+    /// An ephemeral event from a local member.
+    Event {
+        /// Sender's member id.
+        from: String,
+        /// Event name.
+        name: String,
+        /// Payload.
+        data: Value,
+    },
+    /// The origin opened the room, reconnected, or saw a gap: every other
+    /// node answers with [`Item::State`].
+    Hello {
+        /// The origin's state vector (Yjs v1).
+        #[serde(with = "serde_bytes")]
+        sv: Vec<u8>,
+        /// The origin's local members (the others may have lost them).
+        members: Vec<MemberView>,
+        /// Their cursors.
+        cursors: Vec<CursorView>,
+    },
+    /// Answer to a `Hello` from node `to`.
+    State {
+        /// The node that asked.
+        to: String,
+        /// Yjs v1 update: what the asker lacks.
+        #[serde(with = "serde_bytes")]
+        diff: Vec<u8>,
+        /// The answering node's local members.
+        members: Vec<MemberView>,
+        /// Their cursors.
+        cursors: Vec<CursorView>,
+    },
+}
+
+impl Envelope {
+    /// MessagePack with field names (compact, self-describing).
+    pub fn encode(&self) -> Vec<u8> {
+        // unwrap_or_default: plain structs of strings, bytes and JSON values
+        // always serialize to MessagePack.
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    /// Decodes an envelope from the wire.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, ClusterError> {
+        rmp_serde::from_slice(bytes).map_err(|e| ClusterError::Decode(e.to_string()))
+    }
+}
+
+/// An item from another node, delivered to the room actor, which applies it
+/// and fans it out locally but never publishes it again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Remote {
+    /// The envelope as received.
+    pub envelope: Envelope,
+}
+
+/// Sent by the bridge to every subscribed room after (re)connecting to
+/// Redis: whatever was published meanwhile is lost, so the room says
+/// `Hello` to resync.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resubscribed;
+
+/// Sent by the bridge every [`HEARTBEAT`]: the nodes whose liveness key
+/// expired; rooms drop their members.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NodesDead {
+    /// Dead node ids.
+    pub nodes: Arc<HashSet<String>>,
+}
+
+/// A subscribed room: where its items go.
+#[derive(Clone)]
+struct Sub {
+    epoch: u64,
+    remote: Recipient<Remote>,
+    resubscribed: Recipient<Resubscribed>,
+    dead: Recipient<NodesDead>,
+}
+
+enum Control {
+    Subscribe {
+        room: String,
+        sub: Sub,
+    },
+    Unsubscribe {
+        room: String,
+        epoch: u64,
+    },
+    Dead(Arc<HashSet<String>>),
+    /// The publisher reconnected: items may have been dropped meanwhile.
+    Resync,
+}
+
+/// Counters and state of the bridge, for `/metrics` and `/readyz`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Items published.
+    pub published: AtomicU64,
+    /// Items dropped: queue full or Redis unreachable.
+    pub dropped: AtomicU64,
+    /// Items received from other nodes.
+    pub received: AtomicU64,
+    /// Gaps seen (resyncs asked for).
+    pub gaps: AtomicU64,
+    /// True while the pub/sub connection is up.
+    pub connected: AtomicBool,
+    /// True while the publishing connection is up.
+    pub publishing: AtomicBool,
+}
+
+/// Handle to the node's bridge to Redis; cheap to clone.
+#[derive(Clone)]
+pub struct Bridge {
+    node: Arc<str>,
+    publish: mpsc::Sender<(String, Vec<u8>)>,
+    control: mpsc::UnboundedSender<Control>,
+    /// Nodes with remote members in some room here (checked for liveness).
+    watched: Arc<RwLock<HashSet<String>>>,
+    stats: Arc<Stats>,
+}
+
+impl Bridge {
+    /// Starts the bridge tasks for node `node` (publisher + heartbeat, and
+    /// subscriber). Must be called inside a tokio runtime (the actix
+    /// `System`). Connection failures are not errors: the tasks retry with
+    /// backoff and report `connected = false` meanwhile.
+    pub fn start(url: &str, node: &str) -> Result<Bridge, ClusterError> {
+        let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
+        let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let bridge = Bridge {
+            node: Arc::from(node),
+            publish,
+            control,
+            watched: Arc::default(),
+            stats: Arc::default(),
+        };
+        tokio::spawn(publisher(client.clone(), bridge.clone(), publish_rx));
+        tokio::spawn(subscriber(client, bridge.clone(), control_rx));
+        tracing::info!(node, "cluster mode: bridge to Redis started");
+        Ok(bridge)
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// True while both connections to Redis are up (else: degraded).
+    pub fn connected(&self) -> bool {
+        bridge_up(&self.stats)
+    }
+
+    /// Counters and connection state.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// True when `member` is connected to this node.
+    pub fn is_local(&self, member: &str) -> bool {
+        node_of(member) == Some(&*self.node)
+    }
+
+    /// Hands an item to the bridge task without waiting. Dropped (counted
+    /// and logged) when the queue is full; peers recover through their gap
+    /// detection.
+    pub fn publish(&self, envelope: &Envelope) {
+        let item = (room_channel(&envelope.room), envelope.encode());
+        if self.publish.try_send(item).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(room = %envelope.room, "cluster publish queue full: item dropped");
+        }
+    }
+
+    /// Subscribes the room instance `epoch` to its channel.
+    pub fn subscribe<A>(&self, room: &str, epoch: u64, addr: &Addr<A>)
+    where
+        A: Actor<Context = Context<A>>
+            + Handler<Remote>
+            + Handler<Resubscribed>
+            + Handler<NodesDead>,
+    {
+        let sub = Sub {
+            epoch,
+            remote: addr.clone().recipient(),
+            resubscribed: addr.clone().recipient(),
+            dead: addr.clone().recipient(),
+        };
+        let _ = self.control.send(Control::Subscribe {
+            room: room.to_owned(),
+            sub,
+        });
+    }
+
+    /// Unsubscribes the room instance `epoch` (a newer instance keeps its
+    /// subscription).
+    pub fn unsubscribe(&self, room: &str, epoch: u64) {
+        let _ = self.control.send(Control::Unsubscribe {
+            room: room.to_owned(),
+            epoch,
+        });
+    }
+
+    /// Watches the liveness of `node` (a room has members from it).
+    pub fn watch(&self, node: &str) {
+        let known = self
+            .watched
+            .read()
+            .map(|w| w.contains(node))
+            .unwrap_or(true);
+        if !known {
+            if let Ok(mut w) = self.watched.write() {
+                w.insert(node.to_owned());
+            }
+        }
+    }
+
+    /// Counts a gap seen by a room.
+    pub fn gap(&self) {
+        self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus lines for the bridge.
+    pub fn render(&self, out: &mut String) {
+        let s = &self.stats;
+        let line = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        };
+        line(
+            out,
+            "chorus_cluster_connected",
+            "gauge",
+            "1 while the node is connected to Redis (0: degraded).",
+            u64::from(bridge_up(s)),
+        );
+        line(
+            out,
+            "chorus_cluster_published_total",
+            "counter",
+            "Items published to other nodes.",
+            s.published.load(Ordering::Relaxed),
+        );
+        line(
+            out,
+            "chorus_cluster_dropped_total",
+            "counter",
+            "Items not published (queue full or Redis down); peers resync.",
+            s.dropped.load(Ordering::Relaxed),
+        );
+        line(
+            out,
+            "chorus_cluster_received_total",
+            "counter",
+            "Items received from other nodes.",
+            s.received.load(Ordering::Relaxed),
+        );
+        line(
+            out,
+            "chorus_cluster_gaps_total",
+            "counter",
+            "Sequence gaps seen (each asks the other nodes for a resync).",
+            s.gaps.load(Ordering::Relaxed),
+        );
+    }
+}
+
+/// Both connections to Redis are up.
+fn bridge_up(s: &Stats) -> bool {
+    s.connected.load(Ordering::Relaxed) && s.publishing.load(Ordering::Relaxed)
+}
+
+/// Waits before the next connection attempt, doubling up to [`MAX_BACKOFF`].
+async fn backoff(delay: &mut Duration) {
+    tokio::time::sleep(*delay).await;
+    *delay = (*delay * 2).min(MAX_BACKOFF);
+}
+
+/// Publishes queued items in order and refreshes the node's liveness key;
+/// reconnects with backoff. While Redis is down, queued items are dropped
+/// (counted) so that the queue never holds stale state.
+async fn publisher(
+    client: redis::Client,
+    bridge: Bridge,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+) {
+    let mut delay = Duration::from_millis(50);
+    let key = node_key(&bridge.node);
+    let ttl_ms = NODE_TTL.as_millis() as u64;
+    let mut failed = false;
+    loop {
+        let mut conn = match client.get_multiplexed_async_connection().await {
+            Ok(c) => {
+                delay = Duration::from_millis(50);
+                bridge.stats.publishing.store(true, Ordering::Relaxed);
+                if std::mem::take(&mut failed) {
+                    // Items were dropped while down: rooms say Hello again.
+                    let _ = bridge.control.send(Control::Resync);
+                }
+                c
+            }
+            Err(e) => {
+                failed = true;
+                tracing::warn!("cluster: cannot reach Redis to publish: {e}");
+                while let Ok(_item) = rx.try_recv() {
+                    bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                backoff(&mut delay).await;
+                continue;
+            }
+        };
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        // Redis may have restarted empty: give every live node time to
+        // write its key again before calling anyone dead.
+        let up_since = tokio::time::Instant::now();
+        loop {
+            let res: redis::RedisResult<()> = tokio::select! {
+                item = rx.recv() => {
+                    let Some((channel, payload)) = item else { return };
+                    let res = redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(payload)
+                        .query_async::<i64>(&mut conn)
+                        .await;
+                    match res {
+                        Ok(_) => {
+                            bridge.stats.published.fetch_add(1, Ordering::Relaxed);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                            Err(e)
+                        }
+                    }
+                }
+                _ = beat.tick() => {
+                    let judge = up_since.elapsed() >= NODE_TTL;
+                    heartbeat(&mut conn, &bridge, &key, ttl_ms, judge).await
+                }
+            };
+            if let Err(e) = res {
+                tracing::warn!("cluster: Redis publish connection failed: {e}");
+                break;
+            }
+        }
+        failed = true;
+        bridge.stats.publishing.store(false, Ordering::Relaxed);
+        backoff(&mut delay).await;
+    }
+}
+
+/// Refreshes this node's liveness key, then (when `judge`) tells rooms
+/// which watched nodes are gone.
+async fn heartbeat(
+    conn: &mut redis::aio::MultiplexedConnection,
+    bridge: &Bridge,
+    key: &str,
+    ttl_ms: u64,
+    judge: bool,
+) -> redis::RedisResult<()> {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(1)
+        .arg("PX")
+        .arg(ttl_ms)
+        .query_async::<()>(conn)
+        .await?;
+    if !judge {
+        return Ok(());
+    }
+    let watched: Vec<String> = bridge
+        .watched
+        .read()
+        .map(|w| w.iter().cloned().collect())
+        .unwrap_or_default();
+    let mut dead = HashSet::new();
+    for node in watched {
+        let alive: bool = redis::cmd("EXISTS")
+            .arg(node_key(&node))
+            .query_async(conn)
+            .await?;
+        if !alive {
+            dead.insert(node);
+        }
+    }
+    if !dead.is_empty() {
+        tracing::info!(nodes = ?dead, "cluster: nodes stopped heartbeating; dropping their members");
+        if let Ok(mut w) = bridge.watched.write() {
+            for node in &dead {
+                w.remove(node);
+            }
+        }
+        let _ = bridge.control.send(Control::Dead(Arc::new(dead)));
+    }
+    Ok(())
+}
+
+/// Keeps one pub/sub connection: SUBSCRIBE per open room, UNSUBSCRIBE on
+/// eviction, decodes messages and hands other nodes' items to rooms.
+/// After a reconnection it resubscribes every room and tells each one
+/// ([`Resubscribed`]) so it resyncs.
+async fn subscriber(
+    client: redis::Client,
+    bridge: Bridge,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    let mut subs: HashMap<String, Sub> = HashMap::new();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                bridge.stats.connected.store(false, Ordering::Relaxed);
+                tracing::warn!("cluster: cannot reach Redis to subscribe: {e}");
+                // Keep the subscription table current meanwhile.
+                while let Ok(c) = control.try_recv() {
+                    apply_control(&mut subs, c, None).await;
+                }
+                backoff(&mut delay).await;
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ok = true;
+        for room in subs.keys() {
+            if sink.subscribe(room_channel(room)).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            backoff(&mut delay).await;
+            continue;
+        }
+        delay = Duration::from_millis(50);
+        bridge.stats.connected.store(true, Ordering::Relaxed);
+        if !subs.is_empty() {
+            tracing::info!("cluster: connected to Redis; rooms resync");
+        }
+        for sub in subs.values() {
+            sub.resubscribed.do_send(Resubscribed);
+        }
+        loop {
+            tokio::select! {
+                c = control.recv() => {
+                    let Some(c) = c else { return };
+                    if !apply_control(&mut subs, c, Some(&mut sink)).await {
+                        break;
+                    }
+                }
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    deliver(&bridge, &subs, msg.get_channel_name(), msg.get_payload_bytes());
+                }
+            }
+        }
+        bridge.stats.connected.store(false, Ordering::Relaxed);
+        tracing::warn!("cluster: Redis pub/sub connection lost; reconnecting");
+        backoff(&mut delay).await;
+    }
+}
+
+/// Applies a control message; false when the Redis connection failed.
+async fn apply_control(
+    subs: &mut HashMap<String, Sub>,
+    control: Control,
+    sink: Option<&mut redis::aio::PubSubSink>,
+) -> bool {
+    match control {
+        Control::Subscribe { room, sub } => {
+            let resubscribed = sub.resubscribed.clone();
+            let fresh = subs.insert(room.clone(), sub).is_none();
+            if let Some(sink) = sink {
+                if fresh && sink.subscribe(room_channel(&room)).await.is_err() {
+                    return false;
+                }
+                // Subscribed: what the room publishes from now on is heard,
+                // so it may ask the others for what it lacks.
+                resubscribed.do_send(Resubscribed);
+            }
+        }
+        Control::Unsubscribe { room, epoch } => {
+            if subs.get(&room).is_some_and(|s| s.epoch == epoch) {
+                subs.remove(&room);
+                if let Some(sink) = sink {
+                    return sink.unsubscribe(room_channel(&room)).await.is_ok();
+                }
+            }
+        }
+        Control::Resync => {
+            // Only when subscribed; otherwise the reconnection does it.
+            if sink.is_some() {
+                for sub in subs.values() {
+                    sub.resubscribed.do_send(Resubscribed);
+                }
+            }
+        }
+        Control::Dead(nodes) => {
+            for sub in subs.values() {
+                sub.dead.do_send(NodesDead {
+                    nodes: nodes.clone(),
+                });
+            }
+        }
+    }
+    true
+}
+
+/// Decodes one pub/sub message and hands it to its room, unless this node
+/// sent it.
+fn deliver(bridge: &Bridge, subs: &HashMap<String, Sub>, channel: &str, payload: &[u8]) {
+    let Some(room) = channel.strip_prefix("chorus:room:") else {
+        return;
+    };
+    let envelope = match Envelope::decode(payload) {
+        Ok(e) => e,
+        Err(e) => return tracing::warn!(room, "cluster: {e}"),
+    };
+    if *envelope.node == *bridge.node || envelope.room != room {
+        return;
+    }
+    if let Some(sub) = subs.get(room) {
+        bridge.stats.received.fetch_add(1, Ordering::Relaxed);
+        sub.remote.do_send(Remote { envelope });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips() {
+        let e = Envelope {
+            node: "abcd0123".into(),
+            room: "r".into(),
+            epoch: 7,
+            seq: 3,
+            item: Item::Event {
+                from: "abcd0123-1".into(),
+                name: "ping".into(),
+                data: serde_json::json!({"n": 1}),
+            },
+        };
+        assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+        let u = Envelope {
+            item: Item::Update(vec![1, 2, 3]),
+            ..e
+        };
+        assert_eq!(Envelope::decode(&u.encode()).unwrap(), u);
+    }
+
+    #[test]
+    fn node_of_member() {
+        assert_eq!(node_of("abcd0123-17"), Some("abcd0123"));
+        assert_eq!(node_of("nodash"), None);
+    }
+}
