@@ -393,7 +393,7 @@ async fn redis_store_serves_a_room_whose_nodes_all_died() {
     assert_eq!(rdoc.text(), "w0 w1 w2 w3 w4 w5 w6 ");
 }
 
-/// nginx running `deploy/nginx.conf` on a free port in front of `nodes`;
+/// nginx running `tests/cluster/nginx.conf` on a free port in front of `nodes`;
 /// installed with apt-get when missing. Killed on drop.
 struct Nginx {
     child: std::process::Child,
@@ -419,9 +419,11 @@ impl Nginx {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let sample =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
-                .expect("deploy/nginx.conf");
+        let sample = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/cluster/nginx.conf"
+        ))
+        .expect("tests/cluster/nginx.conf");
         let servers: String = nodes.iter().map(|a| format!("server {a};\n")).collect();
         let mut conf = String::new();
         let mut placed = false;
