@@ -157,7 +157,7 @@ async fn client(
 fn run(s: &Scenario, secs: f64) -> Outcome {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config::ephemeral();
-    config.store = s.store;
+    config.store = Some(s.store);
     config.data_dir = dir.path().to_path_buf();
     config.store_group_commit = s.group_commit;
     config.log_level = "warn".into();

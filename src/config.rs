@@ -96,11 +96,12 @@ pub struct Config {
     /// TCP port to listen on; 0 picks a free one.
     #[arg(long, env = "CHORUS_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Where documents are kept: `redb` (durable, in `--data-dir`),
-    /// `memory` (ephemeral, for tests) or `redis` (at `--redis-url`, shared
-    /// by the nodes of a cluster).
-    #[arg(long, env = "CHORUS_STORE", value_enum, default_value = "redb")]
-    pub store: StoreKind,
+    /// Where documents are kept: `redb` (durable, in `--data-dir`; the
+    /// default on a single node), `memory` (ephemeral, for tests) or `redis`
+    /// (at `--redis-url`, shared by the nodes of a cluster: the default, and
+    /// the only choice, in cluster mode).
+    #[arg(long, env = "CHORUS_STORE", value_enum)]
+    pub store: Option<StoreKind>,
     /// Directory of the durable store (created if missing); the database is
     /// the file `chorus.redb` inside it. Unused with `--store memory`.
     #[arg(long, env = "CHORUS_DATA_DIR", default_value = "./data")]
@@ -120,6 +121,11 @@ pub struct Config {
     /// Absent: a single node, nothing is published.
     #[arg(long, env = "CHORUS_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Cluster mode: how long an update's append keeps retrying while Redis
+    /// is unreachable (its client waits for the ack meanwhile; local members
+    /// see the update at once). Past it the client gets `store_failed`.
+    #[arg(long, env = "CHORUS_REDIS_APPEND_TIMEOUT_MS", default_value_t = 30_000)]
+    pub redis_append_timeout_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `chorus=debug`).
     #[arg(long, env = "CHORUS_LOG", default_value = "info")]
     pub log_level: String,
@@ -328,15 +334,35 @@ impl Config {
     pub fn ephemeral() -> Self {
         Config {
             port: 0,
-            store: StoreKind::Memory,
+            store: Some(StoreKind::Memory),
             ..Config::default()
+        }
+    }
+
+    /// The store in use: `--store`, else Redis in cluster mode and redb on a
+    /// single node.
+    pub fn store_kind(&self) -> StoreKind {
+        match (self.store, &self.redis_url) {
+            (Some(kind), _) => kind,
+            (None, Some(_)) => StoreKind::Redis,
+            (None, None) => StoreKind::Redb,
         }
     }
 
     /// Checks relations between values that clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
-        if self.store == StoreKind::Redis && self.redis_url.is_none() {
-            return Err("--store redis needs --redis-url".into());
+        match (self.store, &self.redis_url) {
+            (Some(StoreKind::Redis), None) => return Err("--store redis needs --redis-url".into()),
+            (Some(kind @ (StoreKind::Redb | StoreKind::Memory)), Some(_)) => {
+                return Err(format!(
+                    "cluster mode (--redis-url) keeps documents in Redis, shared by the nodes: \
+                     --store {} cannot be combined with it (drop --store)",
+                    kind.to_possible_value()
+                        .map(|v| v.get_name().to_owned())
+                        .unwrap_or_default()
+                ))
+            }
+            _ => {}
         }
         let l = &self.limits;
         if l.heartbeat_ms == 0 || l.heartbeat_ms * 2 > l.client_timeout_ms {

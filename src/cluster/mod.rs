@@ -2,25 +2,32 @@
 //!
 //! Every node has a random node id (the prefix of its member ids, logged at
 //! start). A room open on a node subscribes to the Redis channel
-//! `chorus:room:{id}` and publishes there what its local members do, as one
-//! MessagePack [`Envelope`] per item: merged document updates (one per
-//! tick), presence diffs, cursors, typing and events. Other nodes apply an
-//! item (a document update) and fan it out to their local members through
-//! [`Remote`], and never publish it again, so there are no echo loops.
+//! `chorus:room:{id}`, which carries two kinds of messages:
 //!
-//! Ordering and gaps: each room instance has a random `epoch` and numbers
-//! what it publishes (`seq` = 1, 2, …). A receiver tracks `(epoch, seq)` per
-//! origin node; a gap (or a new epoch not starting at 1, or a reconnection
-//! to Redis) makes it publish [`Item::Hello`] with its state vector, and
-//! every other node answers with [`Item::State`]: the document diff the
-//! asker lacks plus its local members' presence. The document is a CRDT, so
-//! this state-vector exchange recovers any number of lost updates at once.
+//! - **Document updates** are written by the store: the append script of
+//!   [`RedisStore`] adds the update to the room's log (a Redis stream) and
+//!   publishes it as a [`LogFrame`] in one atomic step, numbered by the
+//!   log's `(epoch, seq)`. Every node sees the log's entries in log order,
+//!   its own included (as position markers); it applies the others' and fans
+//!   them out locally. A node that sees a hole in the numbering (a lost
+//!   message, a reconnection) reads the missing entries from the stream
+//!   ([`Bridge::read_since`]) instead of diverging; a new epoch means the
+//!   log was lost (Redis restarted without persistence) and the node writes
+//!   back what the new log lacks. A client's update is acked once the
+//!   script returned, i.e. once it is in Redis.
+//! - **Ephemeral items** (presence diffs, cursors, typing, events) are
+//!   published by the bridge as MessagePack [`Envelope`]s, numbered per
+//!   room instance (`epoch`, `seq` = 1, 2, …). A receiver tracks them per
+//!   origin node; a gap, a new instance or a reconnection makes it publish
+//!   [`Item::Hello`] with its local members, and every other node answers
+//!   with [`Item::State`]: its own local members. Nothing is republished by
+//!   a receiver, so there are no echo loops.
 //!
-//! The room's hot path stays cheap: publishing is a `try_send` into a
-//! bounded channel drained by the bridge task. On overflow (or while Redis
-//! is down) the item is counted in `chorus_cluster_dropped_total` and
-//! logged; the peers' gap detection then resyncs the document through
-//! `Hello`/`State`.
+//! The room's hot path stays cheap: publishing an ephemeral item is a
+//! `try_send` into a bounded channel drained by the bridge task. On
+//! overflow (or while Redis is down) the item is counted in
+//! `chorus_cluster_dropped_total` and logged; the peers' gap detection then
+//! resyncs presence through `Hello`/`State`.
 //!
 //! Liveness: each node refreshes `chorus:node:{id}` (`SET … PX`
 //! [`NODE_TTL`]) every [`HEARTBEAT`]; every [`HEARTBEAT`] it also checks the
@@ -41,6 +48,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::protocol::native::{CursorView, MemberView};
+use crate::store::redis::{LogFrame, LogRead, RedisStore};
+use crate::store::StoreFuture;
 
 /// How long a node's liveness key lives without a refresh (three missed
 /// heartbeats).
@@ -100,8 +109,6 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
 pub enum Item {
-    /// A (merged) Yjs v1 update made by the origin's local members.
-    Update(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Presence changes of the origin's local members.
     Presence {
         /// Members that joined.
@@ -132,9 +139,6 @@ pub enum Item {
     /// The origin opened the room, reconnected, or saw a gap: every other
     /// node answers with [`Item::State`].
     Hello {
-        /// The origin's state vector (Yjs v1).
-        #[serde(with = "serde_bytes")]
-        sv: Vec<u8>,
         /// The origin's local members (the others may have lost them).
         members: Vec<MemberView>,
         /// Their cursors.
@@ -144,9 +148,6 @@ pub enum Item {
     State {
         /// The node that asked.
         to: String,
-        /// Yjs v1 update: what the asker lacks.
-        #[serde(with = "serde_bytes")]
-        diff: Vec<u8>,
         /// The answering node's local members.
         members: Vec<MemberView>,
         /// Their cursors.
@@ -177,9 +178,16 @@ pub struct Remote {
     pub envelope: Envelope,
 }
 
+/// A frame of the room's log (an entry, or the room's deletion), delivered
+/// in log order. Entries written by this node come with an empty update:
+/// the room only notes their position.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Log(pub LogFrame);
+
 /// Sent by the bridge to every subscribed room after (re)connecting to
-/// Redis: whatever was published meanwhile is lost, so the room says
-/// `Hello` to resync.
+/// Redis: whatever was published meanwhile is lost, so the room reads the
+/// log entries it missed and says `Hello` to resync presence.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Resubscribed;
@@ -198,6 +206,7 @@ pub struct NodesDead {
 struct Sub {
     epoch: u64,
     remote: Recipient<Remote>,
+    log: Recipient<Log>,
     resubscribed: Recipient<Resubscribed>,
     dead: Recipient<NodesDead>,
 }
@@ -242,6 +251,8 @@ pub struct Bridge {
     /// Nodes with remote members in some room here (checked for liveness).
     watched: Arc<RwLock<HashSet<String>>>,
     stats: Arc<Stats>,
+    /// The rooms' logs, read to recover missed entries.
+    log: Arc<RedisStore>,
 }
 
 impl Bridge {
@@ -249,7 +260,7 @@ impl Bridge {
     /// subscriber). Must be called inside a tokio runtime (the actix
     /// `System`). Connection failures are not errors: the tasks retry with
     /// backoff and report `connected = false` meanwhile.
-    pub fn start(url: &str, node: &str) -> Result<Bridge, ClusterError> {
+    pub fn start(url: &str, node: &str, log: Arc<RedisStore>) -> Result<Bridge, ClusterError> {
         let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -259,6 +270,7 @@ impl Bridge {
             control,
             watched: Arc::default(),
             stats: Arc::default(),
+            log,
         };
         tokio::spawn(publisher(client.clone(), bridge.clone(), publish_rx));
         tokio::spawn(subscriber(client, bridge.clone(), control_rx));
@@ -302,12 +314,14 @@ impl Bridge {
     where
         A: Actor<Context = Context<A>>
             + Handler<Remote>
+            + Handler<Log>
             + Handler<Resubscribed>
             + Handler<NodesDead>,
     {
         let sub = Sub {
             epoch,
             remote: addr.clone().recipient(),
+            log: addr.clone().recipient(),
             resubscribed: addr.clone().recipient(),
             dead: addr.clone().recipient(),
         };
@@ -338,6 +352,12 @@ impl Bridge {
                 w.insert(node.to_owned());
             }
         }
+    }
+
+    /// Reads the entries of `room`'s log after `after` (see
+    /// [`RedisStore::read_since`]).
+    pub fn read_since(&self, room: &str, after: u64, epoch: Option<&str>) -> StoreFuture<LogRead> {
+        self.log.read_since(room, after, epoch)
     }
 
     /// Counts a gap seen by a room.
@@ -632,12 +652,27 @@ async fn apply_control(
     true
 }
 
-/// Decodes one pub/sub message and hands it to its room, unless this node
-/// sent it.
+/// Decodes one pub/sub message and hands it to its room: log frames all
+/// (this node's own entries without their update), envelopes unless this
+/// node sent them.
 fn deliver(bridge: &Bridge, subs: &HashMap<String, Sub>, channel: &str, payload: &[u8]) {
     let Some(room) = channel.strip_prefix("chorus:room:") else {
         return;
     };
+    let Some(sub) = subs.get(room) else {
+        return;
+    };
+    if let Some(mut frame) = LogFrame::parse(payload) {
+        if frame.node() == &*bridge.node {
+            if let LogFrame::Entry { update, .. } = &mut frame {
+                *update = bytes::Bytes::new();
+            }
+        } else {
+            bridge.stats.received.fetch_add(1, Ordering::Relaxed);
+        }
+        sub.log.do_send(Log(frame));
+        return;
+    }
     let envelope = match Envelope::decode(payload) {
         Ok(e) => e,
         Err(e) => return tracing::warn!(room, "cluster: {e}"),
@@ -645,10 +680,8 @@ fn deliver(bridge: &Bridge, subs: &HashMap<String, Sub>, channel: &str, payload:
     if *envelope.node == *bridge.node || envelope.room != room {
         return;
     }
-    if let Some(sub) = subs.get(room) {
-        bridge.stats.received.fetch_add(1, Ordering::Relaxed);
-        sub.remote.do_send(Remote { envelope });
-    }
+    bridge.stats.received.fetch_add(1, Ordering::Relaxed);
+    sub.remote.do_send(Remote { envelope });
 }
 
 #[cfg(test)]
@@ -669,11 +702,14 @@ mod tests {
             },
         };
         assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
-        let u = Envelope {
-            item: Item::Update(vec![1, 2, 3]),
+        let h = Envelope {
+            item: Item::Hello {
+                members: Vec::new(),
+                cursors: Vec::new(),
+            },
             ..e
         };
-        assert_eq!(Envelope::decode(&u.encode()).unwrap(), u);
+        assert_eq!(Envelope::decode(&h.encode()).unwrap(), h);
     }
 
     #[test]

@@ -79,17 +79,22 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         let config = Arc::new(config);
-        let store: Arc<dyn DocStore> = match config.store {
-            StoreKind::Redb => Arc::new(RedbStore::open(&config)?),
-            StoreKind::Memory => Arc::new(MemoryStore::new()),
-            StoreKind::Redis => match &config.redis_url {
-                Some(url) => Arc::new(RedisStore::open(url)?),
-                None => {
+        let node = format!("{:08x}", rand::random::<u32>());
+        let (store, bridge): (Arc<dyn DocStore>, _) = match config.store_kind() {
+            StoreKind::Redb => (Arc::new(RedbStore::open(&config)?), None),
+            StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
+            StoreKind::Redis => {
+                let Some(url) = &config.redis_url else {
                     return Err(ServerError::Config(
                         "--store redis needs --redis-url".into(),
-                    ))
-                }
-            },
+                    ));
+                };
+                let retry = Duration::from_millis(config.redis_append_timeout_ms);
+                let log = Arc::new(RedisStore::open(url, &node, retry)?);
+                let bridge = Bridge::start(url, &node, log.clone())
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                (log as Arc<dyn DocStore>, Some(bridge))
+            }
         };
         if config.api.api_key.is_none() {
             tracing::warn!(
@@ -114,13 +119,6 @@ impl Server {
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
             _ => None,
-        };
-        let node = format!("{:08x}", rand::random::<u32>());
-        let bridge = match &config.redis_url {
-            Some(url) => {
-                Some(Bridge::start(url, &node).map_err(|e| ServerError::Config(e.to_string()))?)
-            }
-            None => None,
         };
         tracing::info!(node = %node, cluster = bridge.is_some(), "node id");
         let shared = Shared {

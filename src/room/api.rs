@@ -330,6 +330,24 @@ impl Handler<DeleteRoom> for Room {
     type Result = ResponseActFuture<Self, Result<(), RoomError>>;
 
     fn handle(&mut self, _: DeleteRoom, ctx: &mut Context<Self>) -> Self::Result {
+        self.reset(ctx);
+        let delete = self.store.delete(&self.id);
+        Box::pin(delete.into_actor(self).map(|res, room, _| {
+            res.map_err(|e| {
+                tracing::error!(room = %room.id, "delete failed: {e}");
+                RoomError::new(
+                    ErrorCode::StoreFailed,
+                    "the stored document could not be deleted",
+                )
+            })
+        }))
+    }
+}
+
+impl Room {
+    /// Empties the room (document, members, followers), as a deletion does:
+    /// members are closed with `1001 room deleted`.
+    pub(super) fn reset(&mut self, ctx: &mut Context<Self>) {
         self.entered(ctx);
         for member in self.members.values() {
             member.link.recipient.do_send(Outbound::Close {
@@ -358,21 +376,13 @@ impl Handler<DeleteRoom> for Room {
         self.doc = yrs::Doc::new();
         self.doc_bytes = 0;
         self.durable_seq = 0;
+        self.log_seq = 0;
+        self.unlogged.clear();
         self.since_compact = 0;
         self.bytes_since_compact = 0;
         self.events.clear();
         self.broken = None;
         self.arm_idle_timer(ctx);
-        let delete = self.store.delete(&self.id);
-        Box::pin(delete.into_actor(self).map(|res, room, _| {
-            res.map_err(|e| {
-                tracing::error!(room = %room.id, "delete failed: {e}");
-                RoomError::new(
-                    ErrorCode::StoreFailed,
-                    "the stored document could not be deleted",
-                )
-            })
-        }))
     }
 }
 

@@ -302,10 +302,22 @@ pub struct Room {
     epoch: u64,
     /// Items published by this room instance so far.
     cluster_seq: u64,
-    /// Local updates applied since the last tick, to publish merged. Kept
-    /// apart from `pending`, which holds remote updates too: those are
-    /// never published again.
-    cluster_out: Vec<Bytes>,
+    /// Cluster mode: generation of the room's log in Redis, as last seen.
+    log_epoch: Option<String>,
+    /// Cluster mode: highest log position applied here (entries up to it
+    /// were seen, or are being read back after a gap).
+    log_seq: u64,
+    /// Cluster mode: a read of missed log entries is in flight.
+    catching_up: bool,
+    /// Cluster mode: another read is wanted once the one in flight is done.
+    catch_up_again: bool,
+    /// Cluster mode: log positions seen on the channel while a read was in
+    /// flight (the read may end before them).
+    seen_while_reading: Vec<(String, u64)>,
+    /// Cluster mode: local updates whose append failed (Redis unreachable
+    /// for longer than `--redis-append-timeout-ms`); written to the log once
+    /// Redis answers again, so other nodes get them.
+    unlogged: Vec<Bytes>,
     /// Last `(epoch, seq)` received from each other node, for gap detection.
     remote_seq: HashMap<String, (u64, u64)>,
 }
@@ -352,7 +364,12 @@ impl Room {
             cluster,
             epoch: rand::random(),
             cluster_seq: 0,
-            cluster_out: Vec::new(),
+            log_epoch: None,
+            log_seq: 0,
+            catching_up: false,
+            catch_up_again: false,
+            seen_while_reading: Vec::new(),
+            unlogged: Vec::new(),
             remote_seq: HashMap::new(),
             events,
             subscribers: HashMap::new(),
@@ -415,6 +432,8 @@ impl Room {
             }
         }
         self.durable_seq = stored.last_seq;
+        self.log_seq = stored.last_seq;
+        self.log_epoch = stored.epoch;
         self.since_compact = stored.updates.len() as u64;
         self.bytes_since_compact = stored.updates.iter().map(|u| u.len() as u64).sum();
     }
@@ -565,7 +584,6 @@ impl Room {
     /// Broadcasts pending updates (merged), presence diffs and cursors.
     fn flush(&mut self) {
         self.last_flush = Instant::now();
-        self.publish_updates();
         if !self.pending.is_empty() {
             let pending = std::mem::take(&mut self.pending);
             let origin = std::mem::replace(&mut self.pending_origin, PendingOrigin::None);
@@ -1176,26 +1194,11 @@ impl Handler<ClientUpdate> for Room {
 }
 
 impl Room {
-    /// Checks and applies an update from `author` (`None`: the HTTP API)
-    /// in one transaction and queues it for the next broadcast. `Ok(false)`
-    /// for an empty update (nothing to store or send). A refused update
-    /// leaves the document as it was.
+    /// Checks and applies an update from `author` (`None`: the HTTP API or
+    /// another node) in one transaction and queues it for the next
+    /// broadcast. `Ok(false)` for an empty update (nothing to store or
+    /// send). A refused update leaves the document as it was.
     fn apply_update(
-        &mut self,
-        data: &Bytes,
-        author: Option<&MemberId>,
-        ctx: &mut Context<Self>,
-    ) -> Result<bool, (ErrorCode, String)> {
-        let applied = self.apply_any_update(data, author, ctx)?;
-        if applied && self.cluster.is_some() {
-            self.cluster_out.push(data.clone());
-        }
-        Ok(applied)
-    }
-
-    /// [`Room::apply_update`] without publishing to the cluster (for
-    /// updates that came from it).
-    fn apply_any_update(
         &mut self,
         data: &Bytes,
         author: Option<&MemberId>,
@@ -1208,6 +1211,18 @@ impl Room {
                 format!("document would exceed max_doc_bytes ({max})"),
             ));
         }
+        self.apply_accepted(data, author, ctx)
+    }
+
+    /// [`Room::apply_update`] without the document size limit, for updates
+    /// already accepted elsewhere (entries of the shared log, written by
+    /// another node): refusing one would make this copy diverge.
+    fn apply_accepted(
+        &mut self,
+        data: &Bytes,
+        author: Option<&MemberId>,
+        ctx: &mut Context<Self>,
+    ) -> Result<bool, (ErrorCode, String)> {
         let update = decode_update(data).map_err(|e| (ErrorCode::BadUpdate, e))?;
         if update.is_empty() {
             return Ok(false);
@@ -1252,6 +1267,7 @@ impl Room {
         self.inflight_appends += 1;
         let len = data.len() as u64;
         let started = Instant::now();
+        let unlogged = self.cluster.is_some().then(|| data.clone());
         let append = self.store.append(&self.id, data);
         append.into_actor(self).map(move |res, room, ctx| {
             room.inflight_appends -= 1;
@@ -1268,6 +1284,9 @@ impl Room {
                 Err(e) => {
                     tracing::error!(room = %room.id, "append failed: {e}");
                     room.metrics.error(ErrorCode::StoreFailed.as_str());
+                    // Applied here but not in the shared log: written
+                    // there once Redis answers again.
+                    room.unlogged.extend(unlogged);
                     Err(e.to_string())
                 }
             }

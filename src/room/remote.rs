@@ -1,20 +1,25 @@
-//! The room's side of cluster mode (see [`crate::cluster`]): what it
-//! publishes (only what its local members did) and how it applies items
-//! from other nodes (fanned out locally, never published again).
+//! The room's side of cluster mode (see [`crate::cluster`]): the shared
+//! log's entries (applied in log order, gaps read back from the stream, a
+//! lost log written back), and the ephemeral items it publishes (only what
+//! its local members did) or applies from other nodes (fanned out locally,
+//! never published again).
 
 use std::time::Instant;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
-use yrs::{ReadTxn, StateVector, Transact};
+use yrs::{ReadTxn, Transact};
 
-use super::Room;
-use crate::cluster::{node_of, Bridge, Envelope, Item, NodesDead, Remote, Resubscribed};
+use super::{decode_update, Room};
+use crate::cluster::{node_of, Bridge, Envelope, Item, Log, NodesDead, Remote, Resubscribed};
 use crate::presence::MemberId;
 use crate::protocol::native::{CursorView, MemberView, ServerMessage};
 use crate::session::transport::Class;
+use crate::store::redis::{LogFrame, LogRead};
+
+/// Most log positions remembered while a read of missed entries is in
+/// flight (beyond it a later gap just triggers one more read).
+const SEEN_WHILE_READING: usize = 4096;
 
 impl Room {
     /// Publishes one item of this room instance (cluster mode only).
@@ -30,28 +35,6 @@ impl Room {
             seq: self.cluster_seq,
             item,
         });
-    }
-
-    /// Publishes the local updates of this tick, merged into one.
-    pub(super) fn publish_updates(&mut self) {
-        if self.cluster_out.is_empty() {
-            return;
-        }
-        let out = std::mem::take(&mut self.cluster_out);
-        let merged = if out.len() == 1 {
-            Ok(out[0].to_vec())
-        } else {
-            yrs::merge_updates_v1(out.iter().map(|b| b.as_ref()))
-        };
-        match merged {
-            Ok(data) => self.cluster_publish(Item::Update(data)),
-            Err(e) => {
-                tracing::warn!(room = %self.id, "merging updates to publish failed: {e}");
-                for part in out {
-                    self.cluster_publish(Item::Update(part.to_vec()));
-                }
-            }
-        }
     }
 
     /// Publishes the local members' part of a presence diff.
@@ -89,19 +72,108 @@ impl Room {
         }
     }
 
-    /// Asks the other nodes for what this node lacks (document and
-    /// presence): on subscription, after a reconnection, after a gap.
+    /// Asks the other nodes for their members (and tells them ours): on
+    /// subscription, after a reconnection, after a gap.
     pub(super) fn say_hello(&mut self) {
         let Some(bridge) = self.cluster.clone() else {
             return;
         };
-        let sv = self.doc.transact().state_vector().encode_v1();
         let (members, cursors) = self.local_presence(&bridge);
-        self.cluster_publish(Item::Hello {
-            sv,
-            members,
-            cursors,
-        });
+        self.cluster_publish(Item::Hello { members, cursors });
+    }
+
+    /// Reads the log entries after `log_seq` (all of the log when its epoch
+    /// changed), unless a read is already in flight.
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        let Some(bridge) = &self.cluster else {
+            return;
+        };
+        if self.catching_up {
+            self.catch_up_again = true;
+            return;
+        }
+        self.catching_up = true;
+        let read = bridge.read_since(&self.id, self.log_seq, self.log_epoch.as_deref());
+        ctx.spawn(read.into_actor(self).map(|res, room, ctx| {
+            room.catching_up = false;
+            match res {
+                Ok(read) => room.caught_up(read, ctx),
+                // Redis is away: the reconnection (`Resubscribed`) reads again.
+                Err(e) => tracing::warn!(room = %room.id, "reading missed log entries failed: {e}"),
+            }
+            if std::mem::take(&mut room.catch_up_again) {
+                room.catch_up(ctx);
+            }
+        }));
+    }
+
+    /// Applies what a log read found; writes back what a lost log lacks.
+    fn caught_up(&mut self, read: LogRead, ctx: &mut Context<Self>) {
+        if self.broken.is_some() {
+            return;
+        }
+        let lost = self.log_epoch.is_some() && self.log_epoch != read.epoch;
+        let parts: Vec<&Bytes> = read.snapshot.iter().chain(read.updates.iter()).collect();
+        for part in &parts {
+            if let Err((_, e)) = self.apply_accepted(part, None, ctx) {
+                tracing::error!(room = %self.id, "log entry refused: {e}");
+            }
+        }
+        if lost {
+            tracing::warn!(
+                room = %self.id,
+                "the room's log in Redis was lost or replaced: writing back what it lacks"
+            );
+            self.write_back(&parts, ctx);
+        }
+        if self.log_epoch != read.epoch {
+            self.log_epoch = read.epoch;
+            self.log_seq = 0;
+        }
+        self.log_seq = self.log_seq.max(read.last_seq);
+        // Entries that arrived on the channel while the read was in flight.
+        let mut seen = std::mem::take(&mut self.seen_while_reading);
+        seen.retain(|(e, s)| self.log_epoch.as_ref() == Some(e) && *s > self.log_seq);
+        seen.sort_unstable_by_key(|(_, s)| *s);
+        for (_, s) in seen {
+            if s == self.log_seq + 1 {
+                self.log_seq = s;
+            }
+        }
+        self.durable_seq = self.durable_seq.max(self.log_seq);
+    }
+
+    /// Appends to the (new) log what this copy has beyond `log` (the new
+    /// log's content), so that nothing this node holds is lost with Redis's
+    /// data.
+    fn write_back(&mut self, log: &[&Bytes], ctx: &mut Context<Self>) {
+        let theirs = yrs::Doc::new();
+        {
+            let mut txn = theirs.transact_mut();
+            for part in log {
+                if let Ok(u) = decode_update(part) {
+                    let _ = txn.apply_update(u);
+                }
+            }
+        }
+        let sv = theirs.transact().state_vector();
+        if !log.is_empty() && self.doc.transact().state_vector() == sv {
+            // Nothing beyond the log but deletions, which it has too.
+            return;
+        }
+        let diff = self.doc.transact().encode_diff_v1(&sv);
+        self.write_to_log(Bytes::from(diff), ctx);
+    }
+
+    /// Appends an update this copy already holds to the shared log (no
+    /// client waits for it).
+    fn write_to_log(&mut self, update: Bytes, ctx: &mut Context<Self>) {
+        let room = self.id.clone();
+        ctx.spawn(self.append_update(update).map(move |res, _, _| {
+            if let Err(e) = res {
+                tracing::error!(room = %room, "writing back to the log failed (retried on reconnection): {e}");
+            }
+        }));
     }
 
     /// Adds or updates a member of another node.
@@ -177,9 +249,34 @@ impl Room {
         (members, cursors)
     }
 
-    fn apply_remote_update(&mut self, data: Vec<u8>, ctx: &mut Context<Self>) {
-        if let Err((_, e)) = self.apply_any_update(&Bytes::from(data), None, ctx) {
-            tracing::warn!(room = %self.id, "update from another node refused: {e}");
+    /// Notes that entry `seq` of log `epoch` was seen: advances `log_seq`,
+    /// or reads the log back after a gap or a change of epoch.
+    fn log_position(&mut self, epoch: String, seq: u64, ctx: &mut Context<Self>) {
+        if self.catching_up {
+            if self.seen_while_reading.len() < SEEN_WHILE_READING {
+                self.seen_while_reading.push((epoch, seq));
+            }
+            return;
+        }
+        match &self.log_epoch {
+            Some(e) if *e == epoch => {
+                if seq == self.log_seq + 1 {
+                    self.log_seq = seq;
+                    self.durable_seq = self.durable_seq.max(seq);
+                } else if seq > self.log_seq + 1 {
+                    tracing::debug!(room = %self.id, seq, have = self.log_seq, "gap in the log: reading it back");
+                    if let Some(bridge) = &self.cluster {
+                        bridge.gap();
+                    }
+                    self.catch_up(ctx);
+                }
+            }
+            None if seq == self.log_seq + 1 => {
+                // The log's first entries since this room loaded it empty.
+                self.log_epoch = Some(epoch);
+                self.log_seq = seq;
+            }
+            _ => self.catch_up(ctx),
         }
     }
 }
@@ -207,7 +304,6 @@ impl Handler<Remote> for Room {
         let last = self.remote_seq.insert(e.node.clone(), (e.epoch, e.seq));
         let gap = is_gap(last, e.epoch, e.seq);
         match e.item {
-            Item::Update(data) => self.apply_remote_update(data, ctx),
             Item::Presence {
                 joined,
                 updated,
@@ -258,38 +354,27 @@ impl Handler<Remote> for Room {
                 self.fan_out(&out, Class::Ephemeral, None);
             }
             Item::Hello {
-                sv,
                 members: theirs,
                 cursors: their_cursors,
             } => {
                 self.node_members(&bridge, &e.node, theirs);
                 self.remote_cursors(&bridge, their_cursors);
                 self.schedule_flush(ctx);
-                let sv = match StateVector::decode_v1(&sv) {
-                    Ok(sv) => sv,
-                    Err(err) => {
-                        return tracing::warn!(room = %self.id, node = %e.node, "bad state vector in hello: {err}")
-                    }
-                };
-                let diff = self.doc.transact().encode_diff_v1(&sv);
                 let (members, cursors) = self.local_presence(&bridge);
                 self.cluster_publish(Item::State {
                     to: e.node.clone(),
-                    diff,
                     members,
                     cursors,
                 });
             }
             Item::State {
                 to,
-                diff,
                 members,
                 cursors,
             } => {
                 if to != bridge.node() {
                     return;
                 }
-                self.apply_remote_update(diff, ctx);
                 self.node_members(&bridge, &e.node, members);
                 self.remote_cursors(&bridge, cursors);
                 self.schedule_flush(ctx);
@@ -303,12 +388,63 @@ impl Handler<Remote> for Room {
     }
 }
 
+impl Handler<Log> for Room {
+    type Result = ();
+
+    fn handle(&mut self, Log(frame): Log, ctx: &mut Context<Self>) {
+        let Some(bridge) = self.cluster.clone() else {
+            return;
+        };
+        if self.broken.is_some() {
+            return;
+        }
+        match frame {
+            LogFrame::Deleted { epoch, node } => {
+                // The deleting node reset its copy already.
+                if node != bridge.node() {
+                    self.reset(ctx);
+                }
+                self.log_epoch = Some(epoch);
+                self.log_seq = 0;
+                self.seen_while_reading.clear();
+            }
+            LogFrame::Entry {
+                epoch, seq, update, ..
+            } => {
+                // This node's own entries come without their update.
+                if !update.is_empty() {
+                    if let Err((_, e)) = self.apply_accepted(&update, None, ctx) {
+                        tracing::error!(room = %self.id, seq, "log entry from another node refused: {e}");
+                    }
+                }
+                self.log_position(epoch, seq, ctx);
+            }
+        }
+    }
+}
+
 impl Handler<Resubscribed> for Room {
     type Result = ();
 
-    fn handle(&mut self, _: Resubscribed, _: &mut Context<Self>) {
-        if self.broken.is_none() {
-            self.say_hello();
+    fn handle(&mut self, _: Resubscribed, ctx: &mut Context<Self>) {
+        if self.broken.is_some() {
+            return;
+        }
+        self.say_hello();
+        // Entries published while this room was not listening.
+        self.catch_up(ctx);
+        // Local updates whose append gave up while Redis was away.
+        if !self.unlogged.is_empty() {
+            let parts = std::mem::take(&mut self.unlogged);
+            match yrs::merge_updates_v1(parts.iter().map(|b| b.as_ref())) {
+                Ok(merged) => self.write_to_log(Bytes::from(merged), ctx),
+                Err(e) => {
+                    tracing::warn!(room = %self.id, "merging unlogged updates failed: {e}");
+                    for part in parts {
+                        self.write_to_log(part, ctx);
+                    }
+                }
+            }
         }
     }
 }

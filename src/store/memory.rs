@@ -47,6 +47,7 @@ impl DocStore for MemoryStore {
                     updates: e.log.iter().map(|(_, u)| u.clone()).collect(),
                     last_seq: e.last_seq,
                     skipped: Vec::new(),
+                    epoch: None,
                 })
                 .unwrap_or_default()
         });

@@ -5,7 +5,7 @@
 //!
 //! Implementations: [`redb::RedbStore`] (the default: durable, embedded,
 //! group-committed), [`memory::MemoryStore`] (tests and `--store memory`)
-//! and [`redis::RedisStore`] (`--store redis`, shared by a cluster's nodes).
+//! and [`redis::RedisStore`] (cluster mode: shared by the nodes).
 
 pub mod memory;
 pub mod redb;
@@ -53,6 +53,10 @@ pub struct StoredDoc {
     pub last_seq: u64,
     /// Damaged entries that were skipped while loading, described for logs.
     pub skipped: Vec<String>,
+    /// The log's generation, for stores shared by a cluster's nodes
+    /// ([`redis::RedisStore`]); `None` elsewhere, or when nothing was
+    /// written yet.
+    pub epoch: Option<String>,
 }
 
 /// A boxed future, as returned by [`DocStore`] methods.

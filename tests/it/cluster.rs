@@ -1,5 +1,5 @@
 //! Cluster mode: a real `redis-server` on a free port and real nodes as
-//! child processes, each with `--redis-url`.
+//! child processes, each with `--redis-url` (documents in Redis).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -7,31 +7,57 @@ use std::time::Duration;
 
 use chorus::protocol::native::{ClientMessage, ServerMessage};
 
-use crate::common::{eventually, http_get, ChildServer, Client, TestDoc, WAIT};
+use chorus::protocol::native::Bin;
+
+use crate::common::{eventually, http_bodiless, http_get, ChildServer, Client, TestDoc, WAIT};
 
 /// A `redis-server` child on a free port, killed on drop.
 struct Redis {
     child: std::process::Child,
     port: u16,
+    /// Its working directory (the append-only file, when persistent).
+    dir: tempfile::TempDir,
+    persistent: bool,
 }
 
 impl Redis {
+    /// Redis as deployed for Chorus: append-only file, fsynced on every
+    /// write, so a restart keeps every acked update.
     fn start() -> Redis {
+        Redis::start_with(true)
+    }
+
+    /// Redis without persistence: a restart comes back empty.
+    fn start_volatile() -> Redis {
+        Redis::start_with(false)
+    }
+
+    fn start_with(persistent: bool) -> Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        let dir = tempfile::tempdir().expect("temp dir");
         Redis {
-            child: Redis::spawn(port),
+            child: Redis::spawn(port, dir.path(), persistent),
             port,
+            dir,
+            persistent,
         }
     }
 
     /// Starts `redis-server` on `port` and waits until it accepts.
-    fn spawn(port: u16) -> std::process::Child {
+    fn spawn(port: u16, dir: &std::path::Path, persistent: bool) -> std::process::Child {
+        let aof: &[&str] = if persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
+            .args(aof)
+            .current_dir(dir)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server starts (is it installed?)");
@@ -43,22 +69,32 @@ impl Redis {
         child
     }
 
-    /// Kills the server (as an outage would) and starts it again, empty,
-    /// on the same port after `down`.
+    /// Kills the server (`kill -9`, as a crash would) and starts it again
+    /// on the same port after `down` (empty unless persistent).
     fn restart_after(&mut self, down: Duration) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down);
-        self.child = Redis::spawn(self.port);
+        self.child = Redis::spawn(self.port, self.dir.path(), self.persistent);
+    }
+
+    /// Runs `redis-cli` against this server; its trimmed output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Starts a node connected to this Redis, with the memory store.
+    /// Starts a node connected to this Redis.
     fn node(&self) -> ChildServer {
-        self.node_with(&["--store", "memory"])
+        self.node_with(&[])
     }
 
     /// Starts a node connected to this Redis, with more arguments.
@@ -92,6 +128,38 @@ async fn presence_ids(addr: SocketAddr, room: &str) -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Sends an update with a request id and returns the id (the ack comes
+/// later; see [`acks`]).
+async fn send_update(c: &mut Client, room: &str, data: Vec<u8>) -> u64 {
+    let rid = c.rid();
+    c.send(&ClientMessage::Update {
+        room: room.into(),
+        data: Bin(data),
+        rid: Some(rid),
+    })
+    .await;
+    rid
+}
+
+/// Waits for the ack of every request id in `rids` (within `within`).
+async fn acks(c: &mut Client, rids: &[u64], within: Duration) {
+    for &rid in rids {
+        let reply = tokio::time::timeout(
+            within,
+            c.expect(|m| {
+                matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
+                    || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
+            }),
+        )
+        .await
+        .expect("ack in time");
+        assert!(
+            matches!(reply, ServerMessage::Ack { .. }),
+            "refused: {reply:?}"
+        );
+    }
 }
 
 /// Applies `update`s until `doc` holds `len` characters.
@@ -220,10 +288,9 @@ async fn node_started_after_edits_catches_up() {
     let mut reader = Client::connect(late.addr).await;
     let rdoc = TestDoc::new();
     reader.join(room, &rdoc).await;
-    // Served from a live node through Hello/State (no Redis log yet).
-    tokio::time::timeout(WAIT, reader.sync_until(room, &rdoc, "hello from node one"))
-        .await
-        .expect("late node catches up");
+    // Everything acked is in the `synced` diff itself: the late node loaded
+    // the room's log from Redis before answering the join.
+    assert_eq!(rdoc.text(), "hello from node one");
     // And its edits reach the first node.
     let update = rdoc.push("!");
     reader.update_acked(room, update).await;
@@ -271,12 +338,37 @@ async fn killed_node_members_vanish_and_clients_move_over() {
     let bdoc = TestDoc::new();
     b.join(room, &bdoc).await;
     same_presence(&[survivor.addr, doomed.addr], room, 2).await;
-    for word in ["b1 ", "b2 "] {
-        let update = bdoc.push(word);
-        b.update_acked(room, update).await;
+    // Mid-edit: b has a stream of updates in flight when its node dies.
+    let mut sent = Vec::new();
+    let mut doomed = Some(doomed);
+    for i in 0..40 {
+        let word = format!("b{i} ");
+        let rid = b.rid();
+        let msg = ClientMessage::Update {
+            room: room.into(),
+            data: Bin(bdoc.push(&word)),
+            rid: Some(rid),
+        };
+        sent.push((rid, word));
+        if b.try_send(&msg).await.is_err() {
+            break;
+        }
+        if i == 20 {
+            doomed.take().expect("killed once").kill();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    doomed.kill();
     let killed_at = std::time::Instant::now();
+    // The acks that reached b before its connection died.
+    let mut acked = Vec::new();
+    while let Some(m) = b.try_recv(Duration::from_secs(2)).await {
+        if let ServerMessage::Ack { rid, .. } = m {
+            if let Some((_, word)) = sent.iter().find(|(r, _)| *r == rid) {
+                acked.push(word.clone());
+            }
+        }
+    }
+    assert!(!acked.is_empty(), "no update was acked before the kill");
     // Documented bound: NODE_TTL + HEARTBEAT = 8 s (issue: at most 10 s).
     let deadline = killed_at + Duration::from_secs(10);
     loop {
@@ -289,8 +381,21 @@ async fn killed_node_members_vanish_and_clients_move_over() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Every update the dead node acked reached the survivor.
+    tokio::time::timeout(WAIT, async {
+        while !acked.iter().all(|w| adoc.text().contains(w.as_str())) {
+            let m = a
+                .expect(|m| matches!(m, ServerMessage::Update { room: r, .. } if r == room))
+                .await;
+            if let ServerMessage::Update { data, .. } = m {
+                adoc.apply(&data.0);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("acked updates missing on the survivor: {}", adoc.text()));
     // The client reconnects to the survivor; its join sends what the
-    // survivor lacks, and it gets what it lacks: both converge.
+    // survivor lacks (the unacked rest), and it gets what it lacks.
     drop(b);
     let mut b = Client::connect(survivor.addr).await;
     b.join(room, &bdoc).await;
@@ -300,7 +405,9 @@ async fn killed_node_members_vanish_and_clients_move_over() {
     read_until_len(&mut b, room, &bdoc, want_len).await;
     read_until_len(&mut a, room, &adoc, want_len).await;
     assert_eq!(adoc.text(), bdoc.text());
-    assert!(adoc.text().contains("b1 b2 "), "{}", adoc.text());
+    for (_, word) in &sent {
+        assert!(adoc.text().contains(word.as_str()), "{word} lost");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,6 +418,86 @@ async fn redis_outage_then_nodes_converge() {
     let room = "outage-room";
     let mut clients = Vec::new();
     let mut docs = Vec::new();
+    // Two clients on node 0, one on node 1.
+    for addr in [addrs[0], addrs[0], addrs[1]] {
+        let mut c = Client::connect(addr).await;
+        let doc = TestDoc::new();
+        c.join(room, &doc).await;
+        clients.push(c);
+        docs.push(doc);
+    }
+    same_presence(&addrs, room, 3).await;
+    let update = docs[0].push("before ");
+    clients[0].update_acked(room, update).await;
+    for i in [1, 2] {
+        read_until_len(&mut clients[i], room, &docs[i], 7).await;
+    }
+
+    // Redis is killed for 5 s mid-edit.
+    let outage = std::thread::spawn(move || {
+        redis.restart_after(Duration::from_secs(5));
+        redis
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut words: Vec<(usize, u64, String)> = Vec::new();
+    for round in 0..3 {
+        for i in [0, 2] {
+            let word = format!("n{i}r{round} ");
+            let rid = send_update(&mut clients[i], room, docs[i].push(&word)).await;
+            words.push((i, rid, word));
+        }
+    }
+    // Node 0 keeps serving its local clients meanwhile: client 1 sees
+    // client 0's edits although Redis is down.
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        clients[1].sync_until(room, &docs[1], "before n0r0 n0r1 n0r2 "),
+    )
+    .await
+    .expect("local fan-out during the outage");
+    let redis = tokio::task::spawn_blocking(move || outage.join().expect("outage thread"))
+        .await
+        .expect("joined");
+    // Acks come once each update is in Redis (after the restart).
+    for i in [0, 2] {
+        let rids: Vec<u64> = words.iter().filter(|w| w.0 == i).map(|w| w.1).collect();
+        acks(&mut clients[i], &rids, Duration::from_secs(20)).await;
+    }
+
+    // Every client ends with every acked update.
+    let total = docs[0].len() + 3 * "n2rX ".len() as u32;
+    for (c, doc) in clients.iter_mut().zip(&docs) {
+        tokio::time::timeout(Duration::from_secs(20), read_until_len(c, room, doc, total))
+            .await
+            .expect("converged after the outage");
+    }
+    for doc in &docs {
+        assert_eq!(doc.text(), docs[0].text());
+        for (_, _, word) in &words {
+            assert!(doc.text().contains(word.as_str()), "{word} missing");
+        }
+    }
+    same_presence(&addrs, room, 3).await;
+    eventually("nodes report Redis ok again", || async {
+        let (_, body) = http_get(addrs[0], "/readyz").await;
+        body.contains("\"redis\":\"ok\"")
+    })
+    .await;
+    // And the log in Redis holds them: a new node serves all of it.
+    let late = redis.node();
+    let mut c = Client::connect(late.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    assert_eq!(doc.text(), docs[0].text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_its_data_gets_the_rooms_written_back() {
+    let mut redis = Redis::start_volatile();
+    let nodes = [redis.node(), redis.node()];
+    let room = "amnesia-room";
+    let mut clients = Vec::new();
+    let mut docs = Vec::new();
     for node in &nodes {
         let mut c = Client::connect(node.addr).await;
         let doc = TestDoc::new();
@@ -318,45 +505,105 @@ async fn redis_outage_then_nodes_converge() {
         clients.push(c);
         docs.push(doc);
     }
-    same_presence(&addrs, room, 2).await;
-    let update = docs[0].push("before ");
-    clients[0].update_acked(room, update).await;
-    read_until_len(&mut clients[1], room, &docs[1], 7).await;
-
-    // Redis goes away for 5 s; both nodes keep acking their own clients.
-    let outage = std::thread::spawn(move || {
-        redis.restart_after(Duration::from_secs(5));
-        redis
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let update = docs[0].push("zero ");
-    clients[0].update_acked(room, update).await;
-    let update = docs[1].push("one ");
-    clients[1].update_acked(room, update).await;
-    let _redis = tokio::task::spawn_blocking(move || outage.join().expect("outage thread"))
-        .await
-        .expect("joined");
-
-    // Reconnection + Hello/State bring both nodes (and clients) together.
-    let total = docs[0].len() + 4;
-    for (c, doc) in clients.iter_mut().zip(&docs) {
-        tokio::time::timeout(Duration::from_secs(20), read_until_len(c, room, doc, total))
-            .await
-            .expect("converged after the outage");
+    for (i, word) in ["kept ", "also "].iter().enumerate() {
+        let update = docs[i].push(word);
+        clients[i].update_acked(room, update).await;
     }
-    assert_eq!(docs[0].text(), docs[1].text());
-    same_presence(&addrs, room, 2).await;
-    eventually("nodes report Redis ok again", || async {
-        let (_, body) = http_get(addrs[0], "/readyz").await;
-        body.contains("\"redis\":\"ok\"")
+    for (c, doc) in clients.iter_mut().zip(&docs) {
+        read_until_len(c, room, doc, 10).await;
+    }
+    // Redis comes back empty: the nodes notice the lost log and write the
+    // document back, so a node opening the room later still gets it all.
+    let mut redis = tokio::task::spawn_blocking(move || {
+        redis.restart_after(Duration::from_millis(500));
+        redis
+    })
+    .await
+    .expect("restarted");
+    eventually("the document is back in Redis", || {
+        let len = redis.cli(&["XLEN", &format!("chorus:{{{room}}}:log")]);
+        async move { len.parse::<u32>().unwrap_or(0) > 0 }
     })
     .await;
+    let late = redis.node();
+    let mut c = Client::connect(late.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    assert_eq!(doc.text(), docs[0].text());
+    assert!(doc.text().contains("kept ") && doc.text().contains("also "));
+    redis.child.kill().ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_channel_messages_are_read_back_from_the_log() {
+    let redis = Redis::start();
+    let nodes = [redis.node(), redis.node()];
+    let room = "gap-room";
+    let mut writer = Client::connect(nodes[0].addr).await;
+    let wdoc = TestDoc::new();
+    writer.join(room, &wdoc).await;
+    let mut reader = Client::connect(nodes[1].addr).await;
+    let rdoc = TestDoc::new();
+    reader.join(room, &rdoc).await;
+    same_presence(&[nodes[0].addr, nodes[1].addr], room, 2).await;
+    // Redis drops every subscriber connection a few times while the writer
+    // writes: what was published meanwhile never reaches the reader's node
+    // over the channel, only from the log.
+    for i in 0..30 {
+        let update = wdoc.push(&format!("{i:02} "));
+        writer.update_acked(room, update).await;
+        if i % 10 == 5 {
+            // Both nodes subscribed again (after the previous kill)…
+            eventually("both nodes subscribed", || {
+                let list = redis.cli(&["CLIENT", "LIST"]);
+                async move { list.matches("flags=P").count() == 2 }
+            })
+            .await;
+            // …and cut off.
+            assert_eq!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "2");
+        }
+    }
+    tokio::time::timeout(WAIT, reader.sync_until(room, &rdoc, &wdoc.text()))
+        .await
+        .expect("reader converges");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_room_resets_it_on_every_node() {
+    let redis = Redis::start();
+    let nodes = [redis.node(), redis.node()];
+    let room = "doomed-room";
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut c = Client::connect(node.addr).await;
+        let doc = TestDoc::new();
+        c.join(room, &doc).await;
+        clients.push((c, doc));
+    }
+    let (c, doc) = &mut clients[0];
+    let update = doc.push("to be deleted");
+    c.update_acked(room, update).await;
+    let (c, doc) = &mut clients[1];
+    c.sync_until(room, doc, "to be deleted").await;
+    let (status, body) =
+        http_bodiless(nodes[0].addr, "DELETE", &format!("/api/v1/rooms/{room}")).await;
+    assert_eq!(status, 200, "{body}");
+    // Members on both nodes are closed, and the room is empty everywhere.
+    for (c, _) in &mut clients {
+        assert_eq!(c.closed().await, Some(1001));
+    }
+    for node in &nodes {
+        let mut c = Client::connect(node.addr).await;
+        let doc = TestDoc::new();
+        c.join(room, &doc).await;
+        assert_eq!(doc.text(), "");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_serves_a_room_whose_nodes_all_died() {
     let redis = Redis::start();
-    let args = ["--store", "redis", "--compact-every", "3"];
+    let args = ["--compact-every", "3"];
     let first = redis.node_with(&args);
     let room = "stored-room";
     let mut writer = Client::connect(first.addr).await;
@@ -370,16 +617,12 @@ async fn redis_store_serves_a_room_whose_nodes_all_died() {
     }
     first.kill();
     // Compacted: a snapshot exists and the log holds only its tail.
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &redis.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    assert_eq!(cli(&["HEXISTS", "chorus:snap:stored-room", "doc"]), "1");
-    let tail: u32 = cli(&["XLEN", "chorus:log:stored-room"])
+    assert_eq!(
+        redis.cli(&["HEXISTS", "chorus:{stored-room}:snap", "doc"]),
+        "1"
+    );
+    let tail: u32 = redis
+        .cli(&["XLEN", "chorus:{stored-room}:log"])
         .parse()
         .expect("XLEN");
     assert!(tail < 7, "log not trimmed: {tail} entries");

@@ -565,9 +565,15 @@ impl TestDoc {
 
 /// A plain HTTP/1.1 GET; returns the status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_bodiless(addr, "GET", path).await
+}
+
+/// A plain HTTP/1.1 request without a body (GET, DELETE); returns the
+/// status code and body.
+pub async fn http_bodiless(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.expect("tcp connects");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("request written");
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
