@@ -228,6 +228,15 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// A percentile in ms for the table ("–" when nothing was measured).
+fn cell(sorted: &[u32], p: f64) -> String {
+    if sorted.is_empty() {
+        "–".into()
+    } else {
+        format!("{:.1}", pct(sorted, p))
+    }
+}
+
 struct Row {
     setup: String,
     same: Vec<u32>,
@@ -337,13 +346,13 @@ fn main() {
     for r in &rows {
         let cpu: Vec<String> = r.cpu.iter().map(|(n, c)| format!("{n} {c:.0}")).collect();
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             r.setup,
             r.updates,
-            pct(&r.same, 0.5),
-            pct(&r.same, 0.99),
-            pct(&r.cross, 0.5),
-            pct(&r.cross, 0.99),
+            cell(&r.same, 0.5),
+            cell(&r.same, 0.99),
+            cell(&r.cross, 0.5),
+            cell(&r.cross, 0.99),
             cpu.join(", ")
         );
     }
