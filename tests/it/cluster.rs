@@ -447,8 +447,15 @@ async fn redis_outage_then_nodes_converge() {
             words.push((i, rid, word));
         }
     }
-    // Node 0 keeps serving its local clients meanwhile: client 1 sees
-    // client 0's edits although Redis is down.
+    // The nodes say they are degraded (still ready: local clients are
+    // served)…
+    eventually("node reports Redis degraded", || async {
+        let (status, body) = http_get(addrs[1], "/readyz").await;
+        status == 200 && body.contains("\"redis\":\"degraded\"")
+    })
+    .await;
+    // …and node 0 keeps serving its local clients: client 1 sees client
+    // 0's edits although Redis is down.
     tokio::time::timeout(
         Duration::from_secs(3),
         clients[1].sync_until(room, &docs[1], "before n0r0 n0r1 n0r2 "),
