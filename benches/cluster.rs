@@ -25,8 +25,8 @@ use tokio_tungstenite::tungstenite::Message;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, Options, ReadTxn, Text, Transact, Update};
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+mod common;
+use common::{connect, Ws};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -113,40 +113,6 @@ fn start_node(redis: Option<u16>) -> (Proc, SocketAddr) {
         .expect("chorus starts");
     wait_listening(port);
     (Proc(child), ([127, 0, 0, 1], port).into())
-}
-
-async fn connect(addr: SocketAddr, room: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .expect("connect");
-    let send = |msg: ClientMessage| Message::Binary(encode_client(&msg).into());
-    ws.send(send(ClientMessage::Hello {
-        v: 1,
-        token: None,
-        client: Some("bench-cluster".into()),
-        rid: None,
-    }))
-    .await
-    .expect("hello");
-    ws.send(send(ClientMessage::Join {
-        room: room.into(),
-        sv: None,
-        presence: None,
-        rid: Some(1),
-    }))
-    .await
-    .expect("join");
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Binary(b))) => {
-                if let Ok(ServerMessage::Synced { .. }) = decode_server(&b) {
-                    return ws;
-                }
-            }
-            Some(Ok(_)) => {}
-            _ => panic!("connection lost before synced"),
-        }
-    }
 }
 
 /// Send instants per writer, indexed by Yjs clock (one character each).

@@ -19,6 +19,8 @@ use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use yrs::{Doc, ReadTxn, Text, Transact};
 
+mod common;
+
 /// One row of the table.
 struct Scenario {
     name: &'static str,
@@ -75,34 +77,8 @@ async fn client(
     start: Instant,
     end: Instant,
 ) -> (usize, Vec<u64>) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .expect("connect");
+    let mut ws = common::connect(addr, &room).await;
     let send = |msg: ClientMessage| Message::Binary(encode_client(&msg).into());
-    ws.send(send(ClientMessage::Hello {
-        v: 1,
-        token: None,
-        client: Some("bench".into()),
-        rid: None,
-    }))
-    .await
-    .expect("hello");
-    ws.send(send(ClientMessage::Join {
-        room: room.clone(),
-        sv: None,
-        presence: None,
-        rid: Some(1),
-    }))
-    .await
-    .expect("join");
-    loop {
-        let Some(Ok(Message::Binary(b))) = ws.next().await else {
-            panic!("connection lost before synced")
-        };
-        if let Ok(ServerMessage::Synced { .. }) = decode_server(&b) {
-            break;
-        }
-    }
     let doc = Doc::new();
     let text = doc.get_or_insert_text("t");
     let mut inflight: HashMap<u64, Instant> = HashMap::new();

@@ -130,19 +130,6 @@ async fn presence_ids(addr: SocketAddr, room: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Sends an update with a request id and returns the id (the ack comes
-/// later; see [`acks`]).
-async fn send_update(c: &mut Client, room: &str, data: Vec<u8>) -> u64 {
-    let rid = c.rid();
-    c.send(&ClientMessage::Update {
-        room: room.into(),
-        data: Bin(data),
-        rid: Some(rid),
-    })
-    .await;
-    rid
-}
-
 /// Waits for the ack of every request id in `rids` (within `within`).
 async fn acks(c: &mut Client, rids: &[u64], within: Duration) {
     for &rid in rids {
@@ -160,6 +147,14 @@ async fn acks(c: &mut Client, rids: &[u64], within: Duration) {
             "refused: {reply:?}"
         );
     }
+}
+
+/// The room as a new client of node `addr` gets it on joining.
+async fn fresh_view(addr: SocketAddr, room: &str) -> String {
+    let mut c = Client::connect(addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    doc.text()
 }
 
 /// Applies `update`s until `doc` holds `len` characters.
@@ -443,7 +438,7 @@ async fn redis_outage_then_nodes_converge() {
     for round in 0..3 {
         for i in [0, 2] {
             let word = format!("n{i}r{round} ");
-            let rid = send_update(&mut clients[i], room, docs[i].push(&word)).await;
+            let rid = clients[i].send_update(room, docs[i].push(&word)).await;
             words.push((i, rid, word));
         }
     }
@@ -492,10 +487,7 @@ async fn redis_outage_then_nodes_converge() {
     .await;
     // And the log in Redis holds them: a new node serves all of it.
     let late = redis.node();
-    let mut c = Client::connect(late.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
-    assert_eq!(doc.text(), docs[0].text());
+    assert_eq!(fresh_view(late.addr, room).await, docs[0].text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,7 +513,7 @@ async fn redis_losing_its_data_gets_the_rooms_written_back() {
     }
     // Redis comes back empty: the nodes notice the lost log and write the
     // document back, so a node opening the room later still gets it all.
-    let mut redis = tokio::task::spawn_blocking(move || {
+    let redis = tokio::task::spawn_blocking(move || {
         redis.restart_after(Duration::from_millis(500));
         redis
     })
@@ -533,12 +525,9 @@ async fn redis_losing_its_data_gets_the_rooms_written_back() {
     })
     .await;
     let late = redis.node();
-    let mut c = Client::connect(late.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
-    assert_eq!(doc.text(), docs[0].text());
-    assert!(doc.text().contains("kept ") && doc.text().contains("also "));
-    redis.child.kill().ok();
+    let text = fresh_view(late.addr, room).await;
+    assert_eq!(text, docs[0].text());
+    assert!(text.contains("kept ") && text.contains("also "));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,10 +589,7 @@ async fn deleting_a_room_resets_it_on_every_node() {
         assert_eq!(c.closed().await, Some(1001));
     }
     for node in &nodes {
-        let mut c = Client::connect(node.addr).await;
-        let doc = TestDoc::new();
-        c.join(room, &doc).await;
-        assert_eq!(doc.text(), "");
+        assert_eq!(fresh_view(node.addr, room).await, "");
     }
 }
 

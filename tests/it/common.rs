@@ -432,8 +432,9 @@ impl Client {
         }
     }
 
-    /// Sends an update and waits for its ack.
-    pub async fn update_acked(&mut self, room: &str, data: Vec<u8>) {
+    /// Sends an update with a fresh request id, which it returns (the
+    /// ack or error comes later).
+    pub async fn send_update(&mut self, room: &str, data: Vec<u8>) -> u64 {
         let rid = self.rid();
         self.send(&ClientMessage::Update {
             room: room.into(),
@@ -441,6 +442,12 @@ impl Client {
             rid: Some(rid),
         })
         .await;
+        rid
+    }
+
+    /// Sends an update and waits for its ack.
+    pub async fn update_acked(&mut self, room: &str, data: Vec<u8>) {
+        let rid = self.send_update(room, data).await;
         let reply = self
             .expect(|m| {
                 matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)

@@ -59,13 +59,7 @@ fn is_forbidden(m: &ServerMessage, want_rid: u64) -> bool {
 }
 
 async fn refused_update(c: &mut Client, room: &str, data: Vec<u8>) {
-    let rid = c.rid();
-    c.send(&ClientMessage::Update {
-        room: room.into(),
-        data: Bin(data),
-        rid: Some(rid),
-    })
-    .await;
+    let rid = c.send_update(room, data).await;
     let m = c
         .expect(|m| matches!(m, ServerMessage::Error { .. } | ServerMessage::Ack { .. }))
         .await;
