@@ -92,6 +92,11 @@ impl IpLimiter {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Connections holding a slot, all addresses together.
+    pub fn open_total(&self) -> usize {
+        self.table().values().map(|e| e.open).sum()
+    }
+
     /// Admits one connection from `ip`, or says why not. The slot is held
     /// until the returned guard is dropped.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<IpSlot, IpRefusal> {

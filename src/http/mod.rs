@@ -509,6 +509,9 @@ async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
         "# HELP chorus_connections Open WebSocket sessions.\n\
          # TYPE chorus_connections gauge\n\
          chorus_connections {}\n\
+         # HELP chorus_connections_admitted Connections holding a per-IP slot (sessions and upgrades under way).\n\
+         # TYPE chorus_connections_admitted gauge\n\
+         chorus_connections_admitted {}\n\
          # HELP chorus_rooms_active Rooms loaded in memory.\n\
          # TYPE chorus_rooms_active gauge\n\
          chorus_rooms_active {}\n\
@@ -519,6 +522,7 @@ async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
          # TYPE chorus_rooms_evicted_total counter\n\
          chorus_rooms_evicted_total {}\n",
         shared.sessions.count(),
+        shared.ips.open_total(),
         r.live_rooms(),
         r.rooms_started(),
         r.rooms_evicted(),

@@ -13,7 +13,7 @@ use chorus::protocol::yjs::{self, YjsMessage};
 use chorus::protocol::{close, ErrorCode};
 use serde_json::json;
 
-use crate::common::{server, Client, TestDoc};
+use crate::common::{eventually, metric, server, Client, TestDoc};
 use crate::yjs::YClient;
 
 const SECRET: &str = "test-secret-0123456789abcdef";
@@ -434,7 +434,11 @@ async fn security_rate_and_connection_limits() {
     assert_eq!(big.closed().await, Some(close::TOO_BIG));
 
     // Connections per IP: the 7th open connection gets HTTP 429.
-    tokio::time::sleep(Duration::from_millis(200)).await; // closed sessions free their slots
+    // Closed sessions free their slots: only `calm` holds one.
+    eventually("closed sessions freed their per-IP slots", || async {
+        metric(srv.addr, "chorus_connections_admitted").await == 1.0
+    })
+    .await;
     let mut held = Vec::new();
     let mut status = None;
     for _ in 0..8 {
