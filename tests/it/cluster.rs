@@ -751,3 +751,81 @@ async fn load_balancer_round_robins_and_survives_a_node() {
     }
     assert!(docs.iter().all(|d| d.text() == docs[0].text()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_redis_over_tls() {
+    // A CA-less self-signed certificate for `localhost`, trusted by the
+    // nodes through SSL_CERT_FILE (read by the native root store).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).expect("cert written");
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).expect("key written");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--tls-cert-file", cert_pem.to_str().expect("utf-8 path")])
+        .args(["--tls-key-file", key_pem.to_str().expect("utf-8 path")])
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let url = format!("rediss://localhost:{port}");
+    let env = [("SSL_CERT_FILE", cert_pem.to_str().expect("utf-8 path"))];
+    let nodes = [
+        ChildServer::start_with_env(&["--redis-url", &url], &env),
+        ChildServer::start_with_env(&["--redis-url", &url], &env),
+    ];
+    eventually("both nodes connected over TLS", || {
+        let addrs = [nodes[0].addr, nodes[1].addr];
+        async move {
+            let mut ok = true;
+            for a in addrs {
+                ok &= http_get(a, "/readyz").await.1.contains("\"redis\":\"ok\"");
+            }
+            ok
+        }
+    })
+    .await;
+    let room = "tls-room";
+    let mut a = Client::connect(nodes[0].addr).await;
+    let adoc = TestDoc::new();
+    a.join(room, &adoc).await;
+    let mut b = Client::connect(nodes[1].addr).await;
+    let bdoc = TestDoc::new();
+    b.join(room, &bdoc).await;
+    a.update_acked(room, adoc.push("encrypted")).await;
+    b.sync_until(room, &bdoc, "encrypted").await;
+    // Without the certificate trusted, the same URL is refused.
+    let untrusting = ChildServer::start(&["--redis-url", &url]);
+    eventually("the certificate is refused", || {
+        let refused = untrusting
+            .logs()
+            .iter()
+            .any(|l| l.contains("cannot reach Redis") && l.contains("certificate"));
+        async move { refused }
+    })
+    .await;
+    let (_, body) = http_get(untrusting.addr, "/readyz").await;
+    assert!(body.contains("\"redis\":\"degraded\""), "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -46,11 +46,17 @@ impl ChildServer {
     /// Starts `chorus` with `args` (plus `--port 0 --log-format json`) and
     /// waits until it listens. Panics with its output if it exits first.
     pub fn start(args: &[&str]) -> ChildServer {
+        ChildServer::start_with_env(args, &[])
+    }
+
+    /// [`ChildServer::start`] with environment variables set for it.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ChildServer {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
             .args(["--port", "0", "--log-format", "json", "--log-level", "info"])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
