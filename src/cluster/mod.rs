@@ -246,7 +246,7 @@ pub struct Stats {
 #[derive(Clone)]
 pub struct Bridge {
     node: Arc<str>,
-    publish: mpsc::Sender<(String, Vec<u8>)>,
+    publish: mpsc::Sender<Out>,
     control: mpsc::UnboundedSender<Control>,
     /// Nodes with remote members in some room here (checked for liveness).
     watched: Arc<RwLock<HashSet<String>>>,
@@ -303,9 +303,20 @@ impl Bridge {
     /// detection.
     pub fn publish(&self, envelope: &Envelope) {
         let item = (room_channel(&envelope.room), envelope.encode());
-        if self.publish.try_send(item).is_err() {
+        if self.publish.try_send(Out::Item(item.0, item.1)).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(room = %envelope.room, "cluster publish queue full: item dropped");
+        }
+    }
+
+    /// Resolves once everything handed to [`Bridge::publish`] before the
+    /// call was published (or dropped because Redis is away), then removes
+    /// this node's liveness key: for a graceful shutdown, after rooms said
+    /// goodbye for their members.
+    pub async fn drain(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.publish.send(Out::Drain(done)).await.is_ok() {
+            let _ = wait.await;
         }
     }
 
@@ -411,6 +422,15 @@ impl Bridge {
     }
 }
 
+/// What the publisher task is handed.
+enum Out {
+    /// Publish `payload` on `channel`.
+    Item(String, Vec<u8>),
+    /// Answer once everything queued before is handled; see
+    /// [`Bridge::drain`].
+    Drain(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Both connections to Redis are up.
 fn bridge_up(s: &Stats) -> bool {
     s.connected.load(Ordering::Relaxed) && s.publishing.load(Ordering::Relaxed)
@@ -425,11 +445,7 @@ async fn backoff(delay: &mut Duration) {
 /// Publishes queued items in order and refreshes the node's liveness key;
 /// reconnects with backoff. While Redis is down, queued items are dropped
 /// (counted) so that the queue never holds stale state.
-async fn publisher(
-    client: redis::Client,
-    bridge: Bridge,
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
-) {
+async fn publisher(client: redis::Client, bridge: Bridge, mut rx: mpsc::Receiver<Out>) {
     let mut delay = Duration::from_millis(50);
     let key = node_key(&bridge.node);
     let ttl_ms = NODE_TTL.as_millis() as u64;
@@ -448,8 +464,15 @@ async fn publisher(
             Err(e) => {
                 failed = true;
                 tracing::warn!("cluster: cannot reach Redis to publish: {e}");
-                while let Ok(_item) = rx.try_recv() {
-                    bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                while let Ok(out) = rx.try_recv() {
+                    match out {
+                        Out::Item(..) => {
+                            bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Out::Drain(done) => {
+                            let _ = done.send(());
+                        }
+                    }
                 }
                 backoff(&mut delay).await;
                 continue;
@@ -461,8 +484,20 @@ async fn publisher(
         let up_since = tokio::time::Instant::now();
         loop {
             let res: redis::RedisResult<()> = tokio::select! {
-                item = rx.recv() => {
-                    let Some((channel, payload)) = item else { return };
+                out = rx.recv() => {
+                    let (channel, payload) = match out {
+                        None => return,
+                        Some(Out::Item(channel, payload)) => (channel, payload),
+                        Some(Out::Drain(done)) => {
+                            let res = redis::cmd("DEL").arg(&key).query_async::<()>(&mut conn).await;
+                            let _ = done.send(());
+                            if let Err(e) = res {
+                                tracing::warn!("cluster: Redis publish connection failed: {e}");
+                                break;
+                            }
+                            continue;
+                        }
+                    };
                     let res = redis::cmd("PUBLISH")
                         .arg(channel)
                         .arg(payload)

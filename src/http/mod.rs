@@ -235,6 +235,16 @@ async fn shutdown(handle: &actix_web::dev::ServerHandle, shared: &Shared, store:
     if tokio::time::timeout_at(deadline, flush).await.is_err() {
         tracing::warn!("rooms did not finish flushing before the shutdown timeout");
     }
+    if let Some(bridge) = shared.registry.bridge() {
+        // The members' departures reach the other nodes now, not after
+        // the liveness timeout.
+        if tokio::time::timeout_at(deadline, bridge.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!("cluster items not all published before the shutdown timeout");
+        }
+    }
     if let Err(e) = store.close().await {
         tracing::error!("closing the {} store: {e}", store.name());
     }

@@ -829,3 +829,32 @@ async fn nodes_reach_redis_over_tls() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_node_members_leave_the_others_at_once() {
+    let redis = Redis::start();
+    let (stays, stops) = (redis.node(), redis.node());
+    let room = "drain-room";
+    let doc = TestDoc::new();
+    let mut a = Client::connect(stays.addr).await;
+    a.join(room, &doc).await;
+    let mut b = Client::connect(stops.addr).await;
+    b.join(room, &TestDoc::new()).await;
+    same_presence(&[stays.addr, stops.addr], room, 2).await;
+    // A graceful stop (SIGTERM: a deploy) says goodbye for its members
+    // instead of leaving them to the liveness timeout.
+    let stopped_at = std::time::Instant::now();
+    let stays_addr = stays.addr;
+    let shutdown = tokio::task::spawn_blocking(move || stops.terminate());
+    loop {
+        if presence_ids(stays_addr, room).await.len() == 1 {
+            break;
+        }
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(3),
+            "members of a stopped node still present after 3 s (liveness timeout is 8 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.await.expect("stopped");
+}
