@@ -129,9 +129,11 @@ impl Presence {
         }
         self.moved.remove(id);
         self.updated.remove(id);
-        if !self.joined.remove(id) {
-            self.left.insert(id.clone());
-        }
+        // Reported as left even when its join was not broadcast yet:
+        // snapshots (a joining client's, another node's `hello`) may have
+        // shown it already, and only a `left` takes it away again.
+        self.joined.remove(id);
+        self.left.insert(id.clone());
         true
     }
 
@@ -249,11 +251,15 @@ mod tests {
     }
 
     #[test]
-    fn join_then_leave_in_one_tick_cancels_out() {
+    fn join_then_leave_in_one_tick_is_reported_as_left() {
         let mut p = Presence::default();
         p.join(id("a"), None, json!({}));
+        // A snapshot taken now shows "a" (a client joining in this tick).
+        assert_eq!(p.snapshot().len(), 1);
         p.leave(&id("a"));
-        assert!(!p.has_diff());
+        let (joined, updated, left) = p.take_diff();
+        assert!(joined.is_empty() && updated.is_empty());
+        assert_eq!(left, vec!["a".to_owned()]);
     }
 
     #[test]

@@ -844,17 +844,19 @@ async fn stopped_node_members_leave_the_others_at_once() {
     // A graceful stop (SIGTERM: a deploy) says goodbye for its members
     // instead of leaving them to the liveness timeout.
     let stopped_at = std::time::Instant::now();
-    let stays_addr = stays.addr;
-    let shutdown = tokio::task::spawn_blocking(move || stops.terminate());
+    let logs = tokio::task::spawn_blocking(move || stops.terminate())
+        .await
+        .expect("stopped");
     loop {
-        if presence_ids(stays_addr, room).await.len() == 1 {
+        if presence_ids(stays.addr, room).await.len() == 1 {
             break;
         }
         assert!(
             stopped_at.elapsed() < Duration::from_secs(3),
-            "members of a stopped node still present after 3 s (liveness timeout is 8 s)"
+            "members of a stopped node still present after 3 s (liveness timeout is 8 s); \
+             its logs:\n{}",
+            logs.join("\n")
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    shutdown.await.expect("stopped");
 }
