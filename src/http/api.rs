@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::auth::{now_secs, Rights};
 use crate::protocol::{validate_room_id, ErrorCode};
 use crate::room::api::{
     ApiUpdate, DeleteRoom, DocBody, DocFormat, ReadDoc, ReadPresence, RoomError, Stats, Subscribe,
@@ -59,9 +60,12 @@ pub enum ApiError {
     /// Malformed JSON, a missing field, a bad query parameter. 400.
     #[error("{0}")]
     BadRequest(String),
-    /// Missing or wrong API key. 401.
-    #[error("missing or wrong API key (Authorization: Bearer <key>)")]
-    Unauthorized,
+    /// Missing or wrong API key or token. 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token whose grants do not cover the request. 403.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such room (delete of a room that is neither live nor stored). 404.
     #[error("{0}")]
     NotFound(String),
@@ -85,7 +89,8 @@ impl ApiError {
     pub fn status(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
@@ -131,30 +136,80 @@ fn respond(shared: &Shared, res: Result<HttpResponse, ApiError>) -> HttpResponse
     }
 }
 
-/// The one API authorization check: with `--api-key` set, the request must
-/// carry `Authorization: Bearer <key>`. Compared in constant time (the
-/// SHA-256 digests of both, so the length does not leak either). The place
-/// to accept tokens too once they exist.
-pub fn authorize(req: &HttpRequest, shared: &Shared) -> Result<(), ApiError> {
-    let Some(key) = &shared.config.api.api_key else {
-        return Ok(());
+/// What a route needs.
+#[derive(Debug, Clone, Copy)]
+pub enum Need<'a> {
+    /// Server-wide routes (list, delete, trigger into many rooms): the API
+    /// key only.
+    Admin,
+    /// A route on one room: the API key, or a token granting `Rights` there.
+    Room(&'a str, Rights),
+}
+
+/// The one API authorization check.
+///
+/// - `Authorization: Bearer <--api-key>` allows every route (compared in
+///   constant time: the SHA-256 digests of both, so the length does not
+///   leak either).
+/// - With authentication on (`--auth-secret` / `--auth-public-key`), a
+///   token (`Authorization: Bearer` or `?token=`, which `EventSource` can
+///   send) allows a room's routes as far as its grants go: reads need `r`,
+///   events `rp`, updates `rw`. `--allow-anonymous-read` lets requests
+///   without a token read.
+/// - With neither configured the API is open (logged at start).
+pub fn authorize(req: &HttpRequest, shared: &Shared, need: Need<'_>) -> Result<(), ApiError> {
+    let token = crate::http::request_token(req);
+    let key = shared.config.api.api_key.as_deref();
+    if let (Some(key), Some(given)) = (key, token.as_deref()) {
+        let a = Sha256::digest(given.as_bytes());
+        let b = Sha256::digest(key.as_bytes());
+        if a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+        {
+            return Ok(());
+        }
+    }
+    let Some(verifier) = &shared.auth else {
+        return match key {
+            None => Ok(()),
+            Some(_) => Err(ApiError::Unauthorized(
+                "missing or wrong API key (Authorization: Bearer <key>)".into(),
+            )),
+        };
     };
-    let given = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    let a = Sha256::digest(given.trim().as_bytes());
-    let b = Sha256::digest(key.as_bytes());
-    let diff = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    if diff == 0 {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
+    let (room, rights) = match need {
+        Need::Admin => {
+            return Err(ApiError::Unauthorized(match key {
+                Some(_) => "this route needs the API key (Authorization: Bearer <key>)".into(),
+                None => "this route needs an API key: start the server with --api-key".into(),
+            }))
+        }
+        Need::Room(room, rights) => (room, rights),
+    };
+    let granted = match token {
+        Some(token) => verifier
+            .verify(&token, now_secs())
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))?
+            .rights(room),
+        None if shared.config.allow_anonymous_read => Some(Rights::Read),
+        None => {
+            return Err(ApiError::Unauthorized(
+                "a token (Authorization: Bearer or ?token=) or the API key is required".into(),
+            ))
+        }
+    };
+    match granted {
+        Some(g) if g >= rights => Ok(()),
+        _ => Err(ApiError::Forbidden(format!(
+            "the token does not grant {} in room {room:?}",
+            match rights {
+                Rights::Read => "r",
+                Rights::Presence => "rp",
+                Rights::Write => "rw",
+            }
+        ))),
     }
 }
 
@@ -238,7 +293,7 @@ struct RoomEntry {
 
 async fn list_rooms(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let res = async {
-        authorize(&req, &shared)?;
+        authorize(&req, &shared, Need::Admin)?;
         let live = shared.registry.live_list();
         let stats = futures_util::future::join_all(live.iter().map(|(_, a)| a.send(Stats))).await;
         let mut rooms: Vec<RoomEntry> = live
@@ -263,8 +318,8 @@ async fn read_doc(
     shared: &Shared,
     format: DocFormat,
 ) -> Result<DocBody, ApiError> {
-    authorize(req, shared)?;
     let room = room_of(req, shared)?;
+    authorize(req, shared, Need::Room(&room, Rights::Read))?;
     shared
         .registry
         .request(&room, ReadDoc { format })
@@ -302,8 +357,8 @@ async fn post_update(
     shared: web::Data<Shared>,
 ) -> HttpResponse {
     let res = async {
-        authorize(&req, &shared)?;
         let room = room_of(&req, &shared)?;
+        authorize(&req, &shared, Need::Room(&room, Rights::Write))?;
         let data = read_body(&req, payload, &shared).await?;
         shared
             .registry
@@ -317,8 +372,8 @@ async fn post_update(
 
 async fn get_presence(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let res = async {
-        authorize(&req, &shared)?;
         let room = room_of(&req, &shared)?;
+        authorize(&req, &shared, Need::Room(&room, Rights::Read))?;
         let presence = shared
             .registry
             .request(&room, ReadPresence)
@@ -331,7 +386,7 @@ async fn get_presence(req: HttpRequest, shared: web::Data<Shared>) -> HttpRespon
 
 async fn delete_room(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let res = async {
-        authorize(&req, &shared)?;
+        authorize(&req, &shared, Need::Admin)?;
         let room = room_of(&req, &shared)?;
         if shared.registry.live(&room).is_none() {
             let exists = shared
@@ -409,8 +464,8 @@ async fn trigger_room(
     shared: web::Data<Shared>,
 ) -> HttpResponse {
     let res = async {
-        authorize(&req, &shared)?;
         let room = room_of(&req, &shared)?;
+        authorize(&req, &shared, Need::Room(&room, Rights::Presence))?;
         let body: EventBody = parse_json(&read_body(&req, payload, &shared).await?)?;
         trigger(&shared, vec![room], body.name, body.data).await
     };
@@ -423,7 +478,7 @@ async fn trigger_many(
     shared: web::Data<Shared>,
 ) -> HttpResponse {
     let res = async {
-        authorize(&req, &shared)?;
+        authorize(&req, &shared, Need::Admin)?;
         let body: ManyEventBody = parse_json(&read_body(&req, payload, &shared).await?)?;
         if body.rooms.is_empty() || body.rooms.len() > MAX_TRIGGER_ROOMS {
             return Err(ApiError::BadRequest(format!(
@@ -583,8 +638,8 @@ async fn stream_response(
     framing: Framing,
 ) -> HttpResponse {
     let res = async {
-        authorize(&req, &shared)?;
         let room = room_of(&req, &shared)?;
+        authorize(&req, &shared, Need::Room(&room, Rights::Read))?;
         let since = since_of(&req, matches!(framing, Framing::Sse))?;
         let (sub, guard) = subscribe(&shared, &room, since).await?;
         let heartbeat = Duration::from_millis(shared.config.api.sse_heartbeat_ms);
@@ -613,8 +668,8 @@ async fn ndjson(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
 /// first ones within `--poll-timeout-ms`, else 204.
 async fn poll(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let res = async {
-        authorize(&req, &shared)?;
         let room = room_of(&req, &shared)?;
+        authorize(&req, &shared, Need::Room(&room, Rights::Read))?;
         let since = since_of(&req, false)?;
         let (mut sub, _guard) = subscribe(&shared, &room, since).await?;
         let mut events = std::mem::take(&mut sub.replay);

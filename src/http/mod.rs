@@ -96,16 +96,20 @@ impl Server {
                 (log as Arc<dyn DocStore>, Some(bridge))
             }
         };
-        if config.api.api_key.is_none() {
-            tracing::warn!(
-                "no --api-key (CHORUS_API_KEY) set: the HTTP API under /api/v1 is open to anyone who can reach this server"
-            );
-        }
         let auth = match (&config.auth_secret, &config.auth_public_key) {
             (Some(secret), _) => Some(Arc::new(Verifier::from_secret(secret.as_bytes())?)),
             (None, Some(path)) => Some(Arc::new(Verifier::from_public_key_file(path)?)),
             (None, None) => None,
         };
+        match (&config.api.api_key, &auth) {
+            (None, None) => tracing::warn!(
+                "no --api-key (CHORUS_API_KEY) set: the HTTP API under /api/v1 is open to anyone who can reach this server"
+            ),
+            (None, Some(_)) => tracing::info!(
+                "no --api-key: /api/v1 room routes take tokens; server-wide routes (room list, delete, multi-room events) are refused"
+            ),
+            _ => {}
+        }
         if auth.is_none() {
             tracing::warn!(
                 "AUTHENTICATION IS OFF: no --auth-secret or --auth-public-key, so ANYONE who \
@@ -366,7 +370,7 @@ fn client_ip(req: &HttpRequest, trust_forwarded: bool) -> Option<IpAddr> {
 
 /// The token of a request: the `token` query parameter, else
 /// `Authorization: Bearer <token>`.
-fn request_token(req: &HttpRequest) -> Option<String> {
+pub(crate) fn request_token(req: &HttpRequest) -> Option<String> {
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).ok();
     if let Some(token) = query.and_then(|q| q.into_inner().remove("token")) {
         return Some(token);

@@ -13,14 +13,14 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::common::{eventually, http_get, server, Client, TestDoc, WAIT};
 
 /// A response: status, lowercase headers, body.
-struct Resp {
-    status: u16,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
 impl Resp {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
@@ -30,7 +30,7 @@ impl Resp {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-    fn error_code(&self) -> String {
+    pub(crate) fn error_code(&self) -> String {
         self.json()["error"]["code"]
             .as_str()
             .unwrap_or("")
@@ -39,7 +39,7 @@ impl Resp {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; de-chunks the body.
-async fn request(
+pub(crate) async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -116,7 +116,7 @@ struct Streamed {
     s: TcpStream,
     raw: Vec<u8>,
     text: String,
-    status: u16,
+    pub(crate) status: u16,
 }
 
 impl Streamed {

@@ -567,3 +567,76 @@ async fn security_tls_serves_wss() {
     .await;
     assert!(!matches!(plain, Ok(Ok(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_http_api_takes_tokens_per_room_and_the_key_for_everything() {
+    use crate::http::request;
+    let srv = secured(|c| {
+        c.api.api_key = Some("adm1n-key".into());
+        c.api.poll_timeout_ms = 20;
+    });
+    let bearer = |t: &str| format!("Bearer {t}");
+    let reader = token("dash", &[("board:*", Rights::Read)], 60);
+    let talker = token("bot", &[("board:1", Rights::Presence)], 60);
+    let writer = token("svc", &[("board:1", Rights::Write)], 60);
+    let key = bearer("adm1n-key");
+    let get = |path: &'static str, auth: Option<String>| async move {
+        let headers: Vec<(&str, String)> = auth.into_iter().map(|a| ("Authorization", a)).collect();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        request(srv.addr, "GET", path, &headers, b"").await
+    };
+    // Reads: a token with r on the room, or the key; nothing else.
+    let r = get("/api/v1/rooms/board:1/doc", None).await;
+    assert_eq!((r.status, r.error_code().as_str()), (401, "unauthorized"));
+    let r = get("/api/v1/rooms/board:1/doc", Some(bearer(&reader))).await;
+    assert_eq!(r.status, 200);
+    let r = get("/api/v1/rooms/board:1/doc", Some(key.clone())).await;
+    assert_eq!(r.status, 200);
+    let r = get("/api/v1/rooms/other/doc", Some(bearer(&reader))).await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
+    let r = get("/api/v1/rooms/board:1/doc", Some(bearer("not.a.token"))).await;
+    assert_eq!((r.status, r.error_code().as_str()), (401, "unauthorized"));
+    // `?token=` for EventSource, which cannot set headers (long poll here:
+    // it answers 204 when nothing happens).
+    let path = format!("/api/v1/rooms/board:2/poll?token={reader}");
+    let r = request(srv.addr, "GET", &path, &[], b"").await;
+    assert_eq!(r.status, 204);
+
+    // Writes: updates need rw, events rp.
+    let update = TestDoc::new().push("x");
+    let post = |path: &'static str, auth: String, body: Vec<u8>| async move {
+        request(
+            srv.addr,
+            "POST",
+            path,
+            &[("Authorization", auth.as_str())],
+            &body,
+        )
+        .await
+    };
+    let r = post(
+        "/api/v1/rooms/board:1/update",
+        bearer(&talker),
+        update.clone(),
+    )
+    .await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
+    let r = post("/api/v1/rooms/board:1/update", bearer(&writer), update).await;
+    assert_eq!(r.status, 200);
+    let event = br#"{"name":"ping","data":{}}"#.to_vec();
+    let r = post(
+        "/api/v1/rooms/board:1/events",
+        bearer(&reader),
+        event.clone(),
+    )
+    .await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
+    let r = post("/api/v1/rooms/board:1/events", bearer(&talker), event).await;
+    assert!(r.status < 300, "{}", r.status);
+
+    // Server-wide routes: the key only.
+    let r = get("/api/v1/rooms", Some(bearer(&writer))).await;
+    assert_eq!((r.status, r.error_code().as_str()), (401, "unauthorized"));
+    let r = get("/api/v1/rooms", Some(key)).await;
+    assert_eq!(r.status, 200);
+}
