@@ -104,6 +104,29 @@ redis.call('PUBLISH', KEYS[6], 'D' .. ARGV[1] .. ' ' .. ARGV[2])
 return 1
 ";
 
+/// The scripts, hashed once (each call sends `EVALSHA`, and the script
+/// itself only after a `NOSCRIPT`, e.g. once Redis restarted).
+struct Scripts {
+    read: redis::Script,
+    append: redis::Script,
+    read_upto: redis::Script,
+    write_snapshot: redis::Script,
+    delete: redis::Script,
+}
+
+static SCRIPTS: std::sync::LazyLock<Scripts> = std::sync::LazyLock::new(|| Scripts {
+    read: redis::Script::new(READ),
+    append: redis::Script::new(APPEND),
+    read_upto: redis::Script::new(READ_UPTO),
+    write_snapshot: redis::Script::new(WRITE_SNAPSHOT),
+    delete: redis::Script::new(DELETE),
+});
+
+/// A call of `script` to fill with keys and arguments.
+fn script(script: &'static redis::Script) -> redis::ScriptInvocation<'static> {
+    script.prepare_invoke()
+}
+
 /// How long a compaction lock lives if its holder dies.
 const LOCK_MS: u64 = 10_000;
 /// Longest wait between two attempts of an append while Redis is away.
@@ -266,7 +289,7 @@ impl RedisStore {
             let (k, epoch) = (k.clone(), epoch.clone());
             async move {
                 let (doc, entries, last, current): (Vec<u8>, Vec<Entry>, u64, String) =
-                    redis::Script::new(READ)
+                    script(&SCRIPTS.read)
                         .key(&k.snap)
                         .key(&k.log)
                         .key(&k.seq)
@@ -379,7 +402,7 @@ impl DocStore for RedisStore {
                 update.clone(),
             );
             async move {
-                redis::Script::new(APPEND)
+                script(&SCRIPTS.append)
                     .key(&k.log)
                     .key(&k.seq)
                     .key(&k.epoch)
@@ -412,7 +435,7 @@ impl DocStore for RedisStore {
                     return Ok(());
                 }
                 let (old, _upto, entries): (Vec<u8>, u64, Vec<Entry>) =
-                    redis::Script::new(READ_UPTO)
+                    script(&SCRIPTS.read_upto)
                         .key(&k.snap)
                         .key(&k.log)
                         .arg(upto_seq)
@@ -437,7 +460,7 @@ impl DocStore for RedisStore {
                         }
                     }
                 };
-                let _: i64 = redis::Script::new(WRITE_SNAPSHOT)
+                let _: i64 = script(&SCRIPTS.write_snapshot)
                     .key(&k.snap)
                     .key(&k.log)
                     .key(&k.lock)
@@ -460,7 +483,7 @@ impl DocStore for RedisStore {
             let (k, channel, epoch, node) =
                 (k.clone(), channel.clone(), epoch.clone(), node.clone());
             async move {
-                redis::Script::new(DELETE)
+                script(&SCRIPTS.delete)
                     .key(&k.snap)
                     .key(&k.log)
                     .key(&k.seq)
