@@ -31,11 +31,14 @@
 //!   from `demo_dir`), connection admission before the upgrade (token from
 //!   the URL / `Authorization`, `Origin`, per-IP limits), TLS, and the
 //!   server lifecycle, including graceful shutdown; `http::api` is the REST
-//!   API under `/api/v1` (API key, JSON errors, SSE, long poll, NDJSON);
+//!   API under `/api/v1` (API key or tokens, JSON errors, SSE, long poll,
+//!   NDJSON);
 //!   `room::events` is the event window it streams from.
-//! - [`cluster`]: cluster mode (`--redis-url`): the bridge that publishes
-//!   each room's items on its Redis channel and delivers other nodes'
-//!   items to the room (`Remote`), ordering offsets and gap resync, node
+//! - [`cluster`]: cluster mode (`--redis-url`): the bridge that delivers
+//!   each room's Redis channel to the room — the shared log's entries
+//!   (`Log`, appended and published in one script by `store::redis`, with
+//!   `(epoch, seq)` offsets; gaps are read back from the stream) and other
+//!   nodes' presence, cursors, typing and events (`Remote`) — and node
 //!   liveness by heartbeat.
 //! - [`metrics`]: counters and histograms behind `/metrics`.
 //! - [`webhook`]: the bounded webhook queue and its signed, retried delivery.
