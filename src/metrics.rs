@@ -13,7 +13,7 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// A latency histogram with fixed buckets ([`BUCKETS`]).
+/// A latency histogram with fixed buckets (`BUCKETS`).
 #[derive(Default)]
 pub struct Histogram {
     /// Observations per bucket (not cumulative; summed when rendered).

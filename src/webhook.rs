@@ -1,5 +1,5 @@
 //! Outgoing webhooks: room occupied / vacated, member joined / left,
-//! document stored (debounced by the room). Rooms hand a [`Hook`] to
+//! document stored (debounced by the room). Rooms hand a hook (a [`HookKind`] and its payload) to
 //! [`Webhooks::emit`], which never blocks: it queues the delivery on a
 //! bounded channel, or drops and counts it when the queue is full. One task
 //! drains the queue and POSTs each body (JSON) to every `--webhook-url`,

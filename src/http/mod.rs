@@ -2,7 +2,7 @@
 //! health, readiness and metrics, and the server's lifecycle (start,
 //! graceful shutdown), with TLS when configured.
 //!
-//! Connection-level checks happen here, before the upgrade ([`admit`]): the
+//! Connection-level checks happen here, before the upgrade (`admit`): the
 //! `Origin` header against `allowed_origins`, the per-IP open-connection
 //! count and connection rate, and a token from the `token` query parameter
 //! or `Authorization: Bearer`. On `/ws` a refusal is an HTTP status (403,

@@ -2,7 +2,7 @@
 //! read presence, trigger an event, subscribe to the event stream, delete.
 //!
 //! Messages sent through [`Registry::request`](super::Registry::request)
-//! are counted like joins: their handlers call [`Room::entered`], so a room
+//! are counted like joins: their handlers call `Room::entered`, so a room
 //! is never evicted with one of them on its way, and a room started only
 //! for one of them is evicted again after `room_idle_ms`.
 

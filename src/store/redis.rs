@@ -160,8 +160,8 @@ pub enum LogFrame {
 }
 
 impl LogFrame {
-    /// Parses a frame published by [`APPEND`] (`L<epoch> <seq> <node>
-    /// <update>`) or [`DELETE`] (`D<epoch> <node>`); `None` for anything else
+    /// Parses a frame published by the append script (`L<epoch> <seq> <node>
+    /// <update>`) or the delete script (`D<epoch> <node>`); `None` for anything else
     /// (the bridge's envelopes start with a MessagePack map byte instead).
     pub fn parse(payload: &[u8]) -> Option<LogFrame> {
         match payload.split_first()? {
