@@ -264,7 +264,8 @@ impl RedisStore {
                 let lost = e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_timeout()
-                    || e.is_connection_refusal();
+                    || e.is_connection_refusal()
+                    || unavailable(&e);
                 if lost {
                     *slot.lock().await = None;
                 }
@@ -327,6 +328,20 @@ async fn connection(
     let c = client.get_multiplexed_async_connection().await?;
     *slot = Some(c.clone());
     Ok(c)
+}
+
+/// Redis answered but cannot take writes now: a replica after a failover
+/// (`READONLY`, `MASTERDOWN`), loading its data, or a cluster resharding.
+/// Treated like a lost connection: reconnect (the address may now lead to
+/// the new primary) and retry.
+fn unavailable(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            S::ReadOnly | S::MasterDown | S::BusyLoading | S::TryAgain | S::ClusterDown
+        )
+    )
 }
 
 fn io(e: redis::RedisError) -> StoreError {

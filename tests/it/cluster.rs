@@ -860,3 +860,33 @@ async fn stopped_node_members_leave_the_others_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_wait_out_a_read_only_redis() {
+    // What a failover looks like from a node: the address answers, but as
+    // a replica (`READONLY`) until the new primary takes over.
+    let redis = Redis::start();
+    let node = redis.node();
+    let room = "failover-room";
+    let mut c = Client::connect(node.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    c.update_acked(room, doc.push("before ")).await;
+    assert_eq!(redis.cli(&["REPLICAOF", "127.0.0.1", "1"]), "OK");
+    let rid = c.send_update(room, doc.push("during")).await;
+    // No ack while Redis refuses writes…
+    let early = c
+        .maybe(Duration::from_millis(500), |m| {
+            matches!(m, ServerMessage::Ack { rid: r, .. } | ServerMessage::Error { rid: Some(r), .. } if *r == rid)
+        })
+        .await;
+    assert!(
+        early.is_none(),
+        "answered while Redis was read-only: {early:?}"
+    );
+    // …then the ack, once it takes writes again.
+    assert_eq!(redis.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
+    acks(&mut c, &[rid], WAIT).await;
+    let late = redis.node();
+    assert_eq!(fresh_view(late.addr, room).await, "before during");
+}
