@@ -88,6 +88,9 @@ pub fn node_of(member: &str) -> Option<&str> {
     member.split_once('-').map(|(node, _)| node)
 }
 
+/// The `seq` of an [`Envelope`] outside any room instance's sequence.
+pub const UNSEQUENCED: u64 = 0;
+
 /// One item on a room's channel: who sent it and where it sits in that
 /// node's sequence for the room.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,7 +101,9 @@ pub struct Envelope {
     pub room: String,
     /// Random id of the origin's room instance; `seq` restarts with it.
     pub epoch: u64,
-    /// Position in the origin room instance's sequence, from 1.
+    /// Position in the origin room instance's sequence, from 1;
+    /// [`UNSEQUENCED`] for an item published by a node that does not have
+    /// the room open (a backend's event), which no gap check counts.
     pub seq: u64,
     /// What happened.
     #[serde(flatten)]
@@ -296,6 +301,19 @@ impl Bridge {
     /// True when `member` is connected to this node.
     pub fn is_local(&self, member: &str) -> bool {
         node_of(member) == Some(&*self.node)
+    }
+
+    /// Publishes an ephemeral item into a room this node does not have
+    /// open, outside any instance's sequence (no gap check counts it, and
+    /// nothing recovers it if it is lost).
+    pub fn publish_unsequenced(&self, room: &str, item: Item) {
+        self.publish(&Envelope {
+            node: self.node.to_string(),
+            room: room.to_owned(),
+            epoch: 0,
+            seq: UNSEQUENCED,
+            item,
+        });
     }
 
     /// Hands an item to the bridge task without waiting. Dropped (counted

@@ -26,10 +26,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::auth::{now_secs, Rights};
+use crate::cluster::Item;
 use crate::protocol::{validate_room_id, ErrorCode};
 use crate::room::api::{
     ApiUpdate, DeleteRoom, DocBody, DocFormat, ReadDoc, ReadPresence, RoomError, Stats, Subscribe,
-    Subscription, Trigger, Unsubscribe,
+    Subscription, Trigger, Unsubscribe, SERVER,
 };
 use crate::room::events::RoomEvent;
 use crate::room::{Room, RoomId};
@@ -445,14 +446,26 @@ async fn trigger(
     }
     let mut delivered = Vec::new();
     for room in rooms {
+        let msg = Trigger {
+            name: name.clone(),
+            data: data.clone(),
+        };
+        // A live room fans out and publishes to its other nodes itself; a
+        // room not open here may be open on another node.
         if let Some(addr) = shared.registry.live(&room) {
-            let msg = Trigger {
-                name: name.clone(),
-                data: data.clone(),
-            };
             if addr.send(msg).await.is_ok() {
                 delivered.push(room.to_string());
             }
+        } else if let Some(bridge) = shared.registry.bridge() {
+            bridge.publish_unsequenced(
+                &room,
+                Item::Event {
+                    from: SERVER.into(),
+                    name: msg.name,
+                    data: msg.data,
+                },
+            );
+            delivered.push(room.to_string());
         }
     }
     Ok(HttpResponse::Accepted().json(json!({ "delivered": delivered })))

@@ -18,6 +18,7 @@ use yrs::{ArrayRef, GetString, MapRef, Out, ReadTxn, StateVector, TextRef, Trans
 
 use super::events::{Replay, RoomEvent, Subscriber};
 use super::{Class, Room};
+use crate::cluster::Item;
 use crate::protocol::native::ServerMessage;
 use crate::protocol::{close, ErrorCode};
 use crate::session::transport::Outbound;
@@ -78,8 +79,12 @@ pub struct ApiUpdate {
 #[rtype(result = "Result<Value, RoomError>")]
 pub struct ReadPresence;
 
-/// Publish an ephemeral event from a backend (not counted as an entry:
-/// sent to live rooms only).
+/// The `from` of events a backend triggers over HTTP.
+pub const SERVER: &str = "server";
+
+/// Publish an ephemeral event from a backend (not recorded in the document:
+/// sent to the room's members and followers, and to its other nodes in
+/// cluster mode).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Trigger {
@@ -249,13 +254,18 @@ impl Handler<Trigger> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Trigger, _: &mut Context<Self>) {
+        self.cluster_publish(Item::Event {
+            from: SERVER.into(),
+            name: msg.name.clone(),
+            data: msg.data.clone(),
+        });
         self.publish(
             "event",
-            || json!({ "from": "server", "name": msg.name, "data": msg.data }),
+            || json!({ "from": SERVER, "name": msg.name, "data": msg.data }),
         );
         let out = ServerMessage::Event {
             room: self.id.to_string(),
-            from: "server".into(),
+            from: SERVER.into(),
             name: msg.name,
             data: msg.data,
         };

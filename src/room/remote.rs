@@ -301,8 +301,10 @@ impl Handler<Remote> for Room {
             return;
         }
         let e = msg.envelope;
-        let last = self.remote_seq.insert(e.node.clone(), (e.epoch, e.seq));
-        let gap = is_gap(last, e.epoch, e.seq);
+        let gap = e.seq != crate::cluster::UNSEQUENCED && {
+            let last = self.remote_seq.insert(e.node.clone(), (e.epoch, e.seq));
+            is_gap(last, e.epoch, e.seq)
+        };
         match e.item {
             Item::Presence {
                 joined,

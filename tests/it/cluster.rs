@@ -10,6 +10,7 @@ use chorus::protocol::native::{ClientMessage, ServerMessage};
 use chorus::protocol::native::Bin;
 
 use crate::common::{eventually, http_bodiless, http_get, ChildServer, Client, TestDoc, WAIT};
+use crate::http::request;
 
 /// A `redis-server` child on a free port, killed on drop.
 struct Redis {
@@ -591,6 +592,60 @@ async fn deleting_a_room_resets_it_on_every_node() {
     for node in &nodes {
         assert_eq!(fresh_view(node.addr, room).await, "");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_calls_reach_members_on_every_node() {
+    let redis = Redis::start();
+    let nodes: Vec<ChildServer> = (0..3).map(|_| redis.node()).collect();
+    let room = "backend-room";
+    // Members on nodes 1 and 2; node 0 (where the backend's calls land
+    // first, as behind a load balancer) does not have the room open.
+    let mut clients = Vec::new();
+    for node in &nodes[1..] {
+        let mut c = Client::connect(node.addr).await;
+        let doc = TestDoc::new();
+        c.join(room, &doc).await;
+        clients.push((c, doc));
+    }
+    let is_deploy = |n: &'static str| {
+        move |m: &ServerMessage| {
+            matches!(m, ServerMessage::Event { from, name, data, .. }
+                if from == "server" && name == "deploy" && data["n"] == n)
+        }
+    };
+
+    // An event triggered on a node without the room reaches both.
+    let body = br#"{"name":"deploy","data":{"n":"first"}}"#;
+    let path = format!("/api/v1/rooms/{room}/events");
+    let r = request(nodes[0].addr, "POST", &path, &[], body).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["delivered"][0], room);
+    for (c, _) in &mut clients {
+        c.expect(is_deploy("first")).await;
+    }
+
+    // An event triggered on a node with the room reaches the other node's
+    // member as well as its own.
+    let body = br#"{"name":"deploy","data":{"n":"second"}}"#;
+    let r = request(nodes[1].addr, "POST", &path, &[], body).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    for (c, _) in &mut clients {
+        c.expect(is_deploy("second")).await;
+    }
+
+    // An update posted to node 0 reaches both, and node 0 serves it.
+    let author = TestDoc::new();
+    let update = author.push("from the backend");
+    let path = format!("/api/v1/rooms/{room}/update");
+    let r = request(nodes[0].addr, "POST", &path, &[], &update).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for (c, doc) in &mut clients {
+        c.sync_until(room, doc, "from the backend").await;
+    }
+    let (status, body) = http_get(nodes[0].addr, &format!("/api/v1/rooms/{room}/doc")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("from the backend"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

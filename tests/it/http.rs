@@ -16,7 +16,7 @@ use crate::common::{eventually, http_get, server, Client, TestDoc, WAIT};
 pub(crate) struct Resp {
     pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Resp {
