@@ -526,6 +526,45 @@ pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
     buf
 }
 
+/// `synced` encoded around its diff, which is left out so that a large
+/// diff shared by many joiners is never copied: `head + diff + tail` is
+/// exactly `encode_server(&Synced { room, diff, sv, rid })`, for a diff of
+/// `diff_len` bytes.
+pub fn encode_synced_parts(
+    room: &str,
+    diff_len: usize,
+    sv: &[u8],
+    rid: Option<u64>,
+) -> (Vec<u8>, Vec<u8>) {
+    let empty = encode_server(&ServerMessage::Synced {
+        room: room.to_owned(),
+        diff: Bin::default(),
+        sv: Bin(sv.to_vec()),
+        rid,
+    });
+    // The key "diff" (fixstr) then an empty bin8. 0xc4 0x00 is not valid
+    // UTF-8, so it cannot occur inside the room id, the only string before.
+    const MARK: [u8; 7] = [0xa4, b'd', b'i', b'f', b'f', 0xc4, 0x00];
+    // unwrap_or: the field is always there (checked by a test); 0 only if
+    // the serializer changed shape.
+    let at = empty
+        .windows(MARK.len())
+        .position(|w| w == MARK)
+        .unwrap_or(0);
+    let mut head = empty[..at + 5].to_vec();
+    if diff_len <= u8::MAX as usize {
+        head.extend_from_slice(&[0xc4, diff_len as u8]);
+    } else if diff_len <= u16::MAX as usize {
+        head.push(0xc5);
+        head.extend_from_slice(&(diff_len as u16).to_be_bytes());
+    } else {
+        head.push(0xc6);
+        head.extend_from_slice(&(diff_len as u32).to_be_bytes());
+    }
+    let tail = empty[at + MARK.len()..].to_vec();
+    (head, tail)
+}
+
 /// Encodes a client message (used by clients and tests).
 pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
@@ -536,6 +575,24 @@ pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synced_parts_surround_the_diff() {
+        for n in [0, 1, 255, 256, 65_535, 65_536, 100_000] {
+            for rid in [None, Some(7)] {
+                let diff = vec![0x5a; n];
+                let sv = vec![1, 2, 3];
+                let whole = encode_server(&ServerMessage::Synced {
+                    room: "room-é".into(),
+                    diff: Bin(diff.clone()),
+                    sv: Bin(sv.clone()),
+                    rid,
+                });
+                let (head, tail) = encode_synced_parts("room-é", n, &sv, rid);
+                assert_eq!([head, diff, tail].concat(), whole, "diff of {n} bytes");
+            }
+        }
+    }
 
     #[test]
     fn round_trip_update() {

@@ -42,10 +42,10 @@ use crate::cluster::{Bridge, Item};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::presence::{MemberId, Presence, Shown};
-use crate::protocol::native::{encode_server, Bin, ServerMessage};
+use crate::protocol::native::{encode_server, encode_synced_parts, Bin, ServerMessage};
 use crate::protocol::yjs::{self, AwarenessEntry};
 use crate::protocol::ErrorCode;
-use crate::session::transport::{Class, Offer, Outbound, Outbox};
+use crate::session::transport::{Class, Frame, Offer, Outbound, Outbox};
 use crate::store::DocStore;
 use crate::webhook::{HookKind, Webhooks};
 use awareness::AwarenessTable;
@@ -256,7 +256,7 @@ pub struct Room {
     /// state vector, with the snapshot (state vector + delete set) it was
     /// encoded at: a storm of joins encodes a large document once, not once
     /// per client. Stale as soon as the snapshot differs.
-    full_state: Option<(yrs::Snapshot, Arc<Vec<u8>>)>,
+    full_state: Option<(yrs::Snapshot, Bytes)>,
     /// Highest store sequence number known durable.
     durable_seq: u64,
     /// Appends since the last compaction.
@@ -331,22 +331,23 @@ enum PendingOrigin {
 
 impl Room {
     /// What a client with state vector `sv` lacks. For an empty state vector
-    /// (a fresh joiner) the encoding is cached until the document changes.
-    fn diff_from(&mut self, sv: &StateVector) -> Vec<u8> {
+    /// (a fresh joiner) the encoding is made once per document version and
+    /// the same bytes are shared by every joiner until the document changes.
+    fn diff_from(&mut self, sv: &StateVector) -> Bytes {
         let txn = self.doc.transact();
         if !sv.is_empty() {
-            return txn.encode_diff_v1(sv);
+            return Bytes::from(txn.encode_diff_v1(sv));
         }
         let snapshot = txn.snapshot();
         if let Some((at, bytes)) = &self.full_state {
             if *at == snapshot {
-                return bytes.as_ref().clone();
+                return bytes.clone();
             }
         }
-        let bytes = Arc::new(txn.encode_diff_v1(sv));
+        let bytes = Bytes::from(txn.encode_diff_v1(sv));
         drop(txn);
         self.full_state = Some((snapshot, bytes.clone()));
-        bytes.as_ref().clone()
+        bytes
     }
 
     /// A room that loads `id` from `store` when started.
@@ -462,7 +463,7 @@ impl Room {
                 return;
             };
             if code == ErrorCode::Forbidden {
-                let frame = Bytes::from(yjs::auth_denied(&message));
+                let frame = Frame::binary(&yjs::auth_denied(&message));
                 send_frame(member, &frame, Class::Control);
             }
             member.recipient.do_send(Outbound::Close {
@@ -523,9 +524,9 @@ impl Room {
         &mut self,
         class: Class,
         except: Option<&MemberId>,
-        mut encode: impl FnMut(Protocol) -> Option<Bytes>,
+        mut encode: impl FnMut(Protocol) -> Option<Frame>,
     ) {
-        let mut frames: [Option<Option<Bytes>>; Protocol::COUNT] = Default::default();
+        let mut frames: [Option<Option<Frame>>; Protocol::COUNT] = Default::default();
         let mut dropped: Vec<MemberId> = Vec::new();
         for (id, member) in &self.members {
             if except == Some(id) {
@@ -541,7 +542,7 @@ impl Room {
                 .outbox
                 .offer(&member.link.recipient, frame, class)
             {
-                Offer::Sent => self.metrics.sent(frame.len()),
+                Offer::Sent => self.metrics.sent(frame.payload_len()),
                 Offer::Dropped => dropped.push(id.clone()),
                 Offer::Evicted => {}
             }
@@ -693,7 +694,7 @@ impl Room {
             }
         }
         if let Some(frame) = self.awareness.take_frame() {
-            let frame = Bytes::from(frame);
+            let frame = Frame::binary(&frame);
             self.fan_out_with(Class::Presence, None, |p| {
                 (p == Protocol::Yjs).then(|| frame.clone())
             });
@@ -925,12 +926,12 @@ fn decode_update(bytes: &[u8]) -> Result<Update, String> {
 /// message. On `/yjs` only document updates have an equivalent (a sync
 /// update); presence, cursors and typing travel as awareness instead, and
 /// acks, events and the rest have none.
-fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Bytes> {
+fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Frame> {
     match protocol {
-        Protocol::Native => Some(Bytes::from(encode_server(msg))),
+        Protocol::Native => Some(Frame::binary(&encode_server(msg))),
         Protocol::Yjs => match msg {
             ServerMessage::Update { data, .. } => {
-                Some(Bytes::from(yjs::sync_update(data.0.clone())))
+                Some(Frame::binary(&yjs::sync_update(data.0.clone())))
             }
             _ => None,
         },
@@ -938,7 +939,7 @@ fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Bytes> {
 }
 
 /// Offers an encoded frame to one member.
-fn send_frame(link: &MemberLink, frame: &Bytes, class: Class) -> Offer {
+fn send_frame(link: &MemberLink, frame: &Frame, class: Class) -> Offer {
     link.outbox.offer(&link.recipient, frame, class)
 }
 
@@ -1090,13 +1091,10 @@ impl Handler<Join> for Room {
             resync_from: None,
             presence_stale: false,
         };
-        let synced = ServerMessage::Synced {
-            room: self.id.to_string(),
-            diff: Bin(diff),
-            sv: Bin(server_sv),
-            rid: msg.rid,
-        };
-        self.send_to(&member, &synced, Class::Control);
+        // The diff is not copied into the frame: joiners share it.
+        let (head, tail) = encode_synced_parts(&self.id, diff.len(), &server_sv, msg.rid);
+        let synced = Frame::binary_parts(&head, diff, &tail);
+        send_frame(&member.link, &synced, Class::Control);
         self.presence
             .join(link.id.clone(), link.user.clone(), state);
         self.native_dirty.insert(link.id.clone());
@@ -1475,7 +1473,7 @@ impl Handler<Resync> for Room {
                     self.send_to(member, &update, Class::Control);
                 }
                 Protocol::Yjs => {
-                    let frame = Bytes::from(yjs::sync_step2(diff));
+                    let frame = Frame::binary(&yjs::sync_step2(diff));
                     send_frame(link, &frame, Class::Control);
                 }
             }
@@ -1495,7 +1493,7 @@ impl Handler<Resync> for Room {
                 }
                 Protocol::Yjs => {
                     if let Some(frame) = self.awareness.snapshot_frame() {
-                        send_frame(link, &Bytes::from(frame), Class::Control);
+                        send_frame(link, &Frame::binary(&frame), Class::Control);
                     }
                 }
             }
@@ -1541,10 +1539,10 @@ impl Room {
     fn join_yjs(&mut self, link: MemberLink, ctx: &mut Context<Self>) {
         // Deliver pending updates first, and the awareness of this tick.
         self.flush();
-        let step1 = Bytes::from(yjs::sync_step1(&self.doc.transact().state_vector()));
+        let step1 = Frame::binary(&yjs::sync_step1(&self.doc.transact().state_vector()));
         send_frame(&link, &step1, Class::Control);
         if let Some(frame) = self.awareness.snapshot_frame() {
-            send_frame(&link, &Bytes::from(frame), Class::Control);
+            send_frame(&link, &Frame::binary(&frame), Class::Control);
         }
         self.members.insert(
             link.id.clone(),
@@ -1576,7 +1574,7 @@ impl Handler<SyncStep1> for Room {
         // The diff brings a lagging member up to date as well.
         member.resync_from = None;
         let diff = self.diff_from(&msg.sv);
-        let frame = Bytes::from(yjs::sync_step2(diff));
+        let frame = Frame::binary_parts(&yjs::sync_step2_head(diff.len()), diff, &[]);
         if let Some(member) = self.members.get(&msg.member) {
             send_frame(&member.link, &frame, Class::Control);
         }
@@ -1614,6 +1612,6 @@ impl Handler<QueryAwareness> for Room {
             .awareness
             .snapshot_frame()
             .unwrap_or_else(|| yjs::awareness([]));
-        send_frame(&member.link, &Bytes::from(frame), Class::Control);
+        send_frame(&member.link, &Frame::binary(&frame), Class::Control);
     }
 }
