@@ -408,6 +408,9 @@ pub struct OutboxBody<S> {
     ready: VecDeque<Bytes>,
 }
 
+/// Largest piece handed to actix-http at once (slices of the shared frame).
+const MAX_YIELD: usize = 64 * 1024;
+
 /// Lane capacity kept across swaps; a larger one (left by a burst) is freed.
 const KEEP_LANE_CAPACITY: usize = 256;
 
@@ -464,7 +467,12 @@ where
         if this.ready.is_empty() {
             this.take_lane();
         }
-        if let Some(chunk) = this.ready.pop_front() {
+        if let Some(mut chunk) = this.ready.pop_front() {
+            if chunk.len() > MAX_YIELD {
+                // actix-http copies what it is given into its write buffer:
+                // in pieces, a large shared frame is never copied whole.
+                this.ready.push_front(chunk.split_off(MAX_YIELD));
+            }
             this.outbox.on_written(chunk.len());
             return Poll::Ready(Some(Ok(chunk)));
         }
@@ -556,6 +564,59 @@ mod tests {
         outbox.on_written(40);
         assert_eq!(outbox.backlog(), 12);
         assert!(outbox.is_drained());
+    }
+
+    /// Frames come out in push order, large ones in slices; the actor is
+    /// polled on the first poll and then only when its waker fired.
+    #[test]
+    fn the_body_drains_in_order_and_polls_the_actor_only_when_woken() {
+        use std::sync::atomic::AtomicUsize;
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counted = polls.clone();
+        let actor_waker = Arc::new(Mutex::new(None::<Waker>));
+        let keep = actor_waker.clone();
+        let actor = futures_util::stream::poll_fn(move |cx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            *keep.lock().unwrap() = Some(cx.waker().clone());
+            Poll::<Option<Result<Bytes, ()>>>::Pending
+        });
+        let outbox = Arc::new(Outbox::new(1 << 20, 1 << 21));
+        let mut body = OutboxBody::new(actor, outbox.clone());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut drain = |body: &mut OutboxBody<_>| {
+            let mut out = Vec::new();
+            loop {
+                match Pin::new(&mut *body).poll_next(&mut cx) {
+                    Poll::Ready(Some(Ok(b))) => {
+                        assert!(b.len() <= MAX_YIELD);
+                        out.extend_from_slice(&b);
+                    }
+                    Poll::Pending => return out,
+                    Poll::Ready(other) => panic!("unexpected {other:?}"),
+                }
+            }
+        };
+        assert!(drain(&mut body).is_empty());
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        let big = Frame::binary_parts(b"h", Bytes::from(vec![1u8; 200_000]), b"t");
+        let frames = [Frame::binary(b"a"), big, Frame::binary(b"b")];
+        for f in &frames {
+            assert!(outbox.push(f));
+        }
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+        assert_eq!(drain(&mut body), expected);
+        assert_eq!(outbox.backlog(), 0);
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "frames do not run the actor"
+        );
+        if let Some(w) = actor_waker.lock().unwrap().take() {
+            w.wake();
+        }
+        drain(&mut body);
+        assert_eq!(polls.load(Ordering::SeqCst), 2, "its waker does");
     }
 
     #[test]
