@@ -565,6 +565,56 @@ pub fn encode_synced_parts(
     (head, tail)
 }
 
+/// Members encoded back to back, as the items of a MessagePack array (the
+/// shared middle of [`encode_snapshot_parts`]).
+pub fn encode_members(members: &[MemberView]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64 * members.len());
+    for m in members {
+        rmp_serde::encode::write_named(&mut buf, m).unwrap(); // unwrap: a Vec sink cannot fail; these types always serialize
+    }
+    buf
+}
+
+/// A presence snapshot whose `joined` list is `shared` members (encoded by
+/// [`encode_members`], not copied) followed by `own`: `head + shared +
+/// tail` is exactly `encode_server` of that snapshot, with `shared_count`
+/// members in `shared`.
+pub fn encode_snapshot_parts(
+    room: &str,
+    shared_count: usize,
+    own: &MemberView,
+) -> (Vec<u8>, Vec<u8>) {
+    let empty = encode_server(&ServerMessage::Presence {
+        room: room.to_owned(),
+        snapshot: true,
+        joined: Vec::new(),
+        updated: Vec::new(),
+        left: Vec::new(),
+    });
+    // The key "joined" (fixstr) then an empty fixarray. 0x90 cannot follow
+    // 'd' in UTF-8, so this cannot occur inside the room id.
+    const MARK: [u8; 8] = [0xa6, b'j', b'o', b'i', b'n', b'e', b'd', 0x90];
+    // unwrap_or: the field is always there (checked by a test).
+    let at = empty
+        .windows(MARK.len())
+        .position(|w| w == MARK)
+        .unwrap_or(0);
+    let mut head = empty[..at + 7].to_vec();
+    let n = shared_count + 1;
+    if n < 16 {
+        head.push(0x90 | n as u8);
+    } else if n <= u16::MAX as usize {
+        head.push(0xdc);
+        head.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        head.push(0xdd);
+        head.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    let mut tail = encode_members(std::slice::from_ref(own));
+    tail.extend_from_slice(&empty[at + MARK.len()..]);
+    (head, tail)
+}
+
 /// Encodes a client message (used by clients and tests).
 pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
@@ -591,6 +641,34 @@ mod tests {
                 let (head, tail) = encode_synced_parts("room-é", n, &sv, rid);
                 assert_eq!([head, diff, tail].concat(), whole, "diff of {n} bytes");
             }
+        }
+    }
+
+    #[test]
+    fn snapshot_parts_surround_the_shared_members() {
+        let member = |i: usize| MemberView {
+            id: format!("n-{i}"),
+            user: (i % 2 == 0).then(|| format!("u{i}")),
+            state: serde_json::json!({ "name": format!("m{i}") }),
+        };
+        for n in [0, 1, 14, 15, 16, 70_000] {
+            let shared: Vec<MemberView> = (0..n).map(member).collect();
+            let own = member(n);
+            let mut all = shared.clone();
+            all.push(own.clone());
+            let whole = encode_server(&ServerMessage::Presence {
+                room: "room-é".into(),
+                snapshot: true,
+                joined: all,
+                updated: Vec::new(),
+                left: Vec::new(),
+            });
+            let (head, tail) = encode_snapshot_parts("room-é", n, &own);
+            assert_eq!(
+                [head, encode_members(&shared), tail].concat(),
+                whole,
+                "{n} members"
+            );
         }
     }
 

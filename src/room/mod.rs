@@ -42,7 +42,9 @@ use crate::cluster::{Bridge, Item};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::presence::{MemberId, Presence, Shown};
-use crate::protocol::native::{encode_server, encode_synced_parts, Bin, ServerMessage};
+use crate::protocol::native::{
+    encode_members, encode_server, encode_snapshot_parts, encode_synced_parts, Bin, ServerMessage,
+};
 use crate::protocol::yjs::{self, AwarenessEntry};
 use crate::protocol::ErrorCode;
 use crate::session::transport::{Class, Frame, Offer, Outbound, Outbox};
@@ -257,6 +259,10 @@ pub struct Room {
     /// encoded at: a storm of joins encodes a large document once, not once
     /// per client. Stale as soon as the snapshot differs.
     full_state: Option<(yrs::Snapshot, Bytes)>,
+    /// The presence members encoded for native joiners' snapshots, with
+    /// their count, at a presence generation: shared by every joiner until
+    /// the next diff is taken (the diff then tells them what changed since).
+    presence_base: Option<(u64, usize, Bytes)>,
     /// Highest store sequence number known durable.
     durable_seq: u64,
     /// Appends since the last compaction.
@@ -350,6 +356,23 @@ impl Room {
         bytes
     }
 
+    /// The members for a joiner's presence snapshot, encoded once per
+    /// presence generation: a storm of joins does not encode every member
+    /// again for every joiner. Changes since it was encoded reach the
+    /// joiner in the next diff.
+    fn presence_base(&mut self) -> (usize, Bytes) {
+        let generation = self.presence.generation();
+        if let Some((at, count, bytes)) = &self.presence_base {
+            if *at == generation {
+                return (*count, bytes.clone());
+            }
+        }
+        let members = self.presence.snapshot();
+        let bytes = Bytes::from(encode_members(&members));
+        self.presence_base = Some((generation, members.len(), bytes.clone()));
+        (members.len(), bytes)
+    }
+
     /// A room that loads `id` from `store` when started.
     pub fn new(
         id: RoomId,
@@ -395,6 +418,7 @@ impl Room {
             flush_scheduled: false,
             doc_bytes: 0,
             full_state: None,
+            presence_base: None,
             durable_seq: 0,
             since_compact: 0,
             bytes_since_compact: 0,
@@ -1095,10 +1119,17 @@ impl Handler<Join> for Room {
         let (head, tail) = encode_synced_parts(&self.id, diff.len(), &server_sv, msg.rid);
         let synced = Frame::binary_parts(&head, diff, &tail);
         send_frame(&member.link, &synced, Class::Control);
+        // The snapshot: the members as of this presence generation (shared
+        // bytes), then the joiner.
+        let (count, base) = self.presence_base();
         self.presence
             .join(link.id.clone(), link.user.clone(), state);
         self.native_dirty.insert(link.id.clone());
-        self.send_to(&member, &self.presence_snapshot(), Class::Control);
+        if let Some(own) = self.presence.view(&link.id) {
+            let (head, tail) = encode_snapshot_parts(&self.id, count, &own);
+            let snapshot = Frame::binary_parts(&head, base, &tail);
+            send_frame(&member.link, &snapshot, Class::Control);
+        }
         let cursors = self.presence.cursors();
         if !cursors.is_empty() {
             let msg = ServerMessage::Cursor {
