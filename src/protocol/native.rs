@@ -648,7 +648,7 @@ mod tests {
     fn snapshot_parts_surround_the_shared_members() {
         let member = |i: usize| MemberView {
             id: format!("n-{i}"),
-            user: (i % 2 == 0).then(|| format!("u{i}")),
+            user: i.is_multiple_of(2).then(|| format!("u{i}")),
             state: serde_json::json!({ "name": format!("m{i}") }),
         };
         for n in [0, 1, 14, 15, 16, 70_000] {
