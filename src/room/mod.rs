@@ -53,6 +53,10 @@ use crate::webhook::{HookKind, Webhooks};
 use awareness::AwarenessTable;
 use events::{EventRing, Subscriber};
 
+/// Members per extra tick of a room's presence interval
+/// ([`Room::presence_interval`]).
+const PRESENCE_MEMBERS_PER_TICK: usize = 1000;
+
 /// A room id (validated by the session before use).
 pub type RoomId = Arc<str>;
 
@@ -252,6 +256,11 @@ pub struct Room {
     batch_base: Option<StateVector>,
     last_flush: Instant,
     flush_scheduled: bool,
+    /// Last broadcast of presence (diff, cursors, awareness).
+    last_presence_flush: Instant,
+    /// Presence changes wait for the room's presence interval
+    /// ([`Room::presence_interval`]), longer than a tick in large rooms.
+    presence_deferred: bool,
     /// Upper bound of the encoded document size.
     doc_bytes: usize,
     /// The whole document encoded as one update, for joiners with an empty
@@ -416,6 +425,8 @@ impl Room {
             batch_base: None,
             last_flush: Instant::now() - Duration::from_secs(1),
             flush_scheduled: false,
+            last_presence_flush: Instant::now() - Duration::from_secs(1),
+            presence_deferred: false,
             doc_bytes: 0,
             full_state: None,
             presence_base: None,
@@ -587,23 +598,43 @@ impl Room {
         }
     }
 
+    /// How often presence (diffs, cursors, awareness) is broadcast: every
+    /// tick, and one tick more per [`PRESENCE_MEMBERS_PER_TICK`] members,
+    /// so a room's presence traffic while N members join grows as N, not
+    /// N² (every diff goes to every member). Document updates keep the tick.
+    fn presence_interval(&self) -> Duration {
+        let ticks = (self.members.len() / PRESENCE_MEMBERS_PER_TICK).max(1);
+        self.config.limits.tick() * ticks as u32
+    }
+
     /// Schedules a broadcast of what is pending: at once after a quiet
-    /// tick, else at the end of the current tick.
+    /// tick, else at the end of the current tick; deferred presence goes
+    /// out once its interval has passed.
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
         if self.flush_scheduled {
             return;
         }
         let tick = self.config.limits.tick();
         let since = self.last_flush.elapsed();
-        if since >= tick {
+        let wait = if since >= tick {
             self.flush();
+            if !self.presence_deferred {
+                return;
+            }
+            self.presence_interval()
+                .saturating_sub(self.last_presence_flush.elapsed())
+                .max(Duration::from_millis(1))
         } else {
-            self.flush_scheduled = true;
-            ctx.run_later(tick - since, |room, _| {
-                room.flush_scheduled = false;
-                room.flush();
-            });
-        }
+            tick - since
+        };
+        self.flush_scheduled = true;
+        ctx.run_later(wait, |room, ctx| {
+            room.flush_scheduled = false;
+            room.flush();
+            if room.presence_deferred {
+                room.schedule_flush(ctx);
+            }
+        });
     }
 
     /// Broadcasts pending updates (merged), presence diffs and cursors.
@@ -625,7 +656,7 @@ impl Room {
                             self.broadcast_update(part.to_vec(), &PendingOrigin::Many);
                         }
                         self.batch_base = None;
-                        return self.flush_presence();
+                        return self.flush_presence_when_due();
                     }
                 }
             };
@@ -635,6 +666,19 @@ impl Room {
                 self.metrics.fanout_latency.observe(since.elapsed());
             }
         }
+        self.flush_presence_when_due();
+    }
+
+    /// Broadcasts presence if its interval has passed, else defers it (the
+    /// next scheduled flush sends it).
+    fn flush_presence_when_due(&mut self) {
+        let interval = self.presence_interval();
+        if interval > self.config.limits.tick() && self.last_presence_flush.elapsed() < interval {
+            self.presence_deferred = true;
+            return;
+        }
+        self.presence_deferred = false;
+        self.last_presence_flush = Instant::now();
         self.flush_presence();
     }
 
