@@ -270,7 +270,7 @@ impl NativeSession {
     }
 
     fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
-        self.outbox.push(&Frame::close(Some(code), reason));
+        self.outbox.push_close(&Frame::close(Some(code), reason));
         ctx.stop();
     }
 
@@ -606,7 +606,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for NativeSession {
                 self.outbox.push(&Frame::pong(&payload));
             }
             Inbound::Close(reason) => {
-                self.outbox.push(&transport::echo_close(reason));
+                self.outbox.push_close(&transport::echo_close(reason));
                 ctx.stop();
             }
             Inbound::Nothing => {}

@@ -319,6 +319,26 @@ impl Outbox {
         true
     }
 
+    /// Queues the session's close frame, last: the lane takes nothing after
+    /// it (a room pushing at the same moment must not put data behind a
+    /// close). What is already queued is still written.
+    pub fn push_close(&self, frame: &Frame) {
+        let was_empty = {
+            let mut lane = self.lane();
+            if lane.closed {
+                return;
+            }
+            lane.closed = true;
+            let was_empty = lane.chunks.is_empty();
+            lane.chunks.extend(frame.parts.iter().cloned());
+            self.queued.fetch_add(frame.wire_len(), Ordering::AcqRel);
+            was_empty
+        };
+        if was_empty {
+            self.signal.body.wake();
+        }
+    }
+
     /// True when a room dropped frames for this session since its last resync.
     pub fn is_lagging(&self) -> bool {
         self.lagging.load(Ordering::Acquire)
@@ -617,6 +637,27 @@ mod tests {
         }
         drain(&mut body);
         assert_eq!(polls.load(Ordering::SeqCst), 2, "its waker does");
+    }
+
+    #[test]
+    fn nothing_follows_a_close_frame() {
+        let outbox = Outbox::new(100, 1000);
+        assert!(outbox.push(&Frame::binary(b"before")));
+        outbox.push_close(&Frame::close(Some(1000), "bye"));
+        assert!(!outbox.push(&Frame::binary(b"after")));
+        outbox.push_close(&Frame::close(Some(1001), "again"));
+        let queued: Vec<u8> = outbox
+            .lane()
+            .chunks
+            .iter()
+            .flat_map(|c| c.to_vec())
+            .collect();
+        let expected = [
+            Frame::binary(b"before").to_vec(),
+            Frame::close(Some(1000), "bye").to_vec(),
+        ]
+        .concat();
+        assert_eq!(queued, expected);
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl YjsSession {
 
     fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
         tracing::debug!(session = %self.id, code, "closing /yjs session: {reason}");
-        self.outbox.push(&Frame::close(Some(code), reason));
+        self.outbox.push_close(&Frame::close(Some(code), reason));
         ctx.stop();
     }
 
@@ -301,7 +301,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for YjsSession {
                 self.outbox.push(&Frame::pong(&payload));
             }
             Inbound::Close(reason) => {
-                self.outbox.push(&echo_close(reason));
+                self.outbox.push_close(&echo_close(reason));
                 ctx.stop();
             }
             Inbound::Nothing => {}
