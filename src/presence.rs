@@ -41,6 +41,9 @@ pub struct Presence {
     left: BTreeSet<MemberId>,
     /// Members whose cursor moved since the last tick.
     moved: BTreeSet<MemberId>,
+    /// Diffs taken so far: a view cached at one generation is covered,
+    /// from then on, by the next diff.
+    generation: u64,
 }
 
 /// What one member shows others (see [`Presence::shown`]).
@@ -179,6 +182,7 @@ impl Presence {
 
     /// Takes the pending presence diff.
     pub fn take_diff(&mut self) -> PresenceDiff {
+        self.generation += 1;
         let joined = std::mem::take(&mut self.joined);
         let updated = std::mem::take(&mut self.updated);
         let left = std::mem::take(&mut self.left);
@@ -230,7 +234,13 @@ impl Presence {
         out
     }
 
-    fn view(&self, id: &MemberId) -> Option<MemberView> {
+    /// Diffs taken so far (see [`Presence::take_diff`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// What others see of member `id`.
+    pub fn view(&self, id: &MemberId) -> Option<MemberView> {
         let e = self.members.get(id)?;
         Some(MemberView {
             id: id.to_string(),

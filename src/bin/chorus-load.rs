@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -48,7 +49,7 @@ use tokio_tungstenite::WebSocketStream;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, Options, ReadTxn, StateVector, Text, Transact, Update};
 
-use chorus::protocol::native::{decode_server, encode_client, Bin, ClientMessage, ServerMessage};
+use chorus::protocol::native::{encode_client, Bin, ClientMessage};
 use chorus::protocol::yjs;
 
 type Ws = WebSocketStream<TcpStream>;
@@ -353,31 +354,17 @@ impl Target {
         }
     }
 
-    /// What an incoming frame is, decoding as little as possible.
-    fn classify(&self, frame: &[u8]) -> Incoming {
+    /// What an incoming frame is, decoding as little as possible: the
+    /// returned bytes are slices of `frame` (no copy).
+    fn classify(&self, frame: &Bytes) -> Incoming {
         match self.proto {
-            Proto::Native => match decode_server(frame) {
-                Ok(ServerMessage::Synced { sv, .. }) => Incoming::Synced(Synced::Sv(sv.0)),
-                Ok(ServerMessage::Update { data, .. }) => Incoming::Update(data.0),
-                Ok(ServerMessage::Error { message, .. }) => Incoming::Error(message),
-                _ => Incoming::Other,
-            },
-            Proto::Yws | Proto::Ysweet => classify_sync(frame),
+            Proto::Native => classify_native(frame),
+            Proto::Yws | Proto::Ysweet => classify_sync(frame, 0),
             Proto::Hocuspocus => {
                 let mut r = Reader { b: frame, i: 0 };
                 match r.bytes() {
-                    Some(_) => {
-                        let rest = &frame[r.i..];
-                        // SyncReply (4) carries sync messages too.
-                        match rest.first() {
-                            Some(4) => {
-                                let mut v = rest.to_vec();
-                                v[0] = 0;
-                                classify_sync(&v)
-                            }
-                            _ => classify_sync(rest),
-                        }
-                    }
+                    // SyncReply (4) carries sync messages too.
+                    Some(_) => classify_sync(&frame.slice(r.i..), 4),
                     None => Incoming::Other,
                 }
             }
@@ -388,29 +375,230 @@ impl Target {
 /// How a client learns the document it joined.
 enum Synced {
     /// Native: the server's state vector.
-    Sv(Vec<u8>),
+    Sv(Bytes),
     /// y-protocols: sync step 2 (the whole document for an empty client).
-    Update(Vec<u8>),
+    Update(Bytes),
 }
 
 enum Incoming {
     Synced(Synced),
-    Update(Vec<u8>),
+    Update(Bytes),
     Error(String),
     Other,
 }
 
-fn classify_sync(frame: &[u8]) -> Incoming {
+/// A y-protocols sync message (`alt`: another leading message type that
+/// carries sync messages, Hocuspocus' SyncReply).
+fn classify_sync(frame: &Bytes, alt: u64) -> Incoming {
     let mut r = Reader { b: frame, i: 0 };
-    match (r.var(), r.var()) {
-        (Some(0), Some(1)) => r.bytes().map_or(Incoming::Other, |b| {
-            Incoming::Synced(Synced::Update(b.to_vec()))
+    let kind = r.var();
+    if kind != Some(0) && kind != Some(alt) {
+        return Incoming::Other;
+    }
+    match r.var() {
+        Some(1) => r.bytes().map_or(Incoming::Other, |b| {
+            Incoming::Synced(Synced::Update(frame.slice_ref(b)))
         }),
-        (Some(0), Some(2)) => r
+        Some(2) => r
             .bytes()
-            .map_or(Incoming::Other, |b| Incoming::Update(b.to_vec())),
+            .map_or(Incoming::Other, |b| Incoming::Update(frame.slice_ref(b))),
         _ => Incoming::Other,
     }
+}
+
+/// A native server message, read field by field without decoding the
+/// rest: `synced` (its `sv`), `update` (its `data`) and `error` matter.
+fn classify_native(frame: &Bytes) -> Incoming {
+    let mut r = Pack { b: frame, i: 0 };
+    let Some(n) = r.map_len() else {
+        return Incoming::Other;
+    };
+    let (mut t, mut bin, mut message) = (None, None, None);
+    for _ in 0..n {
+        let Some(key) = r.str() else {
+            return Incoming::Other;
+        };
+        let ok = match key {
+            b"t" => r.str().map(|v| t = Some(v)),
+            b"sv" | b"data" => r.bin().map(|v| bin = Some(v)),
+            b"message" => r.str().map(|v| message = Some(v)),
+            _ => r.skip(),
+        };
+        if ok.is_none() {
+            return Incoming::Other;
+        }
+    }
+    match (t, bin) {
+        (Some(b"synced"), Some(sv)) => Incoming::Synced(Synced::Sv(frame.slice_ref(sv))),
+        (Some(b"update"), Some(data)) => Incoming::Update(frame.slice_ref(data)),
+        (Some(b"error"), _) => {
+            Incoming::Error(String::from_utf8_lossy(message.unwrap_or_default()).into_owned())
+        }
+        _ => Incoming::Other,
+    }
+}
+
+/// A MessagePack reader that borrows strings and binaries.
+struct Pack<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Pack<'a> {
+    fn u8(&mut self) -> Option<u8> {
+        let v = *self.b.get(self.i)?;
+        self.i += 1;
+        Some(v)
+    }
+    fn be(&mut self, n: usize) -> Option<usize> {
+        let bytes = self.take(n)?;
+        Some(bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize))
+    }
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let out = self.b.get(self.i..self.i.checked_add(n)?)?;
+        self.i += n;
+        Some(out)
+    }
+    fn map_len(&mut self) -> Option<usize> {
+        match self.u8()? {
+            m @ 0x80..=0x8f => Some((m & 0x0f) as usize),
+            0xde => self.be(2),
+            0xdf => self.be(4),
+            _ => None,
+        }
+    }
+    fn str(&mut self) -> Option<&'a [u8]> {
+        let n = match self.u8()? {
+            m @ 0xa0..=0xbf => (m & 0x1f) as usize,
+            0xd9 => self.be(1)?,
+            0xda => self.be(2)?,
+            0xdb => self.be(4)?,
+            _ => return None,
+        };
+        self.take(n)
+    }
+    fn bin(&mut self) -> Option<&'a [u8]> {
+        let n = match self.u8()? {
+            0xc4 => self.be(1)?,
+            0xc5 => self.be(2)?,
+            0xc6 => self.be(4)?,
+            _ => return None,
+        };
+        self.take(n)
+    }
+    /// Skips one value of any type.
+    fn skip(&mut self) -> Option<()> {
+        let (fixed, items) = match self.u8()? {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            m @ 0x80..=0x8f => (0, 2 * (m & 0x0f) as usize),
+            m @ 0x90..=0x9f => (0, (m & 0x0f) as usize),
+            m @ 0xa0..=0xbf => ((m & 0x1f) as usize, 0),
+            0xc4 | 0xd9 => (self.be(1)?, 0),
+            0xc5 | 0xda => (self.be(2)?, 0),
+            0xc6 | 0xdb => (self.be(4)?, 0),
+            0xc7 => (self.be(1)? + 1, 0),
+            0xc8 => (self.be(2)? + 1, 0),
+            0xc9 => (self.be(4)? + 1, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (0, self.be(2)?),
+            0xdd => (0, self.be(4)?),
+            0xde => (0, 2 * self.be(2)?),
+            0xdf => (0, 2 * self.be(4)?),
+            0xc1 => return None,
+        };
+        self.take(fixed)?;
+        for _ in 0..items {
+            self.skip()?;
+        }
+        Some(())
+    }
+}
+
+/// Calls `each(client, start, end)` for every clock range of items a Yjs v1
+/// update inserts, reading the struct headers only. `None` for content it
+/// does not walk (`Any`, sub-documents) or a malformed update: the caller
+/// then decodes it with yrs.
+fn inserted_ranges(update: &[u8], mut each: impl FnMut(u64, u32, u32)) -> Option<()> {
+    let mut r = Reader { b: update, i: 0 };
+    for _ in 0..r.var()? {
+        let structs = r.var()?;
+        let client = r.var()?;
+        let start = r.var()? as u32;
+        let mut clock = start;
+        for _ in 0..structs {
+            let info = *r.b.get(r.i)?;
+            r.i += 1;
+            let len = match info & 0x1f {
+                // GC or skip: never in updates this tool times.
+                0 | 10 => return None,
+                content => {
+                    if info & 0x80 != 0 {
+                        r.var()?;
+                        r.var()?;
+                    }
+                    if info & 0x40 != 0 {
+                        r.var()?;
+                        r.var()?;
+                    }
+                    if info & 0xc0 == 0 {
+                        if r.var()? == 1 {
+                            r.bytes()?;
+                        } else {
+                            r.var()?;
+                            r.var()?;
+                        }
+                        if info & 0x20 != 0 {
+                            r.bytes()?;
+                        }
+                    }
+                    match content {
+                        1 => r.var()? as u32,
+                        2 => {
+                            let n = r.var()?;
+                            for _ in 0..n {
+                                r.bytes()?;
+                            }
+                            n as u32
+                        }
+                        3 | 5 => {
+                            r.bytes()?;
+                            1
+                        }
+                        4 => {
+                            let s = std::str::from_utf8(r.bytes()?).ok()?;
+                            s.encode_utf16().count() as u32
+                        }
+                        6 => {
+                            r.bytes()?;
+                            r.bytes()?;
+                            1
+                        }
+                        7 => {
+                            let type_ref = r.var()?;
+                            if type_ref == 3 || type_ref == 5 {
+                                r.bytes()?;
+                            }
+                            1
+                        }
+                        _ => return None,
+                    }
+                }
+            };
+            clock += len;
+        }
+        if clock > start {
+            each(client, start, clock);
+        }
+    }
+    Some(())
 }
 
 fn hocus_prefix(room: &str, msg: &[u8]) -> Vec<u8> {
@@ -596,33 +784,37 @@ async fn receive(
             Incoming::Update(d) => d,
             _ => continue,
         };
+        let mut time = |client: u64, start: u32, end: u32| {
+            let Some(w) = client
+                .checked_sub(WRITER_BASE)
+                .map(|w| w as usize)
+                .filter(|w| *w < seen.len())
+            else {
+                return;
+            };
+            for clock in start.max(seen[w])..end {
+                let sent = table.sent[w]
+                    .get(clock as usize)
+                    .map_or(0, |a| a.load(Ordering::Relaxed));
+                out.updates += 1;
+                if sent >= measure_from_us && sent > 0 {
+                    out.latencies_us
+                        .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                }
+            }
+            seen[w] = seen[w].max(end);
+        };
+        if inserted_ranges(&data, &mut time).is_some() {
+            continue;
+        }
         let Ok(update) = Update::decode_v1(&data) else {
             continue;
         };
         // The clock ranges it inserts (`state_vector()` would only count
         // updates that start at clock 0).
-        let inserted = update.insertions(true);
-        for (client, ranges) in inserted.iter() {
-            let Some(w) = client
-                .get()
-                .checked_sub(WRITER_BASE)
-                .map(|w| w as usize)
-                .filter(|w| *w < seen.len())
-            else {
-                continue;
-            };
+        for (client, ranges) in update.insertions(true).iter() {
             for range in ranges.iter() {
-                for clock in range.start.max(seen[w])..range.end {
-                    let sent = table.sent[w]
-                        .get(clock as usize)
-                        .map_or(0, |a| a.load(Ordering::Relaxed));
-                    out.updates += 1;
-                    if sent >= measure_from_us && sent > 0 {
-                        out.latencies_us
-                            .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
-                    }
-                }
-                seen[w] = seen[w].max(range.end);
+                time(client.get(), range.start, range.end);
             }
         }
     }
@@ -1401,4 +1593,79 @@ fn main() -> Result<()> {
         writeln!(f, "{}", serde_json::to_string(&report)?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus::protocol::native::{encode_server, ServerMessage};
+
+    fn ranges_by_yrs(update: &[u8]) -> Vec<(u64, u32, u32)> {
+        let mut out = Vec::new();
+        let update = Update::decode_v1(update).expect("an update");
+        for (client, ranges) in update.insertions(true).iter() {
+            for r in ranges.iter() {
+                out.push((client.get(), r.start, r.end));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// The header walk finds the same clock ranges as yrs, for single and
+    /// merged updates of several writers, with multi-byte characters.
+    #[test]
+    fn inserted_ranges_match_yrs() {
+        let writers: Vec<Writer> = (0..3).map(|w| Writer::new(WRITER_BASE + w)).collect();
+        let mut all = Vec::new();
+        for round in 0..4 {
+            for (w, writer) in writers.iter().enumerate() {
+                let text = if (round + w) % 2 == 0 {
+                    "x"
+                } else {
+                    "é😀ab"
+                };
+                all.push(writer.write(text));
+            }
+        }
+        let merged = yrs::merge_updates_v1(all.iter().map(|u| u.as_slice())).expect("merge");
+        for update in all.iter().chain([&merged]) {
+            let mut got = Vec::new();
+            inserted_ranges(update, |c, s, e| got.push((c, s, e))).expect("walked");
+            got.sort_unstable();
+            assert_eq!(got, ranges_by_yrs(update));
+        }
+    }
+
+    #[test]
+    fn native_frames_are_classified_without_decoding() {
+        let frame = |m: &ServerMessage| Bytes::from(encode_server(m));
+        let update = frame(&ServerMessage::Update {
+            room: "r".into(),
+            data: Bin(vec![1, 2, 3]),
+            origin: Some("n-1".into()),
+        });
+        assert!(matches!(classify_native(&update), Incoming::Update(d) if d[..] == [1, 2, 3]));
+        let synced = frame(&ServerMessage::Synced {
+            room: "r".into(),
+            diff: Bin(vec![0; 300]),
+            sv: Bin(vec![7]),
+            rid: Some(1),
+        });
+        assert!(
+            matches!(classify_native(&synced), Incoming::Synced(Synced::Sv(sv)) if sv[..] == [7])
+        );
+        let error = frame(&ServerMessage::Error {
+            code: chorus::protocol::ErrorCode::Forbidden,
+            message: "no".into(),
+            rid: None,
+            room: None,
+        });
+        assert!(matches!(classify_native(&error), Incoming::Error(m) if m == "no"));
+        let ack = frame(&ServerMessage::Ack {
+            room: "r".into(),
+            rid: 3,
+        });
+        assert!(matches!(classify_native(&ack), Incoming::Other));
+    }
 }

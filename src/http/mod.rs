@@ -28,7 +28,7 @@ use crate::config::{Config, StoreKind};
 use crate::limit::IpLimiter;
 use crate::protocol::close;
 use crate::room::Registry;
-use crate::session::transport::{CountingBody, Outbox};
+use crate::session::transport::{Outbox, OutboxBody};
 use crate::session::yjs::YjsSession;
 use crate::session::{Admission, NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
@@ -447,7 +447,7 @@ async fn native_ws(
     let session = NativeSession::new(shared.get_ref().clone(), outbox.clone(), admission);
     let codec = Codec::new().max_size(limits.max_frame_bytes);
     let body = ws::WebsocketContext::with_codec(session, payload, codec);
-    Ok(response.streaming(CountingBody::new(body, outbox)))
+    Ok(response.streaming(OutboxBody::new(body, outbox)))
 }
 
 /// `GET /yjs/{room}`: upgrade to a y-websocket session in `room` (the last
@@ -473,7 +473,7 @@ async fn yjs_ws(
     let session = YjsSession::new(shared.get_ref().clone(), outbox.clone(), room, admission);
     let codec = Codec::new().max_size(limits.max_frame_bytes);
     let body = ws::WebsocketContext::with_codec(session, payload, codec);
-    Ok(response.streaming(CountingBody::new(body, outbox)))
+    Ok(response.streaming(OutboxBody::new(body, outbox)))
 }
 
 /// `GET /healthz`: the process is alive.

@@ -526,6 +526,95 @@ pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
     buf
 }
 
+/// `synced` encoded around its diff, which is left out so that a large
+/// diff shared by many joiners is never copied: `head + diff + tail` is
+/// exactly `encode_server(&Synced { room, diff, sv, rid })`, for a diff of
+/// `diff_len` bytes.
+pub fn encode_synced_parts(
+    room: &str,
+    diff_len: usize,
+    sv: &[u8],
+    rid: Option<u64>,
+) -> (Vec<u8>, Vec<u8>) {
+    let empty = encode_server(&ServerMessage::Synced {
+        room: room.to_owned(),
+        diff: Bin::default(),
+        sv: Bin(sv.to_vec()),
+        rid,
+    });
+    // The key "diff" (fixstr) then an empty bin8. 0xc4 0x00 is not valid
+    // UTF-8, so it cannot occur inside the room id, the only string before.
+    const MARK: [u8; 7] = [0xa4, b'd', b'i', b'f', b'f', 0xc4, 0x00];
+    // unwrap_or: the field is always there (checked by a test); 0 only if
+    // the serializer changed shape.
+    let at = empty
+        .windows(MARK.len())
+        .position(|w| w == MARK)
+        .unwrap_or(0);
+    let mut head = empty[..at + 5].to_vec();
+    if diff_len <= u8::MAX as usize {
+        head.extend_from_slice(&[0xc4, diff_len as u8]);
+    } else if diff_len <= u16::MAX as usize {
+        head.push(0xc5);
+        head.extend_from_slice(&(diff_len as u16).to_be_bytes());
+    } else {
+        head.push(0xc6);
+        head.extend_from_slice(&(diff_len as u32).to_be_bytes());
+    }
+    let tail = empty[at + MARK.len()..].to_vec();
+    (head, tail)
+}
+
+/// Members encoded back to back, as the items of a MessagePack array (the
+/// shared middle of [`encode_snapshot_parts`]).
+pub fn encode_members(members: &[MemberView]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64 * members.len());
+    for m in members {
+        rmp_serde::encode::write_named(&mut buf, m).unwrap(); // unwrap: a Vec sink cannot fail; these types always serialize
+    }
+    buf
+}
+
+/// A presence snapshot whose `joined` list is `shared` members (encoded by
+/// [`encode_members`], not copied) followed by `own`: `head + shared +
+/// tail` is exactly `encode_server` of that snapshot, with `shared_count`
+/// members in `shared`.
+pub fn encode_snapshot_parts(
+    room: &str,
+    shared_count: usize,
+    own: &MemberView,
+) -> (Vec<u8>, Vec<u8>) {
+    let empty = encode_server(&ServerMessage::Presence {
+        room: room.to_owned(),
+        snapshot: true,
+        joined: Vec::new(),
+        updated: Vec::new(),
+        left: Vec::new(),
+    });
+    // The key "joined" (fixstr) then an empty fixarray. 0x90 cannot follow
+    // 'd' in UTF-8, so this cannot occur inside the room id.
+    const MARK: [u8; 8] = [0xa6, b'j', b'o', b'i', b'n', b'e', b'd', 0x90];
+    // unwrap_or: the field is always there (checked by a test).
+    let at = empty
+        .windows(MARK.len())
+        .position(|w| w == MARK)
+        .unwrap_or(0);
+    let mut head = empty[..at + 7].to_vec();
+    let n = shared_count + 1;
+    if n < 16 {
+        head.push(0x90 | n as u8);
+    } else if n <= u16::MAX as usize {
+        head.push(0xdc);
+        head.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        head.push(0xdd);
+        head.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    let mut tail = encode_members(std::slice::from_ref(own));
+    tail.extend_from_slice(&empty[at + MARK.len()..]);
+    (head, tail)
+}
+
 /// Encodes a client message (used by clients and tests).
 pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
@@ -536,6 +625,52 @@ pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synced_parts_surround_the_diff() {
+        for n in [0, 1, 255, 256, 65_535, 65_536, 100_000] {
+            for rid in [None, Some(7)] {
+                let diff = vec![0x5a; n];
+                let sv = vec![1, 2, 3];
+                let whole = encode_server(&ServerMessage::Synced {
+                    room: "room-é".into(),
+                    diff: Bin(diff.clone()),
+                    sv: Bin(sv.clone()),
+                    rid,
+                });
+                let (head, tail) = encode_synced_parts("room-é", n, &sv, rid);
+                assert_eq!([head, diff, tail].concat(), whole, "diff of {n} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn snapshot_parts_surround_the_shared_members() {
+        let member = |i: usize| MemberView {
+            id: format!("n-{i}"),
+            user: i.is_multiple_of(2).then(|| format!("u{i}")),
+            state: serde_json::json!({ "name": format!("m{i}") }),
+        };
+        for n in [0, 1, 14, 15, 16, 70_000] {
+            let shared: Vec<MemberView> = (0..n).map(member).collect();
+            let own = member(n);
+            let mut all = shared.clone();
+            all.push(own.clone());
+            let whole = encode_server(&ServerMessage::Presence {
+                room: "room-é".into(),
+                snapshot: true,
+                joined: all,
+                updated: Vec::new(),
+                left: Vec::new(),
+            });
+            let (head, tail) = encode_snapshot_parts("room-é", n, &own);
+            assert_eq!(
+                [head, encode_members(&shared), tail].concat(),
+                whole,
+                "{n} members"
+            );
+        }
+    }
 
     #[test]
     fn round_trip_update() {

@@ -330,6 +330,17 @@ pub fn sync_step2(update: Vec<u8>) -> Vec<u8> {
     Message::Sync(SyncMessage::SyncStep2(update)).encode_v1()
 }
 
+/// The start of a sync step 2 carrying an update of `len` bytes: the
+/// update follows, so a shared update is not copied (`head + update` is
+/// [`sync_step2`]`(update)`).
+pub fn sync_step2_head(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12);
+    write_var(&mut out, MSG_SYNC);
+    write_var(&mut out, 1);
+    write_var(&mut out, len as u64);
+    out
+}
+
 /// A sync update message carrying a Yjs v1 update.
 pub fn sync_update(update: Vec<u8>) -> Vec<u8> {
     Message::Sync(SyncMessage::Update(update)).encode_v1()
@@ -447,6 +458,16 @@ pub fn position_from_json(json: &Value) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step2_head_prefixes_the_update() {
+        for n in [0, 1, 127, 128, 70_000] {
+            let update = vec![3u8; n];
+            let mut framed = sync_step2_head(n);
+            framed.extend_from_slice(&update);
+            assert_eq!(framed, sync_step2(update));
+        }
+    }
 
     #[test]
     fn truncated_and_oversized_lengths_are_errors() {

@@ -42,14 +42,20 @@ use crate::cluster::{Bridge, Item};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::presence::{MemberId, Presence, Shown};
-use crate::protocol::native::{encode_server, Bin, ServerMessage};
+use crate::protocol::native::{
+    encode_members, encode_server, encode_snapshot_parts, encode_synced_parts, Bin, ServerMessage,
+};
 use crate::protocol::yjs::{self, AwarenessEntry};
 use crate::protocol::ErrorCode;
-use crate::session::transport::{Class, Offer, Outbound, Outbox};
+use crate::session::transport::{Class, Frame, Offer, Outbound, Outbox};
 use crate::store::DocStore;
 use crate::webhook::{HookKind, Webhooks};
 use awareness::AwarenessTable;
 use events::{EventRing, Subscriber};
+
+/// Members per extra tick of a room's presence interval
+/// ([`Room::presence_interval`]).
+const PRESENCE_MEMBERS_PER_TICK: usize = 1000;
 
 /// A room id (validated by the session before use).
 pub type RoomId = Arc<str>;
@@ -250,13 +256,22 @@ pub struct Room {
     batch_base: Option<StateVector>,
     last_flush: Instant,
     flush_scheduled: bool,
+    /// Last broadcast of presence (diff, cursors, awareness).
+    last_presence_flush: Instant,
+    /// Presence changes wait for the room's presence interval
+    /// ([`Room::presence_interval`]), longer than a tick in large rooms.
+    presence_deferred: bool,
     /// Upper bound of the encoded document size.
     doc_bytes: usize,
     /// The whole document encoded as one update, for joiners with an empty
     /// state vector, with the snapshot (state vector + delete set) it was
     /// encoded at: a storm of joins encodes a large document once, not once
     /// per client. Stale as soon as the snapshot differs.
-    full_state: Option<(yrs::Snapshot, Arc<Vec<u8>>)>,
+    full_state: Option<(yrs::Snapshot, Bytes)>,
+    /// The presence members encoded for native joiners' snapshots, with
+    /// their count, at a presence generation: shared by every joiner until
+    /// the next diff is taken (the diff then tells them what changed since).
+    presence_base: Option<(u64, usize, Bytes)>,
     /// Highest store sequence number known durable.
     durable_seq: u64,
     /// Appends since the last compaction.
@@ -331,22 +346,40 @@ enum PendingOrigin {
 
 impl Room {
     /// What a client with state vector `sv` lacks. For an empty state vector
-    /// (a fresh joiner) the encoding is cached until the document changes.
-    fn diff_from(&mut self, sv: &StateVector) -> Vec<u8> {
+    /// (a fresh joiner) the encoding is made once per document version and
+    /// the same bytes are shared by every joiner until the document changes.
+    fn diff_from(&mut self, sv: &StateVector) -> Bytes {
         let txn = self.doc.transact();
         if !sv.is_empty() {
-            return txn.encode_diff_v1(sv);
+            return Bytes::from(txn.encode_diff_v1(sv));
         }
         let snapshot = txn.snapshot();
         if let Some((at, bytes)) = &self.full_state {
             if *at == snapshot {
-                return bytes.as_ref().clone();
+                return bytes.clone();
             }
         }
-        let bytes = Arc::new(txn.encode_diff_v1(sv));
+        let bytes = Bytes::from(txn.encode_diff_v1(sv));
         drop(txn);
         self.full_state = Some((snapshot, bytes.clone()));
-        bytes.as_ref().clone()
+        bytes
+    }
+
+    /// The members for a joiner's presence snapshot, encoded once per
+    /// presence generation: a storm of joins does not encode every member
+    /// again for every joiner. Changes since it was encoded reach the
+    /// joiner in the next diff.
+    fn presence_base(&mut self) -> (usize, Bytes) {
+        let generation = self.presence.generation();
+        if let Some((at, count, bytes)) = &self.presence_base {
+            if *at == generation {
+                return (*count, bytes.clone());
+            }
+        }
+        let members = self.presence.snapshot();
+        let bytes = Bytes::from(encode_members(&members));
+        self.presence_base = Some((generation, members.len(), bytes.clone()));
+        (members.len(), bytes)
     }
 
     /// A room that loads `id` from `store` when started.
@@ -392,8 +425,11 @@ impl Room {
             batch_base: None,
             last_flush: Instant::now() - Duration::from_secs(1),
             flush_scheduled: false,
+            last_presence_flush: Instant::now() - Duration::from_secs(1),
+            presence_deferred: false,
             doc_bytes: 0,
             full_state: None,
+            presence_base: None,
             durable_seq: 0,
             since_compact: 0,
             bytes_since_compact: 0,
@@ -462,7 +498,7 @@ impl Room {
                 return;
             };
             if code == ErrorCode::Forbidden {
-                let frame = Bytes::from(yjs::auth_denied(&message));
+                let frame = Frame::binary(&yjs::auth_denied(&message));
                 send_frame(member, &frame, Class::Control);
             }
             member.recipient.do_send(Outbound::Close {
@@ -523,9 +559,9 @@ impl Room {
         &mut self,
         class: Class,
         except: Option<&MemberId>,
-        mut encode: impl FnMut(Protocol) -> Option<Bytes>,
+        mut encode: impl FnMut(Protocol) -> Option<Frame>,
     ) {
-        let mut frames: [Option<Option<Bytes>>; Protocol::COUNT] = Default::default();
+        let mut frames: [Option<Option<Frame>>; Protocol::COUNT] = Default::default();
         let mut dropped: Vec<MemberId> = Vec::new();
         for (id, member) in &self.members {
             if except == Some(id) {
@@ -541,7 +577,7 @@ impl Room {
                 .outbox
                 .offer(&member.link.recipient, frame, class)
             {
-                Offer::Sent => self.metrics.sent(frame.len()),
+                Offer::Sent => self.metrics.sent(frame.payload_len()),
                 Offer::Dropped => dropped.push(id.clone()),
                 Offer::Evicted => {}
             }
@@ -562,23 +598,43 @@ impl Room {
         }
     }
 
+    /// How often presence (diffs, cursors, awareness) is broadcast: every
+    /// tick, and one tick more per [`PRESENCE_MEMBERS_PER_TICK`] members,
+    /// so a room's presence traffic while N members join grows as N, not
+    /// N² (every diff goes to every member). Document updates keep the tick.
+    fn presence_interval(&self) -> Duration {
+        let ticks = (self.members.len() / PRESENCE_MEMBERS_PER_TICK).max(1);
+        self.config.limits.tick() * ticks as u32
+    }
+
     /// Schedules a broadcast of what is pending: at once after a quiet
-    /// tick, else at the end of the current tick.
+    /// tick, else at the end of the current tick; deferred presence goes
+    /// out once its interval has passed.
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
         if self.flush_scheduled {
             return;
         }
         let tick = self.config.limits.tick();
         let since = self.last_flush.elapsed();
-        if since >= tick {
+        let wait = if since >= tick {
             self.flush();
+            if !self.presence_deferred {
+                return;
+            }
+            self.presence_interval()
+                .saturating_sub(self.last_presence_flush.elapsed())
+                .max(Duration::from_millis(1))
         } else {
-            self.flush_scheduled = true;
-            ctx.run_later(tick - since, |room, _| {
-                room.flush_scheduled = false;
-                room.flush();
-            });
-        }
+            tick - since
+        };
+        self.flush_scheduled = true;
+        ctx.run_later(wait, |room, ctx| {
+            room.flush_scheduled = false;
+            room.flush();
+            if room.presence_deferred {
+                room.schedule_flush(ctx);
+            }
+        });
     }
 
     /// Broadcasts pending updates (merged), presence diffs and cursors.
@@ -600,7 +656,7 @@ impl Room {
                             self.broadcast_update(part.to_vec(), &PendingOrigin::Many);
                         }
                         self.batch_base = None;
-                        return self.flush_presence();
+                        return self.flush_presence_when_due();
                     }
                 }
             };
@@ -610,6 +666,19 @@ impl Room {
                 self.metrics.fanout_latency.observe(since.elapsed());
             }
         }
+        self.flush_presence_when_due();
+    }
+
+    /// Broadcasts presence if its interval has passed, else defers it (the
+    /// next scheduled flush sends it).
+    fn flush_presence_when_due(&mut self) {
+        let interval = self.presence_interval();
+        if interval > self.config.limits.tick() && self.last_presence_flush.elapsed() < interval {
+            self.presence_deferred = true;
+            return;
+        }
+        self.presence_deferred = false;
+        self.last_presence_flush = Instant::now();
         self.flush_presence();
     }
 
@@ -693,7 +762,7 @@ impl Room {
             }
         }
         if let Some(frame) = self.awareness.take_frame() {
-            let frame = Bytes::from(frame);
+            let frame = Frame::binary(&frame);
             self.fan_out_with(Class::Presence, None, |p| {
                 (p == Protocol::Yjs).then(|| frame.clone())
             });
@@ -925,12 +994,12 @@ fn decode_update(bytes: &[u8]) -> Result<Update, String> {
 /// message. On `/yjs` only document updates have an equivalent (a sync
 /// update); presence, cursors and typing travel as awareness instead, and
 /// acks, events and the rest have none.
-fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Bytes> {
+fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Frame> {
     match protocol {
-        Protocol::Native => Some(Bytes::from(encode_server(msg))),
+        Protocol::Native => Some(Frame::binary(&encode_server(msg))),
         Protocol::Yjs => match msg {
             ServerMessage::Update { data, .. } => {
-                Some(Bytes::from(yjs::sync_update(data.0.clone())))
+                Some(Frame::binary(&yjs::sync_update(data.0.clone())))
             }
             _ => None,
         },
@@ -938,7 +1007,7 @@ fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Bytes> {
 }
 
 /// Offers an encoded frame to one member.
-fn send_frame(link: &MemberLink, frame: &Bytes, class: Class) -> Offer {
+fn send_frame(link: &MemberLink, frame: &Frame, class: Class) -> Offer {
     link.outbox.offer(&link.recipient, frame, class)
 }
 
@@ -1090,17 +1159,21 @@ impl Handler<Join> for Room {
             resync_from: None,
             presence_stale: false,
         };
-        let synced = ServerMessage::Synced {
-            room: self.id.to_string(),
-            diff: Bin(diff),
-            sv: Bin(server_sv),
-            rid: msg.rid,
-        };
-        self.send_to(&member, &synced, Class::Control);
+        // The diff is not copied into the frame: joiners share it.
+        let (head, tail) = encode_synced_parts(&self.id, diff.len(), &server_sv, msg.rid);
+        let synced = Frame::binary_parts(&head, diff, &tail);
+        send_frame(&member.link, &synced, Class::Control);
+        // The snapshot: the members as of this presence generation (shared
+        // bytes), then the joiner.
+        let (count, base) = self.presence_base();
         self.presence
             .join(link.id.clone(), link.user.clone(), state);
         self.native_dirty.insert(link.id.clone());
-        self.send_to(&member, &self.presence_snapshot(), Class::Control);
+        if let Some(own) = self.presence.view(&link.id) {
+            let (head, tail) = encode_snapshot_parts(&self.id, count, &own);
+            let snapshot = Frame::binary_parts(&head, base, &tail);
+            send_frame(&member.link, &snapshot, Class::Control);
+        }
         let cursors = self.presence.cursors();
         if !cursors.is_empty() {
             let msg = ServerMessage::Cursor {
@@ -1475,7 +1548,7 @@ impl Handler<Resync> for Room {
                     self.send_to(member, &update, Class::Control);
                 }
                 Protocol::Yjs => {
-                    let frame = Bytes::from(yjs::sync_step2(diff));
+                    let frame = Frame::binary(&yjs::sync_step2(diff));
                     send_frame(link, &frame, Class::Control);
                 }
             }
@@ -1495,7 +1568,7 @@ impl Handler<Resync> for Room {
                 }
                 Protocol::Yjs => {
                     if let Some(frame) = self.awareness.snapshot_frame() {
-                        send_frame(link, &Bytes::from(frame), Class::Control);
+                        send_frame(link, &Frame::binary(&frame), Class::Control);
                     }
                 }
             }
@@ -1541,10 +1614,10 @@ impl Room {
     fn join_yjs(&mut self, link: MemberLink, ctx: &mut Context<Self>) {
         // Deliver pending updates first, and the awareness of this tick.
         self.flush();
-        let step1 = Bytes::from(yjs::sync_step1(&self.doc.transact().state_vector()));
+        let step1 = Frame::binary(&yjs::sync_step1(&self.doc.transact().state_vector()));
         send_frame(&link, &step1, Class::Control);
         if let Some(frame) = self.awareness.snapshot_frame() {
-            send_frame(&link, &Bytes::from(frame), Class::Control);
+            send_frame(&link, &Frame::binary(&frame), Class::Control);
         }
         self.members.insert(
             link.id.clone(),
@@ -1576,7 +1649,7 @@ impl Handler<SyncStep1> for Room {
         // The diff brings a lagging member up to date as well.
         member.resync_from = None;
         let diff = self.diff_from(&msg.sv);
-        let frame = Bytes::from(yjs::sync_step2(diff));
+        let frame = Frame::binary_parts(&yjs::sync_step2_head(diff.len()), diff, &[]);
         if let Some(member) = self.members.get(&msg.member) {
             send_frame(&member.link, &frame, Class::Control);
         }
@@ -1614,6 +1687,6 @@ impl Handler<QueryAwareness> for Room {
             .awareness
             .snapshot_frame()
             .unwrap_or_else(|| yjs::awareness([]));
-        send_frame(&member.link, &Bytes::from(frame), Class::Control);
+        send_frame(&member.link, &Frame::binary(&frame), Class::Control);
     }
 }

@@ -31,7 +31,7 @@ use crate::room::{
     SetCursor, SetPresence, SetTyping,
 };
 use intake::{Inbound, Intake};
-use transport::{Drained, Outbound, Outbox};
+use transport::{Drained, Frame, Outbound, Outbox};
 
 /// Every live session, so shutdown can tell each one to go away and
 /// metrics can count them.
@@ -246,10 +246,8 @@ impl NativeSession {
         }
     }
 
-    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, msg: &ServerMessage) {
-        let bytes = encode_server(msg);
-        self.outbox.count(bytes.len());
-        ctx.binary(bytes);
+    fn send(&self, _: &mut ws::WebsocketContext<Self>, msg: &ServerMessage) {
+        self.outbox.push(&Frame::binary(&encode_server(msg)));
     }
 
     fn error(
@@ -272,10 +270,7 @@ impl NativeSession {
     }
 
     fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::from(code),
-            description: Some(reason.to_owned()),
-        }));
+        self.outbox.push_close(&Frame::close(Some(code), reason));
         ctx.stop();
     }
 
@@ -297,8 +292,7 @@ impl NativeSession {
                 act.close(ctx, close::TIMEOUT, "heartbeat timeout");
                 return;
             }
-            act.outbox.count(0);
-            ctx.ping(b"");
+            act.outbox.push(&Frame::ping(b""));
             if act.outbox.is_lagging() && act.outbox.is_drained() {
                 act.resync(ctx);
             }
@@ -565,7 +559,6 @@ impl Handler<Outbound> for NativeSession {
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         match msg {
-            Outbound::Frame(bytes) => ctx.binary(bytes),
             Outbound::Close { code, reason } => self.close(ctx, code, &reason),
             Outbound::Refused { room } => {
                 self.rooms.remove(&room);
@@ -610,11 +603,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for NativeSession {
                 )
             }
             Inbound::Ping(payload) => {
-                self.outbox.count(payload.len());
-                ctx.pong(&payload);
+                self.outbox.push(&Frame::pong(&payload));
             }
             Inbound::Close(reason) => {
-                ctx.close(reason);
+                self.outbox.push_close(&transport::echo_close(reason));
                 ctx.stop();
             }
             Inbound::Nothing => {}

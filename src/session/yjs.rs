@@ -42,7 +42,7 @@ use actix_web_actors::ws;
 use bytes::Bytes;
 
 use super::intake::{Inbound, Intake};
-use super::transport::{Drained, Outbound, Outbox};
+use super::transport::{echo_close, Drained, Frame, Outbound, Outbox};
 use super::{schedule_expiry, Admission, Shared};
 use crate::auth::{Grants, Rights};
 use crate::limit::{IpSlot, SessionRate};
@@ -106,18 +106,13 @@ impl YjsSession {
 
     /// Sends y-protocols "permission denied" with `reason`, then closes.
     fn deny(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
-        let frame = yjs::auth_denied(reason);
-        self.outbox.count(frame.len());
-        ctx.binary(frame);
+        self.outbox.push(&Frame::binary(&yjs::auth_denied(reason)));
         self.close(ctx, code, reason);
     }
 
     fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
         tracing::debug!(session = %self.id, code, "closing /yjs session: {reason}");
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::from(code),
-            description: Some(reason.to_owned()),
-        }));
+        self.outbox.push_close(&Frame::close(Some(code), reason));
         ctx.stop();
     }
 
@@ -126,8 +121,7 @@ impl YjsSession {
             if act.last_seen.elapsed() > act.shared.config.limits.client_timeout() {
                 return act.close(ctx, close::TIMEOUT, "heartbeat timeout");
             }
-            act.outbox.count(0);
-            ctx.ping(b"");
+            act.outbox.push(&Frame::ping(b""));
             if act.outbox.is_lagging() && act.outbox.is_drained() {
                 act.resync();
             }
@@ -274,7 +268,6 @@ impl Handler<Outbound> for YjsSession {
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         match msg {
-            Outbound::Frame(bytes) => ctx.binary(bytes),
             Outbound::Close { code, reason } => self.close(ctx, code, &reason),
             // A /yjs connection has exactly one room; a refused join is
             // followed by a close with the refusal's code.
@@ -305,11 +298,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for YjsSession {
                 "y-protocols uses binary frames",
             ),
             Inbound::Ping(payload) => {
-                self.outbox.count(payload.len());
-                ctx.pong(&payload);
+                self.outbox.push(&Frame::pong(&payload));
             }
             Inbound::Close(reason) => {
-                ctx.close(reason);
+                self.outbox.push_close(&echo_close(reason));
                 ctx.stop();
             }
             Inbound::Nothing => {}
