@@ -301,11 +301,25 @@ impl Outbox {
     /// Queues `frame` whatever the backlog (the session's own frames:
     /// welcome, errors, pings, close). False when the connection is gone.
     pub fn push(&self, frame: &Frame) -> bool {
+        self.enqueue(frame, false)
+    }
+
+    /// Queues the session's close frame, last: the lane takes nothing after
+    /// it (a room pushing at the same moment must not put data behind a
+    /// close). What is already queued is still written.
+    pub fn push_close(&self, frame: &Frame) {
+        self.enqueue(frame, true);
+    }
+
+    /// Appends `frame` to the lane unless it is closed (closing it after
+    /// when `last`), and wakes the body if the lane was empty.
+    fn enqueue(&self, frame: &Frame, last: bool) -> bool {
         let was_empty = {
             let mut lane = self.lane();
             if lane.closed {
                 return false;
             }
+            lane.closed = last;
             let was_empty = lane.chunks.is_empty();
             lane.chunks.extend(frame.parts.iter().cloned());
             // Counted under the lock, so the body never yields bytes not
@@ -317,26 +331,6 @@ impl Outbox {
             self.signal.body.wake();
         }
         true
-    }
-
-    /// Queues the session's close frame, last: the lane takes nothing after
-    /// it (a room pushing at the same moment must not put data behind a
-    /// close). What is already queued is still written.
-    pub fn push_close(&self, frame: &Frame) {
-        let was_empty = {
-            let mut lane = self.lane();
-            if lane.closed {
-                return;
-            }
-            lane.closed = true;
-            let was_empty = lane.chunks.is_empty();
-            lane.chunks.extend(frame.parts.iter().cloned());
-            self.queued.fetch_add(frame.wire_len(), Ordering::AcqRel);
-            was_empty
-        };
-        if was_empty {
-            self.signal.body.wake();
-        }
     }
 
     /// True when a room dropped frames for this session since its last resync.
