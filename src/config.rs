@@ -304,6 +304,11 @@ pub struct Limits {
     /// window goes out at once.
     #[arg(long, env = "CHORUS_TICK_MS", default_value_t = 10)]
     pub tick_ms: u64,
+    /// Presence (diffs, cursors, awareness) of a room is broadcast once per
+    /// tick, plus one tick per this many members: a big room's presence
+    /// traffic grows as its members, not their square.
+    #[arg(long, env = "CHORUS_PRESENCE_MEMBERS_PER_TICK", default_value_t = 1000)]
+    pub presence_members_per_tick: usize,
     /// Interval between server pings, in ms. At most half the client timeout.
     #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = 5_000)]
     pub heartbeat_ms: u64,
@@ -390,6 +395,9 @@ impl Config {
         }
         if l.tick_ms == 0 {
             return Err("tick must be at least 1 ms".into());
+        }
+        if l.presence_members_per_tick == 0 {
+            return Err("presence members per tick must be at least 1".into());
         }
         let a = &self.api;
         if a.event_window == 0 || a.subscriber_buffer == 0 || a.sse_heartbeat_ms == 0 {

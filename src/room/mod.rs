@@ -53,10 +53,6 @@ use crate::webhook::{HookKind, Webhooks};
 use awareness::AwarenessTable;
 use events::{EventRing, Subscriber};
 
-/// Members per extra tick of a room's presence interval
-/// ([`Room::presence_interval`]).
-const PRESENCE_MEMBERS_PER_TICK: usize = 1000;
-
 /// A room id (validated by the session before use).
 pub type RoomId = Arc<str>;
 
@@ -599,11 +595,11 @@ impl Room {
     }
 
     /// How often presence (diffs, cursors, awareness) is broadcast: every
-    /// tick, and one tick more per [`PRESENCE_MEMBERS_PER_TICK`] members,
+    /// tick, and one tick more per `presence_members_per_tick` members,
     /// so a room's presence traffic while N members join grows as N, not
     /// N² (every diff goes to every member). Document updates keep the tick.
     fn presence_interval(&self) -> Duration {
-        let ticks = (self.members.len() / PRESENCE_MEMBERS_PER_TICK).max(1);
+        let ticks = (self.members.len() / self.config.limits.presence_members_per_tick).max(1);
         self.config.limits.tick() * ticks as u32
     }
 

@@ -623,3 +623,59 @@ async fn a_burst_within_one_tick_is_broadcast_merged() {
     }
     assert!(frames <= 3, "20 updates in one burst took {frames} frames");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_rooms_presence_is_coalesced_over_a_longer_window() {
+    // One extra tick per member: with 5 members presence goes out every
+    // 5 × 100 ms. Two cursor moves 150 ms apart (more than a tick) reach
+    // the watcher in one batch; with the plain tick they would be two.
+    let srv = server(|c| {
+        c.limits.tick_ms = 100;
+        c.limits.presence_members_per_tick = 1;
+    });
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = Client::connect(srv.addr).await;
+        c.join("big", &TestDoc::new()).await;
+        clients.push(c);
+    }
+    let pos = {
+        use yrs::updates::encoder::Encode;
+        use yrs::{Assoc, IndexedSequence, Transact};
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        yrs::Text::insert(&text, &mut txn, 0, "hello");
+        text.sticky_index(&txn, 2, Assoc::After)
+            .expect("index in range")
+            .encode_v1()
+    };
+    let cursor = || ClientMessage::Cursor {
+        room: "big".into(),
+        anchor: Some(Bin(pos.clone())),
+        head: Some(Bin(pos.clone())),
+        rid: None,
+    };
+    // Let the joins' presence settle, then open a window with a first move.
+    let mut watcher = clients.remove(0);
+    while watcher.try_recv(Duration::from_millis(800)).await.is_some() {}
+    clients[0].send(&cursor()).await;
+    watcher
+        .expect(|m| matches!(m, ServerMessage::Cursor { .. }))
+        .await;
+    let (b, d) = (clients[1].session.clone(), clients[2].session.clone());
+    clients[1].send(&cursor()).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    clients[2].send(&cursor()).await;
+    let batch = watcher
+        .expect(|m| matches!(m, ServerMessage::Cursor { .. }))
+        .await;
+    let ServerMessage::Cursor { cursors, .. } = batch else {
+        unreachable!()
+    };
+    let ids: Vec<&str> = cursors.iter().map(|c| c.id.as_str()).collect();
+    assert!(
+        ids.contains(&b.as_str()) && ids.contains(&d.as_str()),
+        "moves 150 ms apart in one batch: {ids:?}"
+    );
+}
