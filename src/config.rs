@@ -304,9 +304,9 @@ pub struct Limits {
     /// window goes out at once.
     #[arg(long, env = "CHORUS_TICK_MS", default_value_t = 10)]
     pub tick_ms: u64,
-    /// Presence (diffs, cursors, awareness) of a room is broadcast once per
-    /// tick, plus one tick per this many members: a big room's presence
-    /// traffic grows as its members, not their square.
+    /// Presence (diffs, cursors, awareness) of a room is broadcast every
+    /// tick × max(1, members / this): a big room's presence traffic grows as
+    /// its members, not their square.
     #[arg(long, env = "CHORUS_PRESENCE_MEMBERS_PER_TICK", default_value_t = 1000)]
     pub presence_members_per_tick: usize,
     /// Interval between server pings, in ms. At most half the client timeout.

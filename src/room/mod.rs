@@ -595,7 +595,7 @@ impl Room {
     }
 
     /// How often presence (diffs, cursors, awareness) is broadcast: every
-    /// tick, and one tick more per `presence_members_per_tick` members,
+    /// tick × max(1, members / `presence_members_per_tick`),
     /// so a room's presence traffic while N members join grows as N, not
     /// N² (every diff goes to every member). Document updates keep the tick.
     fn presence_interval(&self) -> Duration {
