@@ -132,17 +132,7 @@ async fn presence_cursors_typing_and_events() {
         .await;
 
     // Cursor: a relative position made by yrs.
-    let pos = {
-        use yrs::updates::encoder::Encode;
-        use yrs::{Assoc, IndexedSequence, Transact};
-        let doc = yrs::Doc::new();
-        let text = doc.get_or_insert_text("t");
-        let mut txn = doc.transact_mut();
-        yrs::Text::insert(&text, &mut txn, 0, "hello");
-        text.sticky_index(&txn, 2, Assoc::After)
-            .expect("index in range")
-            .encode_v1()
-    };
+    let pos = relative_position();
     a.send(&ClientMessage::Cursor {
         room: "team".into(),
         anchor: Some(Bin(pos.clone())),
@@ -639,17 +629,7 @@ async fn a_big_rooms_presence_is_coalesced_over_a_longer_window() {
         c.join("big", &TestDoc::new()).await;
         clients.push(c);
     }
-    let pos = {
-        use yrs::updates::encoder::Encode;
-        use yrs::{Assoc, IndexedSequence, Transact};
-        let doc = yrs::Doc::new();
-        let text = doc.get_or_insert_text("t");
-        let mut txn = doc.transact_mut();
-        yrs::Text::insert(&text, &mut txn, 0, "hello");
-        text.sticky_index(&txn, 2, Assoc::After)
-            .expect("index in range")
-            .encode_v1()
-    };
+    let pos = relative_position();
     let cursor = || ClientMessage::Cursor {
         room: "big".into(),
         anchor: Some(Bin(pos.clone())),
@@ -678,4 +658,17 @@ async fn a_big_rooms_presence_is_coalesced_over_a_longer_window() {
         ids.contains(&b.as_str()) && ids.contains(&d.as_str()),
         "moves 150 ms apart in one batch: {ids:?}"
     );
+}
+
+/// An encoded Yjs relative position made by yrs (index 2 of "hello").
+fn relative_position() -> Vec<u8> {
+    use yrs::updates::encoder::Encode;
+    use yrs::{Assoc, IndexedSequence, Transact};
+    let doc = yrs::Doc::new();
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    yrs::Text::insert(&text, &mut txn, 0, "hello");
+    text.sticky_index(&txn, 2, Assoc::After)
+        .expect("index in range")
+        .encode_v1()
 }
