@@ -545,24 +545,22 @@ pub fn encode_synced_parts(
     // The key "diff" (fixstr) then an empty bin8. 0xc4 0x00 is not valid
     // UTF-8, so it cannot occur inside the room id, the only string before.
     const MARK: [u8; 7] = [0xa4, b'd', b'i', b'f', b'f', 0xc4, 0x00];
-    // unwrap_or: the field is always there (checked by a test); 0 only if
-    // the serializer changed shape.
-    let at = empty
-        .windows(MARK.len())
-        .position(|w| w == MARK)
-        .unwrap_or(0);
+    let at = find_mark(&empty, &MARK);
     let mut head = empty[..at + 5].to_vec();
-    if diff_len <= u8::MAX as usize {
-        head.extend_from_slice(&[0xc4, diff_len as u8]);
-    } else if diff_len <= u16::MAX as usize {
-        head.push(0xc5);
-        head.extend_from_slice(&(diff_len as u16).to_be_bytes());
-    } else {
-        head.push(0xc6);
-        head.extend_from_slice(&(diff_len as u32).to_be_bytes());
-    }
+    // unwrap: a Vec sink cannot fail.
+    rmp::encode::write_bin_len(&mut head, diff_len as u32).unwrap();
     let tail = empty[at + MARK.len()..].to_vec();
     (head, tail)
+}
+
+/// Where `mark` (a field's key and its empty value) starts in `encoded`.
+/// The field is always there (checked by the tests of the two callers); 0
+/// only if the serializer changed shape.
+fn find_mark(encoded: &[u8], mark: &[u8]) -> usize {
+    encoded
+        .windows(mark.len())
+        .position(|w| w == mark)
+        .unwrap_or(0)
 }
 
 /// Members encoded back to back, as the items of a MessagePack array (the
@@ -594,22 +592,10 @@ pub fn encode_snapshot_parts(
     // The key "joined" (fixstr) then an empty fixarray. 0x90 cannot follow
     // 'd' in UTF-8, so this cannot occur inside the room id.
     const MARK: [u8; 8] = [0xa6, b'j', b'o', b'i', b'n', b'e', b'd', 0x90];
-    // unwrap_or: the field is always there (checked by a test).
-    let at = empty
-        .windows(MARK.len())
-        .position(|w| w == MARK)
-        .unwrap_or(0);
+    let at = find_mark(&empty, &MARK);
     let mut head = empty[..at + 7].to_vec();
-    let n = shared_count + 1;
-    if n < 16 {
-        head.push(0x90 | n as u8);
-    } else if n <= u16::MAX as usize {
-        head.push(0xdc);
-        head.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        head.push(0xdd);
-        head.extend_from_slice(&(n as u32).to_be_bytes());
-    }
+    // unwrap: a Vec sink cannot fail.
+    rmp::encode::write_array_len(&mut head, (shared_count + 1) as u32).unwrap();
     let mut tail = encode_members(std::slice::from_ref(own));
     tail.extend_from_slice(&empty[at + MARK.len()..]);
     (head, tail)
