@@ -75,6 +75,11 @@ impl Presence {
         self.members.is_empty()
     }
 
+    /// Ids of every member.
+    pub fn ids(&self) -> impl Iterator<Item = &MemberId> {
+        self.members.keys()
+    }
+
     /// True when `id` is present.
     pub fn contains(&self, id: &MemberId) -> bool {
         self.members.contains_key(id)

@@ -53,6 +53,13 @@ use crate::webhook::{HookKind, Webhooks};
 use awareness::AwarenessTable;
 use events::{EventRing, Subscriber};
 
+/// `v` as `Bytes` without its spare capacity: yrs' encoder starts at 1 KiB,
+/// and a cached small document would otherwise keep all of it.
+fn exact_bytes(mut v: Vec<u8>) -> Bytes {
+    v.shrink_to_fit();
+    Bytes::from(v)
+}
+
 /// A room id (validated by the session before use).
 pub type RoomId = Arc<str>;
 
@@ -286,6 +293,10 @@ pub struct Room {
     awareness: AwarenessTable,
     /// Native members whose awareness view must be rewritten at the next tick.
     native_dirty: std::collections::BTreeSet<MemberId>,
+    /// Set by the first `/yjs` member: from then on native members have
+    /// awareness entries. A room only native clients use keeps none (and
+    /// spends nothing on them).
+    awareness_native: bool,
     /// Last time native members' awareness states were renewed.
     native_renewed: Instant,
     /// Recent events for HTTP subscribers (SSE, poll, NDJSON) and resume.
@@ -355,7 +366,7 @@ impl Room {
                 return bytes.clone();
             }
         }
-        let bytes = Bytes::from(txn.encode_diff_v1(sv));
+        let bytes = exact_bytes(txn.encode_diff_v1(sv));
         drop(txn);
         self.full_state = Some((snapshot, bytes.clone()));
         bytes
@@ -373,7 +384,7 @@ impl Room {
             }
         }
         let members = self.presence.snapshot();
-        let bytes = Bytes::from(encode_members(&members));
+        let bytes = exact_bytes(encode_members(&members));
         self.presence_base = Some((generation, members.len(), bytes.clone()));
         (members.len(), bytes)
     }
@@ -436,6 +447,7 @@ impl Room {
             typing_timer: None,
             awareness: AwarenessTable::default(),
             native_dirty: Default::default(),
+            awareness_native: false,
             native_renewed: Instant::now(),
         }
     }
@@ -748,13 +760,16 @@ impl Room {
     /// [`Room::sync_yjs_presence`].
     fn flush_awareness(&mut self) {
         let now = Instant::now();
-        for id in std::mem::take(&mut self.native_dirty) {
-            match self.presence.shown(&id) {
-                Some(shown) => {
-                    let json = native_awareness_json(shown);
-                    self.awareness.set_native(&id, json, now);
+        let dirty = std::mem::take(&mut self.native_dirty);
+        if self.awareness_native {
+            for id in dirty {
+                match self.presence.shown(&id) {
+                    Some(shown) => {
+                        let json = native_awareness_json(shown);
+                        self.awareness.set_native(&id, json, now);
+                    }
+                    None => self.awareness.remove_owner(&id),
                 }
-                None => self.awareness.remove_owner(&id),
             }
         }
         if let Some(frame) = self.awareness.take_frame() {
@@ -854,7 +869,7 @@ impl Room {
             return;
         }
         self.compacting = true;
-        let snapshot = Bytes::from(
+        let snapshot = exact_bytes(
             self.doc
                 .transact()
                 .encode_state_as_update_v1(&StateVector::default()),
@@ -1315,6 +1330,8 @@ impl Room {
         if let Some(base) = base {
             self.batch_base = Some(base);
         }
+        // Stale now: freed at once rather than held until the next joiner.
+        self.full_state = None;
         self.doc_bytes += data.len();
         self.pending.push(data.clone());
         self.pending_since.get_or_insert_with(Instant::now);
@@ -1578,7 +1595,7 @@ impl Handler<Flush> for Room {
     fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
         self.flush();
         let snapshot = (self.since_compact > 0 && self.broken.is_none()).then(|| {
-            Bytes::from(
+            exact_bytes(
                 self.doc
                     .transact()
                     .encode_state_as_update_v1(&StateVector::default()),
@@ -1610,6 +1627,13 @@ impl Room {
     fn join_yjs(&mut self, link: MemberLink, ctx: &mut Context<Self>) {
         // Deliver pending updates first, and the awareness of this tick.
         self.flush();
+        if !self.awareness_native {
+            // The first Yjs client: native members get their entries now,
+            // so that its awareness snapshot below shows them.
+            self.awareness_native = true;
+            self.native_dirty.extend(self.presence.ids().cloned());
+            self.flush_awareness();
+        }
         let step1 = Frame::binary(&yjs::sync_step1(&self.doc.transact().state_vector()));
         send_frame(&link, &step1, Class::Control);
         if let Some(frame) = self.awareness.snapshot_frame() {

@@ -510,6 +510,45 @@ async fn native_and_yjs_clients_share_a_room() {
     .await;
 }
 
+/// A room only native members used so far keeps no awareness entries for
+/// them; the first `/yjs` client still finds every native member, with its
+/// typing state, in the awareness snapshot it gets on joining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_yjs_client_sees_natives_already_present() {
+    let srv = server(|_| {});
+    let mut a = Client::connect(srv.addr).await;
+    a.join_with("late", &TestDoc::new(), Some(json!({"name": "ann"})))
+        .await;
+    let mut b = Client::connect(srv.addr).await;
+    b.join_with("late", &TestDoc::new(), Some(json!({"name": "bob"})))
+        .await;
+    a.send(&ClientMessage::Typing {
+        room: "late".into(),
+        on: true,
+        rid: None,
+    })
+    .await;
+    let a_id = a.session.clone();
+    b.expect(|m| matches!(m, ServerMessage::Typing { id, on: true, .. } if *id == a_id))
+        .await;
+
+    let mut y = YClient::connect(srv.addr, "late").await;
+    let seen = y
+        .expect(|m| matches!(m, yjs::YjsMessage::Awareness(_)))
+        .await;
+    let yjs::YjsMessage::Awareness(entries) = seen else {
+        unreachable!()
+    };
+    let states: Vec<Value> = entries
+        .iter()
+        .map(|e| serde_json::from_str(&e.json).expect("json"))
+        .collect();
+    let ann = states.iter().find(|s| s["name"] == json!("ann"));
+    let bob = states.iter().find(|s| s["name"] == json!("bob"));
+    assert_eq!(ann.map(|s| &s["typing"]), Some(&json!(true)), "{states:?}");
+    assert!(bob.is_some(), "{states:?}");
+}
+
 /// Sanity check of the harness' own encoder use: the encoded update from
 /// `yrs` applies in another doc.
 #[test]
