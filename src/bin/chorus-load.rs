@@ -220,6 +220,11 @@ struct Target {
     ysweet_urls: HashMap<String, String>,
     sources: u8,
     next_source: AtomicUsize,
+    /// Read buffer per connection: small for thousands of mostly idle
+    /// connections; large when each client receives a big document
+    /// (join-storm), so that the generator does not spend its CPU on
+    /// thousands of small reads per client.
+    read_buffer: usize,
 }
 
 impl Target {
@@ -268,19 +273,24 @@ impl Target {
         Ok(())
     }
 
-    /// Opens a WebSocket for `room` from the next source address.
-    async fn connect(&self, room: &str) -> Result<Ws> {
-        let url = self.ws_url(room)?;
-        let addr = socket_addr(&url)?;
+    /// A TCP connection to the server of `url` from the next source address.
+    async fn tcp(&self, url: &str) -> Result<TcpStream> {
+        let addr = socket_addr(url)?;
         let n = self.next_source.fetch_add(1, Ordering::Relaxed);
         let src = Ipv4Addr::new(127, 0, 0, 1 + (n % self.sources.max(1) as usize) as u8);
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
         let stream = socket.connect(addr).await.context("tcp connect")?;
         stream.set_nodelay(true)?;
-        // Small read buffers: thousands of mostly idle connections.
+        Ok(stream)
+    }
+
+    /// Opens a WebSocket for `room` from the next source address.
+    async fn connect(&self, room: &str) -> Result<Ws> {
+        let url = self.ws_url(room)?;
+        let stream = self.tcp(&url).await?;
         let config = WebSocketConfig::default()
-            .read_buffer_size(8 * 1024)
+            .read_buffer_size(self.read_buffer)
             .max_message_size(Some(256 << 20))
             .max_frame_size(Some(256 << 20));
         let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
@@ -357,17 +367,243 @@ impl Target {
     /// What an incoming frame is, decoding as little as possible: the
     /// returned bytes are slices of `frame` (no copy).
     fn classify(&self, frame: &Bytes) -> Incoming {
-        match self.proto {
-            Proto::Native => classify_native(frame),
-            Proto::Yws | Proto::Ysweet => classify_sync(frame, 0),
-            Proto::Hocuspocus => {
-                let mut r = Reader { b: frame, i: 0 };
-                match r.bytes() {
-                    // SyncReply (4) carries sync messages too.
-                    Some(_) => classify_sync(&frame.slice(r.i..), 4),
-                    None => Incoming::Other,
+        classify(self.proto, frame)
+    }
+}
+
+/// [`Target::classify`] for protocol `proto`.
+fn classify(proto: Proto, frame: &Bytes) -> Incoming {
+    match proto {
+        Proto::Native => classify_native(frame),
+        Proto::Yws | Proto::Ysweet => classify_sync(frame, 0),
+        Proto::Hocuspocus => {
+            let mut r = Reader { b: frame, i: 0 };
+            match r.bytes() {
+                // SyncReply (4) carries sync messages too.
+                Some(_) => classify_sync(&frame.slice(r.i..), 4),
+                None => Incoming::Other,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw receivers: join-storm clients read frames straight off the socket
+
+/// A WebSocket client for receivers of large documents (join-storm). It
+/// keeps only the first [`RawWs::KEEP`] bytes of a message and reads the
+/// rest into one reusable buffer: 200 clients × 10 MB would otherwise make
+/// the generator allocate, zero and copy 2 GB (tungstenite assembles every
+/// message), and the run would time the generator instead of the server.
+struct RawWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Unread bytes are `buf[at..end]`.
+    at: usize,
+    end: usize,
+}
+
+/// A message as a [`RawWs`] sees it: its opcode, its full length and its
+/// first bytes.
+struct RawMessage {
+    opcode: u8,
+    len: u64,
+    head: Vec<u8>,
+}
+
+impl RawWs {
+    /// Bytes of a message kept for classifying it.
+    const KEEP: usize = 4096;
+
+    /// Connects and upgrades to `url` (ws://host:port/path?query).
+    async fn connect(target: &Target, url: &str) -> Result<RawWs> {
+        let stream = target.tcp(url).await?;
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let mut ws = RawWs {
+            stream,
+            buf: vec![0; 256 * 1024],
+            at: 0,
+            end: 0,
+        };
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: Y2hvcnVzLWxvYWQtcmF3IQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        ws.stream.write_all(request.as_bytes()).await?;
+        loop {
+            if let Some(i) = ws.buf[..ws.end].windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&ws.buf[..i]).into_owned();
+                let status = head.lines().next().unwrap_or_default();
+                if !status.contains(" 101 ") {
+                    bail!("websocket handshake: {status}");
+                }
+                ws.at = i + 4;
+                return Ok(ws);
+            }
+            if ws.end == ws.buf.len() {
+                bail!("websocket handshake: response head too large");
+            }
+            let n = ws.stream.read(&mut ws.buf[ws.end..]).await?;
+            if n == 0 {
+                bail!("websocket handshake: connection closed");
+            }
+            ws.end += n;
+        }
+    }
+
+    /// Sends `payload` as one masked binary frame.
+    async fn send(&mut self, payload: &[u8]) -> Result<()> {
+        const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = Vec::with_capacity(payload.len() + 14);
+        frame.push(0x82);
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&MASK);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        self.stream.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// At least `n` unread bytes in the buffer (`n` ≤ its size).
+    async fn fill(&mut self, n: usize) -> Result<()> {
+        if self.end - self.at >= n {
+            return Ok(());
+        }
+        self.buf.copy_within(self.at..self.end, 0);
+        self.end -= self.at;
+        self.at = 0;
+        while self.end < n {
+            let read = self.stream.read(&mut self.buf[self.end..]).await?;
+            if read == 0 {
+                bail!("connection closed");
+            }
+            self.end += read;
+        }
+        Ok(())
+    }
+
+    /// The next data message (pings and pongs are skipped; a close is an
+    /// error), reassembled from its fragments.
+    async fn next(&mut self) -> Result<RawMessage> {
+        let mut message: Option<RawMessage> = None;
+        loop {
+            self.fill(2).await?;
+            let (b0, b1) = (self.buf[self.at], self.buf[self.at + 1]);
+            let (fin, opcode, masked) = (b0 & 0x80 != 0, b0 & 0x0f, b1 & 0x80 != 0);
+            let ext = match b1 & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let header = 2 + ext + if masked { 4 } else { 0 };
+            self.fill(header).await?;
+            let len = match ext {
+                2 => u64::from(u16::from_be_bytes([
+                    self.buf[self.at + 2],
+                    self.buf[self.at + 3],
+                ])),
+                8 => u64::from_be_bytes(self.buf[self.at + 2..self.at + 10].try_into()?),
+                _ => u64::from(b1 & 0x7f),
+            };
+            let mask: Option<[u8; 4]> = masked
+                .then(|| self.buf[self.at + 2 + ext..self.at + header].try_into())
+                .transpose()?;
+            self.at += header;
+            if opcode == 8 {
+                bail!("closed by the server");
+            }
+            let control = opcode & 0x08 != 0;
+            let mut msg = match (&mut message, control) {
+                (_, true) => None,
+                (Some(m), false) => Some(m),
+                (None, false) => Some(message.insert(RawMessage {
+                    opcode,
+                    len: 0,
+                    head: Vec::new(),
+                })),
+            };
+            let mut left = len;
+            let mut offset = 0usize;
+            while left > 0 {
+                if self.at == self.end {
+                    self.fill(1).await?;
+                }
+                let take = left.min((self.end - self.at) as u64) as usize;
+                if let Some(m) = msg.as_deref_mut() {
+                    let room = Self::KEEP.saturating_sub(m.head.len()).min(take);
+                    let kept = &self.buf[self.at..self.at + room];
+                    m.head
+                        .extend(kept.iter().enumerate().map(|(i, b)| match mask {
+                            Some(k) => b ^ k[(offset + i) % 4],
+                            None => *b,
+                        }));
+                    m.len += take as u64;
+                }
+                self.at += take;
+                offset += take;
+                left -= take as u64;
+            }
+            if fin && !control {
+                if let Some(m) = message.take() {
+                    return Ok(m);
                 }
             }
+        }
+    }
+}
+
+/// True when a message (of `len` bytes, starting with `head`) is the one
+/// that syncs a fresh client: native `synced`, or sync step 2 (after the
+/// document name for Hocuspocus, whose SyncReply type 4 counts too).
+fn is_sync_message(proto: Proto, head: &[u8], len: u64) -> Result<bool> {
+    if len as usize <= head.len() {
+        let frame = Bytes::copy_from_slice(head);
+        return match classify(proto, &frame) {
+            Incoming::Synced(_) => Ok(true),
+            Incoming::Error(e) => bail!("server error: {e}"),
+            _ => Ok(false),
+        };
+    }
+    // Longer than the kept head: only the message type is read.
+    let mut r = Reader { b: head, i: 0 };
+    Ok(match proto {
+        Proto::Native => {
+            let mut p = Pack { b: head, i: 0 };
+            p.map_len().is_some() && p.str() == Some(b"t") && p.str() == Some(b"synced")
+        }
+        Proto::Yws | Proto::Ysweet => r.var() == Some(0) && r.var() == Some(1),
+        Proto::Hocuspocus => {
+            r.bytes().is_some() && matches!(r.var(), Some(0 | 4)) && r.var() == Some(1)
+        }
+    })
+}
+
+/// Connects a join-storm client to `room` and waits for its sync message:
+/// the connection, the sync message's size and the messages received.
+async fn raw_join(target: &Target, room: &str) -> Result<(RawWs, u64, u64)> {
+    let mut ws = RawWs::connect(target, &target.ws_url(room)?).await?;
+    for f in target.join_frames(room, None) {
+        ws.send(&f).await?;
+    }
+    let mut messages = 0;
+    loop {
+        let m = ws.next().await?;
+        messages += 1;
+        if m.opcode == 2 && is_sync_message(target.proto, &m.head, m.len)? {
+            return Ok((ws, m.len, messages));
         }
     }
 }
@@ -1363,13 +1599,8 @@ async fn join_storm(ctx: &Ctx) -> Result<Report> {
     let opened = open_many(cli.clients, cli.clients, |_| {
         let (t, room) = (ctx.target.clone(), room.clone());
         async move {
-            let (sink, source, synced) = join(&t, &room, None, true).await?;
-            let at = start.elapsed();
-            let size = match &synced {
-                Some(Synced::Update(u)) => u.len(),
-                Some(Synced::Sv(_)) | None => 0,
-            };
-            Ok((at, size, sink, source))
+            let (ws, size, messages) = raw_join(&t, &room).await?;
+            Ok((start.elapsed(), size, messages, ws))
         }
     })
     .await;
@@ -1379,10 +1610,11 @@ async fn join_storm(ctx: &Ctx) -> Result<Report> {
     let mut keep = Vec::new();
     for o in opened {
         match o {
-            Ok((at, size, sink, source)) => {
+            Ok((at, size, messages, ws)) => {
                 times.push(at.as_micros() as u32);
-                r.bytes_in += size as u64;
-                keep.push((sink, source));
+                r.bytes_in += size;
+                r.frames_in += messages;
+                keep.push(ws);
             }
             Err(e) => {
                 if r.failed_connects == 0 {
@@ -1555,6 +1787,10 @@ fn main() -> Result<()> {
             ysweet_urls: HashMap::new(),
             sources: cli.sources,
             next_source: AtomicUsize::new(0),
+            read_buffer: match cli.scenario {
+                Scenario::JoinStorm => 256 * 1024,
+                _ => 8 * 1024,
+            },
         };
         let rooms: Vec<String> = match cli.scenario {
             Scenario::Fanout => vec!["fanout".into()],
@@ -1667,5 +1903,94 @@ mod tests {
             rid: 3,
         });
         assert!(matches!(classify_native(&ack), Incoming::Other));
+    }
+
+    /// A large sync message is recognised from the first bytes a raw
+    /// receiver keeps, in every protocol; other messages are not.
+    #[test]
+    fn sync_messages_are_recognised_from_their_first_bytes() {
+        let keep = |m: &[u8]| m[..m.len().min(RawWs::KEEP)].to_vec();
+        let big = vec![5u8; 3 * RawWs::KEEP];
+        let synced = encode_server(&ServerMessage::Synced {
+            room: "r".into(),
+            diff: Bin(big.clone()),
+            sv: Bin(vec![7]),
+            rid: Some(1),
+        });
+        let update = encode_server(&ServerMessage::Update {
+            room: "r".into(),
+            data: Bin(big.clone()),
+            origin: None,
+        });
+        let sync = |m: &[u8], proto| is_sync_message(proto, &keep(m), m.len() as u64).unwrap();
+        assert!(sync(&synced, Proto::Native));
+        assert!(!sync(&update, Proto::Native));
+        let step2 = yjs::sync_step2(big.clone());
+        let y_update = yjs::sync_update(big);
+        assert!(sync(&step2, Proto::Yws));
+        assert!(sync(&step2, Proto::Ysweet));
+        assert!(!sync(&y_update, Proto::Yws));
+        assert!(!sync(&yjs::sync_step1(&StateVector::default()), Proto::Yws));
+        assert!(sync(&hocus_prefix("doc", &step2), Proto::Hocuspocus));
+        assert!(!sync(&hocus_prefix("doc", &y_update), Proto::Hocuspocus));
+        // Small enough to be kept whole: classified by the full decoders.
+        let small = encode_server(&ServerMessage::Synced {
+            room: "r".into(),
+            diff: Bin(vec![1]),
+            sv: Bin(vec![7]),
+            rid: None,
+        });
+        assert!(sync(&small, Proto::Native));
+    }
+
+    /// The raw receiver against tungstenite's server: a ping is skipped, a
+    /// large message is counted whole with its first bytes kept, a
+    /// fragmented message is reassembled, and its masked frames arrive intact.
+    #[tokio::test]
+    async fn raw_receiver_reads_what_a_websocket_server_sends() {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let big: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+        let sent = big.clone();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let got = loop {
+                match ws.next().await.unwrap().unwrap() {
+                    Message::Binary(b) => break b,
+                    _ => continue,
+                }
+            };
+            ws.send(Message::Ping(vec![1].into())).await.unwrap();
+            ws.send(Message::Binary(sent.into())).await.unwrap();
+            let first = Frame::message(vec![1u8, 2], OpCode::Data(Data::Binary), false);
+            let rest = Frame::message(vec![3u8; 200_000], OpCode::Data(Data::Continue), true);
+            ws.send(Message::Frame(first)).await.unwrap();
+            ws.send(Message::Frame(rest)).await.unwrap();
+            got
+        });
+        let target = Target {
+            proto: Proto::Native,
+            url: format!("ws://{addr}"),
+            ysweet_urls: HashMap::new(),
+            sources: 1,
+            next_source: AtomicUsize::new(0),
+            read_buffer: 8 * 1024,
+        };
+        let mut raw = RawWs::connect(&target, &format!("ws://{addr}/ws?x=1"))
+            .await
+            .unwrap();
+        let payload: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        raw.send(&payload).await.unwrap();
+        let m = raw.next().await.unwrap();
+        assert_eq!((m.opcode, m.len), (2, big.len() as u64));
+        assert_eq!(m.head, big[..RawWs::KEEP]);
+        let m = raw.next().await.unwrap();
+        assert_eq!((m.opcode, m.len), (2, 200_002));
+        assert_eq!(m.head[..3], [1, 2, 3]);
+        assert_eq!(m.head.len(), RawWs::KEEP);
+        assert_eq!(server.await.unwrap()[..], payload[..]);
     }
 }
