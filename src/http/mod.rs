@@ -139,6 +139,7 @@ impl Server {
         let mut server =
             HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
                 .disable_signals()
+                .h1_write_buffer_size(crate::session::transport::WRITE_HIGH_WATER)
                 .shutdown_timeout(config.limits.shutdown_timeout().as_secs().max(1));
         if config.workers > 0 {
             server = server.workers(config.workers);

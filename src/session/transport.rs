@@ -422,8 +422,26 @@ pub struct OutboxBody<S> {
     ready: VecDeque<Bytes>,
 }
 
-/// Largest piece handed to actix-http at once (slices of the shared frame).
-const MAX_YIELD: usize = 64 * 1024;
+// How much the body hands actix-http at once. actix-http copies every chunk
+// into its connection's write buffer (8 KiB to start with), keeps polling
+// the body until that buffer holds the server's `h1_write_buffer_size`, and
+// keeps whatever capacity the buffer grew to (up to 128 KiB) for the life of
+// the connection. With whole frames and its default 32 KiB mark, one burst
+// (a big room's presence, a large snapshot) left each member's connection
+// holding 30–130 KiB for good (15 000 members of one room: 89 KB of server
+// memory each); with at most PIECE bytes per chunk and a mark of
+// WRITE_HIGH_WATER, the buffer never outgrows 16 KiB (30 KB each), at the
+// price of more, smaller writes for large frames (a 10 MB join: ~1 200
+// writes instead of ~150). Larger chunks freed the buffer after a large
+// frame, but then every joiner held one at the same time and the allocator
+// kept the peak.
+
+/// The server's `h1_write_buffer_size`: actix-http stops polling the body
+/// once its write buffer holds this much.
+pub const WRITE_HIGH_WATER: usize = 8 * 1024;
+
+/// Largest chunk the body yields (slices of a larger frame, not copies).
+const PIECE: usize = 8 * 1024;
 
 /// Lane capacity kept across swaps; a larger one (left by a burst) is freed.
 const KEEP_LANE_CAPACITY: usize = 256;
@@ -482,10 +500,8 @@ where
             this.take_lane();
         }
         if let Some(mut chunk) = this.ready.pop_front() {
-            if chunk.len() > MAX_YIELD {
-                // actix-http copies what it is given into its write buffer:
-                // in pieces, a large shared frame is never copied whole.
-                this.ready.push_front(chunk.split_off(MAX_YIELD));
+            if chunk.len() > PIECE {
+                this.ready.push_front(chunk.split_off(PIECE));
             }
             this.outbox.on_written(chunk.len());
             return Poll::Ready(Some(Ok(chunk)));
@@ -603,7 +619,7 @@ mod tests {
             loop {
                 match Pin::new(&mut *body).poll_next(&mut cx) {
                     Poll::Ready(Some(Ok(b))) => {
-                        assert!(b.len() <= MAX_YIELD);
+                        assert!(b.len() <= PIECE);
                         out.extend_from_slice(&b);
                     }
                     Poll::Pending => return out,
