@@ -21,8 +21,10 @@
 pub mod api;
 pub mod awareness;
 pub mod events;
+mod fanout;
 pub mod registry;
 mod remote;
+mod yjs_bridge;
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -52,6 +54,7 @@ use crate::store::DocStore;
 use crate::webhook::{HookKind, Webhooks};
 use awareness::AwarenessTable;
 use events::{EventRing, Subscriber};
+use fanout::{encode, send_frame};
 
 /// `v` as `Bytes` without its spare capacity: yrs' encoder starts at 1 KiB,
 /// and a cached small document would otherwise keep all of it.
@@ -270,7 +273,7 @@ pub struct Room {
     /// state vector, with the snapshot (state vector + delete set) it was
     /// encoded at: a storm of joins encodes a large document once, not once
     /// per client. Stale as soon as the snapshot differs.
-    full_state: Option<(yrs::Snapshot, Bytes)>,
+    full_state: Option<Box<(yrs::Snapshot, Bytes)>>,
     /// The presence members encoded for native joiners' snapshots, with
     /// their count, at a presence generation: shared by every joiner until
     /// the next diff is taken (the diff then tells them what changed since).
@@ -294,8 +297,8 @@ pub struct Room {
     /// Native members whose awareness view must be rewritten at the next tick.
     native_dirty: std::collections::BTreeSet<MemberId>,
     /// Set by the first `/yjs` member: from then on native members have
-    /// awareness entries. A room only native clients use keeps none (and
-    /// spends nothing on them).
+    /// awareness entries and the awareness sweep runs. A room only native
+    /// clients use keeps no entries and no timer.
     awareness_native: bool,
     /// Last time native members' awareness states were renewed.
     native_renewed: Instant,
@@ -361,14 +364,14 @@ impl Room {
             return Bytes::from(txn.encode_diff_v1(sv));
         }
         let snapshot = txn.snapshot();
-        if let Some((at, bytes)) = &self.full_state {
+        if let Some((at, bytes)) = self.full_state.as_deref() {
             if *at == snapshot {
                 return bytes.clone();
             }
         }
         let bytes = exact_bytes(txn.encode_diff_v1(sv));
         drop(txn);
-        self.full_state = Some((snapshot, bytes.clone()));
+        self.full_state = Some(Box::new((snapshot, bytes.clone())));
         bytes
     }
 
@@ -482,370 +485,6 @@ impl Room {
         self.bytes_since_compact = stored.updates.iter().map(|u| u.len() as u64).sum();
     }
 
-    /// Sends `msg` encoded for the member's protocol; `None` when that
-    /// protocol has no such message (e.g. `ack` on `/yjs`).
-    fn send_to(&self, member: &Member, msg: &ServerMessage, class: Class) -> Option<Offer> {
-        let frame = encode(member.link.protocol, msg)?;
-        Some(send_frame(&member.link, &frame, class))
-    }
-
-    fn error_to(
-        &self,
-        member: &MemberLink,
-        code: ErrorCode,
-        message: impl Into<String>,
-        rid: Option<u64>,
-    ) {
-        let message = message.into();
-        self.metrics.error(code.as_str());
-        if member.protocol == Protocol::Yjs {
-            // y-protocols has no error message: a failure either closes the
-            // connection (code chosen by `yjs::close_for`) or is dropped.
-            let Some(close) = yjs::close_for(code) else {
-                tracing::debug!(room = %self.id, member = %member.id, "dropped for /yjs: {message}");
-                return;
-            };
-            if code == ErrorCode::Forbidden {
-                let frame = Frame::binary(&yjs::auth_denied(&message));
-                send_frame(member, &frame, Class::Control);
-            }
-            member.recipient.do_send(Outbound::Close {
-                code: close,
-                reason: truncate_reason(&message),
-            });
-            return;
-        }
-        let msg = ServerMessage::Error {
-            code,
-            message,
-            rid,
-            room: Some(self.id.to_string()),
-        };
-        if let Some(frame) = encode(member.protocol, &msg) {
-            send_frame(member, &frame, Class::Control);
-        }
-    }
-
-    /// Refuses a join: the error, then a note telling the session it is
-    /// not a member (so it may retry, and the room does not count).
-    fn refuse(
-        &self,
-        member: &MemberLink,
-        code: ErrorCode,
-        message: impl Into<String>,
-        rid: Option<u64>,
-    ) {
-        self.error_to(member, code, message, rid);
-        member.recipient.do_send(Outbound::Refused {
-            room: self.id.clone(),
-        });
-    }
-
-    fn error_to_member(
-        &self,
-        id: &MemberId,
-        code: ErrorCode,
-        message: impl Into<String>,
-        rid: Option<u64>,
-    ) {
-        if let Some(m) = self.members.get(id) {
-            self.error_to(&m.link, code, message, rid);
-        }
-    }
-
-    /// Sends `msg` to every member but `except`, encoding it at most once
-    /// per protocol. Members that are behind get nothing droppable; they are
-    /// marked for a resync instead.
-    fn fan_out(&mut self, msg: &ServerMessage, class: Class, except: Option<&MemberId>) {
-        self.fan_out_with(class, except, |protocol| encode(protocol, msg));
-    }
-
-    /// Like [`Room::fan_out`], with the frame of each protocol made by
-    /// `encode` (called at most once per protocol; `None`: nothing to send
-    /// to members of that protocol).
-    fn fan_out_with(
-        &mut self,
-        class: Class,
-        except: Option<&MemberId>,
-        mut encode: impl FnMut(Protocol) -> Option<Frame>,
-    ) {
-        let mut frames: [Option<Option<Frame>>; Protocol::COUNT] = Default::default();
-        let mut dropped: Vec<MemberId> = Vec::new();
-        for (id, member) in &self.members {
-            if except == Some(id) {
-                continue;
-            }
-            let protocol = member.link.protocol;
-            let slot = &mut frames[protocol.index()];
-            let Some(frame) = slot.get_or_insert_with(|| encode(protocol)) else {
-                continue;
-            };
-            match member
-                .link
-                .outbox
-                .offer(&member.link.recipient, frame, class)
-            {
-                Offer::Sent => self.metrics.sent(frame.payload_len()),
-                Offer::Dropped => dropped.push(id.clone()),
-                Offer::Evicted => {}
-            }
-        }
-        for id in dropped {
-            let base = self.batch_base.clone();
-            if let Some(member) = self.members.get_mut(&id) {
-                match class {
-                    Class::Delta => {
-                        if member.resync_from.is_none() {
-                            member.resync_from = Some(base.unwrap_or_default());
-                        }
-                    }
-                    Class::Presence => member.presence_stale = true,
-                    Class::Ephemeral | Class::Control => {}
-                }
-            }
-        }
-    }
-
-    /// How often presence (diffs, cursors, awareness) is broadcast: every
-    /// tick × max(1, members / `presence_members_per_tick`),
-    /// so a room's presence traffic while N members join grows as N, not
-    /// N² (every diff goes to every member). Document updates keep the tick.
-    fn presence_interval(&self) -> Duration {
-        let ticks = (self.members.len() / self.config.limits.presence_members_per_tick).max(1);
-        self.config.limits.tick() * ticks as u32
-    }
-
-    /// Schedules a broadcast of what is pending: at once after a quiet
-    /// tick, else at the end of the current tick; deferred presence goes
-    /// out once its interval has passed.
-    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flush_scheduled {
-            return;
-        }
-        let tick = self.config.limits.tick();
-        let since = self.last_flush.elapsed();
-        let wait = if since >= tick {
-            self.flush();
-            if !self.presence_deferred {
-                return;
-            }
-            self.presence_interval()
-                .saturating_sub(self.last_presence_flush.elapsed())
-                .max(Duration::from_millis(1))
-        } else {
-            tick - since
-        };
-        self.flush_scheduled = true;
-        ctx.run_later(wait, |room, ctx| {
-            room.flush_scheduled = false;
-            room.flush();
-            if room.presence_deferred {
-                room.schedule_flush(ctx);
-            }
-        });
-    }
-
-    /// Broadcasts pending updates (merged), presence diffs and cursors.
-    fn flush(&mut self) {
-        self.last_flush = Instant::now();
-        if !self.pending.is_empty() {
-            let pending = std::mem::take(&mut self.pending);
-            let origin = std::mem::replace(&mut self.pending_origin, PendingOrigin::None);
-            let data = if pending.len() == 1 {
-                pending[0].to_vec()
-            } else {
-                match yrs::merge_updates_v1(pending.iter().map(|b| b.as_ref())) {
-                    Ok(merged) => merged,
-                    Err(e) => {
-                        // Every part was applied successfully, so this is
-                        // not expected; fall back to one frame per update.
-                        tracing::warn!(room = %self.id, "merging updates failed: {e}");
-                        for part in &pending {
-                            self.broadcast_update(part.to_vec(), &PendingOrigin::Many);
-                        }
-                        self.batch_base = None;
-                        return self.flush_presence_when_due();
-                    }
-                }
-            };
-            self.broadcast_update(data, &origin);
-            self.batch_base = None;
-            if let Some(since) = self.pending_since.take() {
-                self.metrics.fanout_latency.observe(since.elapsed());
-            }
-        }
-        self.flush_presence_when_due();
-    }
-
-    /// Broadcasts presence if its interval has passed, else defers it (the
-    /// next scheduled flush sends it).
-    fn flush_presence_when_due(&mut self) {
-        let interval = self.presence_interval();
-        if interval > self.config.limits.tick() && self.last_presence_flush.elapsed() < interval {
-            self.presence_deferred = true;
-            return;
-        }
-        self.presence_deferred = false;
-        self.last_presence_flush = Instant::now();
-        self.flush_presence();
-    }
-
-    fn broadcast_update(&mut self, data: Vec<u8>, origin: &PendingOrigin) {
-        let (origin, except) = match origin {
-            PendingOrigin::One(id) => (Some(id.to_string()), Some(id.clone())),
-            _ => (None, None),
-        };
-        self.publish("update", || {
-            use base64::Engine as _;
-            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-            serde_json::json!({ "update": b64, "origin": origin })
-        });
-        let msg = ServerMessage::Update {
-            room: self.id.to_string(),
-            data: Bin(data),
-            origin,
-        };
-        self.fan_out(&msg, Class::Delta, except.as_ref());
-    }
-
-    fn flush_presence(&mut self) {
-        if self.presence.has_diff() {
-            let (joined, updated, left) = self.presence.take_diff();
-            self.publish(
-                "presence",
-                || serde_json::json!({ "joined": joined, "updated": updated, "left": left }),
-            );
-            let msg = ServerMessage::Presence {
-                room: self.id.to_string(),
-                snapshot: false,
-                joined,
-                updated,
-                left,
-            };
-            self.publish_presence(&msg);
-            self.fan_out(&msg, Class::Presence, None);
-        }
-        let cursors = self.presence.take_cursors();
-        if !cursors.is_empty() {
-            if let Some(bridge) = &self.cluster {
-                let local: Vec<_> = cursors
-                    .iter()
-                    .filter(|c| bridge.is_local(&c.id))
-                    .cloned()
-                    .collect();
-                if !local.is_empty() {
-                    self.cluster_publish(Item::Cursors(local));
-                }
-            }
-            let msg = ServerMessage::Cursor {
-                room: self.id.to_string(),
-                cursors,
-            };
-            self.fan_out(&msg, Class::Presence, None);
-        }
-        self.flush_awareness();
-    }
-
-    /// Rewrites the awareness view of native members that changed and sends
-    /// every awareness change of this tick to the `/yjs` members, as one
-    /// message encoded once. The sender of a state gets it back too: the
-    /// stock client ignores its own state at an equal clock, and the echo
-    /// is what keeps its "no message for 30 s" watchdog quiet in an idle room.
-    ///
-    /// Mapping, native → awareness: a native member is the awareness client
-    /// `yjs::derived_client_id(member id)`; its state is its presence map,
-    /// plus `cursor: {anchor, head}` (each a Yjs `RelativePosition` as JSON,
-    /// converted from the binary native cursor) when it has a cursor, plus
-    /// `typing: true` while typing. Awareness → native: see
-    /// [`Room::sync_yjs_presence`].
-    fn flush_awareness(&mut self) {
-        let now = Instant::now();
-        let dirty = std::mem::take(&mut self.native_dirty);
-        if self.awareness_native {
-            for id in dirty {
-                match self.presence.shown(&id) {
-                    Some(shown) => {
-                        let json = native_awareness_json(shown);
-                        self.awareness.set_native(&id, json, now);
-                    }
-                    None => self.awareness.remove_owner(&id),
-                }
-            }
-        }
-        if let Some(frame) = self.awareness.take_frame() {
-            let frame = Frame::binary(&frame);
-            self.fan_out_with(Class::Presence, None, |p| {
-                (p == Protocol::Yjs).then(|| frame.clone())
-            });
-        }
-    }
-
-    /// Mirrors a `/yjs` connection's awareness into native presence. The
-    /// connection is a presence member while it has a live awareness state
-    /// (its most recently renewed one if it uses several client ids); the
-    /// member's presence map is that state without `cursor` (a non-object
-    /// state appears as `{"state": …}`), and a `cursor: {anchor, head}` of
-    /// Yjs `RelativePosition` JSON becomes its native cursor (binary). A
-    /// `null` or expired state, or a closed connection, removes the member.
-    fn sync_yjs_presence(&mut self, owner: &MemberId) {
-        let Some(state) = self.awareness.owner_state(owner).cloned() else {
-            self.presence.leave(owner);
-            return;
-        };
-        let (map, cursor) = split_yjs_state(state);
-        match self.presence.shown(owner) {
-            Some(shown) => {
-                if *shown.state != map {
-                    self.presence.set_state(owner, map);
-                }
-            }
-            None => {
-                let user = self.members.get(owner).and_then(|m| m.link.user.clone());
-                self.presence.join(owner.clone(), user, map);
-            }
-        }
-        let Some(shown) = self.presence.shown(owner) else {
-            return;
-        };
-        let current = (
-            shown.anchor.map(<[u8]>::to_vec),
-            shown.head.map(<[u8]>::to_vec),
-        );
-        match cursor {
-            Some(c) if !shown.has_cursor || c != current => {
-                self.presence.set_cursor(owner, c.0, c.1)
-            }
-            None if shown.has_cursor => self.presence.set_cursor(owner, None, None),
-            _ => {}
-        }
-    }
-
-    /// Expires silent awareness states and renews native members' ones.
-    fn sweep_awareness(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        let ttl = self.config.limits.presence_ttl();
-        let owners = self.awareness.expire(now, ttl);
-        let mut changed = !owners.is_empty();
-        for owner in &owners {
-            self.sync_yjs_presence(owner);
-        }
-        let has_yjs = self
-            .members
-            .values()
-            .any(|m| m.link.protocol == Protocol::Yjs);
-        if has_yjs
-            && self.awareness.has_native()
-            && now.duration_since(self.native_renewed) >= ttl / 2
-        {
-            self.awareness.renew_native(now);
-            self.native_renewed = now;
-            changed = true;
-        }
-        if changed {
-            self.schedule_flush(ctx);
-        }
-    }
-
     fn presence_snapshot(&self) -> ServerMessage {
         ServerMessage::Presence {
             room: self.id.to_string(),
@@ -956,21 +595,6 @@ impl Room {
         }));
     }
 
-    fn broadcast_typing(&mut self, id: &MemberId, on: bool) {
-        if self.cluster.as_ref().is_some_and(|b| b.is_local(id)) {
-            self.cluster_publish(Item::Typing {
-                id: id.to_string(),
-                on,
-            });
-        }
-        let msg = ServerMessage::Typing {
-            room: self.id.to_string(),
-            id: id.to_string(),
-            on,
-        };
-        self.fan_out(&msg, Class::Ephemeral, Some(id));
-    }
-
     fn check_presence(&self, state: &Value) -> Result<(), (ErrorCode, String)> {
         if !state.is_object() {
             return Err((ErrorCode::BadMessage, "presence state must be a map".into()));
@@ -999,85 +623,6 @@ fn decode_update(bytes: &[u8]) -> Result<Update, String> {
         Ok(Err(e)) => Err(format!("not a Yjs v1 update: {e}")),
         Err(_) => Err("not a Yjs v1 update (decoder panicked)".into()),
     }
-}
-
-/// Encodes `msg` for `protocol`; `None` when the protocol has no such
-/// message. On `/yjs` only document updates have an equivalent (a sync
-/// update); presence, cursors and typing travel as awareness instead, and
-/// acks, events and the rest have none.
-fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Frame> {
-    match protocol {
-        Protocol::Native => Some(Frame::binary(&encode_server(msg))),
-        Protocol::Yjs => match msg {
-            ServerMessage::Update { data, .. } => {
-                Some(Frame::binary(&yjs::sync_update(data.0.clone())))
-            }
-            _ => None,
-        },
-    }
-}
-
-/// Offers an encoded frame to one member.
-fn send_frame(link: &MemberLink, frame: &Frame, class: Class) -> Offer {
-    link.outbox.offer(&link.recipient, frame, class)
-}
-
-/// A close reason fits in a control frame (123 bytes).
-fn truncate_reason(reason: &str) -> String {
-    let mut end = reason.len().min(120);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_owned()
-}
-
-/// The awareness state JSON of a native member (see [`Room::flush_awareness`]).
-fn native_awareness_json(shown: Shown<'_>) -> String {
-    let mut obj = match shown.state {
-        Value::Object(m) => m.clone(),
-        other => {
-            let mut m = Map::new();
-            m.insert("state".into(), other.clone());
-            m
-        }
-    };
-    if shown.anchor.is_some() || shown.head.is_some() {
-        let pos = |p: Option<&[u8]>| p.and_then(yjs::position_to_json).unwrap_or(Value::Null);
-        obj.insert(
-            "cursor".into(),
-            serde_json::json!({ "anchor": pos(shown.anchor), "head": pos(shown.head) }),
-        );
-    }
-    if shown.typing {
-        obj.insert("typing".into(), Value::Bool(true));
-    }
-    // unwrap_or: a map of JSON values always serializes.
-    serde_json::to_string(&Value::Object(obj)).unwrap_or_else(|_| "{}".into())
-}
-
-/// A native cursor: (anchor, head), binary relative positions.
-type NativeCursor = (Option<Vec<u8>>, Option<Vec<u8>>);
-
-/// Splits a Yjs awareness state into the native presence map and cursor
-/// (see [`Room::sync_yjs_presence`]).
-fn split_yjs_state(state: Value) -> (Value, Option<NativeCursor>) {
-    let mut map = match state {
-        Value::Object(m) => m,
-        other => {
-            let mut m = Map::new();
-            m.insert("state".into(), other);
-            return (Value::Object(m), None);
-        }
-    };
-    let cursor = match map.remove("cursor") {
-        Some(Value::Object(c)) => {
-            let anchor = c.get("anchor").and_then(yjs::position_from_json);
-            let head = c.get("head").and_then(yjs::position_from_json);
-            (anchor.is_some() || head.is_some()).then_some((anchor, head))
-        }
-        _ => None,
-    };
-    (Value::Object(map), cursor)
 }
 
 /// Checks that bytes are an encoded Yjs relative position.
@@ -1111,8 +656,6 @@ impl Actor for Room {
                 }
             }
         }));
-        let every = (self.config.limits.presence_ttl() / 10).max(Duration::from_millis(10));
-        ctx.run_interval(every, |room, ctx| room.sweep_awareness(ctx));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -1617,96 +1160,4 @@ impl Handler<Flush> for Room {
     }
 }
 
-impl Room {
-    /// A `/yjs` join: like `synced` + presence snapshot of a native join,
-    /// in y-protocols terms. The room sends sync step 1 (its state vector)
-    /// and the current awareness states (when there are any), as the stock
-    /// y-websocket server does; the client's own step 1, sent as soon as it
-    /// connects, is answered with step 2 ([`SyncStep1`]). The connection
-    /// joins native presence once it announces an awareness state.
-    fn join_yjs(&mut self, link: MemberLink, ctx: &mut Context<Self>) {
-        // Deliver pending updates first, and the awareness of this tick.
-        self.flush();
-        if !self.awareness_native {
-            // The first Yjs client: native members get their entries now,
-            // so that its awareness snapshot below shows them.
-            self.awareness_native = true;
-            self.native_dirty.extend(self.presence.ids().cloned());
-            self.flush_awareness();
-        }
-        let step1 = Frame::binary(&yjs::sync_step1(&self.doc.transact().state_vector()));
-        send_frame(&link, &step1, Class::Control);
-        if let Some(frame) = self.awareness.snapshot_frame() {
-            send_frame(&link, &Frame::binary(&frame), Class::Control);
-        }
-        self.members.insert(
-            link.id.clone(),
-            Member {
-                link: link.clone(),
-                resync_from: None,
-                presence_stale: false,
-            },
-        );
-        self.member_added(&link);
-        if let Some(h) = self.idle_timer.take() {
-            ctx.cancel_future(h);
-        }
-    }
-}
-
-impl Handler<SyncStep1> for Room {
-    type Result = ();
-
-    fn handle(&mut self, msg: SyncStep1, _: &mut Context<Self>) {
-        if !self.members.contains_key(&msg.member) {
-            return;
-        }
-        // Pending updates go out first, so the diff does not repeat them.
-        self.flush();
-        let Some(member) = self.members.get_mut(&msg.member) else {
-            return;
-        };
-        // The diff brings a lagging member up to date as well.
-        member.resync_from = None;
-        let diff = self.diff_from(&msg.sv);
-        let frame = Frame::binary_parts(&yjs::sync_step2_head(diff.len()), diff, &[]);
-        if let Some(member) = self.members.get(&msg.member) {
-            send_frame(&member.link, &frame, Class::Control);
-        }
-    }
-}
-
-impl Handler<AwarenessUpdate> for Room {
-    type Result = ();
-
-    fn handle(&mut self, msg: AwarenessUpdate, ctx: &mut Context<Self>) {
-        if !self.members.contains_key(&msg.member) {
-            return;
-        }
-        let max = self.config.limits.max_awareness_clients;
-        if self
-            .awareness
-            .apply_remote(&msg.member, msg.entries, max, Instant::now())
-        {
-            self.sync_yjs_presence(&msg.member);
-            self.schedule_flush(ctx);
-        }
-    }
-}
-
-impl Handler<QueryAwareness> for Room {
-    type Result = ();
-
-    fn handle(&mut self, msg: QueryAwareness, _: &mut Context<Self>) {
-        self.flush();
-        let Some(member) = self.members.get(&msg.member) else {
-            return;
-        };
-        // An empty room answers with an empty update, so the query has a reply.
-        let frame = self
-            .awareness
-            .snapshot_frame()
-            .unwrap_or_else(|| yjs::awareness([]));
-        send_frame(&member.link, &Frame::binary(&frame), Class::Control);
-    }
-}
+impl Room {}

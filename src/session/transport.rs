@@ -444,7 +444,7 @@ pub const WRITE_HIGH_WATER: usize = 8 * 1024;
 const PIECE: usize = 8 * 1024;
 
 /// Lane capacity kept across swaps; a larger one (left by a burst) is freed.
-const KEEP_LANE_CAPACITY: usize = 256;
+const KEEP_LANE_CAPACITY: usize = 16;
 
 impl<S> OutboxBody<S> {
     /// Wraps the stream returned by `WebsocketContext::with_codec`.
