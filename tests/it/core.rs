@@ -615,6 +615,56 @@ async fn a_burst_within_one_tick_is_broadcast_merged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_rooms_updates_are_merged_over_a_longer_window() {
+    // One tick per member, at most four: with 3 members updates are merged
+    // over 3 × 100 ms. After a first update (sent at once), two more 150 ms
+    // and 200 ms later reach the reader as one message; with the plain tick
+    // the one 150 ms later would go out alone, at once.
+    let srv = server(|c| {
+        c.limits.tick_ms = 100;
+        c.limits.update_members_per_tick = 1;
+    });
+    let (mut writer, mut reader) = (
+        Client::connect(srv.addr).await,
+        Client::connect(srv.addr).await,
+    );
+    let mut third = Client::connect(srv.addr).await;
+    let (dw, dr) = (TestDoc::new(), TestDoc::new());
+    writer.join("wide", &dw).await;
+    reader.join("wide", &dr).await;
+    third.join("wide", &TestDoc::new()).await;
+    let send = |text: &str| ClientMessage::Update {
+        room: "wide".into(),
+        data: Bin(dw.push(text)),
+        rid: None,
+    };
+    async fn next_update(reader: &mut Client) -> Vec<u8> {
+        match reader
+            .expect(|m| matches!(m, ServerMessage::Update { .. }))
+            .await
+        {
+            ServerMessage::Update { data, .. } => data.0,
+            _ => unreachable!(),
+        }
+    }
+    // A quiet window first, so that the first update goes out at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writer.send(&send("a")).await;
+    dr.apply(&next_update(&mut reader).await);
+    assert_eq!(dr.text(), "a");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    writer.send(&send("b")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    writer.send(&send("c")).await;
+    dr.apply(&next_update(&mut reader).await);
+    assert_eq!(
+        dr.text(),
+        "abc",
+        "updates 50 ms apart, inside the window, in one message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_rooms_presence_is_coalesced_over_a_longer_window() {
     // One extra tick per member: with 5 members presence goes out every
     // 5 × 100 ms. Two cursor moves 150 ms apart (more than a tick) reach
