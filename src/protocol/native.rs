@@ -547,8 +547,7 @@ pub fn encode_synced_parts(
     const MARK: [u8; 7] = [0xa4, b'd', b'i', b'f', b'f', 0xc4, 0x00];
     let at = find_mark(&empty, &MARK);
     let mut head = empty[..at + 5].to_vec();
-    // unwrap: a Vec sink cannot fail.
-    rmp::encode::write_bin_len(&mut head, diff_len as u32).unwrap();
+    rmp::encode::write_bin_len(&mut head, diff_len as u32).unwrap(); // unwrap: a Vec sink cannot fail.
     let tail = empty[at + MARK.len()..].to_vec();
     (head, tail)
 }
@@ -594,8 +593,7 @@ pub fn encode_snapshot_parts(
     const MARK: [u8; 8] = [0xa6, b'j', b'o', b'i', b'n', b'e', b'd', 0x90];
     let at = find_mark(&empty, &MARK);
     let mut head = empty[..at + 7].to_vec();
-    // unwrap: a Vec sink cannot fail.
-    rmp::encode::write_array_len(&mut head, (shared_count + 1) as u32).unwrap();
+    rmp::encode::write_array_len(&mut head, (shared_count + 1) as u32).unwrap(); // unwrap: a Vec sink cannot fail.
     let mut tail = encode_members(std::slice::from_ref(own));
     tail.extend_from_slice(&empty[at + MARK.len()..]);
     (head, tail)
