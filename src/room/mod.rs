@@ -3,16 +3,16 @@
 //! Path of an update: decode and apply in one transaction (a bad update is
 //! refused and the document stays as it was) → append to the store, `ack`
 //! to the sender once durable → merged with the other updates of the same
-//! tick, encoded once per protocol, and offered to every other member through
-//! their [`Outbox`]. A member too far
-//! behind gets no deltas; once it drains it is resynced from the state vector
-//! the room had when it started dropping.
+//! window (a tick; longer in big rooms), encoded once per protocol, and
+//! offered to every other member through their [`Outbox`] (`fanout.rs`). A
+//! member too far behind gets no deltas; once it drains it is resynced from
+//! the state vector the room had when it started dropping.
 //!
 //! Members speak either protocol ([`Protocol`]): a `/yjs` member gets the
 //! same updates as y-protocols sync messages, and sees native members (and
-//! is seen by them) through the awareness table ([`awareness`]); see
-//! `Room::flush_awareness` for the mapping between awareness states and
-//! native presence.
+//! is seen by them) through the awareness table ([`awareness`]);
+//! `yjs_bridge.rs` holds the `/yjs` side (`Room::flush_awareness` for the
+//! mapping between awareness states and native presence).
 //!
 //! Rooms are started by the [`Registry`] on one of a pool of arbiters and
 //! evicted after `room_idle_ms` without members (their document is compacted
