@@ -1288,6 +1288,38 @@ fn finish(r: &mut Report, before: ProcStat, after: ProcStat, wall: f64) {
     r.load_cpu_secs = self_cpu();
 }
 
+/// Writes one character to `room` as `writer` at every tick of `tick` before
+/// `end`, counting sends in `sent_total`. `before_send` runs just before
+/// each send (fanout records the send instant there); false stops writing.
+/// Returns when writing stops; the caller decides how long to stay connected.
+#[allow(clippy::too_many_arguments)]
+async fn write_on_schedule(
+    target: &Target,
+    room: &str,
+    writer: &Writer,
+    sink: &mut Sink,
+    mut tick: tokio::time::Interval,
+    end: tokio::time::Instant,
+    sent_total: &AtomicU64,
+    mut before_send: impl FnMut() -> bool,
+) {
+    loop {
+        let at = tick.tick().await;
+        if at >= end || !before_send() {
+            return;
+        }
+        let data = writer.write("x");
+        if sink
+            .send(Message::Binary(target.update_frame(room, data).into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        sent_total.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The fanout writers, on their own runtime: each joins `room`, reports
 /// through `joined`, then writes one character per period from `t0`
 /// (spread over one period) until `end`, and stays connected until `until`.
@@ -1321,6 +1353,7 @@ async fn run_writers(
         return;
     };
     let period = Duration::from_secs_f64(1.0 / rate);
+    let mut drains = Vec::new();
     let mut tasks = Vec::new();
     for (w, mut sink, source) in conns {
         let (target, table, room, sent_total) = (
@@ -1331,36 +1364,40 @@ async fn run_writers(
         );
         // Spread the writers over one period.
         let offset = period.mul_f64(w as f64 / writers.max(1) as f64);
-        tasks.push(tokio::spawn(drain(source, until)));
+        drains.push(tokio::spawn(drain(source, until)));
         tasks.push(tokio::spawn(async move {
             let writer = Writer::new(WRITER_BASE + w as u64);
             let mut tick = tokio::time::interval_at(t0 + offset, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut clock = 0usize;
-            loop {
-                let at = tick.tick().await;
-                if at >= end || clock + 1 >= table.sent[w].len() {
-                    break;
+            let record = || {
+                // The n-th update is clock n: its send instant, for latency.
+                if clock + 1 >= table.sent[w].len() {
+                    return false;
                 }
-                let data = writer.write("x");
                 table.sent[w][clock].store(table.now_us(), Ordering::Relaxed);
                 clock += 1;
-                if sink
-                    .send(Message::Binary(target.update_frame(&room, data).into()))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                sent_total.fetch_add(1, Ordering::Relaxed);
-            }
+                true
+            };
+            write_on_schedule(
+                &target,
+                &room,
+                &writer,
+                &mut sink,
+                tick,
+                end,
+                &sent_total,
+                record,
+            )
+            .await;
             // Keep the writer connected until the receivers are done.
             tokio::time::sleep_until(until).await;
-            drop(sink);
-            (0, 0)
         }));
     }
     for t in tasks {
+        let _ = t.await;
+    }
+    for t in drains {
         let _ = t.await;
     }
 }
@@ -1536,7 +1573,6 @@ async fn many(ctx: &Ctx, rooms_mode: bool) -> Result<Report> {
     let t0 = tokio::time::Instant::now();
     let until = t0 + Duration::from_secs_f64(secs) + Duration::from_secs(1);
     let mut tasks = Vec::new();
-    let table = Arc::new(SendTable::new(0, 0));
     let sent_total = Arc::new(AtomicU64::new(0));
     for (i, mut sink, source) in conns {
         tasks.push(tokio::spawn(drain(source, until)));
@@ -1557,22 +1593,19 @@ async fn many(ctx: &Ctx, rooms_mode: bool) -> Result<Report> {
                 let _ = sink
                     .send(Message::Binary(t.update_frame(&room, data).into()))
                     .await;
-                let mut tick = tokio::time::interval_at(t0 + phase, period);
-                loop {
-                    let at = tick.tick().await;
-                    if at >= t0 + Duration::from_secs_f64(first_secs) {
-                        break;
-                    }
-                    let data = writer.write("x");
-                    if sink
-                        .send(Message::Binary(t.update_frame(&room, data).into()))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                    sent_total.fetch_add(1, Ordering::Relaxed);
-                }
+                let tick = tokio::time::interval_at(t0 + phase, period);
+                let end = t0 + Duration::from_secs_f64(first_secs);
+                write_on_schedule(
+                    &t,
+                    &room,
+                    &writer,
+                    &mut sink,
+                    tick,
+                    end,
+                    &sent_total,
+                    || true,
+                )
+                .await;
                 tokio::time::sleep_until(until).await;
                 drop(sink);
                 (0, 0)
@@ -1585,7 +1618,6 @@ async fn many(ctx: &Ctx, rooms_mode: bool) -> Result<Report> {
             }));
         }
     }
-    drop(table);
     let cpu_from = ctx.stat();
     tokio::time::sleep_until(until - Duration::from_millis(500)).await;
     let after = ctx.stat();

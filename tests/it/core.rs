@@ -616,10 +616,11 @@ async fn a_burst_within_one_tick_is_broadcast_merged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_rooms_updates_are_merged_over_a_longer_window() {
-    // One tick per member, at most four: with 3 members updates are merged
-    // over 3 × 100 ms. After a first update (sent at once), two more 150 ms
-    // and 200 ms later reach the reader as one message; with the plain tick
-    // the one 150 ms later would go out alone, at once.
+    // One tick per member, at most four: with 4 members updates are merged
+    // over 4 × 100 ms. After a first update (sent at once), two more 150 ms
+    // and 200 ms later reach the reader as one message (200 ms to spare on
+    // a slow machine); with the plain tick the one 150 ms later would go
+    // out alone, at once.
     let srv = server(|c| {
         c.limits.tick_ms = 100;
         c.limits.update_members_per_tick = 1;
@@ -628,11 +629,15 @@ async fn a_big_rooms_updates_are_merged_over_a_longer_window() {
         Client::connect(srv.addr).await,
         Client::connect(srv.addr).await,
     );
-    let mut third = Client::connect(srv.addr).await;
     let (dw, dr) = (TestDoc::new(), TestDoc::new());
     writer.join("wide", &dw).await;
     reader.join("wide", &dr).await;
-    third.join("wide", &TestDoc::new()).await;
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(srv.addr).await;
+        c.join("wide", &TestDoc::new()).await;
+        others.push(c);
+    }
     let send = |text: &str| ClientMessage::Update {
         room: "wide".into(),
         data: Bin(dw.push(text)),
@@ -648,7 +653,7 @@ async fn a_big_rooms_updates_are_merged_over_a_longer_window() {
         }
     }
     // A quiet window first, so that the first update goes out at once.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     writer.send(&send("a")).await;
     dr.apply(&next_update(&mut reader).await);
     assert_eq!(dr.text(), "a");
