@@ -15,7 +15,8 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, Text, Transact, Update};
 
-use chorus::presence::{MemberId, Presence};
+use chorus::ids::MemberId;
+use chorus::presence::Presence;
 use chorus::protocol::native::{
     decode_client, decode_server, encode_client, encode_server, Bin, ClientMessage, ServerMessage,
 };

@@ -10,8 +10,7 @@ use serde_json::Value;
 
 use crate::protocol::native::{Bin, CursorView, MemberView};
 
-/// A member id: unique across the cluster (`<node>-<counter>`).
-pub type MemberId = Arc<str>;
+use crate::ids::MemberId;
 
 /// A cursor: encoded Yjs relative positions of anchor and head.
 type Cursor = (Option<Vec<u8>>, Option<Vec<u8>>);

@@ -36,6 +36,8 @@
 //! the others at most `NODE_TTL + HEARTBEAT` (8 s) after the node died.
 //! Presence reads never wait on Redis: they read the room's local map.
 
+pub mod log;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -48,8 +50,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::protocol::native::{CursorView, MemberView};
-use crate::store::redis::{LogFrame, LogRead, RedisStore};
 use crate::store::StoreFuture;
+use log::{LogFrame, LogRead, RedisStore};
 
 /// How long a node's liveness key lives without a refresh (three missed
 /// heartbeats).
@@ -83,10 +85,7 @@ pub fn node_key(node: &str) -> String {
     format!("chorus:node:{node}")
 }
 
-/// The node id of a member id (`<node>-<counter>`).
-pub fn node_of(member: &str) -> Option<&str> {
-    member.split_once('-').map(|(node, _)| node)
-}
+pub use crate::ids::node_of;
 
 /// The `seq` of an [`Envelope`] outside any room instance's sequence.
 pub const UNSEQUENCED: u64 = 0;

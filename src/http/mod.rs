@@ -23,17 +23,17 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_actors::ws;
 
 use crate::auth::{now_secs, Verifier};
+use crate::cluster::log::RedisStore;
 use crate::cluster::Bridge;
 use crate::config::{Config, StoreKind};
 use crate::limit::IpLimiter;
+use crate::outbox::{Outbox, OutboxBody};
 use crate::protocol::close;
 use crate::room::Registry;
-use crate::session::transport::{Outbox, OutboxBody};
 use crate::session::yjs::YjsSession;
 use crate::session::{Admission, NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
 use crate::store::redb::RedbStore;
-use crate::store::redis::RedisStore;
 use crate::store::{DocStore, StoreError};
 
 /// Errors starting the server.
@@ -139,7 +139,7 @@ impl Server {
         let mut server =
             HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
                 .disable_signals()
-                .h1_write_buffer_size(crate::session::transport::WRITE_HIGH_WATER)
+                .h1_write_buffer_size(crate::outbox::WRITE_HIGH_WATER)
                 .shutdown_timeout(config.limits.shutdown_timeout().as_secs().max(1));
         if config.workers > 0 {
             server = server.workers(config.workers);

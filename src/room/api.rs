@@ -19,9 +19,9 @@ use yrs::{ArrayRef, GetString, MapRef, Out, ReadTxn, StateVector, TextRef, Trans
 use super::events::{Replay, RoomEvent, Subscriber};
 use super::{Class, Room};
 use crate::cluster::Item;
+use crate::outbox::Outbound;
 use crate::protocol::native::ServerMessage;
 use crate::protocol::{close, ErrorCode};
-use crate::session::transport::Outbound;
 
 /// Why a room refused an API request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

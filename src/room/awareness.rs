@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::presence::MemberId;
+use crate::ids::MemberId;
 use crate::protocol::yjs::{self, derived_client_id, AwarenessEntry};
 
 /// One awareness client.

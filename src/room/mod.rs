@@ -42,14 +42,15 @@ pub use registry::Registry;
 
 use crate::cluster::{Bridge, Item};
 use crate::config::Config;
+use crate::ids::MemberId;
 use crate::metrics::Metrics;
-use crate::presence::{MemberId, Presence, Shown};
+use crate::outbox::{Class, Frame, Offer, Outbound, Outbox};
+use crate::presence::{Presence, Shown};
 use crate::protocol::native::{
     encode_members, encode_server, encode_snapshot_parts, encode_synced_parts, Bin, ServerMessage,
 };
 use crate::protocol::yjs::{self, AwarenessEntry};
 use crate::protocol::ErrorCode;
-use crate::session::transport::{Class, Frame, Offer, Outbound, Outbox};
 use crate::store::DocStore;
 use crate::webhook::{HookKind, Webhooks};
 use awareness::AwarenessTable;
@@ -63,8 +64,7 @@ fn exact_bytes(mut v: Vec<u8>) -> Bytes {
     Bytes::from(v)
 }
 
-/// A room id (validated by the session before use).
-pub type RoomId = Arc<str>;
+pub use crate::ids::RoomId;
 
 /// Wire protocol of a member: the room encodes each broadcast once per
 /// protocol present.
@@ -480,7 +480,7 @@ impl Room {
         }
         self.durable_seq = stored.last_seq;
         self.log_seq = stored.last_seq;
-        self.log_epoch = stored.epoch;
+        self.log_epoch = stored.generation;
         self.since_compact = stored.updates.len() as u64;
         self.bytes_since_compact = stored.updates.iter().map(|u| u.len() as u64).sum();
     }

@@ -11,11 +11,11 @@ use bytes::Bytes;
 use yrs::{ReadTxn, Transact};
 
 use super::{decode_update, Room};
+use crate::cluster::log::{LogFrame, LogRead};
 use crate::cluster::{node_of, Bridge, Envelope, Item, Log, NodesDead, Remote, Resubscribed};
-use crate::presence::MemberId;
+use crate::ids::MemberId;
+use crate::outbox::Class;
 use crate::protocol::native::{CursorView, MemberView, ServerMessage};
-use crate::session::transport::Class;
-use crate::store::redis::{LogFrame, LogRead};
 
 /// Most log positions remembered while a read of missed entries is in
 /// flight (beyond it a later gap just triggers one more read).

@@ -1,12 +1,11 @@
 //! One actor per WebSocket connection. It decodes frames, checks them
 //! against the connection's state and limits, forwards them to its rooms, and
 //! writes what rooms send it. Outbound bytes are accounted in an [`Outbox`]
-//! shared with the rooms (see [`transport`]). [`NativeSession`] speaks the
+//! shared with the rooms (see [`crate::outbox`]). [`NativeSession`] speaks the
 //! native protocol on `/ws`; [`yjs::YjsSession`] speaks y-protocols on
 //! `/yjs/{room}` to the same room actors.
 
 pub mod intake;
-pub mod transport;
 pub mod yjs;
 
 use std::collections::HashMap;
@@ -20,8 +19,9 @@ use bytes::Bytes;
 
 use crate::auth::{now_secs, Grants, Rights, Verifier};
 use crate::config::Config;
+use crate::ids::MemberId;
 use crate::limit::{IpLimiter, IpSlot, SessionRate};
-use crate::presence::MemberId;
+use crate::outbox::{Drained, Frame, Outbound, Outbox};
 use crate::protocol::native::{
     decode_client, encode_server, ClientMessage, ServerMessage, WireLimits,
 };
@@ -31,7 +31,6 @@ use crate::room::{
     SetCursor, SetPresence, SetTyping,
 };
 use intake::{Inbound, Intake};
-use transport::{Drained, Frame, Outbound, Outbox};
 
 /// Every live session, so shutdown can tell each one to go away and
 /// metrics can count them.
@@ -60,7 +59,7 @@ impl Sessions {
     /// A fresh member id, unique in the cluster.
     pub fn next_id(&self) -> MemberId {
         let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        Arc::from(format!("{}-{n}", self.node))
+        crate::ids::member_id(&self.node, n)
     }
 
     /// Number of open sessions.
@@ -606,7 +605,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for NativeSession {
                 self.outbox.push(&Frame::pong(&payload));
             }
             Inbound::Close(reason) => {
-                self.outbox.push_close(&transport::echo_close(reason));
+                self.outbox.push_close(&crate::outbox::echo_close(reason));
                 ctx.stop();
             }
             Inbound::Nothing => {}

@@ -42,11 +42,11 @@ use actix_web_actors::ws;
 use bytes::Bytes;
 
 use super::intake::{Inbound, Intake};
-use super::transport::{echo_close, Drained, Frame, Outbound, Outbox};
 use super::{schedule_expiry, Admission, Shared};
 use crate::auth::{Grants, Rights};
+use crate::ids::MemberId;
 use crate::limit::{IpSlot, SessionRate};
-use crate::presence::MemberId;
+use crate::outbox::{echo_close, Drained, Frame, Outbound, Outbox};
 use crate::protocol::yjs::{self, YjsMessage};
 use crate::protocol::{close, validate_room_id};
 use crate::room::{

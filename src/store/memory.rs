@@ -47,7 +47,7 @@ impl DocStore for MemoryStore {
                     updates: e.log.iter().map(|(_, u)| u.clone()).collect(),
                     last_seq: e.last_seq,
                     skipped: Vec::new(),
-                    epoch: None,
+                    generation: None,
                 })
                 .unwrap_or_default()
         });

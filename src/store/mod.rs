@@ -4,12 +4,12 @@
 //! log into a new snapshot from time to time and on eviction.
 //!
 //! Implementations: [`redb::RedbStore`] (the default: durable, embedded,
-//! group-committed), [`memory::MemoryStore`] (tests and `--store memory`)
-//! and [`redis::RedisStore`] (cluster mode: shared by the nodes).
+//! group-committed) and [`memory::MemoryStore`] (tests and `--store memory`).
+//! Cluster mode's shared log implements the same trait in
+//! `crate::cluster::log`.
 
 pub mod memory;
 pub mod redb;
-pub mod redis;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -53,10 +53,12 @@ pub struct StoredDoc {
     pub last_seq: u64,
     /// Damaged entries that were skipped while loading, described for logs.
     pub skipped: Vec<String>,
-    /// The log's generation, for stores shared by a cluster's nodes
-    /// ([`redis::RedisStore`]); `None` elsewhere, or when nothing was
-    /// written yet.
-    pub epoch: Option<String>,
+    /// An opaque name of the log's incarnation, for stores that can lose
+    /// their log and start a new one (a shared store restored or wiped):
+    /// a room that sees it change knows positions it holds are void.
+    /// `None` for stores whose log is never replaced, or before anything
+    /// was written.
+    pub generation: Option<String>,
 }
 
 /// A boxed future, as returned by [`DocStore`] methods.

@@ -36,7 +36,7 @@ pub enum Outbound {
     /// The room refused a join (the error frame precedes this): forget it.
     Refused {
         /// The room that refused.
-        room: crate::room::RoomId,
+        room: crate::ids::RoomId,
     },
     /// Close the connection with this code.
     Close {

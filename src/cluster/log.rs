@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Mutex;
 
-use super::{DocStore, StoreError, StoreFuture, StoredDoc};
-use crate::cluster::room_channel;
+use super::room_channel;
+use crate::store::{DocStore, StoreError, StoreFuture, StoredDoc};
 
 /// KEYS: log, seq, epoch, channel. ARGV: update, node id, epoch candidate.
 const APPEND: &str = r"
@@ -397,7 +397,7 @@ impl DocStore for RedisStore {
                 snapshot: read.snapshot,
                 updates: read.updates,
                 last_seq: read.last_seq,
-                epoch: read.epoch,
+                generation: read.epoch,
                 skipped: Vec::new(),
             })
         })
