@@ -29,8 +29,8 @@ use crate::auth::{now_secs, Rights};
 use crate::cluster::Item;
 use crate::protocol::{validate_room_id, ErrorCode};
 use crate::room::api::{
-    ApiUpdate, DeleteRoom, DocBody, DocFormat, ReadDoc, ReadPresence, RoomError, Stats, Subscribe,
-    Subscription, Trigger, Unsubscribe, SERVER,
+    ApiUpdate, DeleteRoom, DocBody, DocFormat, ReadDoc, ReadPresence, ReadStats, RoomError,
+    Subscribe, Subscription, Trigger, Unsubscribe, SERVER,
 };
 use crate::room::events::RoomEvent;
 use crate::room::{Room, RoomId};
@@ -296,7 +296,8 @@ async fn list_rooms(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse
     let res = async {
         authorize(&req, &shared, Need::Admin)?;
         let live = shared.registry.live_list();
-        let stats = futures_util::future::join_all(live.iter().map(|(_, a)| a.send(Stats))).await;
+        let stats =
+            futures_util::future::join_all(live.iter().map(|(_, a)| a.send(ReadStats))).await;
         let mut rooms: Vec<RoomEntry> = live
             .iter()
             .zip(stats)
@@ -580,8 +581,8 @@ impl StreamState {
             self.last = self.last.max(event.seq);
         }
         match self.framing {
-            Framing::Sse => event.sse.clone(),
-            Framing::Ndjson => event.ndjson.clone(),
+            Framing::Sse => event.sse(),
+            Framing::Ndjson => event.ndjson(),
         }
     }
 }

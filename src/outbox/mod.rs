@@ -89,6 +89,16 @@ const OP_PONG: u8 = 0xA;
 /// Largest close reason that fits a control frame (125 bytes, less the code).
 const MAX_CLOSE_REASON: usize = 123;
 
+/// The longest prefix of `reason` that fits a close frame (at most
+/// 123 bytes, cut at a character boundary).
+pub fn truncate_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// One server→client WebSocket frame, header included, as one or more
 /// byte chunks written back to back. Cloning shares the bytes: a frame
 /// encoded once is queued for any number of sessions without a copy.
@@ -180,13 +190,10 @@ impl Frame {
         let Some(code) = code else {
             return Frame::single(OP_CLOSE, &[]);
         };
-        let mut end = reason.len().min(MAX_CLOSE_REASON);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        let mut payload = Vec::with_capacity(2 + end);
+        let reason = truncate_reason(reason);
+        let mut payload = Vec::with_capacity(2 + reason.len());
         payload.extend_from_slice(&code.to_be_bytes());
-        payload.extend_from_slice(&reason.as_bytes()[..end]);
+        payload.extend_from_slice(reason.as_bytes());
         Frame::single(OP_CLOSE, &payload)
     }
 

@@ -6,22 +6,13 @@
 //! is never evicted with one of them on its way, and a room started only
 //! for one of them is evicted again after `room_idle_ms`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use actix::prelude::*;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use yrs::types::ToJson;
-use yrs::{ArrayRef, GetString, MapRef, Out, ReadTxn, StateVector, TextRef, Transact};
 
-use super::events::{Replay, RoomEvent, Subscriber};
-use super::{Class, Room};
-use crate::cluster::Item;
-use crate::outbox::Outbound;
-use crate::protocol::native::ServerMessage;
-use crate::protocol::{close, ErrorCode};
+pub use super::events::Subscription;
+use super::Room;
+use crate::protocol::ErrorCode;
 
 /// Why a room refused an API request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,20 +94,6 @@ pub struct Subscribe {
     pub since: Option<u64>,
 }
 
-/// A new subscription: what to replay, then live events from `rx`.
-pub struct Subscription {
-    /// Subscriber id, for [`Unsubscribe`].
-    pub id: u64,
-    /// Events to send first (a `reset` when `since` was outside the window).
-    pub replay: Vec<Arc<RoomEvent>>,
-    /// The latest sequence number at subscription time.
-    pub head: u64,
-    /// Live events.
-    pub rx: mpsc::Receiver<Arc<RoomEvent>>,
-    /// Set when the room dropped the subscriber (behind, or room deleted).
-    pub lagged: Arc<AtomicBool>,
-}
-
 /// End a subscription (sent when its HTTP response is dropped).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -134,7 +111,7 @@ pub struct DeleteRoom;
 /// Counts for the room list (not counted as an entry).
 #[derive(Message)]
 #[rtype(result = "RoomStats")]
-pub struct Stats;
+pub struct ReadStats;
 
 /// One room in the room list.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -150,14 +127,6 @@ pub struct RoomStats {
 }
 
 impl Room {
-    /// Counts a message sent through `Registry::request` (see the module doc).
-    fn entered(&mut self, ctx: &mut Context<Self>) {
-        self.joins_seen += 1;
-        if self.is_idle() {
-            self.arm_idle_timer(ctx);
-        }
-    }
-
     fn check_loaded(&self) -> Result<(), RoomError> {
         match &self.broken {
             Some(reason) => Err(RoomError::new(
@@ -166,38 +135,6 @@ impl Room {
             )),
             None => Ok(()),
         }
-    }
-
-    /// Each root type by name. Roots created by remote updates have no
-    /// declared type on the server, so it is inferred: keyed entries → map,
-    /// text content → string, sequence → array; empty → null.
-    fn doc_json(&self) -> Value {
-        let txn = self.doc.transact();
-        let mut out = serde_json::Map::new();
-        for (name, value) in txn.root_refs() {
-            let any = match value {
-                Out::UndefinedRef(ptr) => {
-                    let map = MapRef::from(ptr);
-                    let text = TextRef::from(ptr);
-                    let array = ArrayRef::from(ptr);
-                    if yrs::Map::len(&map, &txn) > 0 {
-                        map.to_json(&txn)
-                    } else if !text.get_string(&txn).is_empty() {
-                        yrs::Any::from(text.get_string(&txn))
-                    } else if yrs::Array::len(&array, &txn) > 0 {
-                        array.to_json(&txn)
-                    } else {
-                        yrs::Any::Null
-                    }
-                }
-                other => other.to_json(&txn),
-            };
-            out.insert(
-                name.to_owned(),
-                serde_json::to_value(&any).unwrap_or(Value::Null),
-            );
-        }
-        Value::Object(out)
     }
 }
 
@@ -208,12 +145,8 @@ impl Handler<ReadDoc> for Room {
         self.entered(ctx);
         self.check_loaded()?;
         Ok(match msg.format {
-            DocFormat::Json => DocBody::Json(self.doc_json()),
-            DocFormat::Binary => DocBody::Binary(Bytes::from(
-                self.doc
-                    .transact()
-                    .encode_state_as_update_v1(&StateVector::default()),
-            )),
+            DocFormat::Json => DocBody::Json(self.document.to_json()),
+            DocFormat::Binary => DocBody::Binary(self.document.encode_state()),
         })
     }
 }
@@ -254,22 +187,8 @@ impl Handler<Trigger> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Trigger, _: &mut Context<Self>) {
-        self.cluster_publish(Item::Event {
-            from: SERVER.into(),
-            name: msg.name.clone(),
-            data: msg.data.clone(),
-        });
-        self.publish(
-            "event",
-            || json!({ "from": SERVER, "name": msg.name, "data": msg.data }),
-        );
-        let out = ServerMessage::Event {
-            room: self.id.to_string(),
-            from: SERVER.into(),
-            name: msg.name,
-            data: msg.data,
-        };
-        self.fan_out(&out, Class::Ephemeral, None);
+        self.share_event(SERVER, &msg.name, &msg.data);
+        self.deliver_event(SERVER.into(), msg.name, msg.data, None);
     }
 }
 
@@ -287,39 +206,11 @@ impl Handler<Subscribe> for Room {
         // Pending updates go out first, so the replay and the live events
         // follow each other without a gap or a repeat.
         self.flush();
-        self.followed = true;
-        let head = self.events.head();
-        let replay = match msg.since {
-            None => Vec::new(),
-            Some(since) => match self.events.since(since) {
-                Replay::Events(events) => events,
-                Replay::Reset { head } => {
-                    vec![Arc::new(RoomEvent::reset(head, "outside_window"))]
-                }
-            },
-        };
-        let (tx, rx) = mpsc::channel(self.config.api.subscriber_buffer);
-        let lagged = Arc::new(AtomicBool::new(false));
-        self.next_subscriber += 1;
-        let id = self.next_subscriber;
-        self.subscribers.insert(
-            id,
-            Subscriber {
-                tx,
-                lagged: lagged.clone(),
-            },
-        );
-        self.metrics.subscribers.fetch_add(1, Ordering::Relaxed);
+        let sub = self.events.subscribe(msg.since);
         if let Some(h) = self.idle_timer.take() {
             ctx.cancel_future(h);
         }
-        Ok(Subscription {
-            id,
-            replay,
-            head,
-            rx,
-            lagged,
-        })
+        Ok(sub)
     }
 }
 
@@ -327,9 +218,7 @@ impl Handler<Unsubscribe> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) {
-        if self.subscribers.remove(&msg.id).is_some() {
-            self.metrics.subscribers.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.events.unsubscribe(msg.id);
         if self.is_idle() && self.idle_timer.is_none() {
             self.arm_idle_timer(ctx);
         }
@@ -341,7 +230,7 @@ impl Handler<DeleteRoom> for Room {
 
     fn handle(&mut self, _: DeleteRoom, ctx: &mut Context<Self>) -> Self::Result {
         self.reset(ctx);
-        let delete = self.store.delete(&self.id);
+        let delete = self.persist.delete(&self.id);
         Box::pin(delete.into_actor(self).map(|res, room, _| {
             res.map_err(|e| {
                 tracing::error!(room = %room.id, "delete failed: {e}");
@@ -354,56 +243,14 @@ impl Handler<DeleteRoom> for Room {
     }
 }
 
-impl Room {
-    /// Empties the room (document, members, followers), as a deletion does:
-    /// members are closed with `1001 room deleted`.
-    pub(super) fn reset(&mut self, ctx: &mut Context<Self>) {
-        self.entered(ctx);
-        for member in self.members.values() {
-            member.link.recipient.do_send(Outbound::Close {
-                code: close::GOING_AWAY,
-                reason: "room deleted".into(),
-            });
-        }
-        for (_, sub) in self.subscribers.drain() {
-            sub.lagged.store(true, Ordering::Release);
-            self.metrics.subscribers.fetch_sub(1, Ordering::Relaxed);
-        }
-        // Sessions send `Leave` as they close; the room forgets them now so
-        // nothing more is sent to them.
-        let ids: Vec<_> = self.members.keys().cloned().collect();
-        for id in ids {
-            self.members.remove(&id);
-            self.presence.leave(&id);
-            self.awareness.remove_owner(&id);
-        }
-        self.native_dirty.clear();
-        let _ = self.presence.take_diff();
-        let _ = self.presence.take_cursors();
-        self.pending.clear();
-        self.pending_since = None;
-        self.batch_base = None;
-        self.doc = yrs::Doc::new();
-        self.doc_bytes = 0;
-        self.durable_seq = 0;
-        self.log_seq = 0;
-        self.unlogged.clear();
-        self.since_compact = 0;
-        self.bytes_since_compact = 0;
-        self.events.clear();
-        self.broken = None;
-        self.arm_idle_timer(ctx);
-    }
-}
+impl Handler<ReadStats> for Room {
+    type Result = MessageResult<ReadStats>;
 
-impl Handler<Stats> for Room {
-    type Result = MessageResult<Stats>;
-
-    fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: ReadStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(RoomStats {
             members: self.members.len(),
-            subscribers: self.subscribers.len(),
-            doc_bytes: self.doc_bytes,
+            subscribers: self.events.len(),
+            doc_bytes: self.document.size(),
             seq: self.events.head(),
         })
     }

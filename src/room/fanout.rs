@@ -1,223 +1,197 @@
-//! Fan-out and the tick: how a room's messages reach its members.
+//! Fan-out and the tick: how a room's changes reach its members.
 //!
-//! Updates, presence diffs and cursors of one tick are merged and encoded
-//! once per protocol present; the same frame (shared bytes) is offered to
-//! every member's [`Outbox`]. Errors and refusals go to one member.
+//! Updates applied within one window are merged and sent as one frame per
+//! protocol present; presence diffs and cursors go out once per presence
+//! interval. Each frame is encoded once and its bytes shared by every
+//! recipient's outbox ([`Members::fan_out_with`](super::members::Members)).
+//! A member whose outbox is behind is marked owed a resync, and gets one
+//! ([`Resync`]) once it drains.
 
-use super::*;
+use std::time::{Duration, Instant};
 
-/// Longest update window, in ticks ([`Room::update_window`]): updates of
+use actix::prelude::*;
+use bytes::Bytes;
+use serde_json::Value;
+use yrs::StateVector;
+
+use super::messages::{Broadcast, Protocol, Resync};
+use super::Room;
+use crate::config::Limits;
+use crate::ids::MemberId;
+use crate::outbox::{Class, Frame};
+use crate::protocol::native::{Bin, ServerMessage};
+use crate::protocol::{yjs, ErrorCode};
+
+/// Longest update window, in ticks ([`Fanout::update_window`]): updates of
 /// even the biggest room reach its members within four ticks.
 const MAX_UPDATE_TICKS: usize = 4;
 
-impl Room {
-    /// Sends `msg` encoded for the member's protocol; `None` when that
-    /// protocol has no such message (e.g. `ack` on `/yjs`).
-    pub(super) fn send_to(
-        &self,
-        member: &Member,
-        msg: &ServerMessage,
-        class: Class,
-    ) -> Option<Offer> {
-        let frame = encode(member.link.protocol, msg)?;
-        Some(send_frame(&member.link, &frame, class))
-    }
+/// Who wrote the updates of a batch.
+#[derive(Debug, Clone, PartialEq)]
+enum Origin {
+    /// Nobody yet (empty batch), or the HTTP API / another node only.
+    None,
+    /// One member wrote every update: it is not sent its own batch.
+    One(MemberId),
+    /// Several authors.
+    Many,
+}
 
-    pub(super) fn error_to(
-        &self,
-        member: &MemberLink,
-        code: ErrorCode,
-        message: impl Into<String>,
-        rid: Option<u64>,
-    ) {
-        let message = message.into();
-        self.metrics.error(code.as_str());
-        if member.protocol == Protocol::Yjs {
-            // y-protocols has no error message: a failure either closes the
-            // connection (code chosen by `yjs::close_for`) or is dropped.
-            let Some(close) = yjs::close_for(code) else {
-                tracing::debug!(room = %self.id, member = %member.id, "dropped for /yjs: {message}");
-                return;
-            };
-            if code == ErrorCode::Forbidden {
-                let frame = Frame::binary(&yjs::auth_denied(&message));
-                send_frame(member, &frame, Class::Control);
-            }
-            member.recipient.do_send(Outbound::Close {
-                code: close,
-                reason: truncate_reason(&message),
-            });
-            return;
-        }
-        let msg = ServerMessage::Error {
-            code,
-            message,
-            rid,
-            room: Some(self.id.to_string()),
-        };
-        if let Some(frame) = encode(member.protocol, &msg) {
-            send_frame(member, &frame, Class::Control);
-        }
-    }
+/// Updates waiting for the end of their window, and the clocks of the
+/// room's broadcasts.
+pub(super) struct Fanout {
+    /// Updates applied since the last broadcast, in order.
+    pending: Vec<Bytes>,
+    /// Author of every pending update when they share one.
+    origin: Origin,
+    /// State vector before the first pending update: what every member that
+    /// is not lagging has seen.
+    base: Option<StateVector>,
+    /// When the oldest pending update was applied (fan-out latency).
+    pending_since: Option<Instant>,
+    /// Last broadcast of updates.
+    last_flush: Instant,
+    /// A broadcast is scheduled for the end of the current window.
+    scheduled: bool,
+    /// Last broadcast of presence (diff, cursors, awareness).
+    last_presence: Instant,
+    /// Presence changes wait for the room's presence interval, longer than
+    /// a tick in large rooms.
+    presence_deferred: bool,
+}
 
-    /// Refuses a join: the error, then a note telling the session it is
-    /// not a member (so it may retry, and the room does not count).
-    pub(super) fn refuse(
-        &self,
-        member: &MemberLink,
-        code: ErrorCode,
-        message: impl Into<String>,
-        rid: Option<u64>,
-    ) {
-        self.error_to(member, code, message, rid);
-        member.recipient.do_send(Outbound::Refused {
-            room: self.id.clone(),
-        });
-    }
-
-    pub(super) fn error_to_member(
-        &self,
-        id: &MemberId,
-        code: ErrorCode,
-        message: impl Into<String>,
-        rid: Option<u64>,
-    ) {
-        if let Some(m) = self.members.get(id) {
-            self.error_to(&m.link, code, message, rid);
+impl Fanout {
+    /// Nothing pending; the first change goes out at once.
+    pub(super) fn new() -> Self {
+        let long_ago = Instant::now() - Duration::from_secs(1);
+        Fanout {
+            pending: Vec::new(),
+            origin: Origin::None,
+            base: None,
+            pending_since: None,
+            last_flush: long_ago,
+            scheduled: false,
+            last_presence: long_ago,
+            presence_deferred: false,
         }
     }
 
-    /// Sends `msg` to every member but `except`, encoding it at most once
-    /// per protocol. Members that are behind get nothing droppable; they are
-    /// marked for a resync instead.
-    pub(super) fn fan_out(&mut self, msg: &ServerMessage, class: Class, except: Option<&MemberId>) {
-        self.fan_out_with(class, except, |protocol| encode(protocol, msg));
+    /// True when the next applied update starts a batch: the caller must
+    /// pass the state vector before it to [`Fanout::push`].
+    pub(super) fn needs_base(&self) -> bool {
+        self.base.is_none()
     }
 
-    /// Like [`Room::fan_out`], with the frame of each protocol made by
-    /// `encode` (called at most once per protocol; `None`: nothing to send
-    /// to members of that protocol).
-    pub(super) fn fan_out_with(
+    /// Queues an applied update by `author` (`None`: the HTTP API or
+    /// another node); `base`: the state vector before it, when it starts a
+    /// batch.
+    pub(super) fn push(
         &mut self,
-        class: Class,
-        except: Option<&MemberId>,
-        mut encode: impl FnMut(Protocol) -> Option<Frame>,
+        data: Bytes,
+        author: Option<&MemberId>,
+        base: Option<StateVector>,
     ) {
-        let mut frames: [Option<Option<Frame>>; Protocol::COUNT] = Default::default();
-        let mut dropped: Vec<MemberId> = Vec::new();
-        for (id, member) in &self.members {
-            if except == Some(id) {
-                continue;
-            }
-            let protocol = member.link.protocol;
-            let slot = &mut frames[protocol.index()];
-            let Some(frame) = slot.get_or_insert_with(|| encode(protocol)) else {
-                continue;
-            };
-            match member
-                .link
-                .outbox
-                .offer(&member.link.recipient, frame, class)
-            {
-                Offer::Sent => self.metrics.sent(frame.payload_len()),
-                Offer::Dropped => dropped.push(id.clone()),
-                Offer::Evicted => {}
-            }
+        if self.base.is_none() {
+            self.base = base;
         }
-        for id in dropped {
-            let base = self.batch_base.clone();
-            if let Some(member) = self.members.get_mut(&id) {
-                match class {
-                    Class::Delta => {
-                        if member.resync_from.is_none() {
-                            member.resync_from = Some(base.unwrap_or_default());
-                        }
-                    }
-                    Class::Presence => member.presence_stale = true,
-                    Class::Ephemeral | Class::Control => {}
-                }
-            }
-        }
+        self.pending.push(data);
+        self.pending_since.get_or_insert_with(Instant::now);
+        self.origin = match (&self.origin, author) {
+            (Origin::None, Some(a)) => Origin::One(a.clone()),
+            (Origin::One(id), Some(a)) if id == a => Origin::One(id.clone()),
+            _ => Origin::Many,
+        };
+    }
+
+    /// The state vector from which a member that misses this batch must be
+    /// resynced (empty: the whole document).
+    pub(super) fn base(&self) -> StateVector {
+        self.base.clone().unwrap_or_default()
+    }
+
+    /// Drops what is pending (the room was deleted).
+    pub(super) fn clear(&mut self) {
+        self.pending.clear();
+        self.pending_since = None;
+        self.base = None;
+        self.origin = Origin::None;
     }
 
     /// How often presence (diffs, cursors, awareness) is broadcast: every
-    /// tick × max(1, members / `presence_members_per_tick`),
-    /// so a room's presence traffic while N members join grows as N, not
-    /// N² (every diff goes to every member).
-    pub(super) fn presence_interval(&self) -> Duration {
-        let ticks = (self.members.len() / self.config.limits.presence_members_per_tick).max(1);
-        self.config.limits.tick() * ticks as u32
+    /// tick × max(1, members / `presence_members_per_tick`), so a room's
+    /// presence traffic while N members join grows as N, not N² (every diff
+    /// goes to every member).
+    fn presence_interval(limits: &Limits, members: usize) -> Duration {
+        let ticks = (members / limits.presence_members_per_tick).max(1);
+        limits.tick() * ticks as u32
     }
 
-    /// The window over which document updates are merged: tick ×
-    /// members / `update_members_per_tick`, at least one tick and at most
+    /// The window over which document updates are merged: tick × members /
+    /// `update_members_per_tick`, at least one tick and at most
     /// [`MAX_UPDATE_TICKS`]. Each broadcast costs one send per member, so a
-    /// big room under steady editing sends fewer, fuller frames (1 000
-    /// members × 100 updates/s in `chorus-load fanout`: 8.5 → 5.4 µs of CPU
-    /// per delivery at the default, and p99 49 → 33 ms, as less CPU means
-    /// less queueing); a quiet room's first update still goes out at once.
-    pub(super) fn update_window(&self) -> Duration {
-        let ticks = (self.members.len() / self.config.limits.update_members_per_tick)
-            .clamp(1, MAX_UPDATE_TICKS);
-        self.config.limits.tick() * ticks as u32
+    /// big room under steady editing sends fewer, fuller frames; a quiet
+    /// room's first update still goes out at once.
+    fn update_window(limits: &Limits, members: usize) -> Duration {
+        let ticks = (members / limits.update_members_per_tick).clamp(1, MAX_UPDATE_TICKS);
+        limits.tick() * ticks as u32
     }
+}
 
+impl Room {
     /// Schedules a broadcast of what is pending: at once after a quiet
     /// window, else at the end of the current one; deferred presence goes
     /// out once its interval has passed.
     pub(super) fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flush_scheduled {
+        if self.fanout.scheduled {
             return;
         }
-        let window = self.update_window();
-        let since = self.last_flush.elapsed();
+        let limits = &self.config.limits;
+        let window = Fanout::update_window(limits, self.members.len());
+        let since = self.fanout.last_flush.elapsed();
         let wait = if since >= window {
             self.flush();
-            if !self.presence_deferred {
+            if !self.fanout.presence_deferred {
                 return;
             }
-            self.presence_interval()
-                .saturating_sub(self.last_presence_flush.elapsed())
+            Fanout::presence_interval(&self.config.limits, self.members.len())
+                .saturating_sub(self.fanout.last_presence.elapsed())
                 .max(Duration::from_millis(1))
         } else {
             window - since
         };
-        self.flush_scheduled = true;
+        self.fanout.scheduled = true;
         ctx.run_later(wait, |room, ctx| {
-            room.flush_scheduled = false;
+            room.fanout.scheduled = false;
             room.flush();
-            if room.presence_deferred {
+            if room.fanout.presence_deferred {
                 room.schedule_flush(ctx);
             }
         });
     }
 
-    /// Broadcasts pending updates (merged), presence diffs and cursors.
+    /// Broadcasts pending updates (merged), then presence if it is due.
     pub(super) fn flush(&mut self) {
-        self.last_flush = Instant::now();
-        if !self.pending.is_empty() {
-            let pending = std::mem::take(&mut self.pending);
-            let origin = std::mem::replace(&mut self.pending_origin, PendingOrigin::None);
-            let data = if pending.len() == 1 {
-                pending[0].to_vec()
+        self.fanout.last_flush = Instant::now();
+        if !self.fanout.pending.is_empty() {
+            let pending = std::mem::take(&mut self.fanout.pending);
+            let origin = std::mem::replace(&mut self.fanout.origin, Origin::None);
+            if pending.len() == 1 {
+                self.send_update(pending[0].to_vec(), &origin);
             } else {
                 match yrs::merge_updates_v1(pending.iter().map(|b| b.as_ref())) {
-                    Ok(merged) => merged,
+                    Ok(merged) => self.send_update(merged, &origin),
                     Err(e) => {
-                        // Every part was applied successfully, so this is
-                        // not expected; fall back to one frame per update.
+                        // Every part was applied, so this is not expected;
+                        // fall back to one frame per update.
                         tracing::warn!(room = %self.id, "merging updates failed: {e}");
                         for part in &pending {
-                            self.broadcast_update(part.to_vec(), &PendingOrigin::Many);
+                            self.send_update(part.to_vec(), &Origin::Many);
                         }
-                        self.batch_base = None;
-                        return self.flush_presence_when_due();
                     }
                 }
-            };
-            self.broadcast_update(data, &origin);
-            self.batch_base = None;
-            if let Some(since) = self.pending_since.take() {
+            }
+            self.fanout.base = None;
+            if let Some(since) = self.fanout.pending_since.take() {
                 self.metrics.fanout_latency.observe(since.elapsed());
             }
         }
@@ -226,39 +200,42 @@ impl Room {
 
     /// Broadcasts presence if its interval has passed, else defers it (the
     /// next scheduled flush sends it).
-    pub(super) fn flush_presence_when_due(&mut self) {
-        let interval = self.presence_interval();
-        if interval > self.config.limits.tick() && self.last_presence_flush.elapsed() < interval {
-            self.presence_deferred = true;
+    fn flush_presence_when_due(&mut self) {
+        let limits = &self.config.limits;
+        let interval = Fanout::presence_interval(limits, self.members.len());
+        if interval > limits.tick() && self.fanout.last_presence.elapsed() < interval {
+            self.fanout.presence_deferred = true;
             return;
         }
-        self.presence_deferred = false;
-        self.last_presence_flush = Instant::now();
+        self.fanout.presence_deferred = false;
+        self.fanout.last_presence = Instant::now();
         self.flush_presence();
     }
 
-    pub(super) fn broadcast_update(&mut self, data: Vec<u8>, origin: &PendingOrigin) {
+    /// Sends one (merged) update to every member but its author, and
+    /// records it for HTTP followers.
+    fn send_update(&mut self, data: Vec<u8>, origin: &Origin) {
         let (origin, except) = match origin {
-            PendingOrigin::One(id) => (Some(id.to_string()), Some(id.clone())),
+            Origin::One(id) => (Some(id.to_string()), Some(id.clone())),
             _ => (None, None),
         };
-        self.publish("update", || {
-            use base64::Engine as _;
-            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-            serde_json::json!({ "update": b64, "origin": origin })
-        });
+        self.events.record_update(&data, origin.as_deref());
         let msg = ServerMessage::Update {
             room: self.id.to_string(),
             data: Bin(data),
             origin,
         };
-        self.fan_out(&msg, Class::Delta, except.as_ref());
+        let base = &self.fanout;
+        self.members
+            .fan_out(&msg, Class::Delta, except.as_ref(), || base.base());
     }
 
-    pub(super) fn flush_presence(&mut self) {
+    /// Sends every member the presence diff and cursors collected since the
+    /// last broadcast, and `/yjs` members the awareness changes.
+    fn flush_presence(&mut self) {
         if self.presence.has_diff() {
             let (joined, updated, left) = self.presence.take_diff();
-            self.publish(
+            self.events.record(
                 "presence",
                 || serde_json::json!({ "joined": joined, "updated": updated, "left": left }),
             );
@@ -269,21 +246,12 @@ impl Room {
                 updated,
                 left,
             };
-            self.publish_presence(&msg);
+            self.share_presence(&msg);
             self.fan_out(&msg, Class::Presence, None);
         }
         let cursors = self.presence.take_cursors();
         if !cursors.is_empty() {
-            if let Some(bridge) = &self.cluster {
-                let local: Vec<_> = cursors
-                    .iter()
-                    .filter(|c| bridge.is_local(&c.id))
-                    .cloned()
-                    .collect();
-                if !local.is_empty() {
-                    self.cluster_publish(Item::Cursors(local));
-                }
-            }
+            self.share_cursors(&cursors);
             let msg = ServerMessage::Cursor {
                 room: self.id.to_string(),
                 cursors,
@@ -293,13 +261,37 @@ impl Room {
         self.flush_awareness();
     }
 
-    pub(super) fn broadcast_typing(&mut self, id: &MemberId, on: bool) {
-        if self.cluster.as_ref().is_some_and(|b| b.is_local(id)) {
-            self.cluster_publish(Item::Typing {
-                id: id.to_string(),
-                on,
-            });
-        }
+    /// Sends `msg` to every member but `except` (see [`Members::fan_out`](super::members::Members)).
+    pub(super) fn fan_out(&mut self, msg: &ServerMessage, class: Class, except: Option<&MemberId>) {
+        let base = &self.fanout;
+        self.members.fan_out(msg, class, except, || base.base());
+    }
+
+    /// Records an event for HTTP followers and sends it to every member
+    /// but `except`.
+    pub(super) fn deliver_event(
+        &mut self,
+        from: String,
+        name: String,
+        data: Value,
+        except: Option<&MemberId>,
+    ) {
+        self.events.record(
+            "event",
+            || serde_json::json!({ "from": from, "name": name, "data": data }),
+        );
+        let out = ServerMessage::Event {
+            room: self.id.to_string(),
+            from,
+            name,
+            data,
+        };
+        self.fan_out(&out, Class::Ephemeral, except);
+    }
+
+    /// Tells every other member that `id` started or stopped typing.
+    pub(super) fn send_typing(&mut self, id: &MemberId, on: bool) {
+        self.share_typing(id, on);
         let msg = ServerMessage::Typing {
             room: self.id.to_string(),
             id: id.to_string(),
@@ -309,32 +301,81 @@ impl Room {
     }
 }
 
-/// Encodes `msg` for `protocol`; `None` when the protocol has no such
-/// message. On `/yjs` only document updates have an equivalent (a sync
-/// update); presence, cursors and typing travel as awareness instead, and
-/// acks, events and the rest have none.
-pub(super) fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Frame> {
-    match protocol {
-        Protocol::Native => Some(Frame::binary(&encode_server(msg))),
-        Protocol::Yjs => match msg {
-            ServerMessage::Update { data, .. } => {
-                Some(Frame::binary(&yjs::sync_update(data.0.clone())))
+impl Handler<Broadcast> for Room {
+    type Result = ();
+
+    /// An ephemeral event from a member, for every other member (on every
+    /// node) and the room's HTTP followers.
+    fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) {
+        let size = msg.name.len() + serde_json::to_vec(&msg.data).map_or(usize::MAX, |v| v.len());
+        let max = self.config.limits.max_event_bytes;
+        if size > max {
+            return self.members.error_to_member(
+                &msg.member,
+                ErrorCode::EventTooLarge,
+                format!("event is {size} bytes, over max_event_bytes ({max})"),
+                msg.rid,
+            );
+        }
+        if !self.members.contains(&msg.member) {
+            return;
+        }
+        let from = msg.member.to_string();
+        self.share_event(&from, &msg.name, &msg.data);
+        self.deliver_event(from, msg.name, msg.data, Some(&msg.member));
+    }
+}
+
+impl Handler<Resync> for Room {
+    type Result = ();
+
+    /// A lagging member drained its backlog: it gets the difference from the
+    /// state vector it was dropped at, and a fresh presence snapshot when
+    /// presence frames were dropped too.
+    fn handle(&mut self, msg: Resync, _: &mut Context<Self>) {
+        let Some(owed) = self.members.take_owed(&msg.member) else {
+            return;
+        };
+        let link = &owed.link;
+        if let Some(sv) = owed.diff_from {
+            let diff = self.document.diff_from(&sv);
+            tracing::debug!(room = %self.id, member = %msg.member, "resyncing lagging member");
+            match link.protocol {
+                Protocol::Native => {
+                    let update = ServerMessage::Update {
+                        room: self.id.to_string(),
+                        data: Bin(diff.to_vec()),
+                        origin: None,
+                    };
+                    self.members.send_to(link, &update, Class::Control);
+                }
+                Protocol::Yjs => {
+                    let frame = Frame::binary(&yjs::sync_step2(diff.to_vec()));
+                    self.members.send_frame(link, &frame, Class::Control);
+                }
             }
-            _ => None,
-        },
+        }
+        if owed.presence {
+            match link.protocol {
+                Protocol::Native => {
+                    self.members
+                        .send_to(link, &self.presence_snapshot(), Class::Control);
+                    let cursors = self.presence.cursors();
+                    if !cursors.is_empty() {
+                        let msg = ServerMessage::Cursor {
+                            room: self.id.to_string(),
+                            cursors,
+                        };
+                        self.members.send_to(link, &msg, Class::Control);
+                    }
+                }
+                Protocol::Yjs => {
+                    if let Some(frame) = self.awareness.snapshot_frame() {
+                        self.members
+                            .send_frame(link, &Frame::binary(&frame), Class::Control);
+                    }
+                }
+            }
+        }
     }
-}
-
-/// Offers an encoded frame to one member.
-pub(super) fn send_frame(link: &MemberLink, frame: &Frame, class: Class) -> Offer {
-    link.outbox.offer(&link.recipient, frame, class)
-}
-
-/// A close reason fits in a control frame (123 bytes).
-pub(super) fn truncate_reason(reason: &str) -> String {
-    let mut end = reason.len().min(120);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_owned()
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
-use super::{Flush, Join, Room, RoomId};
+use super::{Join, Room, RoomId, StoreNow};
 use crate::cluster::Bridge;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -207,7 +207,7 @@ impl Registry {
     /// Asks every live room to write its document to the store, and waits.
     pub async fn flush_all(&self) {
         let addrs: Vec<Addr<Room>> = self.rooms().values().map(|e| e.addr.clone()).collect();
-        let flushes = addrs.iter().map(|a| a.send(Flush));
+        let flushes = addrs.iter().map(|a| a.send(StoreNow));
         for res in futures_util::future::join_all(flushes).await {
             if let Err(e) = res {
                 tracing::warn!("room did not flush: {e}");

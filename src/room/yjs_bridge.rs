@@ -1,10 +1,76 @@
-//! The `/yjs` side of a room: sync step 2 for a y-protocols client, and
-//! the bridge between awareness and native presence.
+//! The `/yjs` side of a room: sync for y-protocols clients, and the bridge
+//! between awareness and native presence ([`YjsPresence`]).
 //!
 //! Mapping, native → awareness: see [`Room::flush_awareness`]; awareness →
 //! native: [`Room::sync_yjs_presence`].
 
-use super::*;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde_json::{Map, Value};
+
+use super::awareness::AwarenessTable;
+use super::messages::{AwarenessUpdate, MemberLink, Protocol, QueryAwareness, SyncStep1};
+use super::Room;
+use crate::ids::MemberId;
+use crate::outbox::{Class, Frame};
+use crate::presence::Shown;
+use crate::protocol::yjs;
+
+/// The room's awareness: the table `/yjs` clients see, and which native
+/// members' entries must be rewritten.
+pub(super) struct YjsPresence {
+    /// Awareness client ids (Yjs clients' and native members' derived ones).
+    table: AwarenessTable,
+    /// Native members whose awareness view must be rewritten at the next tick.
+    dirty: BTreeSet<MemberId>,
+    /// Set by the first `/yjs` member: from then on native members have
+    /// awareness entries and the awareness sweep runs. A room only native
+    /// clients use keeps no entries and no timer.
+    native: bool,
+    /// Last time native members' awareness states were renewed.
+    renewed: Instant,
+}
+
+impl YjsPresence {
+    /// No awareness yet.
+    pub(super) fn new() -> Self {
+        YjsPresence {
+            table: AwarenessTable::default(),
+            dirty: BTreeSet::new(),
+            native: false,
+            renewed: Instant::now(),
+        }
+    }
+
+    /// Member `id`'s presence changed: its awareness view is rewritten at
+    /// the next broadcast.
+    pub(super) fn touch(&mut self, id: MemberId) {
+        self.dirty.insert(id);
+    }
+
+    /// True when some native view must be rewritten.
+    pub(super) fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Member `id` left: its awareness entries are removed.
+    pub(super) fn forget(&mut self, id: &MemberId) {
+        self.dirty.remove(id);
+        self.table.remove_owner(id);
+    }
+
+    /// Forgets every pending rewrite (the room was reset).
+    pub(super) fn clear_dirty(&mut self) {
+        self.dirty.clear();
+    }
+
+    /// Every awareness state, as one y-protocols message.
+    pub(super) fn snapshot_frame(&self) -> Option<Vec<u8>> {
+        self.table.snapshot_frame()
+    }
+}
 
 impl Room {
     /// Rewrites the awareness view of native members that changed and sends
@@ -21,23 +87,27 @@ impl Room {
     /// [`Room::sync_yjs_presence`].
     pub(super) fn flush_awareness(&mut self) {
         let now = Instant::now();
-        let dirty = std::mem::take(&mut self.native_dirty);
-        if self.awareness_native {
+        let dirty = std::mem::take(&mut self.awareness.dirty);
+        if self.awareness.native {
             for id in dirty {
                 match self.presence.shown(&id) {
                     Some(shown) => {
                         let json = native_awareness_json(shown);
-                        self.awareness.set_native(&id, json, now);
+                        self.awareness.table.set_native(&id, json, now);
                     }
-                    None => self.awareness.remove_owner(&id),
+                    None => self.awareness.table.remove_owner(&id),
                 }
             }
         }
-        if let Some(frame) = self.awareness.take_frame() {
+        if let Some(frame) = self.awareness.table.take_frame() {
             let frame = Frame::binary(&frame);
-            self.fan_out_with(Class::Presence, None, |p| {
-                (p == Protocol::Yjs).then(|| frame.clone())
-            });
+            let base = &self.fanout;
+            self.members.fan_out_with(
+                Class::Presence,
+                None,
+                |p| (p == Protocol::Yjs).then(|| frame.clone()),
+                || base.base(),
+            );
         }
     }
 
@@ -49,7 +119,7 @@ impl Room {
     /// Yjs `RelativePosition` JSON becomes its native cursor (binary). A
     /// `null` or expired state, or a closed connection, removes the member.
     pub(super) fn sync_yjs_presence(&mut self, owner: &MemberId) {
-        let Some(state) = self.awareness.owner_state(owner).cloned() else {
+        let Some(state) = self.awareness.table.owner_state(owner).cloned() else {
             self.presence.leave(owner);
             return;
         };
@@ -61,7 +131,7 @@ impl Room {
                 }
             }
             None => {
-                let user = self.members.get(owner).and_then(|m| m.link.user.clone());
+                let user = self.members.link(owner).and_then(|l| l.user.clone());
                 self.presence.join(owner.clone(), user, map);
             }
         }
@@ -85,21 +155,18 @@ impl Room {
     pub(super) fn sweep_awareness(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let ttl = self.config.limits.presence_ttl();
-        let owners = self.awareness.expire(now, ttl);
+        let owners = self.awareness.table.expire(now, ttl);
         let mut changed = !owners.is_empty();
         for owner in &owners {
             self.sync_yjs_presence(owner);
         }
-        let has_yjs = self
-            .members
-            .values()
-            .any(|m| m.link.protocol == Protocol::Yjs);
+        let has_yjs = self.members.any(Protocol::Yjs);
         if has_yjs
-            && self.awareness.has_native()
-            && now.duration_since(self.native_renewed) >= ttl / 2
+            && self.awareness.table.has_native()
+            && now.duration_since(self.awareness.renewed) >= ttl / 2
         {
-            self.awareness.renew_native(now);
-            self.native_renewed = now;
+            self.awareness.table.renew_native(now);
+            self.awareness.renewed = now;
             changed = true;
         }
         if changed {
@@ -116,33 +183,23 @@ impl Room {
     pub(super) fn join_yjs(&mut self, link: MemberLink, ctx: &mut Context<Self>) {
         // Deliver pending updates first, and the awareness of this tick.
         self.flush();
-        if !self.awareness_native {
+        if !self.awareness.native {
             // The first Yjs client: native members get their entries now,
             // so that its awareness snapshot below shows them, and from now
             // on silent states expire and native ones are renewed.
-            self.awareness_native = true;
-            self.native_dirty.extend(self.presence.ids().cloned());
+            self.awareness.native = true;
+            self.awareness.dirty.extend(self.presence.ids().cloned());
             self.flush_awareness();
             let every = (self.config.limits.presence_ttl() / 10).max(Duration::from_millis(10));
             ctx.run_interval(every, |room, ctx| room.sweep_awareness(ctx));
         }
-        let step1 = Frame::binary(&yjs::sync_step1(&self.doc.transact().state_vector()));
-        send_frame(&link, &step1, Class::Control);
-        if let Some(frame) = self.awareness.snapshot_frame() {
-            send_frame(&link, &Frame::binary(&frame), Class::Control);
+        let step1 = Frame::binary(&yjs::sync_step1(&self.document.state_vector()));
+        self.members.send_frame(&link, &step1, Class::Control);
+        if let Some(frame) = self.awareness.table.snapshot_frame() {
+            self.members
+                .send_frame(&link, &Frame::binary(&frame), Class::Control);
         }
-        self.members.insert(
-            link.id.clone(),
-            Member {
-                link: link.clone(),
-                resync_from: None,
-                presence_stale: false,
-            },
-        );
-        self.member_added(&link);
-        if let Some(h) = self.idle_timer.take() {
-            ctx.cancel_future(h);
-        }
+        self.member_added(link, ctx);
     }
 }
 
@@ -199,20 +256,17 @@ impl Handler<SyncStep1> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: SyncStep1, _: &mut Context<Self>) {
-        if !self.members.contains_key(&msg.member) {
+        if !self.members.contains(&msg.member) {
             return;
         }
         // Pending updates go out first, so the diff does not repeat them.
         self.flush();
-        let Some(member) = self.members.get_mut(&msg.member) else {
-            return;
-        };
         // The diff brings a lagging member up to date as well.
-        member.resync_from = None;
-        let diff = self.diff_from(&msg.sv);
+        self.members.forget_dropped_deltas(&msg.member);
+        let diff = self.document.diff_from(&msg.sv);
         let frame = Frame::binary_parts(&yjs::sync_step2_head(diff.len()), diff, &[]);
-        if let Some(member) = self.members.get(&msg.member) {
-            send_frame(&member.link, &frame, Class::Control);
+        if let Some(link) = self.members.link(&msg.member) {
+            self.members.send_frame(link, &frame, Class::Control);
         }
     }
 }
@@ -221,12 +275,13 @@ impl Handler<AwarenessUpdate> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: AwarenessUpdate, ctx: &mut Context<Self>) {
-        if !self.members.contains_key(&msg.member) {
+        if !self.members.contains(&msg.member) {
             return;
         }
         let max = self.config.limits.max_awareness_clients;
         if self
             .awareness
+            .table
             .apply_remote(&msg.member, msg.entries, max, Instant::now())
         {
             self.sync_yjs_presence(&msg.member);
@@ -240,7 +295,7 @@ impl Handler<QueryAwareness> for Room {
 
     fn handle(&mut self, msg: QueryAwareness, _: &mut Context<Self>) {
         self.flush();
-        let Some(member) = self.members.get(&msg.member) else {
+        let Some(link) = self.members.link(&msg.member) else {
             return;
         };
         // An empty room answers with an empty update, so the query has a reply.
@@ -248,6 +303,7 @@ impl Handler<QueryAwareness> for Room {
             .awareness
             .snapshot_frame()
             .unwrap_or_else(|| yjs::awareness([]));
-        send_frame(&member.link, &Frame::binary(&frame), Class::Control);
+        self.members
+            .send_frame(link, &Frame::binary(&frame), Class::Control);
     }
 }

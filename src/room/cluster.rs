@@ -1,0 +1,663 @@
+//! The room's side of cluster mode (see [`crate::cluster`]): the shared
+//! log's entries (applied in log order, gaps read back from the stream, a
+//! lost log written back), and the ephemeral items it shares (only what its
+//! local members did) or applies from other nodes (fanned out locally, never
+//! shared again). [`ClusterState`] owns the positions; the handlers below
+//! apply what they decide.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::Room;
+use crate::cluster::log::{LogFrame, LogRead};
+use crate::cluster::{Bridge, Envelope, Item, Log, NodesDead, Remote, Resubscribed, UNSEQUENCED};
+use crate::ids::{node_of, MemberId};
+use crate::protocol::native::{CursorView, MemberView, ServerMessage};
+
+/// Most log positions remembered while a read of missed entries is in
+/// flight (beyond it a later gap just triggers one more read).
+const SEEN_WHILE_READING: usize = 4096;
+
+/// What a room instance knows of the cluster: its own item sequence, its
+/// position in the shared log, and the other nodes' sequences.
+pub(super) struct ClusterState {
+    bridge: Bridge,
+    /// Random id of this room instance; other nodes track `seq` per epoch.
+    epoch: u64,
+    /// Items shared by this room instance so far.
+    seq: u64,
+    /// Generation of the room's log, as last seen.
+    log_generation: Option<String>,
+    /// Highest log position applied here (entries up to it were seen, or
+    /// are being read back after a gap).
+    log_seq: u64,
+    /// A read of missed log entries is in flight.
+    catching_up: bool,
+    /// Another read is wanted once the one in flight is done.
+    catch_up_again: bool,
+    /// Log positions seen on the channel while a read was in flight (the
+    /// read may end before them).
+    seen_while_reading: Vec<(String, u64)>,
+    /// Local updates whose append failed (Redis unreachable for longer than
+    /// `--redis-append-timeout-ms`); written to the log once Redis answers
+    /// again, so other nodes get them.
+    unlogged: Vec<Bytes>,
+    /// Last `(epoch, seq)` received from each other node, for gap detection.
+    remote_seq: HashMap<String, (u64, u64)>,
+}
+
+/// What a log position seen on the channel means for the room.
+#[derive(Debug, PartialEq, Eq)]
+enum LogStep {
+    /// The next entry: nothing missed.
+    Next(u64),
+    /// Entries were missed: read them back.
+    Gap,
+    /// The log changed generation: read it back.
+    CatchUp,
+    /// Already applied, or noted while a read is in flight.
+    Nothing,
+}
+
+impl ClusterState {
+    /// A new room instance on `bridge`.
+    pub(super) fn new(bridge: Bridge) -> Self {
+        ClusterState {
+            bridge,
+            epoch: rand::random(),
+            seq: 0,
+            log_generation: None,
+            log_seq: 0,
+            catching_up: false,
+            catch_up_again: false,
+            seen_while_reading: Vec::new(),
+            unlogged: Vec::new(),
+            remote_seq: HashMap::new(),
+        }
+    }
+
+    /// The log as loaded: its generation and last position.
+    pub(super) fn loaded(&mut self, generation: Option<String>, last_seq: u64) {
+        self.log_generation = generation;
+        self.log_seq = last_seq;
+    }
+
+    /// Keeps an update whose append failed, to write it once Redis is back.
+    pub(super) fn unlogged(&mut self, update: Bytes) {
+        self.unlogged.push(update);
+    }
+
+    /// Forgets the log position and what was not logged (room deleted).
+    pub(super) fn clear(&mut self) {
+        self.log_seq = 0;
+        self.unlogged.clear();
+    }
+
+    /// The envelope of this instance's next item.
+    fn envelope(&mut self, room: &str, item: Item) -> Envelope {
+        self.seq += 1;
+        Envelope {
+            node: self.bridge.node().to_owned(),
+            room: room.to_owned(),
+            epoch: self.epoch,
+            seq: self.seq,
+            item,
+        }
+    }
+
+    /// Records `(epoch, seq)` from `node`; true when items from it were
+    /// lost (pub/sub keeps one publisher's order, so a hole means loss).
+    fn note_remote(&mut self, node: &str, epoch: u64, seq: u64) -> bool {
+        if seq == UNSEQUENCED {
+            return false;
+        }
+        let last = self.remote_seq.insert(node.to_owned(), (epoch, seq));
+        is_gap(last, epoch, seq)
+    }
+
+    /// Where entry `seq` of log `generation` leaves the room.
+    fn log_position(&mut self, generation: String, seq: u64) -> LogStep {
+        if self.catching_up {
+            if self.seen_while_reading.len() < SEEN_WHILE_READING {
+                self.seen_while_reading.push((generation, seq));
+            }
+            return LogStep::Nothing;
+        }
+        match &self.log_generation {
+            Some(g) if *g == generation => {
+                if seq == self.log_seq + 1 {
+                    self.log_seq = seq;
+                    LogStep::Next(seq)
+                } else if seq > self.log_seq + 1 {
+                    LogStep::Gap
+                } else {
+                    LogStep::Nothing
+                }
+            }
+            None if seq == self.log_seq + 1 => {
+                // The log's first entries since this room loaded it empty.
+                self.log_generation = Some(generation);
+                self.log_seq = seq;
+                LogStep::Nothing
+            }
+            _ => LogStep::CatchUp,
+        }
+    }
+
+    /// Starts a read of missed entries: `(after, generation)`, or `None`
+    /// when one is in flight already (another follows it).
+    fn begin_catch_up(&mut self) -> Option<(u64, Option<String>)> {
+        if self.catching_up {
+            self.catch_up_again = true;
+            return None;
+        }
+        self.catching_up = true;
+        Some((self.log_seq, self.log_generation.clone()))
+    }
+
+    /// The read ended; true when another one was asked for meanwhile.
+    fn end_catch_up(&mut self) -> bool {
+        self.catching_up = false;
+        std::mem::take(&mut self.catch_up_again)
+    }
+
+    /// True when a read of the log found another generation than the one
+    /// this room holds positions of: the log was lost or replaced.
+    fn is_lost(&self, read: &LogRead) -> bool {
+        self.log_generation.is_some() && self.log_generation != read.epoch
+    }
+
+    /// Moves to the read's position, and past the entries seen on the
+    /// channel while it was in flight that follow it; returns the position.
+    fn caught_up(&mut self, read: &LogRead) -> u64 {
+        if self.log_generation != read.epoch {
+            self.log_generation = read.epoch.clone();
+            self.log_seq = 0;
+        }
+        self.log_seq = self.log_seq.max(read.last_seq);
+        let mut seen = std::mem::take(&mut self.seen_while_reading);
+        seen.retain(|(g, s)| self.log_generation.as_ref() == Some(g) && *s > self.log_seq);
+        seen.sort_unstable_by_key(|(_, s)| *s);
+        for (_, s) in seen {
+            if s == self.log_seq + 1 {
+                self.log_seq = s;
+            }
+        }
+        self.log_seq
+    }
+
+    /// The room's log was deleted and starts again as `generation`.
+    fn log_deleted(&mut self, generation: String) {
+        self.log_generation = Some(generation);
+        self.log_seq = 0;
+        self.seen_while_reading.clear();
+    }
+}
+
+/// True when `(epoch, seq)` does not follow what was last seen from that
+/// node.
+fn is_gap(last: Option<(u64, u64)>, epoch: u64, seq: u64) -> bool {
+    match last {
+        Some((e, s)) if e == epoch => seq != s + 1,
+        _ => seq != 1,
+    }
+}
+
+impl Room {
+    /// The bridge, in cluster mode.
+    fn bridge(&self) -> Option<Bridge> {
+        self.cluster.as_ref().map(|c| c.bridge.clone())
+    }
+
+    /// Subscribes to the room's channel once loaded. The bridge answers
+    /// with `Resubscribed` once subscribed: the room then says `Hello`.
+    pub(super) fn cluster_start(&self, ctx: &mut Context<Self>) {
+        if let Some(c) = &self.cluster {
+            c.bridge.subscribe(&self.id, c.epoch, &ctx.address());
+        }
+    }
+
+    /// Leaves the room's channel.
+    pub(super) fn cluster_stop(&self) {
+        if let Some(c) = &self.cluster {
+            c.bridge.unsubscribe(&self.id, c.epoch);
+        }
+    }
+
+    /// Shares one item of this room instance with the other nodes.
+    fn share(&mut self, item: Item) {
+        if let Some(c) = &mut self.cluster {
+            let envelope = c.envelope(&self.id, item);
+            c.bridge.publish(&envelope);
+        }
+    }
+
+    /// Shares an event with the other nodes' members.
+    pub(super) fn share_event(&mut self, from: &str, name: &str, data: &Value) {
+        if self.cluster.is_some() {
+            self.share(Item::Event {
+                from: from.to_owned(),
+                name: name.to_owned(),
+                data: data.clone(),
+            });
+        }
+    }
+
+    /// Shares the local members' part of a presence diff.
+    pub(super) fn share_presence(&mut self, msg: &ServerMessage) {
+        let Some(bridge) = self.bridge() else {
+            return;
+        };
+        let ServerMessage::Presence {
+            joined,
+            updated,
+            left,
+            ..
+        } = msg
+        else {
+            return;
+        };
+        let local = |v: &Vec<MemberView>| -> Vec<MemberView> {
+            v.iter()
+                .filter(|m| bridge.is_local(&m.id))
+                .cloned()
+                .collect()
+        };
+        let (joined, updated) = (local(joined), local(updated));
+        let left: Vec<String> = left
+            .iter()
+            .filter(|id| bridge.is_local(id))
+            .cloned()
+            .collect();
+        if !(joined.is_empty() && updated.is_empty() && left.is_empty()) {
+            self.share(Item::Presence {
+                joined,
+                updated,
+                left,
+            });
+        }
+    }
+
+    /// Shares the local members' cursors of a cursor batch.
+    pub(super) fn share_cursors(&mut self, cursors: &[CursorView]) {
+        let Some(bridge) = self.bridge() else {
+            return;
+        };
+        let local: Vec<_> = cursors
+            .iter()
+            .filter(|c| bridge.is_local(&c.id))
+            .cloned()
+            .collect();
+        if !local.is_empty() {
+            self.share(Item::Cursors(local));
+        }
+    }
+
+    /// Shares a local member's typing indicator.
+    pub(super) fn share_typing(&mut self, id: &MemberId, on: bool) {
+        if self.bridge().is_some_and(|b| b.is_local(id)) {
+            self.share(Item::Typing {
+                id: id.to_string(),
+                on,
+            });
+        }
+    }
+
+    /// Asks the other nodes for their members (and tells them ours): on
+    /// subscription, after a reconnection, after a gap.
+    fn say_hello(&mut self) {
+        let Some(bridge) = self.bridge() else {
+            return;
+        };
+        let (members, cursors) = self.local_presence(&bridge);
+        self.share(Item::Hello { members, cursors });
+    }
+
+    /// Reads the log entries after the room's position (all of the log when
+    /// its generation changed), unless a read is already in flight.
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        let Some((after, generation)) = c.begin_catch_up() else {
+            return;
+        };
+        let read = c.bridge.read_since(&self.id, after, generation.as_deref());
+        ctx.spawn(read.into_actor(self).map(|res, room, ctx| {
+            let again = room
+                .cluster
+                .as_mut()
+                .is_some_and(ClusterState::end_catch_up);
+            match res {
+                Ok(read) => room.caught_up(read, ctx),
+                // Redis is away: the reconnection (`Resubscribed`) reads again.
+                Err(e) => tracing::warn!(room = %room.id, "reading missed log entries failed: {e}"),
+            }
+            if again {
+                room.catch_up(ctx);
+            }
+        }));
+    }
+
+    /// Applies what a log read found; writes back what a lost log lacks.
+    fn caught_up(&mut self, read: LogRead, ctx: &mut Context<Self>) {
+        if self.broken.is_some() {
+            return;
+        }
+        let lost = self.cluster.as_ref().is_some_and(|c| c.is_lost(&read));
+        let parts: Vec<&Bytes> = read.snapshot.iter().chain(read.updates.iter()).collect();
+        for part in &parts {
+            if let Err(e) = self.apply_accepted(part, None, ctx) {
+                tracing::error!(room = %self.id, "log entry refused: {e}");
+            }
+        }
+        if lost {
+            tracing::warn!(
+                room = %self.id,
+                "the room's log in Redis was lost or replaced: writing back what it lacks"
+            );
+            if let Some(diff) = self.document.beyond(parts.iter().copied()) {
+                self.write_to_log(diff, ctx);
+            }
+        }
+        if let Some(c) = &mut self.cluster {
+            let seq = c.caught_up(&read);
+            self.persist.durable_upto(seq);
+        }
+    }
+
+    /// Appends an update this copy already holds to the shared log (no
+    /// client waits for it).
+    fn write_to_log(&mut self, update: Bytes, ctx: &mut Context<Self>) {
+        let room = self.id.clone();
+        ctx.spawn(self.append_update(update).map(move |res, _, _| {
+            if let Err(e) = res {
+                tracing::error!(room = %room, "writing back to the log failed (retried on reconnection): {e}");
+            }
+        }));
+    }
+
+    /// Adds or updates a member of another node.
+    fn remote_member(&mut self, bridge: &Bridge, m: MemberView) {
+        if bridge.is_local(&m.id) {
+            return;
+        }
+        if let Some(node) = node_of(&m.id) {
+            bridge.watch(node);
+        }
+        let id: MemberId = m.id.into();
+        match self.presence.shown(&id) {
+            Some(shown) if *shown.state == m.state => return,
+            Some(_) => {
+                self.presence.set_state(&id, m.state);
+            }
+            None => self
+                .presence
+                .join(id.clone(), m.user.map(Into::into), m.state),
+        }
+        self.awareness.touch(id);
+    }
+
+    /// Removes presence members matching `gone` (members of other nodes).
+    fn drop_members(&mut self, gone: impl Fn(&str) -> bool) {
+        let ids: Vec<MemberId> = self
+            .presence
+            .snapshot()
+            .into_iter()
+            .filter(|m| gone(&m.id))
+            .map(|m| MemberId::from(m.id))
+            .collect();
+        for id in ids {
+            if self.presence.leave(&id) {
+                self.awareness.touch(id);
+            }
+        }
+    }
+
+    /// Replaces what is known of `node`'s members with `members`, its
+    /// complete list (members that left while items were lost go away).
+    fn node_members(&mut self, bridge: &Bridge, node: &str, members: Vec<MemberView>) {
+        let keep: std::collections::HashSet<String> =
+            members.iter().map(|m| m.id.clone()).collect();
+        self.drop_members(|id| node_of(id) == Some(node) && !keep.contains(id));
+        for m in members {
+            self.remote_member(bridge, m);
+        }
+    }
+
+    fn remote_cursors(&mut self, bridge: &Bridge, cursors: Vec<CursorView>) {
+        for c in cursors {
+            if bridge.is_local(&c.id) {
+                continue;
+            }
+            let id: MemberId = c.id.into();
+            self.presence
+                .set_cursor(&id, c.anchor.map(|b| b.0), c.head.map(|b| b.0));
+            if self.presence.contains(&id) {
+                self.awareness.touch(id);
+            }
+        }
+    }
+
+    /// This node's members and their cursors (the answer to a `Hello`).
+    fn local_presence(&self, bridge: &Bridge) -> (Vec<MemberView>, Vec<CursorView>) {
+        let members = self
+            .presence
+            .snapshot()
+            .into_iter()
+            .filter(|m| bridge.is_local(&m.id))
+            .collect();
+        let cursors = self
+            .presence
+            .cursors()
+            .into_iter()
+            .filter(|c| bridge.is_local(&c.id))
+            .collect();
+        (members, cursors)
+    }
+
+    /// Notes that entry `seq` of log `generation` was seen: advances the
+    /// position, or reads the log back after a gap or a change of generation.
+    fn log_position(&mut self, generation: String, seq: u64, ctx: &mut Context<Self>) {
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        let have = c.log_seq;
+        match c.log_position(generation, seq) {
+            LogStep::Next(seq) => self.persist.durable_upto(seq),
+            LogStep::Gap => {
+                tracing::debug!(room = %self.id, seq, have, "gap in the log: reading it back");
+                c.bridge.gap();
+                self.catch_up(ctx);
+            }
+            LogStep::CatchUp => self.catch_up(ctx),
+            LogStep::Nothing => {}
+        }
+    }
+}
+
+impl Handler<Remote> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Remote, ctx: &mut Context<Self>) {
+        let Some(bridge) = self.bridge() else {
+            return;
+        };
+        if self.broken.is_some() {
+            return;
+        }
+        let e = msg.envelope;
+        let gap = self
+            .cluster
+            .as_mut()
+            .is_some_and(|c| c.note_remote(&e.node, e.epoch, e.seq));
+        match e.item {
+            Item::Presence {
+                joined,
+                updated,
+                left,
+            } => {
+                for m in joined.into_iter().chain(updated) {
+                    self.remote_member(&bridge, m);
+                }
+                for id in left {
+                    let id: MemberId = id.into();
+                    if !bridge.is_local(&id) && self.presence.leave(&id) {
+                        self.awareness.touch(id);
+                    }
+                }
+                self.schedule_flush(ctx);
+            }
+            Item::Cursors(cursors) => {
+                self.remote_cursors(&bridge, cursors);
+                self.schedule_flush(ctx);
+            }
+            Item::Typing { id, on } => {
+                let id: MemberId = id.into();
+                if bridge.is_local(&id) {
+                    return;
+                }
+                // The origin sends `off` when typing lapses there; the
+                // local deadline (twice as long) only guards against a
+                // lost `off`.
+                let until = on.then(|| Instant::now() + self.config.limits.typing_ttl() * 2);
+                if let Some(on) = self.presence.set_typing(&id, until) {
+                    self.send_typing(&id, on);
+                    self.awareness.touch(id);
+                    self.schedule_flush(ctx);
+                }
+                self.schedule_typing_sweep(ctx);
+            }
+            Item::Event { from, name, data } => {
+                self.deliver_event(from, name, data, None);
+            }
+            Item::Hello {
+                members: theirs,
+                cursors: their_cursors,
+            } => {
+                self.node_members(&bridge, &e.node, theirs);
+                self.remote_cursors(&bridge, their_cursors);
+                self.schedule_flush(ctx);
+                let (members, cursors) = self.local_presence(&bridge);
+                self.share(Item::State {
+                    to: e.node.clone(),
+                    members,
+                    cursors,
+                });
+            }
+            Item::State {
+                to,
+                members,
+                cursors,
+            } => {
+                if to != bridge.node() {
+                    return;
+                }
+                self.node_members(&bridge, &e.node, members);
+                self.remote_cursors(&bridge, cursors);
+                self.schedule_flush(ctx);
+            }
+        }
+        if gap {
+            tracing::debug!(room = %self.id, node = %e.node, "gap in the cluster sequence: resyncing");
+            bridge.gap();
+            self.say_hello();
+        }
+    }
+}
+
+impl Handler<Log> for Room {
+    type Result = ();
+
+    fn handle(&mut self, Log(frame): Log, ctx: &mut Context<Self>) {
+        let Some(bridge) = self.bridge() else {
+            return;
+        };
+        if self.broken.is_some() {
+            return;
+        }
+        match frame {
+            LogFrame::Deleted { epoch, node } => {
+                // The deleting node reset its copy already.
+                if node != bridge.node() {
+                    self.reset(ctx);
+                }
+                if let Some(c) = &mut self.cluster {
+                    c.log_deleted(epoch);
+                }
+            }
+            LogFrame::Entry {
+                epoch, seq, update, ..
+            } => {
+                // This node's own entries come without their update.
+                if !update.is_empty() {
+                    if let Err(e) = self.apply_accepted(&update, None, ctx) {
+                        tracing::error!(room = %self.id, seq, "log entry from another node refused: {e}");
+                    }
+                }
+                self.log_position(epoch, seq, ctx);
+            }
+        }
+    }
+}
+
+impl Handler<Resubscribed> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Resubscribed, ctx: &mut Context<Self>) {
+        if self.broken.is_some() {
+            return;
+        }
+        self.say_hello();
+        // Entries published while this room was not listening.
+        self.catch_up(ctx);
+        // Local updates whose append gave up while Redis was away.
+        let parts = match &mut self.cluster {
+            Some(c) => std::mem::take(&mut c.unlogged),
+            None => return,
+        };
+        if parts.is_empty() {
+            return;
+        }
+        match yrs::merge_updates_v1(parts.iter().map(|b| b.as_ref())) {
+            Ok(merged) => self.write_to_log(Bytes::from(merged), ctx),
+            Err(e) => {
+                tracing::warn!(room = %self.id, "merging unlogged updates failed: {e}");
+                for part in parts {
+                    self.write_to_log(part, ctx);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<NodesDead> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: NodesDead, ctx: &mut Context<Self>) {
+        self.drop_members(|id| node_of(id).is_some_and(|n| msg.nodes.contains(n)));
+        if let Some(c) = &mut self.cluster {
+            c.remote_seq.retain(|node, _| !msg.nodes.contains(node));
+        }
+        self.schedule_flush(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps() {
+        assert!(!is_gap(None, 1, 1));
+        assert!(is_gap(None, 1, 5));
+        assert!(!is_gap(Some((1, 4)), 1, 5));
+        assert!(is_gap(Some((1, 4)), 1, 6));
+        assert!(!is_gap(Some((1, 9)), 2, 1));
+        assert!(is_gap(Some((1, 9)), 2, 3));
+    }
+}

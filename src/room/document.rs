@@ -1,0 +1,257 @@
+//! The room's document: one `yrs::Doc`, its size bound, and the cached
+//! encoding of its whole state for fresh joiners.
+//!
+//! Every update is walked by [`crate::protocol::yupdate`] before yrs decodes
+//! it (yrs reserves memory from counts in its input), and applied in one
+//! transaction: a refused update leaves the document as it was.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::Bytes;
+use serde_json::Value;
+use yrs::types::ToJson;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{
+    ArrayRef, Doc, GetString, MapRef, Out, ReadTxn, StateVector, StickyIndex, TextRef, Transact,
+    Update,
+};
+
+use crate::protocol::yupdate::{check_state_vector_v1, check_update_v1};
+
+/// `v` as `Bytes` without its spare capacity: yrs' encoder starts at 1 KiB,
+/// and a cached small document would otherwise keep all of it.
+pub(super) fn exact_bytes(mut v: Vec<u8>) -> Bytes {
+    v.shrink_to_fit();
+    Bytes::from(v)
+}
+
+/// What applying an update did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// The update was empty: nothing to store or send.
+    Nothing,
+    /// The document changed.
+    Changed,
+}
+
+/// One room's Yjs document.
+pub(super) struct Document {
+    doc: Doc,
+    /// Upper bound of the encoded document size: the stored snapshot plus
+    /// every update applied since (`max_doc_bytes` is checked against it).
+    bytes: usize,
+    /// The whole document encoded as one update, with the snapshot (state
+    /// vector + delete set) it was encoded at: a storm of joins encodes a
+    /// large document once, not once per client. Dropped as soon as the
+    /// document changes.
+    full_state: Option<Box<(yrs::Snapshot, Bytes)>>,
+}
+
+impl Document {
+    /// An empty document.
+    pub(super) fn new() -> Self {
+        Document {
+            doc: Doc::new(),
+            bytes: 0,
+            full_state: None,
+        }
+    }
+
+    /// Upper bound of the encoded size, in bytes.
+    pub(super) fn size(&self) -> usize {
+        self.bytes
+    }
+
+    /// Restarts the size bound after a compaction: the snapshot's size,
+    /// plus what was applied since the bound stood at `before`.
+    pub(super) fn compacted(&mut self, snapshot_len: usize, before: usize) {
+        self.bytes = snapshot_len + self.bytes.saturating_sub(before);
+    }
+
+    /// Applies stored parts (snapshot, then log) in order; a part that
+    /// cannot be read is skipped and reported through `skipped` (index,
+    /// reason), so one damaged entry does not lose the rest.
+    pub(super) fn restore<'a>(
+        &mut self,
+        parts: impl Iterator<Item = &'a Bytes>,
+        mut skipped: impl FnMut(usize, String),
+    ) {
+        let mut txn = self.doc.transact_mut();
+        for (i, bytes) in parts.enumerate() {
+            let applied = decode_update(bytes).and_then(|u| {
+                txn.apply_update(u)
+                    .map_err(|e| format!("apply failed: {e}"))
+            });
+            match applied {
+                Ok(()) => self.bytes += bytes.len(),
+                Err(e) => skipped(i, e),
+            }
+        }
+    }
+
+    /// Applies an update in one transaction. `max_bytes`: refuse it when
+    /// the document would outgrow this bound (`None` for updates accepted
+    /// elsewhere already, which this copy must not diverge from).
+    pub(super) fn apply(
+        &mut self,
+        data: &[u8],
+        max_bytes: Option<usize>,
+    ) -> Result<Applied, ApplyError> {
+        if let Some(max) = max_bytes {
+            if self.bytes + data.len() > max {
+                return Err(ApplyError::TooLarge(max));
+            }
+        }
+        let update = decode_update(data).map_err(ApplyError::Refused)?;
+        if update.is_empty() {
+            return Ok(Applied::Nothing);
+        }
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = self.doc.transact_mut();
+            txn.apply_update(update)
+        }));
+        match applied {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ApplyError::Refused(format!("update refused: {e}"))),
+            Err(_) => return Err(ApplyError::Panicked),
+        }
+        self.full_state = None;
+        self.bytes += data.len();
+        Ok(Applied::Changed)
+    }
+
+    /// The current state vector.
+    pub(super) fn state_vector(&self) -> StateVector {
+        self.doc.transact().state_vector()
+    }
+
+    /// The current state vector, Yjs v1 encoded.
+    pub(super) fn state_vector_v1(&self) -> Vec<u8> {
+        self.state_vector().encode_v1()
+    }
+
+    /// What a client with state vector `sv` lacks. For an empty state vector
+    /// (a fresh joiner) the encoding is made once per document version and
+    /// the same bytes are shared by every joiner until the document changes.
+    pub(super) fn diff_from(&mut self, sv: &StateVector) -> Bytes {
+        let txn = self.doc.transact();
+        if !sv.is_empty() {
+            return Bytes::from(txn.encode_diff_v1(sv));
+        }
+        let snapshot = txn.snapshot();
+        if let Some((at, bytes)) = self.full_state.as_deref() {
+            if *at == snapshot {
+                return bytes.clone();
+            }
+        }
+        let bytes = exact_bytes(txn.encode_diff_v1(sv));
+        drop(txn);
+        self.full_state = Some(Box::new((snapshot, bytes.clone())));
+        bytes
+    }
+
+    /// The whole state as one update, exactly sized (for snapshots).
+    pub(super) fn encode_state(&self) -> Bytes {
+        exact_bytes(
+            self.doc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default()),
+        )
+    }
+
+    /// What this document holds beyond what `parts` (updates) hold
+    /// together; `None` when it holds nothing more (deletions aside).
+    pub(super) fn beyond<'a>(&self, parts: impl Iterator<Item = &'a Bytes>) -> Option<Bytes> {
+        let theirs = Doc::new();
+        let mut any = false;
+        {
+            let mut txn = theirs.transact_mut();
+            for part in parts {
+                any = true;
+                if let Ok(u) = decode_update(part) {
+                    let _ = txn.apply_update(u);
+                }
+            }
+        }
+        let sv = theirs.transact().state_vector();
+        if any && self.state_vector() == sv {
+            return None;
+        }
+        Some(Bytes::from(self.doc.transact().encode_diff_v1(&sv)))
+    }
+
+    /// Forgets everything (the room was deleted).
+    pub(super) fn clear(&mut self) {
+        *self = Document::new();
+    }
+
+    /// Each root type by name, as JSON. Roots created by remote updates
+    /// have no declared type on the server, so it is inferred: keyed
+    /// entries → map, text content → string, sequence → array; empty → null.
+    pub(super) fn to_json(&self) -> Value {
+        let txn = self.doc.transact();
+        let mut out = serde_json::Map::new();
+        for (name, value) in txn.root_refs() {
+            let any = match value {
+                Out::UndefinedRef(ptr) => {
+                    let map = MapRef::from(ptr);
+                    let text = TextRef::from(ptr);
+                    let array = ArrayRef::from(ptr);
+                    if yrs::Map::len(&map, &txn) > 0 {
+                        map.to_json(&txn)
+                    } else if !text.get_string(&txn).is_empty() {
+                        yrs::Any::from(text.get_string(&txn))
+                    } else if yrs::Array::len(&array, &txn) > 0 {
+                        array.to_json(&txn)
+                    } else {
+                        yrs::Any::Null
+                    }
+                }
+                other => other.to_json(&txn),
+            };
+            out.insert(
+                name.to_owned(),
+                serde_json::to_value(&any).unwrap_or(Value::Null),
+            );
+        }
+        Value::Object(out)
+    }
+}
+
+/// Why an update was not applied.
+#[derive(Debug)]
+pub(super) enum ApplyError {
+    /// The document would exceed `max_doc_bytes` (the bound).
+    TooLarge(usize),
+    /// Not a Yjs v1 update, or yrs refused it.
+    Refused(String),
+    /// yrs panicked while applying it.
+    Panicked,
+}
+
+/// Decodes a Yjs v1 update once [`check_update_v1`] has walked it (so yrs
+/// reserves nothing the bytes do not hold), turning a decoder panic into an
+/// error.
+pub(super) fn decode_update(bytes: &[u8]) -> Result<Update, String> {
+    check_update_v1(bytes).map_err(|e| format!("not a Yjs v1 update: {e}"))?;
+    match catch_unwind(|| Update::decode_v1(bytes)) {
+        Ok(Ok(update)) => Ok(update),
+        Ok(Err(e)) => Err(format!("not a Yjs v1 update: {e}")),
+        Err(_) => Err("not a Yjs v1 update (decoder panicked)".into()),
+    }
+}
+
+/// Decodes a client's Yjs v1 state vector, walked first like an update.
+pub(super) fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, String> {
+    check_state_vector_v1(bytes).map_err(|e| e.to_string())?;
+    StateVector::decode_v1(bytes).map_err(|e| e.to_string())
+}
+
+/// Checks that bytes are an encoded Yjs relative position.
+pub(super) fn valid_position(bytes: &Option<Vec<u8>>) -> bool {
+    match bytes {
+        None => true,
+        Some(b) => matches!(catch_unwind(|| StickyIndex::decode_v1(b)), Ok(Ok(_))),
+    }
+}

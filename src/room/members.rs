@@ -1,0 +1,285 @@
+//! The room's members and delivery to them: one frame offered to many
+//! outboxes, errors and refusals to one, and who is owed a resync because
+//! frames were dropped for them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use yrs::StateVector;
+
+use super::messages::{MemberLink, Protocol};
+use crate::ids::{MemberId, RoomId};
+use crate::metrics::Metrics;
+use crate::outbox::{truncate_reason, Class, Frame, Offer, Outbound};
+use crate::protocol::native::{encode_server, ServerMessage};
+use crate::protocol::{yjs, ErrorCode};
+
+/// A member as the room tracks it.
+struct Member {
+    link: MemberLink,
+    /// Set when deltas were dropped: the room's state vector before the
+    /// first dropped delta. The resync sends the diff against it.
+    resync_from: Option<StateVector>,
+    /// Set when presence frames were dropped: the resync sends a snapshot.
+    presence_stale: bool,
+}
+
+/// What a lagging member is owed once its backlog drains.
+pub(super) struct Owed {
+    /// The member.
+    pub link: MemberLink,
+    /// Deltas were dropped from this state vector on: send the diff.
+    pub diff_from: Option<StateVector>,
+    /// Presence frames were dropped: send a fresh snapshot.
+    pub presence: bool,
+}
+
+/// Every member of one room.
+pub(super) struct Members {
+    room: RoomId,
+    map: HashMap<MemberId, Member>,
+    metrics: Arc<Metrics>,
+}
+
+impl Members {
+    /// No members yet.
+    pub(super) fn new(room: RoomId, metrics: Arc<Metrics>) -> Self {
+        Members {
+            room,
+            map: HashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Number of members.
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True without members.
+    pub(super) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// True when `id` is a member.
+    pub(super) fn contains(&self, id: &MemberId) -> bool {
+        self.map.contains_key(id)
+    }
+
+    /// The link of member `id`.
+    pub(super) fn link(&self, id: &MemberId) -> Option<&MemberLink> {
+        self.map.get(id).map(|m| &m.link)
+    }
+
+    /// True when some member speaks `protocol`.
+    pub(super) fn any(&self, protocol: Protocol) -> bool {
+        self.map.values().any(|m| m.link.protocol == protocol)
+    }
+
+    /// Adds a member (in step with the document: owes it nothing).
+    pub(super) fn insert(&mut self, link: MemberLink) {
+        let member = Member {
+            link,
+            resync_from: None,
+            presence_stale: false,
+        };
+        self.map.insert(member.link.id.clone(), member);
+    }
+
+    /// Removes a member; false when it was not one.
+    pub(super) fn remove(&mut self, id: &MemberId) -> bool {
+        self.map.remove(id).is_some()
+    }
+
+    /// Removes every member, telling each session to close with `code`.
+    pub(super) fn close_all(&mut self, code: u16, reason: &str) -> Vec<MemberId> {
+        for member in self.map.values() {
+            member.link.recipient.do_send(Outbound::Close {
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+        self.map.drain().map(|(id, _)| id).collect()
+    }
+
+    /// What member `id` is owed (taken: owed once).
+    pub(super) fn take_owed(&mut self, id: &MemberId) -> Option<Owed> {
+        let member = self.map.get_mut(id)?;
+        Some(Owed {
+            link: member.link.clone(),
+            diff_from: member.resync_from.take(),
+            presence: std::mem::take(&mut member.presence_stale),
+        })
+    }
+
+    /// Member `id` is being sent the whole difference: it owes no delta resync.
+    pub(super) fn forget_dropped_deltas(&mut self, id: &MemberId) {
+        if let Some(member) = self.map.get_mut(id) {
+            member.resync_from = None;
+        }
+    }
+
+    /// Sends `msg` to one member, encoded for its protocol; `None` when
+    /// that protocol has no such message (e.g. `ack` on `/yjs`).
+    pub(super) fn send_to(
+        &self,
+        link: &MemberLink,
+        msg: &ServerMessage,
+        class: Class,
+    ) -> Option<Offer> {
+        let frame = encode(link.protocol, msg)?;
+        Some(self.send_frame(link, &frame, class))
+    }
+
+    /// Offers an encoded frame to one member.
+    pub(super) fn send_frame(&self, link: &MemberLink, frame: &Frame, class: Class) -> Offer {
+        link.outbox.offer(&link.recipient, frame, class)
+    }
+
+    /// Sends `msg` to every member but `except`, encoding it at most once
+    /// per protocol; see [`Members::fan_out_with`].
+    pub(super) fn fan_out(
+        &mut self,
+        msg: &ServerMessage,
+        class: Class,
+        except: Option<&MemberId>,
+        base: impl FnOnce() -> StateVector,
+    ) {
+        self.fan_out_with(class, except, |protocol| encode(protocol, msg), base);
+    }
+
+    /// Offers to every member but `except` the frame `encode` makes for its
+    /// protocol (called at most once per protocol; `None`: nothing to send
+    /// to that protocol's members). A member that is behind gets nothing
+    /// droppable: it is marked owed a resync instead, for deltas from the
+    /// state vector `base` gives (the room's state before this batch).
+    pub(super) fn fan_out_with(
+        &mut self,
+        class: Class,
+        except: Option<&MemberId>,
+        mut encode: impl FnMut(Protocol) -> Option<Frame>,
+        base: impl FnOnce() -> StateVector,
+    ) {
+        let mut frames: [Option<Option<Frame>>; Protocol::COUNT] = Default::default();
+        let mut dropped: Vec<MemberId> = Vec::new();
+        for (id, member) in &self.map {
+            if except == Some(id) {
+                continue;
+            }
+            let protocol = member.link.protocol;
+            let slot = &mut frames[protocol.index()];
+            let Some(frame) = slot.get_or_insert_with(|| encode(protocol)) else {
+                continue;
+            };
+            match member
+                .link
+                .outbox
+                .offer(&member.link.recipient, frame, class)
+            {
+                Offer::Sent => self.metrics.sent(frame.payload_len()),
+                Offer::Dropped => dropped.push(id.clone()),
+                Offer::Evicted => {}
+            }
+        }
+        if dropped.is_empty() {
+            return;
+        }
+        let mut base = Some(base);
+        let mut from: Option<StateVector> = None;
+        for id in dropped {
+            let Some(member) = self.map.get_mut(&id) else {
+                continue;
+            };
+            match class {
+                Class::Delta if member.resync_from.is_none() => {
+                    if let Some(make) = base.take() {
+                        from = Some(make());
+                    }
+                    member.resync_from = from.clone();
+                }
+                Class::Presence => member.presence_stale = true,
+                Class::Delta | Class::Ephemeral | Class::Control => {}
+            }
+        }
+    }
+
+    /// Sends an error to one member: an `error` message on the native
+    /// protocol; on `/yjs`, which has no error message, a close with the
+    /// code `yjs::close_for` picks (or nothing, for errors it drops).
+    pub(super) fn error_to(
+        &self,
+        link: &MemberLink,
+        code: ErrorCode,
+        message: impl Into<String>,
+        rid: Option<u64>,
+    ) {
+        let message = message.into();
+        self.metrics.error(code.as_str());
+        if link.protocol == Protocol::Yjs {
+            let Some(close) = yjs::close_for(code) else {
+                tracing::debug!(room = %self.room, member = %link.id, "dropped for /yjs: {message}");
+                return;
+            };
+            if code == ErrorCode::Forbidden {
+                let frame = Frame::binary(&yjs::auth_denied(&message));
+                self.send_frame(link, &frame, Class::Control);
+            }
+            link.recipient.do_send(Outbound::Close {
+                code: close,
+                reason: truncate_reason(&message).to_owned(),
+            });
+            return;
+        }
+        let msg = ServerMessage::Error {
+            code,
+            message,
+            rid,
+            room: Some(self.room.to_string()),
+        };
+        self.send_to(link, &msg, Class::Control);
+    }
+
+    /// Sends an error to member `id`, if it is one.
+    pub(super) fn error_to_member(
+        &self,
+        id: &MemberId,
+        code: ErrorCode,
+        message: impl Into<String>,
+        rid: Option<u64>,
+    ) {
+        if let Some(link) = self.link(id) {
+            self.error_to(link, code, message, rid);
+        }
+    }
+
+    /// Refuses a join: the error, then a note telling the session it is
+    /// not a member (so it may retry, and the room does not count).
+    pub(super) fn refuse(
+        &self,
+        link: &MemberLink,
+        code: ErrorCode,
+        message: impl Into<String>,
+        rid: Option<u64>,
+    ) {
+        self.error_to(link, code, message, rid);
+        link.recipient.do_send(Outbound::Refused {
+            room: self.room.clone(),
+        });
+    }
+}
+
+/// Encodes `msg` for `protocol`; `None` when the protocol has no such
+/// message. On `/yjs` only document updates have an equivalent (a sync
+/// update); presence, cursors and typing travel as awareness instead, and
+/// acks, events and the rest have none.
+pub(super) fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Frame> {
+    match protocol {
+        Protocol::Native => Some(Frame::binary(&encode_server(msg))),
+        Protocol::Yjs => match msg {
+            ServerMessage::Update { data, .. } => {
+                Some(Frame::binary(&yjs::sync_update(data.0.clone())))
+            }
+            _ => None,
+        },
+    }
+}
