@@ -130,7 +130,7 @@ fn respond(shared: &Shared, res: Result<HttpResponse, ApiError>) -> HttpResponse
         Ok(r) => r,
         Err(e) => {
             let (status, code) = e.status();
-            shared.registry.metrics().error(code);
+            shared.metrics.error(code);
             HttpResponse::build(status)
                 .json(json!({ "error": { "code": code, "message": e.to_string() } }))
         }
@@ -272,7 +272,7 @@ async fn read_body(
         }
         body.extend_from_slice(&chunk);
     }
-    shared.registry.metrics().received(body.len());
+    shared.metrics.received(body.len());
     Ok(body.freeze())
 }
 
@@ -392,8 +392,7 @@ async fn delete_room(req: HttpRequest, shared: web::Data<Shared>) -> HttpRespons
         let room = room_of(&req, &shared)?;
         if shared.registry.live(&room).is_none() {
             let exists = shared
-                .registry
-                .store()
+                .store
                 .exists(&room)
                 .await
                 .map_err(|e| ApiError::Unavailable(format!("store: {e}")))?;
@@ -457,7 +456,7 @@ async fn trigger(
             if addr.send(msg).await.is_ok() {
                 delivered.push(room.to_string());
             }
-        } else if let Some(bridge) = shared.registry.bridge() {
+        } else if let Some(bridge) = &shared.bridge {
             bridge.publish_unsequenced(
                 &room,
                 Item::Event {

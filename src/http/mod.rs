@@ -27,14 +27,16 @@ use crate::cluster::log::RedisStore;
 use crate::cluster::Bridge;
 use crate::config::{Config, StoreKind};
 use crate::limit::IpLimiter;
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxBody};
 use crate::protocol::close;
-use crate::room::Registry;
+use crate::room::{Registry, RoomServices};
 use crate::session::yjs::YjsSession;
 use crate::session::{Admission, NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
 use crate::store::redb::RedbStore;
 use crate::store::{DocStore, StoreError};
+use crate::webhook::Webhooks;
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -125,8 +127,19 @@ impl Server {
             _ => None,
         };
         tracing::info!(node = %node, cluster = bridge.is_some(), "node id");
+        let metrics = Arc::new(Metrics::default());
+        let services = RoomServices {
+            config: config.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            hooks: Webhooks::start(&config.api, metrics.clone()),
+            bridge: bridge.clone(),
+        };
         let shared = Shared {
-            registry: Registry::clustered(config.clone(), store.clone(), bridge),
+            registry: Registry::new(services),
+            metrics,
+            store: store.clone(),
+            bridge,
             sessions: Arc::new(Sessions::new(node)),
             config: config.clone(),
             auth,
@@ -240,7 +253,7 @@ async fn shutdown(handle: &actix_web::dev::ServerHandle, shared: &Shared, store:
     if tokio::time::timeout_at(deadline, flush).await.is_err() {
         tracing::warn!("rooms did not finish flushing before the shutdown timeout");
     }
-    if let Some(bridge) = shared.registry.bridge() {
+    if let Some(bridge) = &shared.bridge {
         // The members' departures reach the other nodes now, not after
         // the liveness timeout.
         if tokio::time::timeout_at(deadline, bridge.drain())
@@ -485,7 +498,7 @@ async fn healthz() -> HttpResponse {
 /// `GET /readyz`: 200 when the store answers (within 2 s), else 503. Redis
 /// joins the check with cluster mode.
 async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
-    let store = shared.registry.store();
+    let store = &shared.store;
     let check = tokio::time::timeout(Duration::from_secs(2), store.health()).await;
     let (status, store_state) = match check {
         Ok(Ok(())) => (actix_web::http::StatusCode::OK, "ok".to_owned()),
@@ -503,7 +516,7 @@ async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
         "ready": ready,
         "store": { "kind": store.name(), "state": store_state },
     });
-    if let Some(bridge) = shared.registry.bridge() {
+    if let Some(bridge) = &shared.bridge {
         // Degraded, not unready: local clients are still served.
         let up = bridge
             .stats()
@@ -542,8 +555,8 @@ async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
         r.rooms_started(),
         r.rooms_evicted(),
     );
-    r.metrics().render(&mut body);
-    if let Some(bridge) = r.bridge() {
+    shared.metrics.render(&mut body);
+    if let Some(bridge) = &shared.bridge {
         bridge.render(&mut body);
     }
     HttpResponse::Ok()

@@ -127,6 +127,33 @@ pub struct RoomStats {
 }
 
 impl Room {
+    /// Empties the room (document, members, followers), as a deletion does:
+    /// members are closed with `1001 room deleted`.
+    pub(super) fn reset(&mut self, ctx: &mut Context<Self>) {
+        self.entered(ctx);
+        self.events.reset();
+        // Sessions send `Leave` as they close; the room forgets them now so
+        // nothing more is sent to them.
+        for id in self
+            .members
+            .close_all(crate::protocol::close::GOING_AWAY, "room deleted")
+        {
+            self.presence.leave(&id);
+            self.awareness.forget(&id);
+        }
+        self.awareness.clear_dirty();
+        let _ = self.presence.take_diff();
+        let _ = self.presence.take_cursors();
+        self.fanout.clear();
+        self.document.clear();
+        self.persist.clear();
+        if let Some(c) = &mut self.cluster {
+            c.clear();
+        }
+        self.broken = None;
+        self.arm_idle_timer(ctx);
+    }
+
     fn check_loaded(&self) -> Result<(), RoomError> {
         match &self.broken {
             Some(reason) => Err(RoomError::new(

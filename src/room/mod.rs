@@ -57,7 +57,7 @@ pub use messages::{
     AwarenessUpdate, Broadcast, ClientUpdate, Join, Leave, MemberLink, Protocol, QueryAwareness,
     Resync, SetCursor, SetPresence, SetTyping, StoreNow, SyncStep1,
 };
-pub use registry::Registry;
+pub use registry::{Registry, RoomServices};
 
 use crate::config::Config;
 use crate::ids::MemberId;
@@ -66,7 +66,7 @@ use crate::outbox::{Class, Frame};
 use crate::presence::Presence;
 use crate::protocol::native::{encode_snapshot_parts, encode_synced_parts, ServerMessage};
 use crate::protocol::ErrorCode;
-use crate::store::{DocStore, StoredDoc};
+use crate::store::StoredDoc;
 use crate::webhook::{HookKind, Webhooks};
 use cluster::ClusterState;
 use document::{decode_state_vector, Applied, ApplyError, Document};
@@ -109,14 +109,15 @@ pub struct Room {
 }
 
 impl Room {
-    /// A room that loads `id` from `store` when started.
-    pub fn new(
-        id: RoomId,
-        config: Arc<Config>,
-        store: Arc<dyn DocStore>,
-        registry: Registry,
-    ) -> Self {
-        let metrics = registry.metrics().clone();
+    /// A room that loads `id` from the store when started.
+    pub fn new(id: RoomId, services: RoomServices, registry: Registry) -> Self {
+        let RoomServices {
+            config,
+            store,
+            metrics,
+            hooks,
+            bridge,
+        } = services;
         let api = &config.api;
         let events = EventWindow::new(
             api.event_window,
@@ -125,8 +126,8 @@ impl Room {
             metrics.clone(),
         );
         Room {
-            cluster: registry.bridge().cloned().map(ClusterState::new),
-            hooks: registry.webhooks().clone(),
+            cluster: bridge.map(ClusterState::new),
+            hooks,
             members: Members::new(id.clone(), metrics.clone()),
             persist: Persistence::new(store),
             document: Document::new(),
@@ -288,33 +289,6 @@ impl Room {
             tracing::debug!(room = %self.id, "room evicted");
             ctx.stop();
         }
-    }
-
-    /// Empties the room (document, members, followers), as a deletion does:
-    /// members are closed with `1001 room deleted`.
-    fn reset(&mut self, ctx: &mut Context<Self>) {
-        self.entered(ctx);
-        self.events.reset();
-        // Sessions send `Leave` as they close; the room forgets them now so
-        // nothing more is sent to them.
-        for id in self
-            .members
-            .close_all(crate::protocol::close::GOING_AWAY, "room deleted")
-        {
-            self.presence.leave(&id);
-            self.awareness.forget(&id);
-        }
-        self.awareness.clear_dirty();
-        let _ = self.presence.take_diff();
-        let _ = self.presence.take_cursors();
-        self.fanout.clear();
-        self.document.clear();
-        self.persist.clear();
-        if let Some(c) = &mut self.cluster {
-            c.clear();
-        }
-        self.broken = None;
-        self.arm_idle_timer(ctx);
     }
 }
 

@@ -25,19 +25,30 @@ struct Entry {
     joins_sent: u64,
 }
 
+/// What every room of a server uses, built once by the server and handed
+/// to the registry (which hands it to each room it starts).
+#[derive(Clone)]
+pub struct RoomServices {
+    /// Server configuration.
+    pub config: Arc<Config>,
+    /// Where documents are stored.
+    pub store: Arc<dyn DocStore>,
+    /// Server counters.
+    pub metrics: Arc<Metrics>,
+    /// The webhook queue.
+    pub hooks: Webhooks,
+    /// The bridge to the other nodes, in cluster mode only.
+    pub bridge: Option<Bridge>,
+}
+
 struct Inner {
-    config: Arc<Config>,
-    store: Arc<dyn DocStore>,
+    services: RoomServices,
     arbiters: Vec<ArbiterHandle>,
     /// Owns the arbiter threads so they live as long as the registry.
     _threads: Vec<Arbiter>,
     rooms: Mutex<HashMap<RoomId, Entry>>,
     started: AtomicU64,
     evicted: AtomicU64,
-    metrics: Arc<Metrics>,
-    webhooks: Webhooks,
-    /// The bridge to the other nodes, in cluster mode only.
-    bridge: Option<Bridge>,
 }
 
 /// Shared handle to the set of live rooms.
@@ -47,38 +58,21 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry that starts `config.room_thread_count()` arbiter threads.
-    /// Must be called inside an actix `System`.
-    /// Starts the webhook task too (see [`Webhooks::start`]).
-    pub fn new(config: Arc<Config>, store: Arc<dyn DocStore>) -> Self {
-        Registry::clustered(config, store, None)
-    }
-
-    /// Like [`Registry::new`]; rooms publish to and hear from the other
-    /// nodes through `bridge` when it is set (cluster mode).
-    pub fn clustered(
-        config: Arc<Config>,
-        store: Arc<dyn DocStore>,
-        bridge: Option<Bridge>,
-    ) -> Self {
-        let metrics = Arc::new(Metrics::default());
-        let webhooks = Webhooks::start(&config.api, metrics.clone());
-        let threads: Vec<Arbiter> = (0..config.room_thread_count())
+    /// A registry that starts `config.room_thread_count()` arbiter threads
+    /// for rooms that use `services`. Must be called inside an actix `System`.
+    pub fn new(services: RoomServices) -> Self {
+        let threads: Vec<Arbiter> = (0..services.config.room_thread_count())
             .map(|_| Arbiter::new())
             .collect();
         let arbiters = threads.iter().map(Arbiter::handle).collect();
         Registry {
             inner: Arc::new(Inner {
-                config,
-                store,
+                services,
                 arbiters,
                 _threads: threads,
                 rooms: Mutex::new(HashMap::new()),
                 started: AtomicU64::new(0),
                 evicted: AtomicU64::new(0),
-                metrics,
-                webhooks,
-                bridge,
             }),
         }
     }
@@ -125,21 +119,6 @@ impl Registry {
             .collect()
     }
 
-    /// Server counters.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.inner.metrics
-    }
-
-    /// The bridge to the other nodes (cluster mode only).
-    pub fn bridge(&self) -> Option<&Bridge> {
-        self.inner.bridge.as_ref()
-    }
-
-    /// Webhook queue.
-    pub fn webhooks(&self) -> &Webhooks {
-        &self.inner.webhooks
-    }
-
     /// Finds or starts the room and counts one join for it; the caller
     /// must send it exactly one message whose handler counts it.
     pub fn enter(&self, room: &RoomId) -> Addr<Room> {
@@ -147,14 +126,9 @@ impl Registry {
         let entry = rooms.entry(room.clone()).or_insert_with(|| {
             self.inner.started.fetch_add(1, Ordering::Relaxed);
             let arbiter = &self.inner.arbiters[self.shard(room)];
-            let (id, config, store, registry) = (
-                room.clone(),
-                self.inner.config.clone(),
-                self.inner.store.clone(),
-                self.clone(),
-            );
-            let addr =
-                Room::start_in_arbiter(arbiter, move |_| Room::new(id, config, store, registry));
+            let (id, services, registry) =
+                (room.clone(), self.inner.services.clone(), self.clone());
+            let addr = Room::start_in_arbiter(arbiter, move |_| Room::new(id, services, registry));
             Entry {
                 addr,
                 joins_sent: 0,
@@ -197,11 +171,6 @@ impl Registry {
     /// Rooms evicted since the process began.
     pub fn rooms_evicted(&self) -> u64 {
         self.inner.evicted.load(Ordering::Relaxed)
-    }
-
-    /// The store rooms use.
-    pub fn store(&self) -> &Arc<dyn DocStore> {
-        &self.inner.store
     }
 
     /// Asks every live room to write its document to the store, and waits.

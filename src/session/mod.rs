@@ -93,6 +93,12 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// Live rooms.
     pub registry: Registry,
+    /// Server counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where documents are stored (for `/readyz`; rooms have their own handle).
+    pub store: Arc<dyn crate::store::DocStore>,
+    /// The bridge to the other nodes, in cluster mode only.
+    pub bridge: Option<crate::cluster::Bridge>,
     /// Live sessions.
     pub sessions: Arc<Sessions>,
     /// Token verifier; `None`: authentication is off (open server).
@@ -329,7 +335,7 @@ impl NativeSession {
     }
 
     fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
-        self.shared.registry.metrics().received(bytes.len());
+        self.shared.metrics.received(bytes.len());
         if let Err(limit) = self.rate.admit(bytes.len()) {
             let text = format!("over {limit}: slow down");
             self.error(ctx, ErrorCode::RateLimited, text, None, None);

@@ -139,7 +139,7 @@ impl YjsSession {
     }
 
     fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
-        self.shared.registry.metrics().received(bytes.len());
+        self.shared.metrics.received(bytes.len());
         if let Err(limit) = self.rate.admit(bytes.len()) {
             return self.close(ctx, close::RATE_LIMITED, limit);
         }
