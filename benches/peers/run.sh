@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks: Chorus and the servers users would pick instead,
 # on loopback, one fresh server process per (server, scenario), the same
-# chorus-load scenarios against each, then a table with ratios.
+# chorus-load scenarios against each, then a table with ratios. The load
+# generator is the `chorus-load` package in benches/load/ (a member of the
+# Cargo workspace); this script builds it and runs target/release/chorus-load.
+# By hand: `cargo run --release --bin chorus-load -- --help`.
 #
 #   benches/peers/run.sh                      # every scenario, every server
 #   SCENARIOS="fanout idle" SERVERS="chorus y-websocket" benches/peers/run.sh
@@ -33,7 +36,7 @@ YSWEET="$PEERS/y-sweet/bin/y-sweet"
 if [[ " $SERVERS " == *" y-sweet "* ]] && [ ! -x "$YSWEET" ]; then
   cargo install y-sweet --locked --version 0.9.1 --root "$PEERS/y-sweet"
 fi
-cargo build --release --bin chorus --bin chorus-load
+cargo build --release -p chorus -p chorus-load
 LOAD="$ROOT/target/release/chorus-load"
 CHORUS="$ROOT/target/release/chorus"
 
