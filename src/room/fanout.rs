@@ -332,9 +332,5 @@ pub(super) fn send_frame(link: &MemberLink, frame: &Frame, class: Class) -> Offe
 
 /// A close reason fits in a control frame (123 bytes).
 pub(super) fn truncate_reason(reason: &str) -> String {
-    let mut end = reason.len().min(120);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_owned()
+    crate::outbox::close_reason(reason).to_owned()
 }
