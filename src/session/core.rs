@@ -25,7 +25,7 @@ use crate::room::{Join, Leave, MemberLink, Protocol, Resync, Room};
 
 /// A session actor built on a [`SessionCore`]: the heartbeat timer and the
 /// outbox's drain signal reach the core through it, and whole messages
-/// from the client reach the protocol. [`session_handlers!`] implements
+/// from the client reach the protocol. `session_handlers!` implements
 /// the actix handlers on top of it.
 pub trait Session:
     Actor<Context = ws::WebsocketContext<Self>> + Handler<Outbound> + Handler<Drained>

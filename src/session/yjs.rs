@@ -2,9 +2,10 @@
 //!
 //! It talks to the same room actor as native sessions (as a member with
 //! [`Protocol::Yjs`]), through the same [`Outbox`] accounting. Inbound
-//! frames may hold several y-protocols messages ([`yjs::decode_frame`]);
-//! everything the server writes is one message per frame, since the
-//! y-websocket 3.x client reads only the first message of a frame.
+//! frames may hold several y-protocols messages
+//! ([`crate::protocol::yjs::decode_frame`]); everything the server writes
+//! is one message per frame, since the y-websocket 3.x client reads only
+//! the first message of a frame.
 //!
 //! What a message means is decided by the sans-I/O sync logic
 //! ([`crate::sync::DocSync`]); this adapter feeds it the frames and turns
