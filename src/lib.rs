@@ -17,9 +17,17 @@
 //!   y-protocols (sync, awareness, auth) with bounds-checked decoding;
 //!   `yupdate` walks a Yjs v1 update or state vector without allocating and
 //!   refuses counts the bytes cannot hold, before yrs decodes it.
-//! - [`session`]: one actor per WebSocket (`NativeSession`, `yjs::YjsSession`):
-//!   heartbeat, decoding, per-message checks; `session::transport` accounts outbound bytes so rooms can see a
-//!   slow consumer before it costs memory.
+//! - [`session`]: one actor per WebSocket (`NativeSession` on `/ws`,
+//!   `yjs::YjsSession` on `/yjs/{room}`), each embedding a
+//!   `session::core::SessionCore` (registration, heartbeat and resync,
+//!   stream intake, per-session rate, close, rooms joined, token expiry);
+//!   the protocol files keep only decoding and per-message checks.
+//! - [`sync`]: the y-protocols sync logic of one client on one document,
+//!   sans I/O: frames in, actions for the room (or a refusal) out; the
+//!   `/yjs` session is a thin adapter over it.
+//! - [`outbox`]: a session's queue of ready-made WebSocket frames, shared
+//!   with its rooms, and the byte count that lets rooms see a slow consumer
+//!   before it costs memory.
 //! - [`room`]: the room actor (document, members, coalesced fan-out, resync
 //!   of lagging members, idle eviction) and the `Registry` that finds or
 //!   starts rooms on a pool of arbiters; `room::awareness` maps awareness
@@ -57,4 +65,5 @@ pub mod protocol;
 pub mod room;
 pub mod session;
 pub mod store;
+pub mod sync;
 pub mod webhook;

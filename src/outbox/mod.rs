@@ -87,17 +87,7 @@ const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
 /// Largest close reason that fits a control frame (125 bytes, less the code).
-const MAX_CLOSE_REASON: usize = 123;
-
-/// The longest prefix of `reason` that fits a close frame (at most
-/// 123 bytes, cut at a character boundary).
-pub fn truncate_reason(reason: &str) -> &str {
-    let mut end = reason.len().min(MAX_CLOSE_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
-}
+pub const MAX_CLOSE_REASON: usize = 123;
 
 /// One server→client WebSocket frame, header included, as one or more
 /// byte chunks written back to back. Cloning shares the bytes: a frame
@@ -190,7 +180,7 @@ impl Frame {
         let Some(code) = code else {
             return Frame::single(OP_CLOSE, &[]);
         };
-        let reason = truncate_reason(reason);
+        let reason = close_reason(reason);
         let mut payload = Vec::with_capacity(2 + reason.len());
         payload.extend_from_slice(&code.to_be_bytes());
         payload.extend_from_slice(reason.as_bytes());
@@ -211,6 +201,16 @@ impl Frame {
     pub fn to_vec(&self) -> Vec<u8> {
         self.parts.iter().flat_map(|p| p.iter().copied()).collect()
     }
+}
+
+/// The longest prefix of `reason` that fits a close frame
+/// ([`MAX_CLOSE_REASON`] bytes), cut on a character boundary.
+pub fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// The close frame answering a client's close (the same code and reason).
@@ -591,6 +591,16 @@ mod tests {
         assert_eq!(parse(&Frame::pong(b"x")), (OpCode::Pong, b"x".to_vec()));
         let long = "é".repeat(100);
         assert!(Frame::close(Some(1000), &long).payload_len() <= 125);
+    }
+
+    #[test]
+    fn close_reasons_are_cut_on_a_char_boundary() {
+        assert_eq!(close_reason("bye"), "bye");
+        let ascii = "x".repeat(200);
+        assert_eq!(close_reason(&ascii).len(), MAX_CLOSE_REASON);
+        // "é" is two bytes: 61 of them (122 bytes) fit, the 62nd would not.
+        let accented = "é".repeat(100);
+        assert_eq!(close_reason(&accented), "é".repeat(61));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use yrs::StateVector;
 use super::messages::{MemberLink, Protocol};
 use crate::ids::{MemberId, RoomId};
 use crate::metrics::Metrics;
-use crate::outbox::{truncate_reason, Class, Frame, Offer, Outbound};
+use crate::outbox::{close_reason, Class, Frame, Offer, Outbound};
 use crate::protocol::native::{encode_server, ServerMessage};
 use crate::protocol::{yjs, ErrorCode};
 
@@ -226,7 +226,7 @@ impl Members {
             }
             link.recipient.do_send(Outbound::Close {
                 code: close,
-                reason: truncate_reason(&message).to_owned(),
+                reason: close_reason(&message).to_owned(),
             });
             return;
         }

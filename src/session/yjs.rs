@@ -2,21 +2,18 @@
 //!
 //! It talks to the same room actor as native sessions (as a member with
 //! [`Protocol::Yjs`]), through the same [`Outbox`] accounting. Inbound
-//! frames may hold several y-protocols messages ([`yjs::decode_frame`]);
-//! everything the server writes is one message per frame, since the
-//! y-websocket 3.x client reads only the first message of a frame.
+//! frames may hold several y-protocols messages
+//! ([`crate::protocol::yjs::decode_frame`]); everything the server writes
+//! is one message per frame, since the y-websocket 3.x client reads only
+//! the first message of a frame.
 //!
-//! What arrives, and where it goes:
-//! - sync step 1 → the room answers with step 2 (what the client lacks);
-//! - sync step 2 / update → the room's update path (apply, store, fan out),
-//!   as a native `update` without a request id (y-protocols has no ack);
-//!   an empty update (`[0, 0]`, the step 2 of a client with nothing new) is
-//!   skipped;
-//! - awareness → the room's awareness table; states over
-//!   `max_presence_bytes` are dropped;
-//! - query awareness → every awareness state;
-//! - auth → ignored (clients do not send it; the server sends "permission
-//!   denied" before closing with 4401 / 4403).
+//! What a message means is decided by the sans-I/O sync logic
+//! ([`crate::sync::DocSync`]); this adapter feeds it the frames and turns
+//! its actions into room messages: sync step 1 → [`SyncStep1`] (the room
+//! answers with step 2), an update → [`ClientUpdate`] without a request id
+//! (y-protocols has no ack), awareness → [`AwarenessUpdate`], query
+//! awareness → [`QueryAwareness`]; a refusal is told as the sync logic
+//! says (auth "permission denied" or not, then the close code).
 //!
 //! Authorization: the token (`?token=` or `Authorization: Bearer`) is
 //! checked before the upgrade; a refusal is delivered after it, as an auth
@@ -35,48 +32,30 @@
 //! `client_timeout_ms + heartbeat_ms` after its last frame (20 s by default).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
-use bytes::Bytes;
 
-use super::intake::{Inbound, Intake};
-use super::{schedule_expiry, Admission, Shared};
-use crate::auth::{Grants, Rights};
-use crate::ids::MemberId;
-use crate::limit::{IpSlot, SessionRate};
-use crate::outbox::{echo_close, Drained, Frame, Outbound, Outbox};
-use crate::protocol::yjs::{self, YjsMessage};
+use super::core::{session_handlers, Session, SessionCore};
+use super::{Admission, Shared};
+use crate::outbox::{Frame, Outbox};
 use crate::protocol::{close, validate_room_id};
 use crate::room::{
-    AwarenessUpdate, ClientUpdate, Join, Leave, MemberLink, Protocol, QueryAwareness, Resync, Room,
-    RoomId, SyncStep1,
+    AwarenessUpdate, ClientUpdate, Protocol, QueryAwareness, Room, RoomId, SyncStep1,
 };
+use crate::sync::{self, Action, DocSync, Refusal, SyncLimits};
 
 /// The y-websocket session actor.
 pub struct YjsSession {
-    id: MemberId,
-    shared: Shared,
-    outbox: Arc<Outbox>,
+    /// Heartbeat, intake, rate, close, the room joined, grants.
+    core: SessionCore,
     /// The room name from the URL, validated when the session starts.
     room_name: String,
-    /// The room, once joined. A room stays live while this session is a member.
-    room: Option<Addr<Room>>,
-    /// Last frame (of any kind) from the client: the heartbeat's clock.
-    last_seen: Instant,
-    /// Reassembles fragmented messages within `max_frame_bytes`.
-    intake: Intake,
-    /// Who this is and what it may do; `None` only with a refusal pending.
-    grants: Option<Grants>,
-    /// Rights in this session's room, fixed at join.
-    rights: Rights,
-    /// Set by the HTTP layer: close with this code and reason on start.
-    refusal: Option<(u16, String)>,
-    /// Inbound messages/s and bytes/s.
-    rate: SessionRate,
-    /// Per-IP connection slot, freed when the session ends.
-    _slot: Option<IpSlot>,
+    /// The sync logic of this client with its room: set when the room is
+    /// joined, with the rights the grants give there.
+    sync: Option<DocSync>,
+    /// Set by the HTTP layer: refused with this on start.
+    refusal: Option<Refusal>,
 }
 
 impl YjsSession {
@@ -86,125 +65,104 @@ impl YjsSession {
         shared: Shared,
         outbox: Arc<Outbox>,
         room_name: String,
-        admission: Admission,
+        mut admission: Admission,
     ) -> Self {
+        let refusal = admission
+            .refusal
+            .take()
+            .map(|(code, reason)| Refusal::Denied { code, reason });
         YjsSession {
-            id: shared.sessions.next_id(),
-            rate: SessionRate::new(&shared.config.limits),
-            intake: Intake::new(shared.config.limits.max_frame_bytes),
-            shared,
-            outbox,
+            core: SessionCore::new(shared, outbox, admission, close::YJS_TOO_LARGE),
             room_name,
-            room: None,
-            last_seen: Instant::now(),
-            grants: admission.grants,
-            rights: Rights::Read,
-            refusal: admission.refusal,
-            _slot: admission.slot,
+            sync: None,
+            refusal,
         }
     }
 
-    /// Sends y-protocols "permission denied" with `reason`, then closes.
-    fn deny(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
-        self.outbox.push(&Frame::binary(&yjs::auth_denied(reason)));
-        self.close(ctx, code, reason);
-    }
-
-    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
-        tracing::debug!(session = %self.id, code, "closing /yjs session: {reason}");
-        self.outbox.push_close(&Frame::close(Some(code), reason));
-        ctx.stop();
-    }
-
-    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
-        ctx.run_interval(self.shared.config.limits.heartbeat(), |act, ctx| {
-            if act.last_seen.elapsed() > act.shared.config.limits.client_timeout() {
-                return act.close(ctx, close::TIMEOUT, "heartbeat timeout");
-            }
-            act.outbox.push(&Frame::ping(b""));
-            if act.outbox.is_lagging() && act.outbox.is_drained() {
-                act.resync();
-            }
-        });
-    }
-
-    fn resync(&self) {
-        if let Some(room) = &self.room {
-            if self.outbox.take_lagging() {
-                room.do_send(Resync {
-                    member: self.id.clone(),
-                });
-            }
+    /// Tells the client why it is refused ("permission denied" first when
+    /// the refusal is a denial), then closes.
+    fn refuse(&self, ctx: &mut ws::WebsocketContext<Self>, refusal: &Refusal) {
+        if let Some(denial) = refusal.denial() {
+            self.core.outbox.push(&Frame::binary(&denial));
         }
+        self.core.close(ctx, refusal.code(), refusal.reason());
+    }
+
+    /// The room joined, if any.
+    fn room(&self) -> Option<&Addr<Room>> {
+        self.core.rooms.get(self.room_name.as_str())
+    }
+
+    /// Joins the room named in the URL, if the grants allow it.
+    fn join(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let limits = &self.core.shared.config.limits;
+        if let Err(e) = validate_room_id(&self.room_name, limits.max_room_id_bytes) {
+            return self.core.close(ctx, close::YJS_BAD_ROOM, e);
+        }
+        let Some(grants) = &self.core.grants else {
+            let refusal = Refusal::Denied {
+                code: close::UNAUTHORIZED,
+                reason: "a token is required".into(),
+            };
+            return self.refuse(ctx, &refusal);
+        };
+        let Some(rights) = grants.rights(&self.room_name) else {
+            let refusal = Refusal::Denied {
+                code: close::YJS_FORBIDDEN,
+                reason: "the token grants no access to this room".into(),
+            };
+            return self.refuse(ctx, &refusal);
+        };
+        self.sync = Some(DocSync::new(rights, SyncLimits::new(limits)));
+        self.core.schedule_expiry(ctx);
+        let id: RoomId = Arc::from(self.room_name.as_str());
+        self.core.join(ctx, id, Protocol::Yjs, None, None, None);
     }
 
     fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
-        self.shared.metrics.received(bytes.len());
-        if let Err(limit) = self.rate.admit(bytes.len()) {
-            return self.close(ctx, close::RATE_LIMITED, limit);
+        if let Err(limit) = self.core.admit(bytes.len()) {
+            return self.core.close(ctx, close::RATE_LIMITED, limit);
         }
-        let messages = match yjs::decode_frame(bytes) {
-            Ok(m) => m,
-            Err(e) => return self.close(ctx, close::YJS_BAD_MESSAGE, &e.to_string()),
+        let messages = match sync::decode(bytes) {
+            Ok(messages) => messages,
+            Err(refusal) => return self.refuse(ctx, &refusal),
         };
-        let Some(room) = self.room.clone() else {
+        let (Some(sync), Some(room)) = (&self.sync, self.room()) else {
             return;
         };
-        let max_state = self.shared.config.limits.max_presence_bytes;
-        for msg in messages {
-            match msg {
-                YjsMessage::SyncStep1(sv) => room.do_send(SyncStep1 {
-                    member: self.id.clone(),
-                    sv,
+        let outcome = sync.receive(messages);
+        let member = &self.core.id;
+        for action in outcome.actions {
+            let member = member.clone();
+            match action {
+                Action::SyncStep1(sv) => room.do_send(SyncStep1 { member, sv }),
+                Action::Update(data) => room.do_send(ClientUpdate {
+                    member,
+                    data,
+                    rid: None,
                 }),
-                YjsMessage::SyncStep2(update) | YjsMessage::Update(update) => {
-                    if update != yjs::EMPTY_UPDATE && !self.rights.can_write() {
-                        return self.deny(
-                            ctx,
-                            close::YJS_FORBIDDEN,
-                            "read-only: this token may not write the document",
-                        );
-                    }
-                    if update != yjs::EMPTY_UPDATE {
-                        room.do_send(ClientUpdate {
-                            member: self.id.clone(),
-                            data: Bytes::from(update),
-                            rid: None,
-                        });
-                    }
-                }
-                YjsMessage::Awareness(_) if !self.rights.can_presence() => {
-                    tracing::debug!(session = %self.id, "awareness without the presence right ignored");
-                }
-                YjsMessage::Awareness(entries) => {
-                    let mut parsed = Vec::with_capacity(entries.len());
-                    for entry in entries {
-                        if entry.json.len() > max_state {
-                            tracing::debug!(session = %self.id, "awareness state over max_presence_bytes dropped");
-                            continue;
-                        }
-                        match entry.state() {
-                            Ok(state) => parsed.push((entry, state)),
-                            Err(e) => {
-                                return self.close(ctx, close::YJS_BAD_MESSAGE, &e.to_string())
-                            }
-                        }
-                    }
-                    if !parsed.is_empty() {
-                        room.do_send(AwarenessUpdate {
-                            member: self.id.clone(),
-                            entries: parsed,
-                        });
-                    }
-                }
-                YjsMessage::QueryAwareness => room.do_send(QueryAwareness {
-                    member: self.id.clone(),
-                }),
-                YjsMessage::Auth(_) => {
-                    tracing::debug!(session = %self.id, "ignoring auth message from a client");
-                }
+                Action::Awareness(entries) => room.do_send(AwarenessUpdate { member, entries }),
+                Action::QueryAwareness => room.do_send(QueryAwareness { member }),
             }
         }
+        if let Some(refusal) = outcome.refusal {
+            self.refuse(ctx, &refusal);
+        }
+    }
+}
+
+impl Session for YjsSession {
+    fn core(&mut self) -> &mut SessionCore {
+        &mut self.core
+    }
+
+    fn binary(&mut self, bytes: &[u8], ctx: &mut Self::Context) {
+        self.handle_frame(bytes, ctx);
+    }
+
+    fn text(&mut self, _: usize, ctx: &mut Self::Context) {
+        let refusal = Refusal::Malformed("y-protocols uses binary frames".into());
+        self.refuse(ctx, &refusal);
     }
 }
 
@@ -212,115 +170,17 @@ impl Actor for YjsSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.outbox.set_waker(ctx.address().recipient());
-        self.shared
-            .sessions
-            .register(self.id.clone(), ctx.address().recipient());
-        self.heartbeat(ctx);
-        if let Some((code, reason)) = self.refusal.take() {
-            return self.deny(ctx, code, &reason);
+        self.core.start(ctx);
+        match self.refusal.take() {
+            Some(refusal) => self.refuse(ctx, &refusal),
+            None => self.join(ctx),
         }
-        let limits = &self.shared.config.limits;
-        if let Err(e) = validate_room_id(&self.room_name, limits.max_room_id_bytes) {
-            return self.close(ctx, close::YJS_BAD_ROOM, e);
-        }
-        let Some(grants) = self.grants.clone() else {
-            return self.deny(ctx, close::UNAUTHORIZED, "a token is required");
-        };
-        let Some(rights) = grants.rights(&self.room_name) else {
-            return self.deny(
-                ctx,
-                close::YJS_FORBIDDEN,
-                "the token grants no access to this room",
-            );
-        };
-        self.rights = rights;
-        schedule_expiry(&grants, ctx);
-        let id: RoomId = Arc::from(self.room_name.as_str());
-        let join = Join {
-            member: MemberLink {
-                id: self.id.clone(),
-                user: grants.user.clone(),
-                protocol: Protocol::Yjs,
-                recipient: ctx.address().recipient(),
-                outbox: self.outbox.clone(),
-            },
-            sv: None,
-            presence: None,
-            rid: None,
-        };
-        self.room = Some(self.shared.registry.join(&id, join));
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        if let Some(room) = self.room.take() {
-            room.do_send(Leave {
-                member: self.id.clone(),
-            });
-        }
-        self.shared.sessions.unregister(&self.id);
+        self.core.stop();
         Running::Stop
     }
 }
 
-impl Handler<Outbound> for YjsSession {
-    type Result = ();
-
-    fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
-        match msg {
-            Outbound::Close { code, reason } => self.close(ctx, code, &reason),
-            // A /yjs connection has exactly one room; a refused join is
-            // followed by a close with the refusal's code.
-            Outbound::Refused { .. } => {}
-        }
-    }
-}
-
-impl Handler<Drained> for YjsSession {
-    type Result = ();
-
-    fn handle(&mut self, _: Drained, _: &mut Self::Context) {
-        self.resync();
-    }
-}
-
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for YjsSession {
-    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        self.last_seen = Instant::now();
-        if self.outbox.is_evicted() {
-            return self.close(ctx, close::SLOW_CONSUMER, "slow consumer");
-        }
-        match self.intake.feed(item) {
-            Inbound::Binary(bytes) => self.handle_frame(&bytes, ctx),
-            Inbound::Text(_) => self.close(
-                ctx,
-                close::YJS_BAD_MESSAGE,
-                "y-protocols uses binary frames",
-            ),
-            Inbound::Ping(payload) => {
-                self.outbox.push(&Frame::pong(&payload));
-            }
-            Inbound::Close(reason) => {
-                self.outbox.push_close(&echo_close(reason));
-                ctx.stop();
-            }
-            Inbound::Nothing => {}
-            Inbound::TooBig => {
-                let max = self.shared.config.limits.max_frame_bytes;
-                self.close(
-                    ctx,
-                    close::YJS_TOO_LARGE,
-                    &format!("message over max_frame_bytes ({max})"),
-                );
-            }
-            Inbound::Invalid(e) => {
-                tracing::debug!(session = %self.id, "websocket protocol error: {e}");
-                self.close(ctx, close::PROTOCOL_ERROR, "websocket protocol error");
-            }
-        }
-    }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
+session_handlers!(YjsSession);

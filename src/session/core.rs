@@ -1,0 +1,311 @@
+//! What every session kind does the same way, in one [`SessionCore`] that
+//! each session actor embeds: registration in [`Sessions`](super::Sessions),
+//! the heartbeat and the slow-consumer resync, intake of the WebSocket
+//! stream (fragments, ping / pong, close echo, oversize and invalid
+//! framing, eviction), the per-session rate, the per-IP slot, the rooms
+//! joined, token expiry, and closing. A protocol file keeps only what its
+//! protocol decides: what a message means and how a failure is told.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+use bytes::Bytes;
+
+use super::intake::{Inbound, Intake};
+use super::{Admission, Shared};
+use crate::auth::Grants;
+use crate::ids::{MemberId, RoomId};
+use crate::limit::{IpSlot, SessionRate};
+use crate::outbox::{echo_close, Drained, Frame, Outbound, Outbox};
+use crate::protocol::close;
+use crate::room::{Join, Leave, MemberLink, Protocol, Resync, Room};
+
+/// A session actor built on a [`SessionCore`]: the heartbeat timer and the
+/// outbox's drain signal reach the core through it, and whole messages
+/// from the client reach the protocol. `session_handlers!` implements
+/// the actix handlers on top of it.
+pub trait Session:
+    Actor<Context = ws::WebsocketContext<Self>> + Handler<Outbound> + Handler<Drained>
+{
+    /// The embedded core.
+    fn core(&mut self) -> &mut SessionCore;
+
+    /// A whole binary message (counted in the metrics, not rate-checked).
+    fn binary(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>);
+
+    /// A whole text message, by its length (no protocol here uses text).
+    fn text(&mut self, len: usize, ctx: &mut ws::WebsocketContext<Self>);
+}
+
+/// Implements for a [`Session`] the actix handlers every session has:
+/// messages from rooms ([`Outbound`]) and the drain signal ([`Drained`])
+/// go to its core, and the WebSocket stream goes through
+/// [`SessionCore::feed`], whole messages on to [`Session::binary`] /
+/// [`Session::text`]. (A macro: actix's traits cannot be implemented for
+/// every `Session` at once.)
+macro_rules! session_handlers {
+    ($session:ty) => {
+        impl actix::Handler<$crate::outbox::Outbound> for $session {
+            type Result = ();
+
+            fn handle(&mut self, msg: $crate::outbox::Outbound, ctx: &mut Self::Context) {
+                $crate::session::core::Session::core(self).outbound(msg, ctx);
+            }
+        }
+
+        impl actix::Handler<$crate::outbox::Drained> for $session {
+            type Result = ();
+
+            fn handle(&mut self, _: $crate::outbox::Drained, _: &mut Self::Context) {
+                $crate::session::core::Session::core(self).resync();
+            }
+        }
+
+        impl
+            actix::StreamHandler<
+                Result<actix_web_actors::ws::Message, actix_web_actors::ws::ProtocolError>,
+            > for $session
+        {
+            fn handle(
+                &mut self,
+                item: Result<actix_web_actors::ws::Message, actix_web_actors::ws::ProtocolError>,
+                ctx: &mut Self::Context,
+            ) {
+                use $crate::session::core::{Payload, Session};
+                match self.core().feed(item, ctx) {
+                    Some(Payload::Binary(bytes)) => self.binary(&bytes, ctx),
+                    Some(Payload::Text(len)) => self.text(len, ctx),
+                    None => {}
+                }
+            }
+
+            fn finished(&mut self, ctx: &mut Self::Context) {
+                actix::ActorContext::stop(ctx);
+            }
+        }
+    };
+}
+pub(super) use session_handlers;
+
+/// A whole message from the client, for the protocol to read. Everything
+/// else the stream yields is handled by [`SessionCore::feed`].
+#[derive(Debug)]
+pub enum Payload {
+    /// A binary message (counted in the metrics, not yet rate-checked).
+    Binary(Bytes),
+    /// A text message, by its length (no protocol here uses text).
+    Text(usize),
+}
+
+/// The state and duties every session shares, whatever its protocol.
+pub struct SessionCore {
+    /// This connection's member id, unique in the cluster.
+    pub id: MemberId,
+    /// Configuration, rooms, the session table.
+    pub shared: Shared,
+    /// Where every frame to the client goes, in order; shared with rooms.
+    pub outbox: Arc<Outbox>,
+    /// Rooms joined, by id. A room stays live while this session is a
+    /// member; each is left when the session stops.
+    pub rooms: HashMap<RoomId, Addr<Room>>,
+    /// What this session may do: from the connection (URL / header token,
+    /// or anonymous) or, natively, from `hello.token`. Checked on every
+    /// message.
+    pub grants: Option<Grants>,
+    /// Last frame (of any kind) from the client: the heartbeat's clock.
+    last_seen: Instant,
+    /// Reassembles fragmented messages within `max_frame_bytes`.
+    intake: Intake,
+    /// Inbound messages/s and bytes/s.
+    rate: SessionRate,
+    /// Close code for a message over `max_frame_bytes` (the protocols differ).
+    too_big: u16,
+    /// Per-IP connection slot, freed when the session ends.
+    _slot: Option<IpSlot>,
+}
+
+impl SessionCore {
+    /// The core of a session admitted as `admission` says (its refusal,
+    /// if any, is the protocol's to deliver), writing through `outbox`,
+    /// that closes with `too_big` on a message over `max_frame_bytes`.
+    pub fn new(shared: Shared, outbox: Arc<Outbox>, admission: Admission, too_big: u16) -> Self {
+        SessionCore {
+            id: shared.sessions.next_id(),
+            rate: SessionRate::new(&shared.config.limits),
+            intake: Intake::new(shared.config.limits.max_frame_bytes),
+            shared,
+            outbox,
+            rooms: HashMap::new(),
+            grants: admission.grants,
+            last_seen: Instant::now(),
+            too_big,
+            _slot: admission.slot,
+        }
+    }
+
+    /// Registers the session and starts its heartbeat; called first from
+    /// `started`.
+    pub fn start<A: Session>(&self, ctx: &mut ws::WebsocketContext<A>) {
+        self.outbox.set_waker(ctx.address().recipient());
+        self.shared
+            .sessions
+            .register(self.id.clone(), ctx.address().recipient());
+        ctx.run_interval(self.shared.config.limits.heartbeat(), |act, ctx| {
+            act.core().tick(ctx)
+        });
+    }
+
+    /// One heartbeat: closes a client silent for `client_timeout_ms`
+    /// (4000), else pings it, and resyncs it if it lagged and has drained.
+    fn tick<A: Session>(&mut self, ctx: &mut ws::WebsocketContext<A>) {
+        if self.last_seen.elapsed() > self.shared.config.limits.client_timeout() {
+            return self.close(ctx, close::TIMEOUT, "heartbeat timeout");
+        }
+        self.outbox.push(&Frame::ping(b""));
+        if self.outbox.is_lagging() && self.outbox.is_drained() {
+            self.resync();
+        }
+    }
+
+    /// Asks every room joined to resync this session, if a room dropped
+    /// frames for it since the last resync.
+    pub fn resync(&self) {
+        if self.outbox.take_lagging() {
+            for room in self.rooms.values() {
+                room.do_send(Resync {
+                    member: self.id.clone(),
+                });
+            }
+        }
+    }
+
+    /// Leaves every room and the session table; called from `stopping`.
+    pub fn stop(&mut self) {
+        for (_, room) in self.rooms.drain() {
+            room.do_send(Leave {
+                member: self.id.clone(),
+            });
+        }
+        self.shared.sessions.unregister(&self.id);
+    }
+
+    /// Queues a close frame (`reason` cut to fit) after everything queued
+    /// before it, and stops the actor.
+    pub fn close<A>(&self, ctx: &mut ws::WebsocketContext<A>, code: u16, reason: &str)
+    where
+        A: Actor<Context = ws::WebsocketContext<A>>,
+    {
+        tracing::debug!(session = %self.id, code, "closing session: {reason}");
+        self.outbox.push_close(&Frame::close(Some(code), reason));
+        ctx.stop();
+    }
+
+    /// Acts on a message from a room or the session table: closes, or
+    /// forgets a room that refused the join (it does not count as joined).
+    pub fn outbound<A>(&mut self, msg: Outbound, ctx: &mut ws::WebsocketContext<A>)
+    where
+        A: Actor<Context = ws::WebsocketContext<A>>,
+    {
+        match msg {
+            Outbound::Close { code, reason } => self.close(ctx, code, &reason),
+            Outbound::Refused { room } => {
+                self.rooms.remove(&room);
+            }
+        }
+    }
+
+    /// Admits `len` inbound bytes as one message, or names the rate
+    /// (messages/s or bytes/s) it would exceed.
+    pub fn admit(&mut self, len: usize) -> Result<(), &'static str> {
+        self.rate.admit(len)
+    }
+
+    /// Takes one item of the WebSocket stream: answers pings, echoes a
+    /// close, closes on a slow consumer (4008), an oversize message or
+    /// invalid framing; returns a whole message for the protocol to read.
+    pub fn feed<A>(
+        &mut self,
+        item: Result<ws::Message, ws::ProtocolError>,
+        ctx: &mut ws::WebsocketContext<A>,
+    ) -> Option<Payload>
+    where
+        A: Actor<Context = ws::WebsocketContext<A>>,
+    {
+        self.last_seen = Instant::now();
+        if self.outbox.is_evicted() {
+            self.close(ctx, close::SLOW_CONSUMER, "slow consumer");
+            return None;
+        }
+        match self.intake.feed(item) {
+            Inbound::Binary(bytes) => {
+                self.shared.metrics.received(bytes.len());
+                return Some(Payload::Binary(bytes));
+            }
+            Inbound::Text(len) => return Some(Payload::Text(len)),
+            Inbound::Ping(payload) => {
+                self.outbox.push(&Frame::pong(&payload));
+            }
+            Inbound::Close(reason) => {
+                self.outbox.push_close(&echo_close(reason));
+                ctx.stop();
+            }
+            Inbound::Nothing => {}
+            Inbound::TooBig => {
+                let max = self.shared.config.limits.max_frame_bytes;
+                let reason = format!("message over max_frame_bytes ({max})");
+                self.close(ctx, self.too_big, &reason);
+            }
+            Inbound::Invalid(e) => {
+                tracing::debug!(session = %self.id, "websocket protocol error: {e}");
+                self.close(ctx, close::PROTOCOL_ERROR, "websocket protocol error");
+            }
+        }
+        None
+    }
+
+    /// Joins `room` as a member speaking `protocol`: the registry finds or
+    /// starts the room, which answers the join itself.
+    pub fn join<A: Session>(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<A>,
+        room: RoomId,
+        protocol: Protocol,
+        sv: Option<Vec<u8>>,
+        presence: Option<serde_json::Value>,
+        rid: Option<u64>,
+    ) {
+        let join = Join {
+            member: MemberLink {
+                id: self.id.clone(),
+                user: self.grants.as_ref().and_then(|g| g.user.clone()),
+                protocol,
+                recipient: ctx.address().recipient(),
+                outbox: self.outbox.clone(),
+            },
+            sv,
+            presence,
+            rid,
+        };
+        let addr = self.shared.registry.join(&room, join);
+        self.rooms.insert(room, addr);
+    }
+
+    /// Schedules the close of the session when its token expires (`exp`,
+    /// in seconds since the epoch), with [`close::TOKEN_EXPIRED`].
+    pub fn schedule_expiry<A: Session>(&self, ctx: &mut ws::WebsocketContext<A>) {
+        let Some(exp) = self.grants.as_ref().and_then(|g| g.exp) else {
+            return;
+        };
+        let at = UNIX_EPOCH + Duration::from_secs(exp);
+        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+        ctx.run_later(wait, |_, ctx| {
+            ctx.address().do_send(Outbound::Close {
+                code: close::TOKEN_EXPIRED,
+                reason: "token expired".into(),
+            });
+        });
+    }
+}

@@ -1,0 +1,379 @@
+//! The native-protocol session on `/ws`: MessagePack messages
+//! ([`crate::protocol::native`]), `hello` first (version and token), then
+//! any number of rooms joined, each message authorized against the grants
+//! and answered with an `error` when refused. What every session shares
+//! (heartbeat, intake, rate, close) is in [`SessionCore`].
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+use bytes::Bytes;
+
+use super::core::{session_handlers, Session, SessionCore};
+use super::{Admission, Shared};
+use crate::auth::{now_secs, Rights};
+use crate::ids::MemberId;
+use crate::outbox::{Frame, Outbox};
+use crate::protocol::native::{
+    decode_client, encode_server, ClientMessage, ServerMessage, WireLimits,
+};
+use crate::protocol::{close, validate_room_id, ErrorCode, PROTOCOL_VERSION};
+use crate::room::{
+    Broadcast, ClientUpdate, Leave, Protocol, Room, RoomId, SetCursor, SetPresence, SetTyping,
+};
+
+/// The native-protocol session actor.
+pub struct NativeSession {
+    /// Heartbeat, intake, rate, close, rooms joined, grants.
+    core: SessionCore,
+    /// Set by `hello`; nothing but `hello` and `ping` is accepted before.
+    greeted: bool,
+}
+
+impl NativeSession {
+    /// A session that writes through `outbox`, admitted as `admission` says.
+    pub fn new(shared: Shared, outbox: Arc<Outbox>, admission: Admission) -> Self {
+        NativeSession {
+            core: SessionCore::new(shared, outbox, admission, close::TOO_BIG),
+            greeted: false,
+        }
+    }
+
+    /// Whether the session may do what `needs` asks in `room` (`what` names
+    /// the message); `Err` holds the text of the `forbidden` answer.
+    fn may(&self, room: &str, needs: fn(Rights) -> bool, what: &str) -> Result<(), String> {
+        match self.core.grants.as_ref().and_then(|g| g.rights(room)) {
+            Some(rights) if needs(rights) => Ok(()),
+            None => Err(format!("the token grants no access to this room ({what})")),
+            Some(r) => Err(format!("not allowed with rights {r:?} ({what})")),
+        }
+    }
+
+    /// Authenticates `hello`: its token (if the server checks tokens),
+    /// else the grants the connection already has, else anonymous grants.
+    /// On failure answers `forbidden` and closes with 4401.
+    fn authenticate(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        token: Option<String>,
+        rid: Option<u64>,
+    ) -> bool {
+        let verified = match (&self.core.shared.auth, token) {
+            (Some(verifier), Some(token)) => verifier.verify(&token, now_secs()).map(Some),
+            _ => Ok(None),
+        };
+        match verified {
+            Ok(Some(grants)) => self.core.grants = Some(grants),
+            Ok(None) if self.core.grants.is_none() => {
+                self.core.grants = self.core.shared.anonymous_grants()
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.error(ctx, ErrorCode::Forbidden, e.to_string(), rid, None);
+                self.core.close(ctx, close::UNAUTHORIZED, &e.to_string());
+                return false;
+            }
+        }
+        if self.core.grants.is_none() {
+            let text =
+                "this server requires a token (hello.token, ?token= or Authorization: Bearer)";
+            self.error(ctx, ErrorCode::Forbidden, text, rid, None);
+            self.core.close(ctx, close::UNAUTHORIZED, "token required");
+            return false;
+        }
+        self.core.schedule_expiry(ctx);
+        true
+    }
+
+    fn send(&self, _: &mut ws::WebsocketContext<Self>, msg: &ServerMessage) {
+        self.core.outbox.push(&Frame::binary(&encode_server(msg)));
+    }
+
+    fn error(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        code: ErrorCode,
+        message: impl Into<String>,
+        rid: Option<u64>,
+        room: Option<&str>,
+    ) {
+        self.send(
+            ctx,
+            &ServerMessage::Error {
+                code,
+                message: message.into(),
+                rid,
+                room: room.map(str::to_owned),
+            },
+        );
+    }
+
+    /// Admits one inbound message of `len` bytes, or answers
+    /// `rate_limited` and closes with 4429.
+    fn admit(&mut self, ctx: &mut ws::WebsocketContext<Self>, len: usize) -> bool {
+        let Err(limit) = self.core.admit(len) else {
+            return true;
+        };
+        let text = format!("over {limit}: slow down");
+        self.error(ctx, ErrorCode::RateLimited, text, None, None);
+        self.core.close(ctx, close::RATE_LIMITED, limit);
+        false
+    }
+
+    /// Finds the room a message is for, or answers `not_joined`.
+    fn joined(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        room: &str,
+        rid: Option<u64>,
+    ) -> Option<Addr<Room>> {
+        let addr = self.core.rooms.get(room).cloned();
+        if addr.is_none() {
+            self.error(
+                ctx,
+                ErrorCode::NotJoined,
+                "join the room first",
+                rid,
+                Some(room),
+            );
+        }
+        addr
+    }
+
+    /// Sends the room a message made by `make` for this member, when the
+    /// session may do what `needs` asks there ([`Self::may`]) and has
+    /// joined it ([`Self::joined`]); else answers why not.
+    fn forward<M>(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        room: &str,
+        rid: Option<u64>,
+        needs: fn(Rights) -> bool,
+        what: &str,
+        make: impl FnOnce(MemberId) -> M,
+    ) where
+        M: Message<Result = ()> + Send + 'static,
+        Room: Handler<M>,
+    {
+        if let Err(text) = self.may(room, needs, what) {
+            return self.error(ctx, ErrorCode::Forbidden, text, rid, Some(room));
+        }
+        if let Some(addr) = self.joined(ctx, room, rid) {
+            addr.do_send(make(self.core.id.clone()));
+        }
+    }
+
+    fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
+        if !self.admit(ctx, bytes.len()) {
+            return;
+        }
+        let msg = match decode_client(bytes) {
+            Ok(msg) => msg,
+            Err(e) => return self.error(ctx, e.code, e.message, e.rid, None),
+        };
+        if !self.greeted
+            && !matches!(
+                msg,
+                ClientMessage::Hello { .. } | ClientMessage::Ping { .. }
+            )
+        {
+            return self.error(
+                ctx,
+                ErrorCode::HelloRequired,
+                "send hello first",
+                None,
+                None,
+            );
+        }
+        let config = self.core.shared.config.clone();
+        let limits = &config.limits;
+        match msg {
+            ClientMessage::Hello { v, rid, token, .. } => {
+                if v != PROTOCOL_VERSION {
+                    let text = format!("this server speaks protocol version {PROTOCOL_VERSION}");
+                    self.error(ctx, ErrorCode::UnsupportedVersion, text, rid, None);
+                    return self.core.close(
+                        ctx,
+                        close::UNSUPPORTED_VERSION,
+                        "unsupported protocol version",
+                    );
+                }
+                // A second hello is answered again and changes nothing.
+                if !self.greeted && !self.authenticate(ctx, token, rid) {
+                    return;
+                }
+                self.greeted = true;
+                let welcome = ServerMessage::Welcome {
+                    v: PROTOCOL_VERSION,
+                    session: self.core.id.to_string(),
+                    server: concat!("chorus/", env!("CARGO_PKG_VERSION")).to_owned(),
+                    limits: WireLimits {
+                        max_frame_bytes: limits.max_frame_bytes as u64,
+                        max_rooms: limits.max_rooms_per_connection as u64,
+                        max_doc_bytes: limits.max_doc_bytes as u64,
+                        max_presence_bytes: limits.max_presence_bytes as u64,
+                        typing_ttl_ms: limits.typing_ttl_ms,
+                        heartbeat_ms: limits.heartbeat_ms,
+                        client_timeout_ms: limits.client_timeout_ms,
+                        max_event_bytes: limits.max_event_bytes as u64,
+                        max_room_id_bytes: limits.max_room_id_bytes as u64,
+                    },
+                };
+                self.send(ctx, &welcome);
+            }
+            ClientMessage::Join {
+                room,
+                sv,
+                presence,
+                rid,
+            } => {
+                if let Err(e) = validate_room_id(&room, limits.max_room_id_bytes) {
+                    return self.error(ctx, ErrorCode::BadRoom, e, rid, Some(&room));
+                }
+                if self.core.rooms.contains_key(room.as_str()) {
+                    return self.error(
+                        ctx,
+                        ErrorCode::AlreadyJoined,
+                        "already joined",
+                        rid,
+                        Some(&room),
+                    );
+                }
+                let needs: fn(Rights) -> bool = if presence.is_some() {
+                    Rights::can_presence
+                } else {
+                    |_| true
+                };
+                if let Err(text) = self.may(&room, needs, "join") {
+                    return self.error(ctx, ErrorCode::Forbidden, text, rid, Some(&room));
+                }
+                if self.core.rooms.len() >= limits.max_rooms_per_connection {
+                    let text = format!(
+                        "at most {} rooms per connection (max_rooms_per_connection)",
+                        limits.max_rooms_per_connection
+                    );
+                    return self.error(ctx, ErrorCode::TooManyRooms, text, rid, Some(&room));
+                }
+                let id: RoomId = Arc::from(room);
+                let sv = sv.map(|b| b.0);
+                self.core.join(ctx, id, Protocol::Native, sv, presence, rid);
+            }
+            ClientMessage::Leave { room, rid } => match self.core.rooms.remove(room.as_str()) {
+                Some(addr) => addr.do_send(Leave {
+                    member: self.core.id.clone(),
+                }),
+                None => self.error(
+                    ctx,
+                    ErrorCode::NotJoined,
+                    "not in this room",
+                    rid,
+                    Some(&room),
+                ),
+            },
+            ClientMessage::Update { room, data, rid } => {
+                // An empty update (`[0, 0]`, step 5 of a join with nothing
+                // new) writes nothing, so any joined session may send it.
+                let empty = data.0 == crate::protocol::yjs::EMPTY_UPDATE;
+                let allowed = if empty {
+                    Ok(())
+                } else {
+                    self.may(&room, Rights::can_write, "update")
+                };
+                if let Err(text) = allowed {
+                    return self.error(ctx, ErrorCode::Forbidden, text, rid, Some(&room));
+                }
+                if let Some(addr) = self.joined(ctx, &room, rid) {
+                    addr.do_send(ClientUpdate {
+                        member: self.core.id.clone(),
+                        data: Bytes::from(data.0),
+                        rid,
+                    });
+                }
+            }
+            ClientMessage::Presence { room, state, rid } => {
+                let set = |member| SetPresence { member, state, rid };
+                self.forward(ctx, &room, rid, Rights::can_presence, "presence", set);
+            }
+            ClientMessage::Cursor {
+                room,
+                anchor,
+                head,
+                rid,
+            } => {
+                if let Err(text) = self.may(&room, Rights::can_presence, "cursor") {
+                    return self.error(ctx, ErrorCode::Forbidden, text, rid, Some(&room));
+                }
+                let Some(addr) = self.joined(ctx, &room, rid) else {
+                    return;
+                };
+                let max = limits.max_presence_bytes;
+                let size = anchor.as_ref().map_or(0, |b| b.0.len())
+                    + head.as_ref().map_or(0, |b| b.0.len());
+                if size > max {
+                    let text = format!("cursor is {size} bytes, over max_presence_bytes ({max})");
+                    return self.error(ctx, ErrorCode::PresenceTooLarge, text, rid, Some(&room));
+                }
+                addr.do_send(SetCursor {
+                    member: self.core.id.clone(),
+                    anchor: anchor.map(|b| b.0),
+                    head: head.map(|b| b.0),
+                    rid,
+                });
+            }
+            ClientMessage::Typing { room, on, rid } => {
+                let set = |member| SetTyping { member, on };
+                self.forward(ctx, &room, rid, Rights::can_presence, "typing", set);
+            }
+            ClientMessage::Event {
+                room,
+                name,
+                data,
+                rid,
+            } => {
+                let event = |member| Broadcast {
+                    member,
+                    name,
+                    data,
+                    rid,
+                };
+                self.forward(ctx, &room, rid, Rights::can_presence, "event", event);
+            }
+            ClientMessage::Ping { rid } => self.send(ctx, &ServerMessage::Pong { rid }),
+        }
+    }
+}
+
+impl Session for NativeSession {
+    fn core(&mut self) -> &mut SessionCore {
+        &mut self.core
+    }
+
+    fn binary(&mut self, bytes: &[u8], ctx: &mut Self::Context) {
+        self.handle_frame(bytes, ctx);
+    }
+
+    /// Counted against the rate, then refused with `bad_message` (the
+    /// connection stays open).
+    fn text(&mut self, len: usize, ctx: &mut Self::Context) {
+        if self.admit(ctx, len) {
+            let text = "the native protocol uses binary frames";
+            self.error(ctx, ErrorCode::BadMessage, text, None, None);
+        }
+    }
+}
+
+impl Actor for NativeSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.core.start(ctx);
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        self.core.stop();
+        Running::Stop
+    }
+}
+
+session_handlers!(NativeSession);
