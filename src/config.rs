@@ -1,6 +1,7 @@
 //! One `Config` for the whole server: every flag is also an environment
-//! variable `CHORUS_*`, and every limit has a documented default (the README's
-//! limits table is generated from the same names).
+//! variable `CHORUS_*`, and every limit has a documented default. The
+//! README's limits table is written by hand; `tests/it/docs.rs` checks that
+//! it names every flag and states each numeric default as it is here.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -430,18 +430,14 @@ pub struct OutboxBody<S> {
 }
 
 // How much the body hands actix-http at once. actix-http copies every chunk
-// into its connection's write buffer (8 KiB to start with), keeps polling
-// the body until that buffer holds the server's `h1_write_buffer_size`, and
-// keeps whatever capacity the buffer grew to (up to 128 KiB) for the life of
-// the connection. With whole frames and its default 32 KiB mark, one burst
-// (a big room's presence, a large snapshot) left each member's connection
-// holding 30–130 KiB for good (15 000 members of one room: 89 KB of server
-// memory each); with at most PIECE bytes per chunk and a mark of
-// WRITE_HIGH_WATER, the buffer never outgrows 16 KiB (30 KB each), at the
-// price of more, smaller writes for large frames (a 10 MB join: ~1 200
-// writes instead of ~150). Larger chunks freed the buffer after a large
-// frame, but then every joiner held one at the same time and the allocator
-// kept the peak.
+// into its connection's write buffer, keeps polling the body until that
+// buffer holds the server's `h1_write_buffer_size`, and keeps whatever
+// capacity the buffer grew to for the life of the connection. Yielding at
+// most PIECE bytes per chunk with a mark of WRITE_HIGH_WATER bounds that
+// buffer at 16 KiB per connection whatever one burst (a big room's
+// presence, a large snapshot) held, at the price of more, smaller writes
+// for large frames. The measurements behind these values are in
+// benches/BENCHMARKS.md.
 
 /// The server's `h1_write_buffer_size`: actix-http stops polling the body
 /// once its write buffer holds this much.

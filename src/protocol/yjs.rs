@@ -40,6 +40,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::StateVector;
 
+use super::lib0::{read_var_uint, write_var_bytes, write_var_uint, VarError};
 use super::yupdate::{check_state_vector_v1, UpdateShapeError};
 use super::{close, ErrorCode};
 
@@ -177,27 +178,10 @@ impl<'a> Reader<'a> {
     }
 
     fn var_uint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
-        let mut value: u64 = 0;
-        let mut shift = 0u32;
-        loop {
-            let Some(&byte) = self.buf.get(self.pos) else {
-                return Err(DecodeError::Truncated(what));
-            };
-            self.pos += 1;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                break;
-            }
-            shift += 7;
-            if shift > 49 {
-                // An eighth continuation byte: more than 56 bits claimed.
-                return Err(DecodeError::IntegerTooLarge);
-            }
-        }
-        if value > MAX_CLIENT_ID {
-            return Err(DecodeError::IntegerTooLarge);
-        }
-        Ok(value)
+        read_var_uint(self.buf, &mut self.pos).map_err(|e| match e {
+            VarError::Truncated => DecodeError::Truncated(what),
+            VarError::TooLarge => DecodeError::IntegerTooLarge,
+        })
     }
 
     /// A length-prefixed byte array, borrowed; the length is checked
@@ -289,28 +273,15 @@ fn decode_awareness(bytes: &[u8]) -> Result<Vec<AwarenessEntry>, DecodeError> {
     Ok(entries)
 }
 
-fn write_var(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    write_var(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
 /// Encodes a state vector as Yjs does: entries by descending client id.
 pub fn encode_state_vector(sv: &StateVector) -> Vec<u8> {
     let mut entries: Vec<(u64, u32)> = sv.iter().map(|(c, clock)| (c.get(), *clock)).collect();
     entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
     let mut out = Vec::with_capacity(1 + entries.len() * 8);
-    write_var(&mut out, entries.len() as u64);
+    write_var_uint(&mut out, entries.len() as u64);
     for (client, clock) in entries {
-        write_var(&mut out, client);
-        write_var(&mut out, u64::from(clock));
+        write_var_uint(&mut out, client);
+        write_var_uint(&mut out, u64::from(clock));
     }
     out
 }
@@ -319,9 +290,9 @@ pub fn encode_state_vector(sv: &StateVector) -> Vec<u8> {
 pub fn sync_step1(sv: &StateVector) -> Vec<u8> {
     let sv = encode_state_vector(sv);
     let mut out = Vec::with_capacity(sv.len() + 4);
-    write_var(&mut out, MSG_SYNC);
-    write_var(&mut out, 0);
-    write_bytes(&mut out, &sv);
+    write_var_uint(&mut out, MSG_SYNC);
+    write_var_uint(&mut out, 0);
+    write_var_bytes(&mut out, &sv);
     out
 }
 
@@ -335,9 +306,9 @@ pub fn sync_step2(update: Vec<u8>) -> Vec<u8> {
 /// [`sync_step2`]`(update)`).
 pub fn sync_step2_head(len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(12);
-    write_var(&mut out, MSG_SYNC);
-    write_var(&mut out, 1);
-    write_var(&mut out, len as u64);
+    write_var_uint(&mut out, MSG_SYNC);
+    write_var_uint(&mut out, 1);
+    write_var_uint(&mut out, len as u64);
     out
 }
 
@@ -361,15 +332,15 @@ pub fn awareness<'a>(entries: impl IntoIterator<Item = (u64, u32, &'a str)>) -> 
     let mut entries: Vec<(u64, u32, &str)> = entries.into_iter().collect();
     entries.sort_unstable_by_key(|e| e.0);
     let mut body = Vec::new();
-    write_var(&mut body, entries.len() as u64);
+    write_var_uint(&mut body, entries.len() as u64);
     for (client, clock, json) in entries {
-        write_var(&mut body, client);
-        write_var(&mut body, u64::from(clock));
-        write_bytes(&mut body, json.as_bytes());
+        write_var_uint(&mut body, client);
+        write_var_uint(&mut body, u64::from(clock));
+        write_var_bytes(&mut body, json.as_bytes());
     }
     let mut out = Vec::with_capacity(body.len() + 6);
-    write_var(&mut out, MSG_AWARENESS);
-    write_bytes(&mut out, &body);
+    write_var_uint(&mut out, MSG_AWARENESS);
+    write_var_bytes(&mut out, &body);
     out
 }
 
@@ -437,16 +408,16 @@ pub fn position_from_json(json: &Value) -> Option<Vec<u8>> {
     // Same layout as Yjs' writeRelativePosition / yrs' StickyIndex.
     let mut out = Vec::new();
     if let Some((client, clock)) = item {
-        write_var(&mut out, 0);
-        write_var(&mut out, client);
-        write_var(&mut out, clock);
+        write_var_uint(&mut out, 0);
+        write_var_uint(&mut out, client);
+        write_var_uint(&mut out, clock);
     } else if let Some(name) = tname {
-        write_var(&mut out, 1);
-        write_bytes(&mut out, name.as_bytes());
+        write_var_uint(&mut out, 1);
+        write_var_bytes(&mut out, name.as_bytes());
     } else if let Some((client, clock)) = ty {
-        write_var(&mut out, 2);
-        write_var(&mut out, client);
-        write_var(&mut out, clock);
+        write_var_uint(&mut out, 2);
+        write_var_uint(&mut out, client);
+        write_var_uint(&mut out, clock);
     } else {
         return None;
     }

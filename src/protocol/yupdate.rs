@@ -43,15 +43,11 @@
 //! state vector = varUint(n) n × (varUint(client) varUint(clock))
 //! ```
 
+use super::lib0::{add_bits, read_var_uint, VarError, MAX_VAR_BYTES};
+
 /// Deepest nesting of `Any` arrays and maps accepted (serde_json, which
 /// yrs uses for embed and format values, stops at the same depth).
 pub const MAX_ANY_DEPTH: usize = 128;
-
-/// Largest var-uint accepted: 2^53 - 1, what lib0 can read and write.
-const MAX_SAFE: u64 = (1 << 53) - 1;
-
-/// Longest var-uint accepted, in bytes.
-const MAX_VAR_BYTES: usize = 10;
 
 const INFO_GC: u8 = 0;
 const INFO_SKIP: u8 = 10;
@@ -219,19 +215,16 @@ impl<'a> Walker<'a> {
         Ok(slice)
     }
 
-    /// A lib0 var-uint: 7 bits a byte, low first, at most 10 bytes and 53 bits.
+    /// A lib0 var-uint (see [`super::lib0`]).
     fn var_uint(&mut self, what: &'static str) -> Result<u64> {
         let at = self.pos;
-        let mut value = 0u64;
-        for i in 0..MAX_VAR_BYTES {
-            let b = self.byte(what)?;
-            value = add_bits(value, u64::from(b & 0x7f), 7 * i as u32)
-                .ok_or(UpdateShapeError::IntegerTooLarge { what, at })?;
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(UpdateShapeError::IntegerTooLarge { what, at })
+        read_var_uint(self.buf, &mut self.pos).map_err(|e| match e {
+            VarError::Truncated => UpdateShapeError::Truncated {
+                what,
+                at: self.buf.len(),
+            },
+            VarError::TooLarge => UpdateShapeError::IntegerTooLarge { what, at },
+        })
     }
 
     /// A lib0 var-int: sign in bit 6 of the first byte, 6 value bits, then
@@ -514,17 +507,6 @@ impl<'a> Walker<'a> {
 }
 
 /// `value | bits << shift`, `None` when the result is over 53 bits.
-fn add_bits(value: u64, bits: u64, shift: u32) -> Option<u64> {
-    if bits == 0 {
-        return Some(value);
-    }
-    // bits < 2^7: shifting by 53 or more is over the limit already.
-    if shift >= 53 {
-        return None;
-    }
-    let v = value | (bits << shift);
-    (v <= MAX_SAFE).then_some(v)
-}
 
 #[cfg(test)]
 mod tests {

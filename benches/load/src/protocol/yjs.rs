@@ -50,14 +50,8 @@ pub fn starts_sync_step2(head: &[u8]) -> bool {
     r.var() == Some(0) && r.var() == Some(1)
 }
 
-/// Appends a lib0 var-uint.
-pub fn write_var(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
+/// Appends a lib0 var-uint (the server's codec).
+pub use chorus::protocol::lib0::write_var_uint as write_var;
 
 /// Appends a lib0 string (length, then UTF-8).
 pub fn write_string(out: &mut Vec<u8>, s: &str) {
@@ -76,16 +70,7 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// A var-uint.
     pub fn var(&mut self) -> Option<u64> {
-        let mut n = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *self.b.get(self.i)?;
-            self.i += 1;
-            n |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Some(n);
-            }
-        }
-        None
+        chorus::protocol::lib0::read_var_uint(self.b, &mut self.i).ok()
     }
     /// A length-prefixed byte string.
     pub fn bytes(&mut self) -> Option<&'a [u8]> {
