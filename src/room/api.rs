@@ -309,7 +309,7 @@ impl Handler<Subscribe> for Room {
                 lagged: lagged.clone(),
             },
         );
-        self.metrics.subscribers.fetch_add(1, Ordering::Relaxed);
+        self.metrics.subscribers.inc();
         if let Some(h) = self.idle_timer.take() {
             ctx.cancel_future(h);
         }
@@ -328,7 +328,7 @@ impl Handler<Unsubscribe> for Room {
 
     fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) {
         if self.subscribers.remove(&msg.id).is_some() {
-            self.metrics.subscribers.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.subscribers.dec();
         }
         if self.is_idle() && self.idle_timer.is_none() {
             self.arm_idle_timer(ctx);
@@ -367,7 +367,7 @@ impl Room {
         }
         for (_, sub) in self.subscribers.drain() {
             sub.lagged.store(true, Ordering::Release);
-            self.metrics.subscribers.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.subscribers.dec();
         }
         // Sessions send `Leave` as they close; the room forgets them now so
         // nothing more is sent to them.

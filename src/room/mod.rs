@@ -978,13 +978,9 @@ impl Room {
         }
         for id in gone {
             if let Some(sub) = self.subscribers.remove(&id) {
-                self.metrics
-                    .subscribers
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.subscribers.dec();
                 if sub.lagged.load(std::sync::atomic::Ordering::Acquire) {
-                    self.metrics
-                        .subscribers_lagged
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.subscribers_lagged.inc();
                 }
             }
         }
