@@ -137,27 +137,29 @@ impl Metrics {
         self.bytes_out.inc_by(bytes as u64);
     }
 
-    /// Registers this set in `registry` (counter names without `_total`).
+    /// Registers this set in `registry` (counter names without `_total`;
+    /// help texts without their final period, which `Registry::register`
+    /// adds).
     pub fn register(&self, registry: &mut Registry) {
         let counters = [
             (
                 "chorus_messages_in",
-                "Client messages received.",
+                "Client messages received",
                 &self.messages_in,
             ),
             (
                 "chorus_bytes_in",
-                "Bytes of client messages received.",
+                "Bytes of client messages received",
                 &self.bytes_in,
             ),
             (
                 "chorus_messages_out",
-                "Frames handed to sessions and subscribers.",
+                "Frames handed to sessions and subscribers",
                 &self.messages_out,
             ),
             (
                 "chorus_bytes_out",
-                "Bytes of frames handed to sessions and subscribers.",
+                "Bytes of frames handed to sessions and subscribers",
                 &self.bytes_out,
             ),
         ];
@@ -166,33 +168,33 @@ impl Metrics {
         }
         registry.register(
             "chorus_subscribers",
-            "Open SSE, NDJSON and long-poll subscriptions.",
+            "Open SSE, NDJSON and long-poll subscriptions",
             self.subscribers.clone(),
         );
         let counters = [
             (
                 "chorus_subscribers_lagged",
-                "Subscribers closed with reset because they fell behind.",
+                "Subscribers closed with reset because they fell behind",
                 &self.subscribers_lagged,
             ),
             (
                 "chorus_webhooks_delivered",
-                "Webhook deliveries accepted by the receiver.",
+                "Webhook deliveries accepted by the receiver",
                 &self.webhooks_delivered,
             ),
             (
                 "chorus_webhooks_failed",
-                "Webhook deliveries given up after every attempt.",
+                "Webhook deliveries given up after every attempt",
                 &self.webhooks_failed,
             ),
             (
                 "chorus_webhooks_dropped",
-                "Webhook deliveries dropped because the queue was full.",
+                "Webhook deliveries dropped because the queue was full",
                 &self.webhooks_dropped,
             ),
             (
                 "chorus_webhooks_retried",
-                "Webhook attempts retried.",
+                "Webhook attempts retried",
                 &self.webhooks_retried,
             ),
         ];
@@ -201,17 +203,17 @@ impl Metrics {
         }
         registry.register(
             "chorus_fanout_latency_seconds",
-            "Time from applying an update to offering its frames to members.",
+            "Time from applying an update to offering its frames to members",
             self.fanout_latency.clone(),
         );
         registry.register(
             "chorus_store_latency_seconds",
-            "Time of a store append until durable.",
+            "Time of a store append until durable",
             self.store_latency.clone(),
         );
         registry.register(
             "chorus_errors",
-            "Errors sent to clients, by code.",
+            "Errors sent to clients, by code",
             self.errors.clone(),
         );
     }
@@ -325,6 +327,8 @@ mod tests {
             "chorus_connections 3",
             "chorus_rooms_started_total 7",
             "# TYPE chorus_rooms_started counter",
+            "# HELP chorus_messages_in Client messages received.",
+            "# HELP chorus_connections Open sessions.",
             "# TYPE chorus_fanout_latency_seconds histogram",
             "# EOF",
         ] {
