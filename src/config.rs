@@ -213,9 +213,15 @@ pub struct ApiConfig {
     /// NDJSON streams), in ms.
     #[arg(long, env = "CHORUS_SSE_HEARTBEAT_MS", default_value_t = 15_000)]
     pub sse_heartbeat_ms: u64,
-    /// Webhook receivers (`http://` URLs; repeat the flag or separate by commas).
+    /// Webhook receivers (`http://` or `https://` URLs; repeat the flag or
+    /// separate by commas).
     #[arg(long, env = "CHORUS_WEBHOOK_URL", value_delimiter = ',')]
     pub webhook_url: Vec<String>,
+    /// PEM file of extra root certificates that `https://` webhook receivers
+    /// may chain to (a private CA, or a self-signed receiver), trusted on top
+    /// of the system's root store.
+    #[arg(long, env = "CHORUS_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
     /// Secret of the `X-Chorus-Signature: sha256=<hex HMAC of the body>` header.
     #[arg(long, env = "CHORUS_WEBHOOK_SECRET")]
     pub webhook_secret: Option<String>,
@@ -237,6 +243,44 @@ pub struct ApiConfig {
     /// many ms (debounce).
     #[arg(long, env = "CHORUS_WEBHOOK_DEBOUNCE_MS", default_value_t = 2_000)]
     pub webhook_debounce_ms: u64,
+}
+
+impl ApiConfig {
+    /// The webhook receivers, parsed: absolute `http://` or `https://` URLs
+    /// with a host. `Err` names the first bad one.
+    pub fn webhook_targets(&self) -> Result<Vec<url::Url>, String> {
+        self.webhook_url
+            .iter()
+            .map(|raw| {
+                let url = url::Url::parse(raw).map_err(|e| format!("webhook URL {raw:?}: {e}"))?;
+                if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+                    return Err(format!(
+                        "webhook URL {raw:?}: only http:// and https:// URLs with a host are supported"
+                    ));
+                }
+                Ok(url)
+            })
+            .collect()
+    }
+
+    /// The extra webhook roots of `--webhook-ca-file` (none when it is
+    /// unset); `Err` when the file cannot be read or holds no certificate.
+    pub fn webhook_roots(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let Some(path) = &self.webhook_ca_file else {
+            return Ok(Vec::new());
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("webhook CA file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "webhook CA file {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        Ok(certs)
+    }
 }
 
 /// Every limit and timing the server enforces. Each is a named flag and env
@@ -418,9 +462,8 @@ impl Config {
         if a.webhook_queue == 0 || a.webhook_attempts == 0 {
             return Err("webhook queue and attempts must be at least 1".into());
         }
-        for url in &a.webhook_url {
-            crate::webhook::parse_url(url).map_err(|e| format!("webhook URL {url:?}: {e}"))?;
-        }
+        a.webhook_targets()?;
+        a.webhook_roots()?;
         Ok(())
     }
 
@@ -462,5 +505,26 @@ impl Limits {
     /// Shutdown grace as a duration.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_urls_are_http_or_https_with_a_host() {
+        let mut api = Config::default().api;
+        api.webhook_url = vec![
+            "http://127.0.0.1:9000/hook".into(),
+            "https://hooks.example/x".into(),
+        ];
+        let urls = api.webhook_targets().unwrap();
+        assert_eq!(urls[0].port(), Some(9000));
+        assert_eq!(urls[1].scheme(), "https");
+        for bad in ["ftp://x/", "http://", "/relative", "not a url"] {
+            api.webhook_url = vec![bad.into()];
+            assert!(api.webhook_targets().is_err(), "{bad}");
+        }
     }
 }

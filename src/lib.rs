@@ -11,7 +11,7 @@
 //! - [`limit`]: token buckets (per-session messages/s and bytes/s, per-IP
 //!   connection rate) and the per-IP open-connection table.
 //! - [`config`]: the one `Config` (clap; every flag is also a `CHORUS_*` env
-//!   var) and every named limit.
+//!   var) and every named limit; depends on nothing else in the crate.
 //! - [`protocol`]: wire types and codecs, pure and free of I/O. `native` is
 //!   the MessagePack protocol v1 specified in `proto/PROTOCOL.md`; `yjs` is
 //!   y-protocols (sync, awareness, auth) with bounds-checked decoding;
@@ -48,8 +48,12 @@
 //!   `(epoch, seq)` offsets; gaps are read back from the stream) and other
 //!   nodes' presence, cursors, typing and events (`Remote`) — and node
 //!   liveness by heartbeat.
-//! - [`metrics`]: counters and histograms behind `/metrics`.
-//! - [`webhook`]: the bounded webhook queue and its signed, retried delivery.
+//! - [`metrics`]: the server's counters and atomic histograms, the
+//!   `Sampled` collector for values other parts own, and their encoding as
+//!   OpenMetrics text through one `prometheus_client` registry (built by
+//!   `http`, served at `/metrics`).
+//! - [`webhook`]: the bounded webhook queue and its signed, retried delivery
+//!   over `reqwest` (http and https through rustls); reads `config`.
 #![deny(missing_docs)]
 
 pub mod auth;

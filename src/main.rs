@@ -2,6 +2,8 @@
 //! server until SIGINT / SIGTERM, then shuts down gracefully. `chorus token`
 //! mints a development token instead.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -18,7 +20,12 @@ fn main() -> anyhow::Result<()> {
     let config = cli.into_config();
     let filter = EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("bad log filter {:?}", config.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stdout; colours only when stdout is a terminal (not in a
+    // file, a pipe or a container's log collector).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .with_ansi(std::io::stdout().is_terminal());
     match config.log_format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -1,22 +1,50 @@
-//! Process counters and histograms, rendered as Prometheus text by
-//! `GET /metrics`. Plain atomics: recording never takes a lock, so rooms
-//! and sessions can count on their hot paths.
+//! Process metrics and their exposition at `GET /metrics`, through one
+//! `prometheus_client` registry (OpenMetrics text).
+//!
+//! Recording costs one relaxed atomic add: counters and the gauge are
+//! `prometheus_client` atomics, and the latency histograms are this
+//! module's [`Histogram`] (atomic buckets; the crate's own histogram takes a
+//! lock per observation). The one exception is [`Metrics::error`]: the
+//! per-code error counters live in a `Family`, which takes a read lock to
+//! find the code's counter (a write lock the first time a code is seen);
+//! errors are not a hot path.
+//!
+//! Values that other parts own (open sessions, live rooms, the cluster
+//! bridge's counters) are read when the registry is encoded, through a
+//! [`Sampled`] collector.
+//!
+//! Sample names are the ones dashboards know (`chorus_messages_in_total`,
+//! ...): counters are registered without `_total`, which the encoder
+//! appends.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// A latency histogram with fixed buckets (`BUCKETS`).
-#[derive(Default)]
+/// A latency histogram with fixed buckets (`BUCKETS`) whose observations
+/// are atomic adds; cheap to clone (clones share the counts).
+#[derive(Debug, Clone, Default)]
 pub struct Histogram {
-    /// Observations per bucket (not cumulative; summed when rendered).
+    inner: Arc<HistogramCounts>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramCounts {
+    /// Observations per bucket (not cumulative; the encoder sums them); the
+    /// last one is `+Inf`.
     counts: [AtomicU64; BUCKETS.len() + 1],
     /// Sum of observations, in microseconds.
     sum_us: AtomicU64,
@@ -30,163 +58,284 @@ impl Histogram {
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(BUCKETS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us
+        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .sum_us
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
     }
 }
 
-/// Every counter the server keeps (one set per server, shared by `Arc`).
-#[derive(Default)]
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(0.0, 0); BUCKETS.len() + 1];
+        let mut count = 0;
+        for (i, slot) in buckets.iter_mut().enumerate() {
+            let n = self.inner.counts[i].load(Ordering::Relaxed);
+            // f64::MAX is the encoder's `+Inf`.
+            *slot = (BUCKETS.get(i).copied().unwrap_or(f64::MAX), n);
+            count += n;
+        }
+        let sum = self.inner.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Label set of the error counters: `code="..."`.
+type ErrorCode = [(&'static str, &'static str); 1];
+
+/// Every counter the server records itself (one set per server, shared by
+/// `Arc`; the fields are shared handles, registered by [`Metrics::register`]).
+#[derive(Debug, Default)]
 pub struct Metrics {
     /// Client messages received (WebSocket frames of both protocols, API updates).
-    pub messages_in: AtomicU64,
+    pub messages_in: Counter,
     /// Bytes of those messages.
-    pub bytes_in: AtomicU64,
+    pub bytes_in: Counter,
     /// Frames rooms handed to sessions and subscribers.
-    pub messages_out: AtomicU64,
+    pub messages_out: Counter,
     /// Bytes of those frames.
-    pub bytes_out: AtomicU64,
+    pub bytes_out: Counter,
     /// Open SSE / NDJSON / long-poll subscriptions.
-    pub subscribers: AtomicU64,
+    pub subscribers: Gauge,
     /// Subscribers closed with `reset` because they fell behind.
-    pub subscribers_lagged: AtomicU64,
+    pub subscribers_lagged: Counter,
     /// Webhook deliveries accepted (2xx).
-    pub webhooks_delivered: AtomicU64,
+    pub webhooks_delivered: Counter,
     /// Webhook deliveries given up after every attempt.
-    pub webhooks_failed: AtomicU64,
+    pub webhooks_failed: Counter,
     /// Webhook deliveries dropped because the queue was full.
-    pub webhooks_dropped: AtomicU64,
+    pub webhooks_dropped: Counter,
     /// Webhook attempts retried.
-    pub webhooks_retried: AtomicU64,
+    pub webhooks_retried: Counter,
     /// Time from applying an update to its frames being offered to members.
     pub fanout_latency: Histogram,
     /// Time of a store append (until durable).
     pub store_latency: Histogram,
     /// Errors sent to clients (WebSocket `error` messages and API errors), by code.
-    errors: Mutex<BTreeMap<&'static str, u64>>,
+    errors: Family<ErrorCode, Counter>,
 }
 
 impl Metrics {
     /// Counts an error sent with `code`.
     pub fn error(&self, code: &'static str) {
-        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        *errors.entry(code).or_default() += 1;
+        self.errors.get_or_create(&[("code", code)]).inc();
     }
 
     /// Adds one message of `bytes` to the inbound counters.
     pub fn received(&self, bytes: usize) {
-        self.messages_in.fetch_add(1, Ordering::Relaxed);
-        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.messages_in.inc();
+        self.bytes_in.inc_by(bytes as u64);
     }
 
     /// Adds one frame of `bytes` to the outbound counters.
     pub fn sent(&self, bytes: usize) {
-        self.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.messages_out.inc();
+        self.bytes_out.inc_by(bytes as u64);
     }
 
-    /// Appends this set in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        let counters: [(&str, &str, &str, &AtomicU64); 10] = [
+    /// Registers this set in `registry` (counter names without `_total`;
+    /// help texts without their final period, which `Registry::register`
+    /// adds).
+    pub fn register(&self, registry: &mut Registry) {
+        let counters = [
             (
-                "chorus_messages_in_total",
-                "counter",
-                "Client messages received.",
+                "chorus_messages_in",
+                "Client messages received",
                 &self.messages_in,
             ),
             (
-                "chorus_bytes_in_total",
-                "counter",
-                "Bytes of client messages received.",
+                "chorus_bytes_in",
+                "Bytes of client messages received",
                 &self.bytes_in,
             ),
             (
-                "chorus_messages_out_total",
-                "counter",
-                "Frames handed to sessions and subscribers.",
+                "chorus_messages_out",
+                "Frames handed to sessions and subscribers",
                 &self.messages_out,
             ),
             (
-                "chorus_bytes_out_total",
-                "counter",
-                "Bytes of frames handed to sessions and subscribers.",
+                "chorus_bytes_out",
+                "Bytes of frames handed to sessions and subscribers",
                 &self.bytes_out,
             ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "chorus_subscribers",
+            "Open SSE, NDJSON and long-poll subscriptions",
+            self.subscribers.clone(),
+        );
+        let counters = [
             (
-                "chorus_subscribers",
-                "gauge",
-                "Open SSE, NDJSON and long-poll subscriptions.",
-                &self.subscribers,
-            ),
-            (
-                "chorus_subscribers_lagged_total",
-                "counter",
-                "Subscribers closed with reset because they fell behind.",
+                "chorus_subscribers_lagged",
+                "Subscribers closed with reset because they fell behind",
                 &self.subscribers_lagged,
             ),
             (
-                "chorus_webhooks_delivered_total",
-                "counter",
-                "Webhook deliveries accepted by the receiver.",
+                "chorus_webhooks_delivered",
+                "Webhook deliveries accepted by the receiver",
                 &self.webhooks_delivered,
             ),
             (
-                "chorus_webhooks_failed_total",
-                "counter",
-                "Webhook deliveries given up after every attempt.",
+                "chorus_webhooks_failed",
+                "Webhook deliveries given up after every attempt",
                 &self.webhooks_failed,
             ),
             (
-                "chorus_webhooks_dropped_total",
-                "counter",
-                "Webhook deliveries dropped because the queue was full.",
+                "chorus_webhooks_dropped",
+                "Webhook deliveries dropped because the queue was full",
                 &self.webhooks_dropped,
             ),
             (
-                "chorus_webhooks_retried_total",
-                "counter",
-                "Webhook attempts retried.",
+                "chorus_webhooks_retried",
+                "Webhook attempts retried",
                 &self.webhooks_retried,
             ),
         ];
-        for (name, kind, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
         }
-        self.fanout_latency.render(
-            out,
+        registry.register(
             "chorus_fanout_latency_seconds",
-            "Time from applying an update to offering its frames to members.",
+            "Time from applying an update to offering its frames to members",
+            self.fanout_latency.clone(),
         );
-        self.store_latency.render(
-            out,
+        registry.register(
             "chorus_store_latency_seconds",
-            "Time of a store append until durable.",
+            "Time of a store append until durable",
+            self.store_latency.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP chorus_errors_total Errors sent to clients, by code.\n# TYPE chorus_errors_total counter"
+        registry.register(
+            "chorus_errors",
+            "Errors sent to clients, by code",
+            self.errors.clone(),
         );
-        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        for (code, n) in errors.iter() {
-            let _ = writeln!(out, "chorus_errors_total{{code=\"{code}\"}} {n}");
+    }
+}
+
+/// Reads one value owned elsewhere.
+type Read = Box<dyn Fn() -> u64 + Send + Sync>;
+
+/// Gauges and counters whose values other parts own (the session table,
+/// the room registry, the cluster bridge), read at each scrape. Registered
+/// with `Registry::register_collector`.
+#[derive(Default)]
+pub struct Sampled {
+    values: Vec<(&'static str, &'static str, MetricType, Read)>,
+}
+
+impl Sampled {
+    /// Adds a gauge `name` whose value `read` returns.
+    pub fn gauge(
+        mut self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        self.values
+            .push((name, help, MetricType::Gauge, Box::new(read)));
+        self
+    }
+
+    /// Adds a counter `name` (without `_total`, which the encoder appends)
+    /// whose value `read` returns.
+    pub fn counter(
+        mut self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        self.values
+            .push((name, help, MetricType::Counter, Box::new(read)));
+        self
+    }
+}
+
+impl std::fmt::Debug for Sampled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.values.iter().map(|(name, ..)| name))
+            .finish()
+    }
+}
+
+impl Collector for Sampled {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, kind, read) in &self.values {
+            let metric = encoder.encode_descriptor(name, help, None, *kind)?;
+            let value = read();
+            match kind {
+                MetricType::Counter => ConstCounter::new(value).encode(metric)?,
+                _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The registry in OpenMetrics text (ends with `# EOF`).
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail; an encoder error would come from
+    // a metric, and none of ours returns one.
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!("encoding metrics: {e}");
+    }
+    out
+}
+
+/// Content type of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_types_and_histogram_buckets() {
+        let m = Metrics::default();
+        m.received(10);
+        m.error("bad_update");
+        m.error("bad_update");
+        m.fanout_latency.observe(Duration::from_micros(700));
+        m.fanout_latency.observe(Duration::from_secs(5));
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        registry.register_collector(Box::new(
+            Sampled::default()
+                .gauge("chorus_connections", "Open sessions.", || 3)
+                .counter("chorus_rooms_started", "Rooms started.", || 7),
+        ));
+        let text = encode(&registry);
+        for line in [
+            "chorus_messages_in_total 1",
+            "chorus_bytes_in_total 10",
+            "chorus_subscribers 0",
+            "chorus_errors_total{code=\"bad_update\"} 2",
+            "chorus_fanout_latency_seconds_bucket{le=\"0.0005\"} 0",
+            "chorus_fanout_latency_seconds_bucket{le=\"0.001\"} 1",
+            "chorus_fanout_latency_seconds_bucket{le=\"2.5\"} 1",
+            "chorus_fanout_latency_seconds_bucket{le=\"+Inf\"} 2",
+            "chorus_fanout_latency_seconds_count 2",
+            "chorus_fanout_latency_seconds_sum 5.0007",
+            "chorus_connections 3",
+            "chorus_rooms_started_total 7",
+            "# TYPE chorus_rooms_started counter",
+            "# HELP chorus_messages_in Client messages received.",
+            "# HELP chorus_connections Open sessions.",
+            "# TYPE chorus_fanout_latency_seconds histogram",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
         }
     }
 }

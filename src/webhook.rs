@@ -6,18 +6,19 @@
 //! signed with `X-Chorus-Signature: sha256=<hex HMAC-SHA256 of the body>`
 //! when `--webhook-secret` is set, retrying with exponential backoff.
 //!
-//! The HTTP client is a minimal HTTP/1.1 one over a tokio `TcpStream`
-//! (`http://` URLs only), to keep dependencies small.
+//! Deliveries go through `reqwest` (HTTP/1.1; `https://` over rustls with
+//! the ring provider). Receivers are trusted through the system's root
+//! store plus the PEM roots of `--webhook-ca-file`. Redirects are not
+//! followed (a 3xx counts as a refusal) and proxy variables are ignored.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use url::Url;
 
 use crate::config::ApiConfig;
 use crate::metrics::Metrics;
@@ -61,37 +62,6 @@ pub struct Webhooks {
     metrics: Arc<Metrics>,
 }
 
-/// A parsed `http://host:port/path` URL.
-#[derive(Debug, Clone)]
-pub struct Target {
-    host: String,
-    port: u16,
-    path: String,
-}
-
-/// Parses a webhook URL (only `http://`).
-pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().map_err(|_| "bad port")?),
-        None => (authority, 80),
-    };
-    if host.is_empty() {
-        return Err("missing host".into());
-    }
-    Ok(Target {
-        host: host.to_owned(),
-        port,
-        path: path.to_owned(),
-    })
-}
-
 /// HMAC-SHA256 of `body` with `secret`, as lowercase hex.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     // unwrap_or_else: HMAC accepts keys of any length, so new_from_slice cannot fail.
@@ -107,23 +77,34 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 impl Webhooks {
     /// Starts the delivery task (inside a tokio runtime) when URLs are
-    /// configured; otherwise a handle that drops everything.
+    /// configured; otherwise a handle that drops everything. A config that
+    /// fails [`ApiConfig::webhook_targets`] or
+    /// [`ApiConfig::webhook_roots`] (checked by `Config::validate`), or a
+    /// client that cannot be built, is logged and gives that handle too.
     pub fn start(config: &ApiConfig, metrics: Arc<Metrics>) -> Webhooks {
-        let targets: Vec<Target> = config
-            .webhook_url
-            .iter()
-            .filter_map(|u| parse_url(u).ok())
-            .collect();
-        if targets.is_empty() {
-            return Webhooks { tx: None, metrics };
-        }
+        let off = |metrics| Webhooks { tx: None, metrics };
+        let targets = match config.webhook_targets() {
+            Ok(targets) if targets.is_empty() => return off(metrics),
+            Ok(targets) => targets,
+            Err(e) => {
+                tracing::error!("webhooks off: {e}");
+                return off(metrics);
+            }
+        };
+        let client = match client(config) {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!("webhooks off: {e}");
+                return off(metrics);
+            }
+        };
         let (tx, rx) = mpsc::channel(config.webhook_queue);
         let worker = Worker {
+            client,
             targets,
             secret: config.webhook_secret.clone().map(String::into_bytes),
             attempts: config.webhook_attempts,
             backoff: Duration::from_millis(config.webhook_backoff_ms),
-            timeout: Duration::from_millis(config.webhook_timeout_ms),
             metrics: metrics.clone(),
         };
         tokio::spawn(worker.run(rx));
@@ -142,19 +123,57 @@ impl Webhooks {
         let body = json!({ "type": kind.as_str(), "room": room, "ts": ts, "data": data });
         let body = serde_json::to_vec(&body).unwrap_or_default();
         if tx.try_send(body).is_err() {
-            self.metrics
-                .webhooks_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.webhooks_dropped.inc();
         }
     }
 }
 
+/// The HTTP client of the deliveries: rustls (ring provider) trusting the
+/// system's roots and `--webhook-ca-file`, `webhook_timeout_ms` per request,
+/// no redirects, no proxy.
+fn client(config: &ApiConfig) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!("system root certificates: {e}");
+    }
+    roots.add_parsable_certificates(native.certs);
+    for cert in config.webhook_roots()? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("webhook CA file: {e}"))?;
+    }
+    if roots.is_empty() {
+        tracing::warn!(
+            "no root certificates (system store empty, no --webhook-ca-file): https:// webhook receivers will be refused"
+        );
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("webhook TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_millis(config.webhook_timeout_ms))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        // Header names go out as written (`X-Chorus-Signature`), as
+        // receivers comparing them case-sensitively expect.
+        .http1_title_case_headers()
+        .user_agent(concat!("chorus/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("webhook HTTP client: {e}"))
+}
+
 struct Worker {
-    targets: Vec<Target>,
+    client: reqwest::Client,
+    targets: Vec<Url>,
     secret: Option<Vec<u8>>,
     attempts: u32,
     backoff: Duration,
-    timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -162,6 +181,8 @@ impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<Vec<u8>>) {
         while let Some(body) = rx.recv().await {
             let signature = self.secret.as_ref().map(|s| sign(s, &body));
+            // Shared by the targets and the retries without copying.
+            let body = bytes::Bytes::from(body);
             for target in &self.targets {
                 self.deliver(target, &body, signature.as_deref()).await;
             }
@@ -169,69 +190,57 @@ impl Worker {
     }
 
     /// Posts `body` until a 2xx answer or the attempts run out.
-    async fn deliver(&self, target: &Target, body: &[u8], signature: Option<&str>) {
+    async fn deliver(&self, target: &Url, body: &bytes::Bytes, signature: Option<&str>) {
+        let host = target.host_str().unwrap_or_default();
         let mut wait = self.backoff;
         for attempt in 1..=self.attempts {
-            let res = tokio::time::timeout(self.timeout, post(target, body, signature)).await;
-            match res {
-                Ok(Ok(status)) if (200..300).contains(&status) => {
-                    self.metrics
-                        .webhooks_delivered
-                        .fetch_add(1, Ordering::Relaxed);
+            let mut request = self
+                .client
+                .post(target.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            if let Some(sig) = signature {
+                request = request.header(SIGNATURE_HEADER, format!("sha256={sig}"));
+            }
+            match request.send().await {
+                Ok(res) if res.status().is_success() => {
+                    self.metrics.webhooks_delivered.inc();
                     return;
                 }
-                Ok(Ok(status)) => {
-                    tracing::debug!(host = %target.host, attempt, status, "webhook refused")
+                Ok(res) => {
+                    tracing::debug!(
+                        host,
+                        attempt,
+                        status = res.status().as_u16(),
+                        "webhook refused"
+                    )
                 }
-                Ok(Err(e)) => tracing::debug!(host = %target.host, attempt, "webhook failed: {e}"),
-                Err(_) => tracing::debug!(host = %target.host, attempt, "webhook timed out"),
+                Err(e) if e.is_timeout() => tracing::debug!(host, attempt, "webhook timed out"),
+                Err(e) => {
+                    // reqwest's own message is generic; the cause (refused,
+                    // certificate unknown, ...) is in its sources.
+                    let mut why = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(cause) = source {
+                        why = format!("{why}: {cause}");
+                        source = cause.source();
+                    }
+                    tracing::debug!(host, attempt, "webhook failed: {why}")
+                }
             }
             if attempt < self.attempts {
-                self.metrics
-                    .webhooks_retried
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.webhooks_retried.inc();
                 tokio::time::sleep(wait).await;
                 wait *= 2;
             }
         }
-        tracing::warn!(host = %target.host, "webhook delivery given up after {} attempts", self.attempts);
-        self.metrics.webhooks_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            host,
+            "webhook delivery given up after {} attempts",
+            self.attempts
+        );
+        self.metrics.webhooks_failed.inc();
     }
-}
-
-/// One HTTP/1.1 POST; returns the status code.
-async fn post(target: &Target, body: &[u8], signature: Option<&str>) -> std::io::Result<u16> {
-    let mut stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
-    let mut head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: chorus/{}\r\n",
-        target.path,
-        target.host,
-        target.port,
-        body.len(),
-        env!("CARGO_PKG_VERSION"),
-    );
-    if let Some(sig) = signature {
-        head.push_str(&format!("{SIGNATURE_HEADER}: sha256={sig}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    stream.flush().await?;
-    // The status line is all we need; read until it is complete.
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
-    while !buf.windows(2).any(|w| w == b"\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || buf.len() > 8192 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = String::from_utf8_lossy(&buf);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no HTTP status line"))
 }
 
 #[cfg(test)]
@@ -244,15 +253,5 @@ mod tests {
             sign(b"Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
-    }
-
-    #[test]
-    fn parses_http_urls_only() {
-        let t = parse_url("http://127.0.0.1:9000/hook").unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("127.0.0.1", 9000, "/hook")
-        );
-        assert!(parse_url("https://x/").is_err());
     }
 }

@@ -393,49 +393,40 @@ impl Bridge {
         self.stats.gaps.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Prometheus lines for the bridge.
-    pub fn render(&self, out: &mut String) {
-        let s = &self.stats;
-        let line = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-            ));
+    /// Registers the bridge's gauge and counters (read from [`Stats`] at
+    /// each scrape) in the metrics registry.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let read = |f: fn(&Stats) -> u64| {
+            let s = self.stats.clone();
+            move || f(&s)
         };
-        line(
-            out,
-            "chorus_cluster_connected",
-            "gauge",
-            "1 while the node is connected to Redis (0: degraded).",
-            u64::from(bridge_up(s)),
-        );
-        line(
-            out,
-            "chorus_cluster_published_total",
-            "counter",
-            "Items published to other nodes.",
-            s.published.load(Ordering::Relaxed),
-        );
-        line(
-            out,
-            "chorus_cluster_dropped_total",
-            "counter",
-            "Items not published (queue full or Redis down); peers resync.",
-            s.dropped.load(Ordering::Relaxed),
-        );
-        line(
-            out,
-            "chorus_cluster_received_total",
-            "counter",
-            "Items received from other nodes.",
-            s.received.load(Ordering::Relaxed),
-        );
-        line(
-            out,
-            "chorus_cluster_gaps_total",
-            "counter",
-            "Sequence gaps seen (each asks the other nodes for a resync).",
-            s.gaps.load(Ordering::Relaxed),
-        );
+        let sampled = crate::metrics::Sampled::default()
+            .gauge(
+                "chorus_cluster_connected",
+                "1 while the node is connected to Redis (0: degraded).",
+                read(|s| u64::from(bridge_up(s))),
+            )
+            .counter(
+                "chorus_cluster_published",
+                "Items published to other nodes.",
+                read(|s| s.published.load(Ordering::Relaxed)),
+            )
+            .counter(
+                "chorus_cluster_dropped",
+                "Items not published (queue full or Redis down); peers resync.",
+                read(|s| s.dropped.load(Ordering::Relaxed)),
+            )
+            .counter(
+                "chorus_cluster_received",
+                "Items received from other nodes.",
+                read(|s| s.received.load(Ordering::Relaxed)),
+            )
+            .counter(
+                "chorus_cluster_gaps",
+                "Sequence gaps seen (each asks the other nodes for a resync).",
+                read(|s| s.gaps.load(Ordering::Relaxed)),
+            );
+        registry.register_collector(Box::new(sampled));
     }
 }
 

@@ -149,11 +149,16 @@ impl Server {
             ),
         };
         let data = web::Data::new(shared.clone());
-        let mut server =
-            HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
-                .disable_signals()
-                .h1_write_buffer_size(crate::outbox::WRITE_HIGH_WATER)
-                .shutdown_timeout(config.limits.shutdown_timeout().as_secs().max(1));
+        let metrics = web::Data::new(metrics_registry(&shared));
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(metrics.clone())
+                .configure(routes)
+        })
+        .disable_signals()
+        .h1_write_buffer_size(crate::outbox::WRITE_HIGH_WATER)
+        .shutdown_timeout(config.limits.shutdown_timeout().as_secs().max(1));
         if config.workers > 0 {
             server = server.workers(config.workers);
         }
@@ -530,36 +535,55 @@ async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
     HttpResponse::build(status).json(body)
 }
 
-/// `GET /metrics`: Prometheus text format.
-async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
-    let r = &shared.registry;
-    let mut body = format!(
-        "# HELP chorus_connections Open WebSocket sessions.\n\
-         # TYPE chorus_connections gauge\n\
-         chorus_connections {}\n\
-         # HELP chorus_connections_admitted Connections holding a per-IP slot (sessions and upgrades under way).\n\
-         # TYPE chorus_connections_admitted gauge\n\
-         chorus_connections_admitted {}\n\
-         # HELP chorus_rooms_active Rooms loaded in memory.\n\
-         # TYPE chorus_rooms_active gauge\n\
-         chorus_rooms_active {}\n\
-         # HELP chorus_rooms_started_total Rooms loaded since start.\n\
-         # TYPE chorus_rooms_started_total counter\n\
-         chorus_rooms_started_total {}\n\
-         # HELP chorus_rooms_evicted_total Idle rooms evicted since start.\n\
-         # TYPE chorus_rooms_evicted_total counter\n\
-         chorus_rooms_evicted_total {}\n",
-        shared.sessions.count(),
-        shared.ips.open_total(),
-        r.live_rooms(),
-        r.rooms_started(),
-        r.rooms_evicted(),
-    );
-    shared.metrics.render(&mut body);
-    if let Some(bridge) = &shared.bridge {
-        bridge.render(&mut body);
-    }
+/// `GET /metrics`: the metrics registry in OpenMetrics text.
+async fn metrics(registry: web::Data<MetricsRegistry>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(body)
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(crate::metrics::encode(&registry.0))
+}
+
+/// The one metrics registry of the server, read by `GET /metrics`.
+struct MetricsRegistry(prometheus_client::registry::Registry);
+
+/// Builds the registry: the server's own [`crate::metrics::Metrics`], the
+/// values that the session table, IP limiter and room registry own, and
+/// the cluster bridge's counters.
+fn metrics_registry(shared: &Shared) -> MetricsRegistry {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let read = |f: fn(&Shared) -> u64| {
+        let shared = shared.clone();
+        move || f(&shared)
+    };
+    let sampled = crate::metrics::Sampled::default()
+        .gauge(
+            "chorus_connections",
+            "Open WebSocket sessions.",
+            read(|s| s.sessions.count() as u64),
+        )
+        .gauge(
+            "chorus_connections_admitted",
+            "Connections holding a per-IP slot (sessions and upgrades under way).",
+            read(|s| s.ips.open_total() as u64),
+        )
+        .gauge(
+            "chorus_rooms_active",
+            "Rooms loaded in memory.",
+            read(|s| s.registry.live_rooms() as u64),
+        )
+        .counter(
+            "chorus_rooms_started",
+            "Rooms loaded since start.",
+            read(|s| s.registry.rooms_started()),
+        )
+        .counter(
+            "chorus_rooms_evicted",
+            "Idle rooms evicted since start.",
+            read(|s| s.registry.rooms_evicted()),
+        );
+    registry.register_collector(Box::new(sampled));
+    shared.metrics.register(&mut registry);
+    if let Some(bridge) = &shared.bridge {
+        bridge.register(&mut registry);
+    }
+    MetricsRegistry(registry)
 }

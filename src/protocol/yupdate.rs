@@ -506,8 +506,6 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// `value | bits << shift`, `None` when the result is over 53 bits.
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -285,11 +285,9 @@ impl EventWindow {
         }
         for id in gone {
             if let Some(sub) = self.subscribers.remove(&id) {
-                self.metrics.subscribers.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.subscribers.dec();
                 if sub.lagged.load(Ordering::Acquire) {
-                    self.metrics
-                        .subscribers_lagged
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.metrics.subscribers_lagged.inc();
                 }
             }
         }
@@ -324,7 +322,7 @@ impl EventWindow {
             lagged: lagged.clone(),
         };
         self.subscribers.insert(id, sub);
-        self.metrics.subscribers.fetch_add(1, Ordering::Relaxed);
+        self.metrics.subscribers.inc();
         Subscription {
             id,
             replay,
@@ -337,7 +335,7 @@ impl EventWindow {
     /// Removes subscriber `id`.
     pub fn unsubscribe(&mut self, id: u64) {
         if self.subscribers.remove(&id).is_some() {
-            self.metrics.subscribers.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.subscribers.dec();
         }
     }
 
@@ -346,7 +344,7 @@ impl EventWindow {
     pub fn reset(&mut self) {
         for (_, sub) in self.subscribers.drain() {
             sub.lagged.store(true, Ordering::Release);
-            self.metrics.subscribers.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.subscribers.dec();
         }
         self.ring.clear();
     }

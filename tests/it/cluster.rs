@@ -304,6 +304,13 @@ async fn readyz_and_metrics_report_cluster_state() {
     .await;
     let (_, metrics) = http_get(node.addr, "/metrics").await;
     assert!(metrics.contains("chorus_cluster_connected 1"), "{metrics}");
+    // Every name a single node has (but the error counter, which has no
+    // sample before an error), and the cluster's.
+    let mut names = crate::common::METRIC_NAMES.to_vec();
+    names.retain(|n| *n != "chorus_errors_total");
+    names.extend(crate::common::CLUSTER_METRIC_NAMES);
+    let missing = crate::common::missing_metrics(&metrics, &names);
+    assert!(missing.is_empty(), "missing {missing:?} in:\n{metrics}");
 }
 
 /// Waits until every node's presence for `room` is the same set of `n` ids.

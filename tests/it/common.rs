@@ -629,3 +629,54 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Every sample name a single node served at `/metrics` before the move to
+/// `prometheus-client` (scraped from a running server after one API error);
+/// dashboards depend on them.
+pub const METRIC_NAMES: &[&str] = &[
+    "chorus_bytes_in_total",
+    "chorus_bytes_out_total",
+    "chorus_connections",
+    "chorus_connections_admitted",
+    "chorus_errors_total",
+    "chorus_fanout_latency_seconds_bucket",
+    "chorus_fanout_latency_seconds_count",
+    "chorus_fanout_latency_seconds_sum",
+    "chorus_messages_in_total",
+    "chorus_messages_out_total",
+    "chorus_rooms_active",
+    "chorus_rooms_evicted_total",
+    "chorus_rooms_started_total",
+    "chorus_store_latency_seconds_bucket",
+    "chorus_store_latency_seconds_count",
+    "chorus_store_latency_seconds_sum",
+    "chorus_subscribers",
+    "chorus_subscribers_lagged_total",
+    "chorus_webhooks_delivered_total",
+    "chorus_webhooks_dropped_total",
+    "chorus_webhooks_failed_total",
+    "chorus_webhooks_retried_total",
+];
+
+/// The sample names a node adds in cluster mode.
+pub const CLUSTER_METRIC_NAMES: &[&str] = &[
+    "chorus_cluster_connected",
+    "chorus_cluster_dropped_total",
+    "chorus_cluster_gaps_total",
+    "chorus_cluster_published_total",
+    "chorus_cluster_received_total",
+];
+
+/// `names` that have no sample in the `/metrics` body `body`.
+pub fn missing_metrics<'a>(body: &str, names: &[&'a str]) -> Vec<&'a str> {
+    let samples: std::collections::HashSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    names
+        .iter()
+        .copied()
+        .filter(|n| !samples.contains(n))
+        .collect()
+}

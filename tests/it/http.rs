@@ -455,14 +455,32 @@ async fn receiver() -> (
     SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
 ) {
+    receiver_over(None).await
+}
+
+/// [`receiver`], over TLS with `tls` when given (https).
+async fn receiver_over(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut n = 0;
         loop {
-            let Ok((mut s, _)) = listener.accept().await else {
+            let Ok((tcp, _)) = listener.accept().await else {
                 return;
+            };
+            let mut s: Box<dyn Stream> = match &tls {
+                None => Box::new(tcp),
+                Some(tls) => match tls.accept(tcp).await {
+                    Ok(s) => Box::new(s),
+                    // A client that does not trust the certificate.
+                    Err(_) => continue,
+                },
             };
             n += 1;
             let mut raw = Vec::new();
@@ -505,11 +523,83 @@ async fn receiver() -> (
     (addr, rx)
 }
 
+/// What the webhook receiver reads and writes on.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 #[tokio::test]
 async fn webhooks_are_signed_and_retried_after_a_500() {
-    let (hook_addr, mut got) = receiver().await;
+    let (hook_addr, got) = receiver().await;
+    webhooks_signed_and_retried(format!("http://{hook_addr}/hook"), None, got).await;
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost: a TLS acceptor,
+/// and the certificate's PEM file (a root to trust) in `dir`.
+fn self_signed(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("cert");
+    let ca = dir.join("receiver.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        ca,
+    )
+}
+
+#[tokio::test]
+async fn webhooks_reach_an_https_receiver_trusted_through_the_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, ca) = self_signed(dir.path());
+    let (hook_addr, got) = receiver_over(Some(tls)).await;
+    webhooks_signed_and_retried(format!("https://{hook_addr}/hook"), Some(ca), got).await;
+}
+
+#[tokio::test]
+async fn webhooks_refuse_an_https_receiver_they_do_not_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, _ca) = self_signed(dir.path());
+    let (hook_addr, mut got) = receiver_over(Some(tls)).await;
     let srv = api_server(|c| {
-        c.api.webhook_url = vec![format!("http://{hook_addr}/hook")];
+        c.api.webhook_url = vec![format!("https://{hook_addr}/hook")];
+        c.api.webhook_attempts = 1;
+        c.api.webhook_debounce_ms = 50;
+    });
+    let mut ws = Client::connect(srv.addr).await;
+    ws.join("w2", &TestDoc::new()).await;
+    eventually("a delivery given up", || async {
+        crate::common::metric(srv.addr, "chorus_webhooks_failed_total").await >= 1.0
+    })
+    .await;
+    assert!(
+        got.try_recv().is_err(),
+        "the untrusted receiver got a request"
+    );
+    assert_eq!(
+        crate::common::metric(srv.addr, "chorus_webhooks_delivered_total").await,
+        0.0
+    );
+}
+
+/// Joins, writes and leaves a room of a server sending webhooks to `url`
+/// (trusting `ca`), and checks what `got` receives: every kind, signed, the
+/// first one retried after the receiver's 500.
+async fn webhooks_signed_and_retried(
+    url: String,
+    ca: Option<std::path::PathBuf>,
+    mut got: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    let srv = api_server(|c| {
+        c.api.webhook_url = vec![url];
+        c.api.webhook_ca_file = ca;
         c.api.webhook_secret = Some("s3cret".into());
         c.api.webhook_backoff_ms = 50;
         c.api.webhook_debounce_ms = 50;
@@ -548,6 +638,7 @@ async fn webhooks_are_signed_and_retried_after_a_500() {
     // The first delivery was refused with 500 and retried: the first type is seen twice.
     assert_eq!(seen[0], seen[1], "retry of the first delivery: {seen:?}");
     assert!(crate::common::metric(srv.addr, "chorus_webhooks_retried_total").await >= 1.0);
+    assert!(crate::common::metric(srv.addr, "chorus_webhooks_delivered_total").await >= 5.0);
 }
 
 #[tokio::test]
@@ -634,6 +725,10 @@ async fn metrics_parse_as_prometheus_text_and_readyz_answers() {
     ws.update_acked("m1", doc.insert(0, "x")).await;
     let (status, body) = http_get(srv.addr, "/metrics").await;
     assert_eq!(status, 200);
+    // OpenMetrics text ends with `# EOF`, and has it nowhere else.
+    let body = body
+        .strip_suffix("# EOF\n")
+        .unwrap_or_else(|| panic!("no final # EOF:\n{body}"));
     let mut names = std::collections::HashSet::new();
     for line in body.lines() {
         if line.is_empty() {
@@ -680,6 +775,24 @@ async fn metrics_parse_as_prometheus_text_and_readyz_answers() {
     assert!(crate::common::metric(srv.addr, "chorus_store_latency_seconds_count").await >= 1.0);
     let (status, body) = http_get(srv.addr, "/readyz").await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn metrics_keep_every_name_dashboards_know() {
+    let srv = api_server(|_| {});
+    // One error, so that the per-code error counter has a sample.
+    let r = request(
+        srv.addr,
+        "POST",
+        "/api/v1/rooms/n1/update",
+        &[],
+        b"\xff\xff\xff",
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    let (_, body) = http_get(srv.addr, "/metrics").await;
+    let missing = crate::common::missing_metrics(&body, crate::common::METRIC_NAMES);
+    assert!(missing.is_empty(), "missing {missing:?} in:\n{body}");
 }
 
 #[tokio::test]
