@@ -233,26 +233,33 @@ pub struct Sampled {
 impl Sampled {
     /// Adds a gauge `name` whose value `read` returns.
     pub fn gauge(
-        mut self,
+        self,
         name: &'static str,
         help: &'static str,
         read: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> Self {
-        self.values
-            .push((name, help, MetricType::Gauge, Box::new(read)));
-        self
+        self.with(MetricType::Gauge, name, help, Box::new(read))
     }
 
     /// Adds a counter `name` (without `_total`, which the encoder appends)
     /// whose value `read` returns.
     pub fn counter(
-        mut self,
+        self,
         name: &'static str,
         help: &'static str,
         read: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> Self {
-        self.values
-            .push((name, help, MetricType::Counter, Box::new(read)));
+        self.with(MetricType::Counter, name, help, Box::new(read))
+    }
+
+    fn with(
+        mut self,
+        kind: MetricType,
+        name: &'static str,
+        help: &'static str,
+        read: Read,
+    ) -> Self {
+        self.values.push((name, help, kind, read));
         self
     }
 }
