@@ -36,6 +36,13 @@ async fn probe(addr: SocketAddr, until: Instant) -> Vec<Duration> {
     rtts
 }
 
+/// The p99 an unrelated room must keep under attack: 50 ms, or three times
+/// what it was without the attack when the machine is that busy anyway
+/// (debug build, the rest of the suite running on two shared cores).
+fn latency_bound(quiet: Duration) -> Duration {
+    Duration::from_millis(50).max(quiet * 3)
+}
+
 fn p99(mut v: Vec<Duration>) -> Duration {
     assert!(!v.is_empty(), "the probe measured something");
     v.sort();
@@ -138,7 +145,7 @@ async fn abuse_packed_yjs_frames_are_throttled_and_cost_others_nothing() {
     let srv = ChildServer::start(&["--store", "memory", "--max-frame-bytes", "1048576"]);
     let addr = srv.addr;
     // Warm up (first room, first sessions) before taking the baseline.
-    let _ = probe(addr, Instant::now() + Duration::from_millis(300)).await;
+    let quiet = p99(probe(addr, Instant::now() + Duration::from_millis(1000)).await);
     let base = srv.rss_bytes();
     let frames_before = metric(addr, "chorus_messages_in_total").await;
 
@@ -213,7 +220,10 @@ async fn abuse_packed_yjs_frames_are_throttled_and_cost_others_nothing() {
         growth / 1024
     );
     assert!(growth < 64 << 20, "RSS grew by {growth} bytes");
-    assert!(p < Duration::from_millis(50), "unrelated room p99 {p:?}");
+    assert!(
+        p < latency_bound(quiet),
+        "unrelated room p99 {p:?} (without the attack: {quiet:?})"
+    );
 }
 
 /// The same on `/ws`: one message per frame, so many small frames (pings,
@@ -222,7 +232,7 @@ async fn abuse_packed_yjs_frames_are_throttled_and_cost_others_nothing() {
 async fn abuse_many_small_native_frames_are_throttled() {
     let srv = ChildServer::start(&["--store", "memory"]);
     let addr = srv.addr;
-    let _ = probe(addr, Instant::now() + Duration::from_millis(300)).await;
+    let quiet = p99(probe(addr, Instant::now() + Duration::from_millis(1000)).await);
     let base = srv.rss_bytes();
     let hello = encode_client(&ClientMessage::Hello {
         v: chorus::protocol::PROTOCOL_VERSION,
@@ -284,7 +294,10 @@ async fn abuse_many_small_native_frames_are_throttled() {
         attack.0
     );
     assert!(growth < 64 << 20, "RSS grew by {growth} bytes");
-    assert!(p < Duration::from_millis(50), "unrelated room p99 {p:?}");
+    assert!(
+        p < latency_bound(quiet),
+        "unrelated room p99 {p:?} (without the attack: {quiet:?})"
+    );
 }
 
 /// Past `rate_limit_grace_ms` of sustained flooding, the session is closed
