@@ -86,11 +86,15 @@ async fn flood(
             }
         }
     }
-    let code = if reader.is_finished() {
-        reader.await.ok().flatten()
-    } else {
-        reader.abort();
-        None
+    // A send may fail on the closed socket before the reader has seen the
+    // close frame: give it a moment.
+    let mut reader = reader;
+    let code = match tokio::time::timeout(Duration::from_secs(1), &mut reader).await {
+        Ok(Ok(code)) => code,
+        _ => {
+            reader.abort();
+            None
+        }
     };
     (code, replies.load(std::sync::atomic::Ordering::Relaxed))
 }
