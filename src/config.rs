@@ -297,15 +297,32 @@ pub struct Limits {
     /// of the same size); more: HTTP 429. 0: no limit.
     #[arg(long, env = "CHORUS_CONNECTIONS_PER_IP_PER_SEC", default_value_t = 30)]
     pub connections_per_ip_per_sec: u32,
-    /// Messages per second one session may send (token bucket, burst of the
-    /// same size); more: `error rate_limited`, then close 4429. 0: no limit.
+    /// Messages per second one session may send, every message of a frame
+    /// counted (token bucket, burst of the same size). Over it the session
+    /// stops reading its socket until the bucket refills (the client is
+    /// slowed, not closed). 0: no limit.
     #[arg(long, env = "CHORUS_MAX_MESSAGES_PER_SEC", default_value_t = 500)]
     pub max_messages_per_sec: u32,
     /// Bytes per second one session may send (token bucket, burst of the
-    /// larger of this and `max_frame_bytes`); more: `error rate_limited`,
-    /// then close 4429. 0: no limit.
+    /// larger of this and `max_frame_bytes`); over it the session is slowed
+    /// like over `max_messages_per_sec`. 0: no limit.
     #[arg(long, env = "CHORUS_MAX_BYTES_PER_SEC", default_value_t = 8 * 1024 * 1024)]
     pub max_bytes_per_sec: u64,
+    /// A session kept slowed by the rate limits without a break for this
+    /// many ms is closed with 1013 (try again later: stock clients
+    /// reconnect and resync, so no edit is lost).
+    #[arg(long, env = "CHORUS_RATE_LIMIT_GRACE_MS", default_value_t = 30_000)]
+    pub rate_limit_grace_ms: u64,
+    /// Messages one `/yjs` frame may carry (stock clients send one or a
+    /// few); more: close 4413, before any of them is acted on.
+    #[arg(long, env = "CHORUS_MAX_MESSAGES_PER_FRAME", default_value_t = 1000)]
+    pub max_messages_per_frame: usize,
+    /// Messages one session may have queued on its rooms, not yet handled
+    /// (the rest of a frame waits in the session); past it (or past
+    /// `max_frame_bytes` of them) the session stops reading its socket
+    /// until its rooms catch up.
+    #[arg(long, env = "CHORUS_MAX_QUEUED_MESSAGES", default_value_t = 64)]
+    pub max_queued_messages: usize,
     /// Rooms one connection may have joined at once.
     #[arg(long, env = "CHORUS_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
     pub max_rooms_per_connection: usize,
@@ -444,6 +461,9 @@ impl Config {
         if l.compact_every == 0 || l.compact_bytes == 0 {
             return Err("compact_every and compact_bytes must be at least 1".into());
         }
+        if l.max_messages_per_frame == 0 || l.max_queued_messages == 0 {
+            return Err("max messages per frame and max queued messages must be at least 1".into());
+        }
         if l.tick_ms == 0 {
             return Err("tick must be at least 1 ms".into());
         }
@@ -501,6 +521,10 @@ impl Limits {
     /// Client timeout as a duration.
     pub fn client_timeout(&self) -> Duration {
         Duration::from_millis(self.client_timeout_ms)
+    }
+    /// Rate-limit grace as a duration.
+    pub fn rate_limit_grace(&self) -> Duration {
+        Duration::from_millis(self.rate_limit_grace_ms)
     }
     /// Shutdown grace as a duration.
     pub fn shutdown_timeout(&self) -> Duration {

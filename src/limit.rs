@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket: `capacity` tokens, refilled at `rate` per second.
 /// A rate of 0 disables it (every take succeeds).
@@ -34,15 +34,44 @@ impl TokenBucket {
         if self.rate <= 0.0 {
             return true;
         }
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        self.refill(now);
         if self.tokens >= n {
             self.tokens -= n;
             true
         } else {
             false
         }
+    }
+
+    /// Takes `n` tokens at `now` even if that leaves the bucket in debt;
+    /// returns how long until the debt is paid back (zero: no debt).
+    pub fn charge_at(&mut self, n: f64, now: Instant) -> Duration {
+        if self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        self.refill(now);
+        self.tokens -= n;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+
+    /// True when, at `now`, the bucket holds at least half its capacity
+    /// (always, when disabled).
+    fn is_half_full_at(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        self.refill(now);
+        self.tokens >= self.capacity / 2.0
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
     }
 
     /// Takes `n` tokens now.
@@ -145,11 +174,18 @@ impl Drop for IpSlot {
     }
 }
 
-/// Per-session inbound limits: messages/s and bytes/s.
+/// Per-session inbound limits: messages/s and bytes/s. What a session
+/// sends is always charged, even past the limit (the buckets go into
+/// debt); the debt says how long the session must stop reading its socket
+/// ([`SessionRate::charge`]), so a client over the rate is slowed by TCP
+/// backpressure rather than closed.
 #[derive(Debug, Clone)]
 pub struct SessionRate {
     messages: TokenBucket,
     bytes: TokenBucket,
+    /// Since when the session has been over its rate without slowing down
+    /// (its buckets never back to half full in between).
+    throttled_since: Option<Instant>,
 }
 
 impl SessionRate {
@@ -160,25 +196,45 @@ impl SessionRate {
         SessionRate {
             messages: TokenBucket::new(m, m),
             bytes: TokenBucket::new(b, b.max(limits.max_frame_bytes as f64)),
+            throttled_since: None,
         }
     }
 
-    /// Accounts one inbound message of `len` bytes; `Err` names the limit hit.
-    pub fn admit(&mut self, len: usize) -> Result<(), &'static str> {
-        if !self.messages.take(1.0) {
-            return Err("max_messages_per_sec");
+    /// Charges `messages` inbound messages totalling `len` bytes at `now`.
+    /// Returns how long the session must stop reading before both buckets
+    /// are out of debt (zero: within the rate).
+    pub fn charge_at(&mut self, messages: usize, len: usize, now: Instant) -> Duration {
+        // A client that let its buckets refill to half has slowed down:
+        // whatever it does next starts a new episode.
+        if self.messages.is_half_full_at(now) && self.bytes.is_half_full_at(now) {
+            self.throttled_since = None;
         }
-        if !self.bytes.take(len as f64) {
-            return Err("max_bytes_per_sec");
+        let wait = self
+            .messages
+            .charge_at(messages as f64, now)
+            .max(self.bytes.charge_at(len as f64, now));
+        if !wait.is_zero() {
+            self.throttled_since.get_or_insert(now);
         }
-        Ok(())
+        wait
+    }
+
+    /// [`Self::charge_at`] now.
+    pub fn charge(&mut self, messages: usize, len: usize) -> Duration {
+        self.charge_at(messages, len, Instant::now())
+    }
+
+    /// How long, at `now`, the session has been over its rate without a
+    /// break (zero when it is within it).
+    pub fn throttled_for(&self, now: Instant) -> Duration {
+        self.throttled_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bucket_refills() {
@@ -207,5 +263,31 @@ mod tests {
         let _x = r.admit(ip).unwrap();
         let _y = r.admit(ip).unwrap();
         assert_eq!(r.admit(ip).unwrap_err(), IpRefusal::TooFast);
+    }
+
+    #[test]
+    fn a_session_over_its_rate_is_charged_into_debt() {
+        let mut limits = crate::config::Config::default().limits;
+        limits.max_messages_per_sec = 10;
+        let mut rate = SessionRate::new(&limits);
+        let t0 = Instant::now();
+        rate.messages.last = t0;
+        rate.bytes.last = t0;
+        assert_eq!(rate.charge_at(10, 10, t0), Duration::ZERO);
+        // 20 messages in one frame: 20 in debt, two seconds of silence.
+        let wait = rate.charge_at(20, 20, t0);
+        assert!((wait.as_secs_f64() - 2.0).abs() < 1e-6, "{wait:?}");
+        assert_eq!(
+            rate.throttled_for(t0 + Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        // Paid back just after the wait, and over again: still throttled.
+        let t1 = t0 + Duration::from_millis(2050);
+        assert!(!rate.charge_at(1, 1, t1).is_zero());
+        assert!(rate.throttled_for(t1) >= Duration::from_secs(2));
+        // Silent until the bucket is half full: a new episode.
+        let t2 = t1 + Duration::from_millis(600);
+        assert_eq!(rate.charge_at(1, 1, t2), Duration::ZERO);
+        assert_eq!(rate.throttled_for(t2), Duration::ZERO);
     }
 }

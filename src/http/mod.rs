@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxBody};
 use crate::protocol::close;
 use crate::room::{Registry, RoomServices};
+use crate::session::flow::{Gate, GatedPayload};
 use crate::session::yjs::YjsSession;
 use crate::session::{Admission, NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
@@ -156,6 +157,7 @@ impl Server {
                 .app_data(metrics.clone())
                 .configure(routes)
         })
+        .on_connect(remember_socket)
         .disable_signals()
         .h1_write_buffer_size(crate::outbox::WRITE_HIGH_WATER)
         .shutdown_timeout(config.limits.shutdown_timeout().as_secs().max(1));
@@ -354,6 +356,40 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(api::configure);
 }
 
+/// The descriptor of a connection's TCP socket, kept (by
+/// [`remember_socket`]) in the connection's data for the WebSocket routes.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionFd(std::os::fd::RawFd);
+
+/// `on_connect`: remembers the socket descriptor of a plain or TLS
+/// connection.
+fn remember_socket(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    use std::os::fd::AsRawFd;
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        data.insert(ConnectionFd(tcp.as_raw_fd()));
+    } else if let Some(tls) = conn
+        .downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>>()
+    {
+        data.insert(ConnectionFd(tls.get_ref().0.as_raw_fd()));
+    }
+}
+
+/// A duplicate of the request's connection socket (closed on its own
+/// when dropped), for the session's watchdog; `None` if unknown.
+fn connection_socket(req: &HttpRequest) -> Option<std::net::TcpStream> {
+    let fd = req.conn_data::<ConnectionFd>()?.0;
+    // SAFETY: the descriptor is this request's connection's socket, which
+    // actix-http keeps open while the request is being handled (now).
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    match borrowed.try_clone_to_owned() {
+        Ok(owned) => Some(std::net::TcpStream::from(owned)),
+        Err(e) => {
+            tracing::warn!("cannot duplicate a connection's socket for its watchdog: {e}");
+            None
+        }
+    }
+}
+
 /// Which WebSocket route a connection is for: how refusals are delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -463,8 +499,16 @@ async fn native_ws(
         limits.outbound_buffer_bytes,
         limits.outbound_hard_limit_bytes,
     ));
-    let session = NativeSession::new(shared.get_ref().clone(), outbox.clone(), admission);
+    let admission = admission.with_socket(connection_socket(&req));
+    let gate = Gate::new(limits.max_queued_messages, limits.max_frame_bytes);
+    let session = NativeSession::new(
+        shared.get_ref().clone(),
+        outbox.clone(),
+        admission,
+        gate.clone(),
+    );
     let codec = Codec::new().max_size(limits.max_frame_bytes);
+    let payload = GatedPayload::new(payload, gate);
     let body = ws::WebsocketContext::with_codec(session, payload, codec);
     Ok(response.streaming(OutboxBody::new(body, outbox)))
 }
@@ -489,8 +533,17 @@ async fn yjs_ws(
         limits.outbound_buffer_bytes,
         limits.outbound_hard_limit_bytes,
     ));
-    let session = YjsSession::new(shared.get_ref().clone(), outbox.clone(), room, admission);
+    let admission = admission.with_socket(connection_socket(&req));
+    let gate = Gate::new(limits.max_queued_messages, limits.max_frame_bytes);
+    let session = YjsSession::new(
+        shared.get_ref().clone(),
+        outbox.clone(),
+        room,
+        admission,
+        gate.clone(),
+    );
     let codec = Codec::new().max_size(limits.max_frame_bytes);
+    let payload = GatedPayload::new(payload, gate);
     let body = ws::WebsocketContext::with_codec(session, payload, codec);
     Ok(response.streaming(OutboxBody::new(body, outbox)))
 }

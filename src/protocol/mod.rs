@@ -109,8 +109,9 @@ pub mod close {
     /// time (native: after an `error forbidden`; `/yjs`: after an auth
     /// "permission denied" message). Get a new token before reconnecting.
     pub const UNAUTHORIZED: u16 = 4401;
-    /// The session exceeded `max_messages_per_sec` or `max_bytes_per_sec`
-    /// (native: after an `error rate_limited`).
+    /// Reserved: a session over `max_messages_per_sec` or
+    /// `max_bytes_per_sec` is slowed, and one kept over past
+    /// `rate_limit_grace_ms` is closed with [`TRY_AGAIN_LATER`] (transient).
     pub const RATE_LIMITED: u16 = 4429;
     /// The session's token reached its `exp`: closed at that moment.
     /// Reconnect with a fresh token.
@@ -138,8 +139,9 @@ pub mod close {
     /// `/yjs`: an update the document refuses (not a Yjs v1 update).
     /// Permanent: the same client would resend the same bytes.
     pub const YJS_BAD_UPDATE: u16 = 4422;
-    /// The room is unavailable (its document could not be loaded) or an
-    /// update could not be stored: reconnect later and resync. Transient.
+    /// The room is unavailable (its document could not be loaded), an
+    /// update could not be stored, or the session stayed over its rate past
+    /// `rate_limit_grace_ms`: reconnect later and resync. Transient.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 

@@ -160,6 +160,9 @@ pub enum DecodeError {
     /// yrs refused a state vector.
     #[error("bad state vector: {0}")]
     BadStateVector(String),
+    /// More messages in one frame than `max_messages_per_frame`.
+    #[error("more than {0} messages in one frame (max_messages_per_frame)")]
+    TooManyMessages(usize),
 }
 
 /// A bounds-checked reader over one frame.
@@ -204,12 +207,22 @@ impl<'a> Reader<'a> {
 /// Decodes every message of one inbound frame. The whole frame is decoded
 /// before any message is acted on: a frame is taken entirely or refused.
 pub fn decode_frame(frame: &[u8]) -> Result<Vec<YjsMessage>, DecodeError> {
+    decode_frame_at_most(frame, usize::MAX)
+}
+
+/// [`decode_frame`], refusing a frame of more than `max` messages
+/// ([`DecodeError::TooManyMessages`]) as soon as the one past `max` starts,
+/// so a frame packed with tiny messages costs no more than `max` of them.
+pub fn decode_frame_at_most(frame: &[u8], max: usize) -> Result<Vec<YjsMessage>, DecodeError> {
     if frame.is_empty() {
         return Err(DecodeError::Empty);
     }
     let mut r = Reader::new(frame);
     let mut out = Vec::new();
     while r.remaining() > 0 {
+        if out.len() >= max {
+            return Err(DecodeError::TooManyMessages(max));
+        }
         out.push(decode_message(&mut r)?);
     }
     Ok(out)

@@ -14,7 +14,9 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 use bytes::Bytes;
 
+use super::flow::{Gate, Tracked};
 use super::intake::{Inbound, Intake};
+use super::watchdog::{self, Liveness};
 use super::{Admission, Shared};
 use crate::auth::Grants;
 use crate::ids::{MemberId, RoomId};
@@ -121,6 +123,12 @@ pub struct SessionCore {
     intake: Intake,
     /// Inbound messages/s and bytes/s.
     rate: SessionRate,
+    /// Whether the session reads its socket: closed over the rate and while
+    /// too much of its work waits in rooms (see [`super::flow`]).
+    pub gate: Arc<Gate>,
+    /// Beaten while the session runs and its client is alive; a watchdog
+    /// shuts the socket when it goes stale (see [`super::watchdog`]).
+    liveness: Arc<Liveness>,
     /// Close code for a message over `max_frame_bytes` (the protocols differ).
     too_big: u16,
     /// Per-IP connection slot, freed when the session ends.
@@ -130,9 +138,18 @@ pub struct SessionCore {
 impl SessionCore {
     /// The core of a session admitted as `admission` says (its refusal,
     /// if any, is the protocol's to deliver), writing through `outbox`,
-    /// that closes with `too_big` on a message over `max_frame_bytes`.
-    pub fn new(shared: Shared, outbox: Arc<Outbox>, admission: Admission, too_big: u16) -> Self {
+    /// that closes with `too_big` on a message over `max_frame_bytes`, and
+    /// reads its socket through `gate`.
+    pub fn new(
+        shared: Shared,
+        outbox: Arc<Outbox>,
+        admission: Admission,
+        too_big: u16,
+        gate: Arc<Gate>,
+    ) -> Self {
         SessionCore {
+            gate,
+            liveness: Liveness::new(admission.socket),
             id: shared.sessions.next_id(),
             rate: SessionRate::new(&shared.config.limits),
             intake: Intake::new(shared.config.limits.max_frame_bytes),
@@ -146,9 +163,12 @@ impl SessionCore {
         }
     }
 
-    /// Registers the session and starts its heartbeat; called first from
-    /// `started`.
+    /// Registers the session, starts its heartbeat and the watchdog of its
+    /// connection; called first from `started`.
     pub fn start<A: Session>(&self, ctx: &mut ws::WebsocketContext<A>) {
+        let limits = &self.shared.config.limits;
+        let stale = limits.client_timeout() + limits.heartbeat();
+        watchdog::watch(&self.liveness, limits.heartbeat(), stale);
         self.outbox.set_waker(ctx.address().recipient());
         self.shared
             .sessions
@@ -160,10 +180,16 @@ impl SessionCore {
 
     /// One heartbeat: closes a client silent for `client_timeout_ms`
     /// (4000), else pings it, and resyncs it if it lagged and has drained.
+    /// A session that stopped reading on purpose (its gate is closed)
+    /// does not hold its client's silence against it.
     fn tick<A: Session>(&mut self, ctx: &mut ws::WebsocketContext<A>) {
+        if self.gate.is_closed() {
+            self.last_seen = Instant::now();
+        }
         if self.last_seen.elapsed() > self.shared.config.limits.client_timeout() {
             return self.close(ctx, close::TIMEOUT, "heartbeat timeout");
         }
+        self.liveness.beat();
         self.outbox.push(&Frame::ping(b""));
         if self.outbox.is_lagging() && self.outbox.is_drained() {
             self.resync();
@@ -217,10 +243,35 @@ impl SessionCore {
         }
     }
 
-    /// Admits `len` inbound bytes as one message, or names the rate
-    /// (messages/s or bytes/s) it would exceed.
-    pub fn admit(&mut self, len: usize) -> Result<(), &'static str> {
-        self.rate.admit(len)
+    /// Charges `messages` inbound messages of `len` bytes in all against
+    /// the session's rate. Over the rate the session stops reading its
+    /// socket until the debt is paid back; `Err` (the close reason) once it
+    /// has been, or its debt says it will be, over the rate for longer than
+    /// `rate_limit_grace_ms`.
+    pub fn charge(&mut self, messages: usize, len: usize) -> Result<(), String> {
+        let wait = self.rate.charge(messages, len);
+        if wait.is_zero() {
+            return Ok(());
+        }
+        self.gate.pause_for(wait);
+        // Over the rate since `throttled_for`, and for `wait` more at least.
+        let grace = self.shared.config.limits.rate_limit_grace();
+        if self.rate.throttled_for(Instant::now()) + wait > grace {
+            return Err(format!(
+                "over the message or byte rate for longer than rate_limit_grace_ms ({} ms)",
+                grace.as_millis()
+            ));
+        }
+        Ok(())
+    }
+
+    /// `msg` for a room, counted as this session's queued work until the
+    /// room has handled it (`bytes`: its payload size).
+    pub fn track<M>(&self, msg: M, bytes: usize) -> Tracked<M> {
+        Tracked {
+            msg,
+            ticket: self.gate.ticket(bytes),
+        }
     }
 
     /// Takes one item of the WebSocket stream: answers pings, echoes a
@@ -235,6 +286,7 @@ impl SessionCore {
         A: Actor<Context = ws::WebsocketContext<A>>,
     {
         self.last_seen = Instant::now();
+        self.liveness.beat();
         if self.outbox.is_evicted() {
             self.close(ctx, close::SLOW_CONSUMER, "slow consumer");
             return None;

@@ -9,6 +9,10 @@
 //!   joined, token expiry), embedded by each session actor;
 //! - [`intake`]: fragments reassembled within `max_frame_bytes`, control
 //!   frames and framing errors named;
+//! - [`flow`]: whether a session reads its socket ([`flow::Gate`]): not
+//!   while over its rate or while too much of its work waits in rooms;
+//! - [`watchdog`]: a task outside the response body that shuts a stuck
+//!   connection's socket, since its session cannot run;
 //! - [`native`]: [`NativeSession`], the MessagePack protocol on `/ws`;
 //! - [`yjs`]: [`yjs::YjsSession`], y-protocols on `/yjs/{room}`, a thin
 //!   adapter over the sans-I/O sync logic in [`crate::sync`].
@@ -17,8 +21,10 @@
 //! hands a session: [`Shared`], [`Sessions`] and [`Admission`].
 
 pub mod core;
+pub mod flow;
 pub mod intake;
 pub mod native;
+pub mod watchdog;
 pub mod yjs;
 
 pub use native::NativeSession;
@@ -135,4 +141,15 @@ pub struct Admission {
     /// `/yjs` only: refused after the upgrade with this close code and
     /// reason (y-websocket cannot read an HTTP status).
     pub refusal: Option<(u16, String)>,
+    /// The connection's socket (a duplicate descriptor), for the watchdog
+    /// that shuts a stuck connection ([`watchdog`]).
+    pub socket: Option<std::net::TcpStream>,
+}
+
+impl Admission {
+    /// The same admission, with the connection's socket.
+    pub fn with_socket(mut self, socket: Option<std::net::TcpStream>) -> Self {
+        self.socket = socket;
+        self
+    }
 }

@@ -11,6 +11,7 @@ use actix_web_actors::ws;
 use bytes::Bytes;
 
 use super::core::{session_handlers, Session, SessionCore};
+use super::flow::{Gate, Tracked};
 use super::{Admission, Shared};
 use crate::auth::{now_secs, Rights};
 use crate::ids::MemberId;
@@ -29,14 +30,19 @@ pub struct NativeSession {
     core: SessionCore,
     /// Set by `hello`; nothing but `hello` and `ping` is accepted before.
     greeted: bool,
+    /// Size of the frame being handled: what a forwarded message weighs in
+    /// the session's queued work.
+    frame_len: usize,
 }
 
 impl NativeSession {
     /// A session that writes through `outbox`, admitted as `admission` says.
-    pub fn new(shared: Shared, outbox: Arc<Outbox>, admission: Admission) -> Self {
+    /// It reads its socket through `gate`.
+    pub fn new(shared: Shared, outbox: Arc<Outbox>, admission: Admission, gate: Arc<Gate>) -> Self {
         NativeSession {
-            core: SessionCore::new(shared, outbox, admission, close::TOO_BIG),
+            core: SessionCore::new(shared, outbox, admission, close::TOO_BIG, gate),
             greeted: false,
+            frame_len: 0,
         }
     }
 
@@ -109,15 +115,15 @@ impl NativeSession {
         );
     }
 
-    /// Admits one inbound message of `len` bytes, or answers
-    /// `rate_limited` and closes with 4429.
+    /// Charges one inbound message of `len` bytes (over the rate the
+    /// session is slowed); past the grace answers `rate_limited` and
+    /// closes with 1013.
     fn admit(&mut self, ctx: &mut ws::WebsocketContext<Self>, len: usize) -> bool {
-        let Err(limit) = self.core.admit(len) else {
+        let Err(reason) = self.core.charge(1, len) else {
             return true;
         };
-        let text = format!("over {limit}: slow down");
-        self.error(ctx, ErrorCode::RateLimited, text, None, None);
-        self.core.close(ctx, close::RATE_LIMITED, limit);
+        self.error(ctx, ErrorCode::RateLimited, reason.clone(), None, None);
+        self.core.close(ctx, close::TRY_AGAIN_LATER, &reason);
         false
     }
 
@@ -154,13 +160,13 @@ impl NativeSession {
         make: impl FnOnce(MemberId) -> M,
     ) where
         M: Message<Result = ()> + Send + 'static,
-        Room: Handler<M>,
+        Room: Handler<Tracked<M>>,
     {
         if let Err(text) = self.may(room, needs, what) {
             return self.error(ctx, ErrorCode::Forbidden, text, rid, Some(room));
         }
         if let Some(addr) = self.joined(ctx, room, rid) {
-            addr.do_send(make(self.core.id.clone()));
+            addr.do_send(self.core.track(make(self.core.id.clone()), self.frame_len));
         }
     }
 
@@ -168,6 +174,7 @@ impl NativeSession {
         if !self.admit(ctx, bytes.len()) {
             return;
         }
+        self.frame_len = bytes.len();
         let msg = match decode_client(bytes) {
             Ok(msg) => msg,
             Err(e) => return self.error(ctx, e.code, e.message, e.rid, None),
@@ -284,11 +291,13 @@ impl NativeSession {
                     return self.error(ctx, ErrorCode::Forbidden, text, rid, Some(&room));
                 }
                 if let Some(addr) = self.joined(ctx, &room, rid) {
-                    addr.do_send(ClientUpdate {
+                    let len = data.0.len();
+                    let update = ClientUpdate {
                         member: self.core.id.clone(),
                         data: Bytes::from(data.0),
                         rid,
-                    });
+                    };
+                    addr.do_send(self.core.track(update, len));
                 }
             }
             ClientMessage::Presence { room, state, rid } => {
@@ -314,12 +323,13 @@ impl NativeSession {
                     let text = format!("cursor is {size} bytes, over max_presence_bytes ({max})");
                     return self.error(ctx, ErrorCode::PresenceTooLarge, text, rid, Some(&room));
                 }
-                addr.do_send(SetCursor {
+                let cursor = SetCursor {
                     member: self.core.id.clone(),
                     anchor: anchor.map(|b| b.0),
                     head: head.map(|b| b.0),
                     rid,
-                });
+                };
+                addr.do_send(self.core.track(cursor, size));
             }
             ClientMessage::Typing { room, on, rid } => {
                 let set = |member| SetTyping { member, on };

@@ -23,20 +23,24 @@
 //! without the write right that sends a non-empty update gets "permission
 //! denied" and close 4403; awareness from a session without the presence
 //! right is ignored (a stock client always sends its own state). The
-//! session closes with 4440 when its token expires, and with 4429 over
-//! the message or byte rate.
+//! session closes with 4440 when its token expires. Over the message or
+//! byte rate it is slowed (see [`super::flow`]); past `rate_limit_grace_ms`
+//! it closes with 1013, which y-websocket retries.
 //!
 //! Liveness: the server pings every `heartbeat_ms`; a connection that sends
 //! nothing (no frame, no pong) for `client_timeout_ms` is closed with 4000
 //! (transient: the client reconnects), so a dead client is dropped at most
 //! `client_timeout_ms + heartbeat_ms` after its last frame (20 s by default).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
 
 use super::core::{session_handlers, Session, SessionCore};
+use super::flow::{Gate, Pump};
 use super::{Admission, Shared};
 use crate::outbox::{Frame, Outbox};
 use crate::protocol::{close, validate_room_id};
@@ -56,6 +60,16 @@ pub struct YjsSession {
     sync: Option<DocSync>,
     /// Set by the HTTP layer: refused with this on start.
     refusal: Option<Refusal>,
+    /// When the last query awareness went to the room: a query is answered
+    /// at most once per tick.
+    last_query: Option<Instant>,
+    /// A query came within the tick of the last one: it goes to the room
+    /// when the tick ends (once, however many came).
+    query_deferred: bool,
+    /// Actions of the last frame not sent yet: at most `max_queued_messages`
+    /// wait in the room at once; the rest are sent as the room handles
+    /// earlier ones ([`Pump`]), and the socket is not read meanwhile.
+    held: VecDeque<Action>,
 }
 
 impl YjsSession {
@@ -66,16 +80,20 @@ impl YjsSession {
         outbox: Arc<Outbox>,
         room_name: String,
         mut admission: Admission,
+        gate: Arc<Gate>,
     ) -> Self {
         let refusal = admission
             .refusal
             .take()
             .map(|(code, reason)| Refusal::Denied { code, reason });
         YjsSession {
-            core: SessionCore::new(shared, outbox, admission, close::YJS_TOO_LARGE),
+            core: SessionCore::new(shared, outbox, admission, close::YJS_TOO_LARGE, gate),
             room_name,
             sync: None,
             refusal,
+            last_query: None,
+            query_deferred: false,
+            held: VecDeque::new(),
         }
     }
 
@@ -119,34 +137,97 @@ impl YjsSession {
         self.core.join(ctx, id, Protocol::Yjs, None, None, None);
     }
 
-    fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
-        if let Err(limit) = self.core.admit(bytes.len()) {
-            return self.core.close(ctx, close::RATE_LIMITED, limit);
+    /// Sends the room a query awareness, at most once per tick: one that
+    /// comes sooner is deferred to the end of the tick, and further ones
+    /// within it are answered by that one.
+    fn query_awareness(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let tick = self.core.shared.config.limits.tick();
+        let now = Instant::now();
+        let since = self.last_query.map(|t| now.saturating_duration_since(t));
+        if since.is_none_or(|since| since >= tick) && !self.query_deferred {
+            self.last_query = Some(now);
+            if let Some(room) = self.room() {
+                room.do_send(self.core.track(
+                    QueryAwareness {
+                        member: self.core.id.clone(),
+                    },
+                    0,
+                ));
+            }
+            return;
         }
-        let messages = match sync::decode(bytes) {
+        if self.query_deferred {
+            return;
+        }
+        self.query_deferred = true;
+        let wait = tick.saturating_sub(since.unwrap_or_default());
+        ctx.run_later(wait, |act, ctx| {
+            act.query_deferred = false;
+            act.query_awareness(ctx);
+        });
+    }
+
+    fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
+        let max = self.core.shared.config.limits.max_messages_per_frame;
+        let messages = match sync::decode_at_most(bytes, max) {
             Ok(messages) => messages,
             Err(refusal) => return self.refuse(ctx, &refusal),
         };
-        let (Some(sync), Some(room)) = (&self.sync, self.room()) else {
+        if let Err(reason) = self.core.charge(messages.len(), bytes.len()) {
+            return self.core.close(ctx, close::TRY_AGAIN_LATER, &reason);
+        }
+        let Some(sync) = &self.sync else {
             return;
         };
         let outcome = sync.receive(messages);
-        let member = &self.core.id;
-        for action in outcome.actions {
-            let member = member.clone();
-            match action {
-                Action::SyncStep1(sv) => room.do_send(SyncStep1 { member, sv }),
-                Action::Update(data) => room.do_send(ClientUpdate {
-                    member,
-                    data,
-                    rid: None,
-                }),
-                Action::Awareness(entries) => room.do_send(AwarenessUpdate { member, entries }),
-                Action::QueryAwareness => room.do_send(QueryAwareness { member }),
-            }
-        }
+        self.held.extend(outcome.actions);
+        self.pump(ctx);
         if let Some(refusal) = outcome.refusal {
             self.refuse(ctx, &refusal);
+        }
+    }
+
+    /// Sends held actions to the room while it has room for them; holds
+    /// the socket closed while some are left.
+    fn pump(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(room) = self.room().cloned() else {
+            self.held.clear();
+            self.core.gate.hold(false);
+            return;
+        };
+        // Held from before the first send: a ticket returned meanwhile
+        // then asks for the next pump instead of waking the reader.
+        self.core.gate.hold(true);
+        let mut query = false;
+        while self.core.gate.has_room() {
+            let Some(action) = self.held.pop_front() else {
+                break;
+            };
+            let member = self.core.id.clone();
+            let core = &self.core;
+            match action {
+                Action::SyncStep1(sv) => room.do_send(core.track(SyncStep1 { member, sv }, 0)),
+                Action::Update(data) => {
+                    let len = data.len();
+                    let update = ClientUpdate {
+                        member,
+                        data,
+                        rid: None,
+                    };
+                    room.do_send(core.track(update, len));
+                }
+                Action::Awareness(entries) => {
+                    let len = entries.iter().map(|(e, _)| e.json.len()).sum();
+                    room.do_send(core.track(AwarenessUpdate { member, entries }, len));
+                }
+                Action::QueryAwareness => query = true,
+            }
+        }
+        if query {
+            self.query_awareness(ctx);
+        }
+        if self.held.is_empty() {
+            self.core.gate.hold(false);
         }
     }
 }
@@ -171,6 +252,7 @@ impl Actor for YjsSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.core.start(ctx);
+        self.core.gate.set_pump(ctx.address().recipient());
         match self.refusal.take() {
             Some(refusal) => self.refuse(ctx, &refusal),
             None => self.join(ctx),
@@ -184,3 +266,11 @@ impl Actor for YjsSession {
 }
 
 session_handlers!(YjsSession);
+
+impl Handler<Pump> for YjsSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Pump, ctx: &mut Self::Context) {
+        self.pump(ctx);
+    }
+}

@@ -120,7 +120,15 @@ impl Refusal {
 
 impl From<DecodeError> for Refusal {
     fn from(e: DecodeError) -> Self {
-        Refusal::Malformed(e.to_string())
+        match e {
+            // No stock client packs that many messages in a frame: refused
+            // for good, like a frame over `max_frame_bytes`.
+            DecodeError::TooManyMessages(_) => Refusal::Denied {
+                code: close::YJS_TOO_LARGE,
+                reason: e.to_string(),
+            },
+            e => Refusal::Malformed(e.to_string()),
+        }
     }
 }
 
@@ -138,6 +146,12 @@ pub struct Outcome {
 /// is not y-protocols is [`Refusal::Malformed`].
 pub fn decode(frame: &[u8]) -> Result<Vec<YjsMessage>, Refusal> {
     Ok(yjs::decode_frame(frame)?)
+}
+
+/// [`decode`], refusing a frame of more than `max` messages (close 4413)
+/// before the rest of it is read.
+pub fn decode_at_most(frame: &[u8], max: usize) -> Result<Vec<YjsMessage>, Refusal> {
+    Ok(yjs::decode_frame_at_most(frame, max)?)
 }
 
 /// One client's sync with one document: what it may do there, and the

@@ -24,7 +24,7 @@ fn interop_dir() -> PathBuf {
 }
 
 /// Checks for node and npm and installs the locked packages if needed.
-fn ensure_node_modules() -> PathBuf {
+pub(crate) fn ensure_node_modules() -> PathBuf {
     let dir = interop_dir();
     let _guard = NPM.lock().unwrap_or_else(|e| e.into_inner());
     let node = std::process::Command::new("node").arg("--version").output();

@@ -1,6 +1,7 @@
 //! Integration tests against a real server on port 0, over real WebSockets.
 //! One test binary (modules below) keeps link time down.
 
+mod abuse;
 mod cluster;
 mod common;
 mod core;

@@ -373,6 +373,7 @@ async fn security_rate_and_connection_limits() {
     let srv = server(|c| {
         c.limits.max_messages_per_sec = 20;
         c.limits.max_bytes_per_sec = 4096;
+        c.limits.rate_limit_grace_ms = 300;
         c.limits.max_frame_bytes = 2048;
         c.limits.max_connections_per_ip = 6;
         c.limits.connections_per_ip_per_sec = 1000;
@@ -381,13 +382,16 @@ async fn security_rate_and_connection_limits() {
     let doc = TestDoc::new();
     calm.join("r", &doc).await;
 
-    // Messages per second: error rate_limited, then close 4429.
+    // Messages per second: slowed, then (flooding past the grace) error
+    // rate_limited and close 1013.
     let mut flood = Client::connect(srv.addr).await;
-    for i in 0..60 {
-        if flood
-            .try_send(&ClientMessage::Ping { rid: Some(i) })
-            .await
-            .is_err()
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    for i in 0.. {
+        if std::time::Instant::now() > until
+            || flood
+                .try_send(&ClientMessage::Ping { rid: Some(i) })
+                .await
+                .is_err()
         {
             break;
         }
@@ -401,12 +405,13 @@ async fn security_rate_and_connection_limits() {
             ..
         }
     ));
-    assert_eq!(flood.closed().await, Some(close::RATE_LIMITED));
+    assert_eq!(flood.closed().await, Some(close::TRY_AGAIN_LATER));
 
     // Bytes per second: a few 1.5 KB frames exceed 4 KiB/s.
     let mut hog = Client::connect(srv.addr).await;
-    for _ in 0..6 {
-        let _ = hog
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        let sent = hog
             .try_send(&ClientMessage::Event {
                 room: "r".into(),
                 name: "x".repeat(1500),
@@ -414,6 +419,9 @@ async fn security_rate_and_connection_limits() {
                 rid: None,
             })
             .await;
+        if sent.is_err() {
+            break;
+        }
     }
     assert!(matches!(
         hog.expect(|m| matches!(
@@ -426,7 +434,7 @@ async fn security_rate_and_connection_limits() {
         .await,
         ServerMessage::Error { .. }
     ));
-    assert_eq!(hog.closed().await, Some(close::RATE_LIMITED));
+    assert_eq!(hog.closed().await, Some(close::TRY_AGAIN_LATER));
 
     // Oversize frame: 1009, unchanged by the rate limits.
     let mut big = Client::connect(srv.addr).await;

@@ -18,6 +18,9 @@ pub async fn client_urls(
     rooms: &[String],
     concurrency: usize,
 ) -> Result<HashMap<String, String>> {
+    // reqwest's rustls (enabled by the server's features in this
+    // workspace) needs a process-wide provider; an error means one is set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Loopback only: no proxy from the environment.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -1,0 +1,91 @@
+//! Stuck connections are closed even when their session cannot run.
+//!
+//! A session actor runs inside its response body's poll
+//! ([`crate::outbox::OutboxBody`]), and actix-http polls the body only as
+//! the socket drains: a client that stopped reading (its socket full)
+//! stops its session, heartbeat included, for as long as it likes. So the
+//! heartbeat cannot close it. A [`Liveness`] records when the session last
+//! ran and found its client alive ([`Liveness::beat`]); a task outside the
+//! body ([`watch`]) checks it every heartbeat, and past
+//! `client_timeout + heartbeat` without a beat it shuts the socket down.
+//! actix-http then fails the connection and drops the body, which stops the
+//! session the ordinary way: it leaves its rooms (others see it go), gives
+//! its per-IP slot back, and counts as closed.
+
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// When a session last showed it is alive, and the socket to shut down
+/// when it is not.
+#[derive(Debug)]
+pub struct Liveness {
+    /// Reference point of `beat_ms`.
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last beat.
+    beat_ms: AtomicU64,
+    /// The connection's socket (a duplicate of its descriptor, closed with
+    /// this). `None` when the server could not get it (then only the
+    /// session's own heartbeat closes the connection).
+    socket: Option<TcpStream>,
+}
+
+impl Liveness {
+    /// A liveness beaten now, that shuts `socket` when stale.
+    pub fn new(socket: Option<TcpStream>) -> Arc<Liveness> {
+        Arc::new(Liveness {
+            epoch: Instant::now(),
+            beat_ms: AtomicU64::new(0),
+            socket,
+        })
+    }
+
+    /// The session ran and its client is alive (or paused on purpose).
+    pub fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.beat_ms.store(ms, Ordering::Release);
+    }
+
+    /// Time since the last beat.
+    pub fn silent_for(&self) -> Duration {
+        let beat = Duration::from_millis(self.beat_ms.load(Ordering::Acquire));
+        self.epoch.elapsed().saturating_sub(beat)
+    }
+
+    /// Resets the connection: what waits in the kernel is discarded (linger
+    /// 0) and both directions are shut, so actix-http's next write or read
+    /// fails and it drops the connection.
+    fn shut(&self) -> bool {
+        let Some(socket) = &self.socket else {
+            return false;
+        };
+        let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+        socket.shutdown(Shutdown::Both).is_ok()
+    }
+}
+
+/// Watches `liveness` every `every` until its session is gone (the last
+/// strong reference dropped with the connection); shuts its socket once it
+/// has been silent for more than `limit`.
+pub fn watch(liveness: &Arc<Liveness>, every: Duration, limit: Duration) {
+    let weak: Weak<Liveness> = Arc::downgrade(liveness);
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(liveness) = weak.upgrade() else {
+                return;
+            };
+            let silent = liveness.silent_for();
+            if silent > limit {
+                let shut = liveness.shut();
+                tracing::info!(
+                    silent_ms = silent.as_millis() as u64,
+                    shut,
+                    "connection stuck (its session could not run): socket shut down"
+                );
+                return;
+            }
+        }
+    });
+}
