@@ -117,12 +117,32 @@ pub struct Metrics {
     pub store_latency: Histogram,
     /// Errors sent to clients (WebSocket `error` messages and API errors), by code.
     errors: Family<ErrorCode, Counter>,
+    /// WebSocket connections closed, by close code.
+    closes: Family<CloseCode, Counter>,
+    /// Connections and requests refused before a session existed, by reason.
+    refusals: Family<RefusalReason, Counter>,
 }
+
+/// Label set of the close counters: `code="4000"`.
+type CloseCode = [(&'static str, u16); 1];
+
+/// Label set of the refusal counters: `reason="..."`.
+type RefusalReason = [(&'static str, &'static str); 1];
 
 impl Metrics {
     /// Counts an error sent with `code`.
     pub fn error(&self, code: &'static str) {
         self.errors.get_or_create(&[("code", code)]).inc();
+    }
+
+    /// Counts a WebSocket connection closed with `code`.
+    pub fn closed(&self, code: u16) {
+        self.closes.get_or_create(&[("code", code)]).inc();
+    }
+
+    /// Counts a connection refused for `reason` (a short snake_case name).
+    pub fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// Adds one message of `bytes` to the inbound counters.
@@ -215,6 +235,16 @@ impl Metrics {
             "chorus_errors",
             "Errors sent to clients, by code",
             self.errors.clone(),
+        );
+        registry.register(
+            "chorus_closes",
+            "WebSocket connections closed, by close code (1005: the client closed without one; 1006: the socket was lost or shut)",
+            self.closes.clone(),
+        );
+        registry.register(
+            "chorus_refusals",
+            "Connections refused before a session started, by reason",
+            self.refusals.clone(),
         );
     }
 }

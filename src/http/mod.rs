@@ -399,6 +399,17 @@ enum Route {
     Yjs,
 }
 
+/// Counts and logs a connection refused before its session started.
+fn note_refusal(shared: &Shared, req: &HttpRequest, reason: &'static str, text: &str) {
+    shared.metrics.refused(reason);
+    tracing::info!(
+        reason,
+        path = req.path(),
+        peer = ?req.peer_addr().map(|a| a.ip()),
+        "connection refused: {text}"
+    );
+}
+
 /// A plain-text refusal before the upgrade.
 fn refuse(status: actix_web::http::StatusCode, text: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status)
@@ -454,6 +465,7 @@ fn admit(req: &HttpRequest, shared: &Shared, route: Route) -> Result<Admission, 
                 .is_ok_and(|o| config.allowed_origins.iter().any(|a| a == o));
             if !ok {
                 let text = "this Origin is not allowed (allowed_origins)";
+                note_refusal(shared, req, "origin", text);
                 if route == Route::Native {
                     return Err(refuse(StatusCode::FORBIDDEN, text));
                 }
@@ -465,16 +477,28 @@ fn admit(req: &HttpRequest, shared: &Shared, route: Route) -> Result<Admission, 
     if let Some(ip) = client_ip(req, config.trust_forwarded_for) {
         match shared.ips.admit(ip) {
             Ok(slot) => admission.slot = Some(slot),
-            Err(e) => return Err(refuse(StatusCode::TOO_MANY_REQUESTS, e.to_string())),
+            Err(e) => {
+                let text = e.to_string();
+                let reason = match e {
+                    crate::limit::IpRefusal::TooManyConnections => "connections_per_ip",
+                    crate::limit::IpRefusal::TooFast => "connection_rate_per_ip",
+                };
+                note_refusal(shared, req, reason, &text);
+                return Err(refuse(StatusCode::TOO_MANY_REQUESTS, text));
+            }
         }
     }
     match (&shared.auth, request_token(req)) {
         (Some(verifier), Some(token)) => match verifier.verify(&token, now_secs()) {
             Ok(grants) => admission.grants = Some(grants),
-            Err(e) if route == Route::Native => {
-                return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()))
+            Err(e) => {
+                let text = e.to_string();
+                note_refusal(shared, req, "bad_token", &text);
+                if route == Route::Native {
+                    return Err(refuse(StatusCode::UNAUTHORIZED, text));
+                }
+                admission.refusal = Some((close::UNAUTHORIZED, text));
             }
-            Err(e) => admission.refusal = Some((close::UNAUTHORIZED, e.to_string())),
         },
         // The native session may still authenticate with `hello.token`.
         (Some(_), None) if route == Route::Native => {}

@@ -299,6 +299,11 @@ impl Outbox {
         let _ = self.waker.set(waker);
     }
 
+    /// Wire bytes written to the socket so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
     /// Bytes queued and not yet written to the socket.
     pub fn backlog(&self) -> u64 {
         let written = self.written.load(Ordering::Acquire);

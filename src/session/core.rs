@@ -131,6 +131,15 @@ pub struct SessionCore {
     liveness: Arc<Liveness>,
     /// Close code for a message over `max_frame_bytes` (the protocols differ).
     too_big: u16,
+    /// `native` or `yjs`, for the log line at close.
+    protocol: &'static str,
+    /// When the connection was accepted.
+    opened: Instant,
+    /// Inbound message bytes so far.
+    bytes_in: u64,
+    /// How the session ended: the code and reason it closed with (set by
+    /// the first close; a client's close counts as its own code, or 1005).
+    ended: std::cell::RefCell<Option<(u16, String)>>,
     /// Per-IP connection slot, freed when the session ends.
     _slot: Option<IpSlot>,
 }
@@ -147,7 +156,16 @@ impl SessionCore {
         too_big: u16,
         gate: Arc<Gate>,
     ) -> Self {
+        let protocol = if too_big == close::TOO_BIG {
+            "native"
+        } else {
+            "yjs"
+        };
         SessionCore {
+            protocol,
+            opened: Instant::now(),
+            bytes_in: 0,
+            ended: Default::default(),
             gate,
             liveness: Liveness::new(admission.socket),
             id: shared.sessions.next_id(),
@@ -208,8 +226,29 @@ impl SessionCore {
         }
     }
 
-    /// Leaves every room and the session table; called from `stopping`.
+    /// Leaves every room and the session table, and reports the close
+    /// (one info line; `chorus_closes_total` by code); called from
+    /// `stopping`.
     pub fn stop(&mut self) {
+        let (code, reason) = self
+            .ended
+            .borrow_mut()
+            .take()
+            .unwrap_or((1006, "connection lost".into()));
+        let mut rooms: Vec<&str> = self.rooms.keys().map(|r| &**r).collect();
+        rooms.sort_unstable();
+        tracing::info!(
+            session = %self.id,
+            protocol = self.protocol,
+            rooms = ?rooms,
+            code,
+            reason = %reason,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            bytes_in = self.bytes_in,
+            bytes_out = self.outbox.written(),
+            "connection closed"
+        );
+        self.shared.metrics.closed(code);
         for (_, room) in self.rooms.drain() {
             room.do_send(Leave {
                 member: self.id.clone(),
@@ -225,6 +264,9 @@ impl SessionCore {
         A: Actor<Context = ws::WebsocketContext<A>>,
     {
         tracing::debug!(session = %self.id, code, "closing session: {reason}");
+        self.ended
+            .borrow_mut()
+            .get_or_insert_with(|| (code, reason.to_owned()));
         self.outbox.push_close(&Frame::close(Some(code), reason));
         ctx.stop();
     }
@@ -293,14 +335,24 @@ impl SessionCore {
         }
         match self.intake.feed(item) {
             Inbound::Binary(bytes) => {
+                self.bytes_in += bytes.len() as u64;
                 self.shared.metrics.received(bytes.len());
                 return Some(Payload::Binary(bytes));
             }
-            Inbound::Text(len) => return Some(Payload::Text(len)),
+            Inbound::Text(len) => {
+                self.bytes_in += len as u64;
+                return Some(Payload::Text(len));
+            }
             Inbound::Ping(payload) => {
                 self.outbox.push(&Frame::pong(&payload));
             }
             Inbound::Close(reason) => {
+                let ended = match &reason {
+                    Some(r) => (u16::from(r.code), r.description.clone().unwrap_or_default()),
+                    None => (1005, String::new()),
+                };
+                let ended = (ended.0, format!("client closed: {}", ended.1));
+                self.ended.borrow_mut().get_or_insert(ended);
                 self.outbox.push_close(&echo_close(reason));
                 ctx.stop();
             }

@@ -469,3 +469,88 @@ async fn abuse_an_honest_y_websocket_burst_is_slowed_not_cut_off() {
         assert!(!(4400..=4499).contains(&code), "permanent close {code}");
     }
 }
+
+/// Operations see every close and refusal: one info log line per closed
+/// connection (protocol, rooms, code, reason, duration, bytes) and per
+/// refusal, and `/metrics` counts closes by code and refusals by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_and_refusals_are_logged_and_counted() {
+    let node = ChildServer::start(&["--allowed-origins", "https://ok.example"]);
+    let addr = node.addr;
+
+    // A native client in a room, closing normally.
+    let mut c = Client::connect(addr).await;
+    c.join("seen", &TestDoc::new()).await;
+    c.close().await;
+    // A /yjs client closed by the server: a bad message is 4400.
+    let mut y = crate::yjs::YClient::connect(addr, "seen-too").await;
+    y.send(vec![0x63]).await;
+    assert_eq!(y.closed().await, Some(close::YJS_BAD_MESSAGE));
+    // A refusal before any session: a browser from another origin.
+    let refused = Client::connect_path(addr, "/ws", &[("Origin", "https://evil.example")]).await;
+    assert_eq!(refused.err(), Some(403));
+
+    let closes = |code: u16| format!("chorus_closes_total{{code=\"{code}\"}}");
+    let counted = |name: String| async move {
+        let (_, body) = crate::common::http_get(addr, "/metrics").await;
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name.as_str())
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    let all_closes = || async {
+        let (_, body) = crate::common::http_get(addr, "/metrics").await;
+        body.lines()
+            .filter(|l| l.starts_with("chorus_closes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    crate::common::eventually("closes counted by code", || async {
+        counted(closes(close::YJS_BAD_MESSAGE)).await >= 1.0 && all_closes().await >= 2.0
+    })
+    .await;
+    assert_eq!(
+        metric(addr, "chorus_refusals_total{reason=\"origin\"}").await,
+        1.0
+    );
+
+    let logs = node.logs();
+    let closed: Vec<serde_json::Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "connection closed")
+        .collect();
+    let native = closed
+        .iter()
+        .find(|v| v["fields"]["protocol"] == "native")
+        .unwrap_or_else(|| panic!("no native close line in {logs:#?}"));
+    assert_eq!(native["level"], "INFO");
+    // The test client sends 1000 and drops its socket at once, which the
+    // server may see first as a broken stream: any code, as long as it is
+    // the one counted.
+    let code = native["fields"]["code"].as_u64().expect("a close code") as u16;
+    assert!(counted(closes(code)).await >= 1.0);
+    assert!(native["fields"]["rooms"]
+        .as_str()
+        .unwrap_or("")
+        .contains("seen"));
+    assert!(native["fields"]["bytes_in"].as_u64().unwrap_or(0) > 0);
+    assert!(native["fields"]["bytes_out"].as_u64().unwrap_or(0) > 0);
+    assert!(native["fields"]["duration_ms"].is_u64());
+    let yjs = closed
+        .iter()
+        .find(|v| v["fields"]["protocol"] == "yjs")
+        .unwrap_or_else(|| panic!("no /yjs close line in {logs:#?}"));
+    assert_eq!(yjs["fields"]["code"], close::YJS_BAD_MESSAGE);
+    assert!(yjs["fields"]["rooms"]
+        .as_str()
+        .unwrap_or("")
+        .contains("seen-too"));
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("connection refused") && l.contains("origin")),
+        "no refusal line in {logs:#?}"
+    );
+}
