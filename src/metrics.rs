@@ -64,6 +64,11 @@ pub struct Metrics {
     pub subscribers: AtomicU64,
     /// Subscribers closed with `reset` because they fell behind.
     pub subscribers_lagged: AtomicU64,
+    /// Droppable frames (deltas, presence, ephemeral) not queued for a
+    /// WebSocket member because its outbox was over the soft limit.
+    pub frames_dropped: AtomicU64,
+    /// Lagging WebSocket members resynced once their outbox drained.
+    pub resyncs: AtomicU64,
     /// Webhook deliveries accepted (2xx).
     pub webhooks_delivered: AtomicU64,
     /// Webhook deliveries given up after every attempt.
@@ -101,7 +106,7 @@ impl Metrics {
 
     /// Appends this set in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let counters: [(&str, &str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &str, &AtomicU64); 12] = [
             (
                 "chorus_messages_in_total",
                 "counter",
@@ -137,6 +142,18 @@ impl Metrics {
                 "counter",
                 "Subscribers closed with reset because they fell behind.",
                 &self.subscribers_lagged,
+            ),
+            (
+                "chorus_frames_dropped_total",
+                "counter",
+                "Frames not queued for a member over its outbound soft limit.",
+                &self.frames_dropped,
+            ),
+            (
+                "chorus_resyncs_total",
+                "counter",
+                "Lagging members resynced from their state vector.",
+                &self.resyncs,
             ),
             (
                 "chorus_webhooks_delivered_total",

@@ -241,6 +241,9 @@ pub struct Stats {
     pub received: AtomicU64,
     /// Gaps seen (resyncs asked for).
     pub gaps: AtomicU64,
+    /// Reads of a room's log that brought entries the room had missed
+    /// (after a gap, a reconnection or a lost log).
+    pub recoveries: AtomicU64,
     /// True while the pub/sub connection is up.
     pub connected: AtomicBool,
     /// True while the publishing connection is up.
@@ -394,6 +397,11 @@ impl Bridge {
         self.stats.gaps.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a read of the log that brought missed entries.
+    pub fn recovered(&self) {
+        self.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Prometheus lines for the bridge.
     pub fn render(&self, out: &mut String) {
         let s = &self.stats;
@@ -436,6 +444,13 @@ impl Bridge {
             "counter",
             "Sequence gaps seen (each asks the other nodes for a resync).",
             s.gaps.load(Ordering::Relaxed),
+        );
+        line(
+            out,
+            "chorus_cluster_recoveries_total",
+            "counter",
+            "Reads of a room's log that brought entries the node had missed.",
+            s.recoveries.load(Ordering::Relaxed),
         );
     }
 }

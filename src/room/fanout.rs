@@ -4,6 +4,8 @@
 //! once per protocol present; the same frame (shared bytes) is offered to
 //! every member's [`Outbox`]. Errors and refusals go to one member.
 
+use std::sync::atomic::Ordering;
+
 use super::*;
 
 /// Longest update window, in ticks ([`Room::update_window`]): updates of
@@ -120,7 +122,10 @@ impl Room {
                 .offer(&member.link.recipient, frame, class)
             {
                 Offer::Sent => self.metrics.sent(frame.payload_len()),
-                Offer::Dropped => dropped.push(id.clone()),
+                Offer::Dropped => {
+                    self.metrics.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                    dropped.push(id.clone());
+                }
                 Offer::Evicted => {}
             }
         }

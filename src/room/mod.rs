@@ -1091,6 +1091,11 @@ impl Handler<Resync> for Room {
             return;
         };
         let link = &member.link;
+        if from.is_some() || presence {
+            self.metrics
+                .resyncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(sv) = from {
             let diff = self.doc.transact().encode_diff_v1(&sv);
             tracing::debug!(room = %self.id, member = %msg.member, "resyncing lagging member");

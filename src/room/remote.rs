@@ -114,9 +114,15 @@ impl Room {
         }
         let lost = self.log_epoch.is_some() && self.log_epoch != read.epoch;
         let parts: Vec<&Bytes> = read.snapshot.iter().chain(read.updates.iter()).collect();
+        let before = self.doc.transact().state_vector();
         for part in &parts {
             if let Err((_, e)) = self.apply_accepted(part, None, ctx) {
                 tracing::error!(room = %self.id, "log entry refused: {e}");
+            }
+        }
+        if self.doc.transact().state_vector() != before {
+            if let Some(bridge) = &self.cluster {
+                bridge.recovered();
             }
         }
         if lost {
