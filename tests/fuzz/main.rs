@@ -152,8 +152,10 @@ fn seed() -> u64 {
         .unwrap_or(1)
 }
 
-/// Runs `body` armed and checks the largest allocation.
+/// Runs `body` armed; checks that nothing panicked meanwhile, then the
+/// largest allocation.
 fn armed<T>(name: &str, body: impl FnOnce() -> T) -> T {
+    let panicked = panics();
     LARGEST.store(0, Ordering::Relaxed);
     ARMED.store(true, Ordering::Relaxed);
     let start = Instant::now();
@@ -165,6 +167,8 @@ fn armed<T>(name: &str, body: impl FnOnce() -> T) -> T {
         cases(),
         start.elapsed()
     );
+    // First: a panic's report allocates more than the bound allows.
+    assert_no_panic(name, panicked);
     // yrs reserves capacity from counts in an update, and serde from the
     // array / map headers of a MessagePack message; `protocol::yupdate` and
     // `native::decode_client` check those counts against the bytes first,
@@ -390,7 +394,6 @@ fn hex(b: &[u8]) -> String {
 fn fuzz_yrs_update() {
     use yrs::updates::decoder::Decode;
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let panicked = panics();
     let mut rng = StdRng::seed_from_u64(seed());
     let counts = armed("yrs_update", || {
         let mut counts = [(0, 0); 2];
@@ -409,14 +412,12 @@ fn fuzz_yrs_update() {
         }
         counts
     });
-    assert_no_panic("yrs_update", panicked);
     assert_accepts("yrs_update", counts[0], counts[1], 0.01);
 }
 
 #[test]
 fn fuzz_native_decoder() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let panicked = panics();
     let mut rng = StdRng::seed_from_u64(seed());
     let counts = armed("native_decoder", || {
         let mut counts = [(0, 0); 2];
@@ -438,14 +439,12 @@ fn fuzz_native_decoder() {
         }
         counts
     });
-    assert_no_panic("native_decoder", panicked);
     assert_accepts("native_decoder", counts[0], counts[1], 0.01);
 }
 
 #[test]
 fn fuzz_yjs_decoder() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let panicked = panics();
     let mut rng = StdRng::seed_from_u64(seed());
     let counts = armed("yjs_decoder", || {
         let mut counts = [(0, 0); 2];
@@ -466,7 +465,6 @@ fn fuzz_yjs_decoder() {
         }
         counts
     });
-    assert_no_panic("yjs_decoder", panicked);
     assert_accepts("yjs_decoder", counts[0], counts[1], 0.01);
 }
 
@@ -804,7 +802,6 @@ async fn yjs_session(addr: std::net::SocketAddr, rng: &mut StdRng, cases: u64) -
 #[test]
 fn fuzz_session() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let panicked = panics();
     let srv = fuzz_server();
     let addr = srv.addr;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -821,7 +818,9 @@ fn fuzz_session() {
         })
     });
     eprintln!("fuzz session: native {native:?}, /yjs {yjs:?}");
-    // A round trip after every batch (each one asserted above) …
+    // No panic anywhere, caught (the room catches yrs panics) or not
+    // (checked by `armed`), and a round trip after every batch (each one
+    // asserted above).
     for (name, st, cases) in [("native", &native, n / 2), ("/yjs", &yjs, n - n / 2)] {
         assert!(
             st.round_trips >= cases / BATCH / 2,
@@ -829,7 +828,5 @@ fn fuzz_session() {
             st.round_trips
         );
     }
-    // … and no panic anywhere, caught (the room catches yrs panics) or not.
-    assert_no_panic("session", panicked);
     srv.shutdown();
 }
