@@ -9,5 +9,6 @@ mod http;
 mod interop;
 mod security;
 mod store;
+mod tap;
 mod vectors;
 mod yjs;
