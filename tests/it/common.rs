@@ -274,6 +274,14 @@ impl Client {
             .expect("send");
     }
 
+    /// Sends `text` as one text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
     /// Next server message (panics after [`WAIT`] or if the socket closes).
     pub async fn recv(&mut self) -> ServerMessage {
         if let Some(m) = self.backlog.pop_front() {

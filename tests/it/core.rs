@@ -72,7 +72,7 @@ async fn two_clients_converge_and_a_late_joiner_gets_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_many_rooms_without_leaks() {
-    let srv = server(|_| {});
+    let srv = server(|c| c.limits.room_idle_ms = 100);
     let mut writer = Client::connect(srv.addr).await;
     let mut readers = Vec::new();
     let rooms = ["r1", "r2", "r3"];
@@ -103,6 +103,22 @@ async fn one_connection_many_rooms_without_leaks() {
             "update from another room leaked: {other:?}"
         );
     }
+    // Nothing is left behind once everyone is gone: no connection, no
+    // member keeping a room alive (every room is evicted).
+    writer.close().await;
+    for r in readers {
+        r.close().await;
+    }
+    let addr = srv.addr;
+    crate::common::eventually("connections closed and rooms evicted", || async move {
+        crate::common::metric(addr, "chorus_connections ").await == 0.0
+            && crate::common::metric(addr, "chorus_rooms_active").await == 0.0
+    })
+    .await;
+    assert_eq!(
+        crate::common::metric(addr, "chorus_rooms_evicted_total").await,
+        3.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,6 +134,8 @@ async fn presence_cursors_typing_and_events() {
     // B's snapshot shows Alice; A hears Bob join.
     let b_id = b.session.clone();
     let a_id = a.session.clone();
+    b.expect(|m| matches!(m, ServerMessage::Presence { snapshot: true, joined, .. } if joined.iter().any(|v| v.id == a_id && v.state["name"] == "Alice")))
+        .await;
     a.expect(|m| matches!(m, ServerMessage::Presence { joined, .. } if joined.iter().any(|v| v.id == b_id && v.state["name"] == "Bob")))
         .await;
 
@@ -367,7 +385,25 @@ async fn bad_input_gets_errors_and_costs_nothing_else() {
     }
     assert_eq!((synced, refused), (100, 2_000));
 
-    // Text frame on the native protocol.
+    // Text frame on the native protocol (even one holding JSON): an error,
+    // and the connection stays usable.
+    bad.send_text(r#"{"t":"ping","rid":15}"#).await;
+    let got = bad
+        .expect(|m| matches!(m, ServerMessage::Error { .. }))
+        .await;
+    assert!(
+        matches!(
+            got,
+            ServerMessage::Error {
+                code: ErrorCode::BadMessage,
+                ..
+            }
+        ),
+        "text frame: {got:?}"
+    );
+    bad.send(&ClientMessage::Ping { rid: Some(16) }).await;
+    bad.expect(|m| matches!(m, ServerMessage::Pong { rid: Some(16) }))
+        .await;
     // 10x oversize frame: closed with 1009.
     let mut huge = Client::connect(srv.addr).await;
     huge.send_raw(vec![0x80; 640 * 1024]).await;
