@@ -576,6 +576,16 @@ async fn slow_consumers_cost_bounded_memory_and_resync() {
                 })
                 .await;
         }
+        // A cursor move while the slow member is behind: dropped too, and
+        // sent again with the presence snapshot of its resync.
+        writer
+            .send(&ClientMessage::Cursor {
+                room: room.clone(),
+                anchor: Some(Bin(relative_position())),
+                head: None,
+                rid: None,
+            })
+            .await;
         for _ in 0..UPDATES {
             let u = TestDoc::independent_insert(&chunk);
             writer_doc.apply(&u);
@@ -621,21 +631,27 @@ async fn slow_consumers_cost_bounded_memory_and_resync() {
     );
 
     // The slow members read again: they drain, are resynced, and converge.
-    for (room, slow, slow_doc, _, writer_doc) in &mut rooms {
+    for (room, slow, slow_doc, writer, writer_doc) in &mut rooms {
         let want = writer_doc.text();
         let mut resync_seen = false;
+        let mut cursor_seen = false;
         let mut updates = 0;
-        while slow_doc.text() != want {
-            if let ServerMessage::Update {
-                room: r,
-                data,
-                origin,
-            } = slow.recv().await
-            {
-                assert_eq!(&r, room);
-                updates += 1;
-                resync_seen |= origin.is_none();
-                slow_doc.apply(&data.0);
+        while slow_doc.text() != want || !cursor_seen {
+            match slow.recv().await {
+                ServerMessage::Update {
+                    room: r,
+                    data,
+                    origin,
+                } => {
+                    assert_eq!(&r, room);
+                    updates += 1;
+                    resync_seen |= origin.is_none();
+                    slow_doc.apply(&data.0);
+                }
+                ServerMessage::Cursor { cursors, .. } => {
+                    cursor_seen |= cursors.iter().any(|c| c.id == writer.session);
+                }
+                _ => {}
             }
         }
         assert!(
@@ -645,6 +661,50 @@ async fn slow_consumers_cost_bounded_memory_and_resync() {
     }
     let resyncs = crate::common::metric(addr, "chorus_resyncs_total").await;
     assert!(resyncs >= ROOMS as f64, "resyncs: {resyncs}");
+}
+
+/// Frames that cannot be dropped (here `synced`, one per join) still stop
+/// at the hard limit: a member that asks for 32 MB of documents and does
+/// not read is closed with 4008 (slow consumer) instead of being buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_past_the_hard_limit_is_closed_with_4008() {
+    const ROOMS: usize = 32;
+    let srv = server(|c| {
+        c.limits.outbound_buffer_bytes = 64 * 1024;
+        // The smallest the configuration allows: buffer + one whole document.
+        c.limits.max_doc_bytes = 1536 * 1024;
+        c.limits.outbound_hard_limit_bytes = 64 * 1024 + 1536 * 1024;
+        c.limits.max_bytes_per_sec = 0;
+        c.limits.max_messages_per_sec = 0;
+        c.limits.max_rooms_per_connection = 100;
+    });
+    let mut writer = Client::connect(srv.addr).await;
+    let big = "z".repeat(1024 * 1024);
+    for r in 0..ROOMS {
+        let room = format!("big-{r}");
+        writer.join(&room, &TestDoc::new()).await;
+        writer
+            .update_acked(&room, TestDoc::independent_insert(&big))
+            .await;
+    }
+    let mut slow = Client::connect(srv.addr).await;
+    for r in 0..ROOMS {
+        slow.send(&ClientMessage::Join {
+            room: format!("big-{r}"),
+            sv: None,
+            presence: None,
+            rid: Some(r as u64),
+        })
+        .await;
+    }
+    // Let the server queue what it will before reading anything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // What was queued is read, then the close (none would come without
+    // the limit: `closed` times out).
+    assert_eq!(
+        slow.closed().await,
+        Some(chorus::protocol::close::SLOW_CONSUMER)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
