@@ -103,6 +103,11 @@ pub struct Metrics {
     pub subscribers: Gauge,
     /// Subscribers closed with `reset` because they fell behind.
     pub subscribers_lagged: Counter,
+    /// Droppable frames (deltas, presence, ephemeral) not queued for a
+    /// WebSocket member because its outbox was over the soft limit.
+    pub frames_dropped: Counter,
+    /// Lagging WebSocket members resynced once their outbox drained.
+    pub resyncs: Counter,
     /// Webhook deliveries accepted (2xx).
     pub webhooks_delivered: Counter,
     /// Webhook deliveries given up after every attempt.
@@ -196,6 +201,16 @@ impl Metrics {
                 "chorus_subscribers_lagged",
                 "Subscribers closed with reset because they fell behind",
                 &self.subscribers_lagged,
+            ),
+            (
+                "chorus_frames_dropped",
+                "Frames not queued for a member over its outbound soft limit",
+                &self.frames_dropped,
+            ),
+            (
+                "chorus_resyncs",
+                "Lagging members resynced from their state vector",
+                &self.resyncs,
             ),
             (
                 "chorus_webhooks_delivered",

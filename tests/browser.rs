@@ -16,6 +16,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chorus::config::Config;
+
+#[path = "it/tap.rs"]
+mod tap;
 use chorus::http::BackgroundServer;
 
 /// Setup steps (npm ci, build, apt) must not run twice at once.
@@ -111,12 +114,33 @@ fn ensure_chromium() -> PathBuf {
     path
 }
 
+/// Runs `node --test` on the test files of `dir` (under `demo/`) with the
+/// TAP reporter, and judges it by its counts: at least one test passed,
+/// none failed or was cancelled (an exit code alone passes with no tests).
 fn node_test(dir: &str, envs: &[(&str, &str)], limit: Duration) {
+    use std::io::Read;
+    let files = tap::test_files(&demo().join(dir));
     let mut cmd = Command::new("node");
-    cmd.args(["--test", "--test-concurrency=1", dir])
+    cmd.args(["--test", "--test-reporter=tap", "--test-concurrency=1"])
+        .args(files.iter().map(|f| format!("{dir}{f}")))
         .current_dir(demo())
-        .envs(envs.iter().copied());
-    run(&format!("node --test {dir}"), &mut cmd, limit);
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped());
+    let what = format!("node --test {dir}");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let status = wait(child, limit, &what);
+    let out = reader.join().expect("stdout reader");
+    // Passed through, as before, for the log of a failing run.
+    print!("{out}");
+    tap::assert_tap_green(&what, status.success(), &out, "");
 }
 
 #[test]

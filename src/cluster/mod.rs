@@ -240,6 +240,9 @@ pub struct Stats {
     pub received: AtomicU64,
     /// Gaps seen (resyncs asked for).
     pub gaps: AtomicU64,
+    /// Reads of a room's log that brought entries the room had missed
+    /// (after a gap, a reconnection or a lost log).
+    pub recoveries: AtomicU64,
     /// True while the pub/sub connection is up.
     pub connected: AtomicBool,
     /// True while the publishing connection is up.
@@ -393,6 +396,11 @@ impl Bridge {
         self.stats.gaps.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a read of the log that brought missed entries.
+    pub fn recovered(&self) {
+        self.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Registers the bridge's gauge and counters (read from [`Stats`] at
     /// each scrape) in the metrics registry.
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
@@ -425,6 +433,11 @@ impl Bridge {
                 "chorus_cluster_gaps",
                 "Sequence gaps seen (each asks the other nodes for a resync).",
                 read(|s| s.gaps.load(Ordering::Relaxed)),
+            )
+            .counter(
+                "chorus_cluster_recoveries",
+                "Reads of a room's log that brought entries the node had missed.",
+                read(|s| s.recoveries.load(Ordering::Relaxed)),
             );
         registry.register_collector(Box::new(sampled));
     }

@@ -350,9 +350,15 @@ impl Room {
         }
         let lost = self.cluster.as_ref().is_some_and(|c| c.is_lost(&read));
         let parts: Vec<&Bytes> = read.snapshot.iter().chain(read.updates.iter()).collect();
+        let before = self.document.state_vector();
         for part in &parts {
             if let Err(e) = self.apply_accepted(part, None, ctx) {
                 tracing::error!(room = %self.id, "log entry refused: {e}");
+            }
+        }
+        if self.document.state_vector() != before {
+            if let Some(c) = &self.cluster {
+                c.bridge.recovered();
             }
         }
         if lost {

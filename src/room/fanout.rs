@@ -337,6 +337,9 @@ impl Handler<Resync> for Room {
             return;
         };
         let link = &owed.link;
+        if owed.diff_from.is_some() || owed.presence {
+            self.metrics.resyncs.inc();
+        }
         if let Some(sv) = owed.diff_from {
             let diff = self.document.diff_from(&sv);
             tracing::debug!(room = %self.id, member = %msg.member, "resyncing lagging member");

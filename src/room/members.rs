@@ -177,7 +177,10 @@ impl Members {
                 .offer(&member.link.recipient, frame, class)
             {
                 Offer::Sent => self.metrics.sent(frame.payload_len()),
-                Offer::Dropped => dropped.push(id.clone()),
+                Offer::Dropped => {
+                    self.metrics.frames_dropped.inc();
+                    dropped.push(id.clone());
+                }
                 Offer::Evicted => {}
             }
         }

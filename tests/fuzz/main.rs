@@ -9,9 +9,16 @@
 //! - `yjs_decoder`: `protocol::yjs::decode_frame` (plus awareness JSON
 //!   parsing) on mutated valid y-protocols frames and random bytes;
 //! - `session`: a real server in this process, fed the same inputs over
-//!   real WebSockets on `/ws` (after hello + join) and `/yjs/{room}`, with a
-//!   liveness round trip after every batch; no panic anywhere, and the
-//!   server still serves a normal client at the end.
+//!   real WebSockets on `/ws` (after hello + join) and `/yjs/{room}`. After
+//!   every batch, the fuzzed room still works: a native member's update is
+//!   acked and reaches another member (a native one; on `/yjs` rooms a
+//!   stock-protocol one, whose own update comes back the other way).
+//!
+//! No target may panic, not even where the panic would be caught (the
+//! room catches yrs panics): a panic hook counts every panic and each
+//! target asserts the count stayed zero. A decoder that refused everything
+//! would fail too: each target checks that its unmutated inputs are all
+//! accepted and that some mutated ones are.
 //!
 //! The allocation bound is always asserted: an input that makes any target
 //! allocate more than the frame limit in one piece fails the run (the
@@ -87,6 +94,50 @@ static GLOBAL: Counting = Counting;
 /// One target at a time: the allocator's record is process-wide.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Panics seen by the hook, caught or not, in any thread.
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs (once) a panic hook that counts every panic, then the default
+/// report; returns the count so far.
+fn panics() -> usize {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            default_hook(info);
+        }));
+    });
+    PANICS.load(Ordering::SeqCst)
+}
+
+/// Fails the target if anything panicked since `before` (= [`panics`]).
+fn assert_no_panic(name: &str, before: usize) {
+    let n = PANICS.load(Ordering::SeqCst) - before;
+    assert_eq!(n, 0, "{name}: {n} panics (caught or not) during the run");
+}
+
+/// Fails the target unless every unmutated input was accepted and at
+/// least `min_share` of the mutated ones were: a decoder that refuses
+/// everything must not pass.
+fn assert_accepts(name: &str, valid: (u64, u64), mutated: (u64, u64), min_share: f64) {
+    eprintln!(
+        "fuzz {name}: accepted {}/{} unmutated, {}/{} mutated inputs",
+        valid.0, valid.1, mutated.0, mutated.1
+    );
+    assert!(valid.1 > 0, "{name}: no unmutated inputs were generated");
+    assert_eq!(
+        valid.0, valid.1,
+        "{name}: an unmutated (valid) input was refused"
+    );
+    assert!(
+        mutated.0 as f64 >= min_share * mutated.1 as f64,
+        "{name}: only {} of {} mutated inputs accepted (expected at least {min_share})",
+        mutated.0,
+        mutated.1
+    );
+}
+
 fn cases() -> u64 {
     std::env::var("CHORUS_FUZZ_CASES")
         .ok()
@@ -101,8 +152,10 @@ fn seed() -> u64 {
         .unwrap_or(1)
 }
 
-/// Runs `body` armed and checks the largest allocation.
+/// Runs `body` armed; checks that nothing panicked meanwhile, then the
+/// largest allocation.
 fn armed<T>(name: &str, body: impl FnOnce() -> T) -> T {
+    let panicked = panics();
     LARGEST.store(0, Ordering::Relaxed);
     ARMED.store(true, Ordering::Relaxed);
     let start = Instant::now();
@@ -114,6 +167,8 @@ fn armed<T>(name: &str, body: impl FnOnce() -> T) -> T {
         cases(),
         start.elapsed()
     );
+    // First: a panic's report allocates more than the bound allows.
+    assert_no_panic(name, panicked);
     // yrs reserves capacity from counts in an update, and serde from the
     // array / map headers of a MessagePack message; `protocol::yupdate` and
     // `native::decode_client` check those counts against the bytes first,
@@ -244,9 +299,12 @@ const INTERESTING: &[u8] = &[
 ];
 
 /// Mutates `v` in place: bit flips, interesting bytes, inserts, deletes,
-/// truncation, splices of huge lengths.
-fn mutate(rng: &mut StdRng, v: &mut Vec<u8>) {
-    for _ in 0..rng.random_range(0..5) {
+/// truncation, splices of huge lengths. Returns false when it left `v` as
+/// it was (zero rounds).
+fn mutate(rng: &mut StdRng, v: &mut Vec<u8>) -> bool {
+    let rounds = rng.random_range(0..5);
+    let before = v.clone();
+    for _ in 0..rounds {
         if v.is_empty() {
             v.push(rng.random());
             continue;
@@ -274,32 +332,56 @@ fn mutate(rng: &mut StdRng, v: &mut Vec<u8>) {
             }
         }
     }
+    *v != before
 }
 
-fn native_input(rng: &mut StdRng) -> Vec<u8> {
-    if rng.random_bool(0.05) {
-        return (0..rng.random_range(0..MAX_INPUT))
+/// What a generated input is: bytes, and whether they are a valid input
+/// left as generated (`false`: mutated or random).
+struct Input {
+    bytes: Vec<u8>,
+    valid: bool,
+}
+
+fn random_bytes(rng: &mut StdRng) -> Input {
+    Input {
+        bytes: (0..rng.random_range(0..MAX_INPUT))
             .map(|_| rng.random())
-            .collect();
+            .collect(),
+        valid: false,
+    }
+}
+
+fn native_input(rng: &mut StdRng) -> Input {
+    if rng.random_bool(0.05) {
+        return random_bytes(rng);
     }
     let mut v = encode_client(&some_message(rng, "f"));
-    mutate(rng, &mut v);
+    let mutated = mutate(rng, &mut v);
     v.truncate(MAX_INPUT);
-    v
+    Input {
+        bytes: v,
+        valid: !mutated,
+    }
 }
 
-fn yjs_input(rng: &mut StdRng) -> Vec<u8> {
+fn yjs_input(rng: &mut StdRng) -> Input {
     if rng.random_bool(0.05) {
-        return (0..rng.random_range(0..MAX_INPUT))
-            .map(|_| rng.random())
-            .collect();
+        return random_bytes(rng);
     }
     let mut v = some_yjs_frame(rng);
-    if rng.random_bool(0.7) {
-        mutate(rng, &mut v);
-    }
+    let mutated = rng.random_bool(0.7) && mutate(rng, &mut v);
     v.truncate(MAX_INPUT);
-    v
+    Input {
+        bytes: v,
+        valid: !mutated,
+    }
+}
+
+/// Adds one decode outcome to (accepted, seen) of its kind.
+fn tally(valid: bool, ok: bool, counts: &mut [(u64, u64); 2]) {
+    let c = &mut counts[usize::from(!valid)];
+    c.1 += 1;
+    c.0 += u64::from(ok);
 }
 
 // ---- targets ----
@@ -313,70 +395,77 @@ fn fuzz_yrs_update() {
     use yrs::updates::decoder::Decode;
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut rng = StdRng::seed_from_u64(seed());
-    armed("yrs_update", || {
+    let counts = armed("yrs_update", || {
+        let mut counts = [(0, 0); 2];
         for _ in 0..cases() {
             let mut input = some_update(&mut rng);
-            mutate(&mut rng, &mut input);
+            let valid = !mutate(&mut rng, &mut input);
             let before = LARGEST.load(Ordering::Relaxed);
-            // The walk the room runs before yrs decodes an update.
-            if chorus::protocol::yupdate::check_update_v1(&input).is_ok() {
-                let _ = std::panic::catch_unwind(|| yrs::Update::decode_v1(&input));
-            }
+            // The walk the room runs before yrs decodes an update, then
+            // the decoder itself: neither may panic.
+            let ok = chorus::protocol::yupdate::check_update_v1(&input).is_ok()
+                && yrs::Update::decode_v1(&input).is_ok();
+            tally(valid, ok, &mut counts);
             if LARGEST.load(Ordering::Relaxed) > FRAME_LIMIT && before <= FRAME_LIMIT {
                 eprintln!("yrs_update: oversize allocation on input {}", hex(&input));
             }
         }
+        counts
     });
+    assert_accepts("yrs_update", counts[0], counts[1], 0.01);
 }
 
 #[test]
 fn fuzz_native_decoder() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut rng = StdRng::seed_from_u64(seed());
-    let inputs_ok = armed("native_decoder", || {
-        let mut ok = 0u64;
+    let counts = armed("native_decoder", || {
+        let mut counts = [(0, 0); 2];
         for _ in 0..cases() {
             let input = native_input(&mut rng);
             let before = LARGEST.load(Ordering::Relaxed);
-            let decoded = decode_client(&input);
+            let decoded = decode_client(&input.bytes);
             if LARGEST.load(Ordering::Relaxed) > FRAME_LIMIT && before <= FRAME_LIMIT {
                 eprintln!(
                     "native_decoder: oversize allocation on input {}",
-                    hex(&input)
+                    hex(&input.bytes)
                 );
             }
+            tally(input.valid, decoded.is_ok(), &mut counts);
             if let Ok(msg) = decoded {
-                ok += 1;
                 // What decodes re-encodes and decodes to the same message.
                 assert_eq!(decode_client(&encode_client(&msg)).ok(), Some(msg));
             }
         }
-        ok
+        counts
     });
-    assert!(
-        inputs_ok > 0,
-        "the generator never produced a valid message"
-    );
+    assert_accepts("native_decoder", counts[0], counts[1], 0.01);
 }
 
 #[test]
 fn fuzz_yjs_decoder() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut rng = StdRng::seed_from_u64(seed());
-    armed("yjs_decoder", || {
+    let counts = armed("yjs_decoder", || {
+        let mut counts = [(0, 0); 2];
         for _ in 0..cases() {
             let input = yjs_input(&mut rng);
-            if let Ok(msgs) = yjs::decode_frame(&input) {
+            let decoded = yjs::decode_frame(&input.bytes);
+            let mut ok = decoded.is_ok();
+            if let Ok(msgs) = decoded {
                 for m in msgs {
                     if let yjs::YjsMessage::Awareness(entries) = m {
                         for e in entries {
-                            let _ = e.state();
+                            ok &= e.state().is_ok() || !input.valid;
                         }
                     }
                 }
             }
+            tally(input.valid, ok, &mut counts);
         }
+        counts
     });
+    assert_accepts("yjs_decoder", counts[0], counts[1], 0.01);
 }
 
 fn fuzz_server() -> BackgroundServer {
@@ -412,7 +501,7 @@ async fn ws(url: String) -> Ws {
 }
 
 /// Reads until `done` says so; `false` when the server closed the socket.
-async fn read_until(ws: &mut Ws, done: impl Fn(&[u8]) -> bool) -> bool {
+async fn read_until(ws: &mut Ws, mut done: impl FnMut(&[u8]) -> bool) -> bool {
     loop {
         match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
             Err(_) => panic!("server stopped answering"),
@@ -425,13 +514,213 @@ async fn read_until(ws: &mut Ws, done: impl Fn(&[u8]) -> bool) -> bool {
 
 const BATCH: u64 = 64;
 
-async fn native_session(addr: std::net::SocketAddr, rng: &mut StdRng, cases: u64) -> u64 {
+/// Sends one native message; panics if the socket is gone.
+async fn send_native(ws: &mut Ws, msg: &ClientMessage) {
+    ws.send(Message::Binary(encode_client(msg).into()))
+        .await
+        .expect("probe sends");
+}
+
+/// Applies a Yjs v1 update to `doc` (it came from the server: it decodes).
+fn apply(doc: &yrs::Doc, update: &[u8]) {
+    use yrs::updates::decoder::Decode;
+    use yrs::Transact;
+    let u = yrs::Update::decode_v1(update).expect("server update decodes");
+    doc.transact_mut()
+        .apply_update(u)
+        .expect("server update applies");
+}
+
+/// Text `probe` of `doc` (the fuzz inputs write to `t`, never here).
+fn probe_text(doc: &yrs::Doc) -> String {
+    use yrs::{GetString, Transact};
+    let text = doc.get_or_insert_text("probe");
+    let txn = doc.transact();
+    text.get_string(&txn)
+}
+
+/// An update appending `s` to text `probe`, from a fresh client.
+fn probe_update(s: &str) -> Vec<u8> {
+    use yrs::{Text, Transact};
+    let doc = yrs::Doc::new();
+    let text = doc.get_or_insert_text("probe");
+    let mut txn = doc.transact_mut();
+    text.insert(&mut txn, 0, s);
+    txn.encode_update_v1()
+}
+
+/// A well-behaved native member of the fuzzed room, with its copy of the
+/// document.
+struct Member {
+    ws: Ws,
+    doc: yrs::Doc,
+}
+
+impl Member {
+    /// Connects, says hello and joins `room`; applies the `synced` diff.
+    async fn join(addr: std::net::SocketAddr, room: &str) -> Member {
+        let mut ws = ws(format!("ws://{addr}/ws")).await;
+        send_native(
+            &mut ws,
+            &ClientMessage::Hello {
+                v: 1,
+                token: None,
+                client: Some("probe".into()),
+                rid: None,
+            },
+        )
+        .await;
+        send_native(
+            &mut ws,
+            &ClientMessage::Join {
+                room: room.into(),
+                sv: None,
+                presence: None,
+                rid: Some(1),
+            },
+        )
+        .await;
+        let doc = yrs::Doc::new();
+        let joined = read_until(&mut ws, |b| match decode_server(b) {
+            Ok(ServerMessage::Synced { diff, .. }) => {
+                apply(&doc, &diff.0);
+                true
+            }
+            Ok(ServerMessage::Error { code, message, .. }) => {
+                panic!("probe join refused: {code:?} {message}")
+            }
+            _ => false,
+        })
+        .await;
+        assert!(joined, "probe's connection closed before synced");
+        Member { ws, doc }
+    }
+
+    /// Reads until its document's `probe` text contains `marker`.
+    async fn receives(&mut self, marker: &str) {
+        let doc = &self.doc;
+        let got = read_until(&mut self.ws, |b| {
+            if let Ok(ServerMessage::Update { data, .. }) = decode_server(b) {
+                apply(doc, &data.0);
+            }
+            probe_text(doc).contains(marker)
+        })
+        .await;
+        assert!(got, "probe's connection closed before it got {marker}");
+    }
+}
+
+/// The round trip after every batch, on the fuzzed room: `a` sends an
+/// update with a request id, it is acked, and `b` receives it.
+async fn native_round_trip(a: &mut Member, b: &mut Member, room: &str, n: u64) {
+    native_round_trip_to(a, room, n).await;
+    b.receives(&format!("<n{n}>")).await;
+}
+
+/// A stock-protocol member on `/yjs/{room}`, synced from the start.
+struct YjsMember {
+    ws: Ws,
+    doc: yrs::Doc,
+}
+
+impl YjsMember {
+    async fn join(addr: std::net::SocketAddr, room: &str) -> YjsMember {
+        let mut ws = ws(format!("ws://{addr}/yjs/{room}")).await;
+        ws.send(Message::Binary(
+            yjs::sync_step1(&yrs::StateVector::default()).into(),
+        ))
+        .await
+        .expect("probe sends");
+        let doc = yrs::Doc::new();
+        let synced = read_until(&mut ws, |b| {
+            let mut got_step2 = false;
+            for m in yjs::decode_frame(b).expect("server frame decodes") {
+                if let yjs::YjsMessage::SyncStep2(u) = m {
+                    apply(&doc, &u);
+                    got_step2 = true;
+                }
+            }
+            got_step2
+        })
+        .await;
+        assert!(synced, "/yjs probe closed before sync step 2");
+        YjsMember { ws, doc }
+    }
+
+    async fn receives(&mut self, marker: &str) {
+        let doc = &self.doc;
+        let got = read_until(&mut self.ws, |b| {
+            for m in yjs::decode_frame(b).expect("server frame decodes") {
+                if let yjs::YjsMessage::Update(u) | yjs::YjsMessage::SyncStep2(u) = m {
+                    apply(doc, &u);
+                }
+            }
+            probe_text(doc).contains(marker)
+        })
+        .await;
+        assert!(got, "/yjs probe closed before it got {marker}");
+    }
+}
+
+/// The round trip of a `/yjs` room: a native member's update is acked and
+/// reaches the `/yjs` member, whose own update reaches the native one.
+async fn yjs_round_trip(a: &mut Member, y: &mut YjsMember, room: &str, n: u64) {
+    native_round_trip_to(a, room, n).await;
+    y.receives(&format!("<n{n}>")).await;
+    let back = format!("<y{n}>");
+    y.ws.send(Message::Binary(
+        yjs::sync_update(probe_update(&back)).into(),
+    ))
+    .await
+    .expect("probe sends");
+    a.receives(&back).await;
+}
+
+/// `a` sends an update with request id `n` and waits for its ack.
+async fn native_round_trip_to(a: &mut Member, room: &str, n: u64) {
+    let marker = format!("<n{n}>");
+    send_native(
+        &mut a.ws,
+        &ClientMessage::Update {
+            room: room.into(),
+            data: Bin(probe_update(&marker)),
+            rid: Some(n),
+        },
+    )
+    .await;
+    let acked = read_until(&mut a.ws, |b| match decode_server(b) {
+        Ok(ServerMessage::Ack { rid, .. }) => rid == n,
+        Ok(ServerMessage::Error {
+            rid: Some(r),
+            code,
+            message,
+            ..
+        }) if r == n => {
+            panic!("probe update refused: {code:?} {message}")
+        }
+        _ => false,
+    })
+    .await;
+    assert!(acked, "probe's connection closed before its ack");
+}
+
+/// What a session target did.
+#[derive(Default, Debug)]
+struct SessionStats {
+    /// Connections opened for fuzz input.
+    connections: u64,
+    /// Batches after which the room round trip succeeded.
+    round_trips: u64,
+    /// Fuzz connections the server closed (for cause: bad hello, too big…).
+    closed_by_server: u64,
+}
+
+async fn native_session(addr: std::net::SocketAddr, rng: &mut StdRng, cases: u64) -> SessionStats {
     let mut sent = 0;
-    let mut connections = 0u64;
-    let is_pong = |b: &[u8], want: u64| matches!(decode_server(b), Ok(ServerMessage::Pong { rid: Some(r) }) if r == want);
+    let mut st = SessionStats::default();
     while sent < cases {
-        connections += 1;
-        let room = format!("f{}", connections % 50);
+        st.connections += 1;
+        let room = format!("f{}", st.connections % 50);
         let mut c = ws(format!("ws://{addr}/ws")).await;
         let hello = encode_client(&ClientMessage::Hello {
             v: 1,
@@ -445,14 +734,17 @@ async fn native_session(addr: std::net::SocketAddr, rng: &mut StdRng, cases: u64
             presence: None,
             rid: None,
         });
-        if c.send(Message::Binary(hello.into())).await.is_err()
-            || c.send(Message::Binary(join.into())).await.is_err()
-        {
-            continue;
-        }
+        c.send(Message::Binary(hello.into()))
+            .await
+            .expect("hello sent");
+        c.send(Message::Binary(join.into()))
+            .await
+            .expect("join sent");
+        let mut a = Member::join(addr, &room).await;
+        let mut b = Member::join(addr, &room).await;
         'session: loop {
             for _ in 0..BATCH {
-                let mut input = native_input(rng);
+                let mut input = native_input(rng).bytes;
                 // Keep the room name of valid messages pointing at this session's room.
                 if rng.random_bool(0.5) {
                     let mut v = encode_client(&some_message(rng, &room));
@@ -461,73 +753,55 @@ async fn native_session(addr: std::net::SocketAddr, rng: &mut StdRng, cases: u64
                 }
                 sent += 1;
                 if c.send(Message::Binary(input.into())).await.is_err() {
+                    st.closed_by_server += 1;
                     break 'session;
                 }
             }
-            let rid = sent;
-            let ping = encode_client(&ClientMessage::Ping { rid: Some(rid) });
-            if c.send(Message::Binary(ping.into())).await.is_err()
-                || !read_until(&mut c, |b| is_pong(b, rid)).await
-            {
-                break;
-            }
+            native_round_trip(&mut a, &mut b, &room, sent).await;
+            st.round_trips += 1;
             if sent >= cases || rng.random_bool(0.02) {
                 break;
             }
         }
         let _ = c.close(None).await;
     }
-    connections
+    st
 }
 
-async fn yjs_session(addr: std::net::SocketAddr, rng: &mut StdRng, cases: u64) -> u64 {
+async fn yjs_session(addr: std::net::SocketAddr, rng: &mut StdRng, cases: u64) -> SessionStats {
     let mut sent = 0;
-    let mut connections = 0u64;
+    let mut st = SessionStats::default();
     while sent < cases {
-        connections += 1;
-        let mut c = ws(format!("ws://{addr}/yjs/y{}", connections % 50)).await;
+        st.connections += 1;
+        let room = format!("y{}", st.connections % 50);
+        let mut c = ws(format!("ws://{addr}/yjs/{room}")).await;
+        let mut a = Member::join(addr, &room).await;
+        let mut y = YjsMember::join(addr, &room).await;
         'session: loop {
             for _ in 0..BATCH {
                 sent += 1;
-                if c.send(Message::Binary(yjs_input(rng).into()))
+                if c.send(Message::Binary(yjs_input(rng).bytes.into()))
                     .await
                     .is_err()
                 {
+                    st.closed_by_server += 1;
                     break 'session;
                 }
             }
-            // Liveness: a query is answered with an awareness message.
-            if c.send(Message::Binary(yjs::query_awareness().into()))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            let answered = read_until(&mut c, |b| {
-                matches!(
-                    yjs::decode_frame(b).as_deref(),
-                    Ok([yjs::YjsMessage::Awareness(_)])
-                )
-            })
-            .await;
-            if !answered || sent >= cases {
+            yjs_round_trip(&mut a, &mut y, &room, sent).await;
+            st.round_trips += 1;
+            if sent >= cases || rng.random_bool(0.02) {
                 break;
             }
         }
         let _ = c.close(None).await;
     }
-    connections
+    st
 }
 
 #[test]
 fn fuzz_session() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    static PANICKED: AtomicBool = AtomicBool::new(false);
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        PANICKED.store(true, Ordering::SeqCst);
-        default_hook(info);
-    }));
     let srv = fuzz_server();
     let addr = srv.addr;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -536,38 +810,23 @@ fn fuzz_session() {
         .expect("runtime");
     let mut rng = StdRng::seed_from_u64(seed());
     let n = cases();
-    let (native_conns, yjs_conns) = armed("session", || {
+    let (native, yjs) = armed("session", || {
         rt.block_on(async {
             let a = native_session(addr, &mut rng, n / 2).await;
             let b = yjs_session(addr, &mut rng, n - n / 2).await;
             (a, b)
         })
     });
-    eprintln!("fuzz session: {native_conns} native and {yjs_conns} /yjs connections");
-    // Panics caught inside the server (the room catches yrs decoder panics)
-    // are reported, not failures; an uncaught one kills the server, which
-    // fails the liveness round trips above and the final one below.
-    eprintln!(
-        "fuzz session: caught panics seen: {}",
-        PANICKED.load(Ordering::SeqCst)
-    );
-    // The server still serves a normal client.
-    rt.block_on(async {
-        let mut c = ws(format!("ws://{addr}/ws")).await;
-        let hello = encode_client(&ClientMessage::Hello {
-            v: 1,
-            token: None,
-            client: None,
-            rid: Some(1),
-        });
-        c.send(Message::Binary(hello.into())).await.expect("send");
+    eprintln!("fuzz session: native {native:?}, /yjs {yjs:?}");
+    // No panic anywhere, caught (the room catches yrs panics) or not
+    // (checked by `armed`), and a round trip after every batch (each one
+    // asserted above).
+    for (name, st, cases) in [("native", &native, n / 2), ("/yjs", &yjs, n - n / 2)] {
         assert!(
-            read_until(&mut c, |b| matches!(
-                decode_server(b),
-                Ok(ServerMessage::Welcome { .. })
-            ))
-            .await
+            st.round_trips >= cases / BATCH / 2,
+            "{name}: only {} room round trips for {cases} inputs",
+            st.round_trips
         );
-    });
+    }
     srv.shutdown();
 }

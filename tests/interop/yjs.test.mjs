@@ -2,6 +2,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { isDeepStrictEqual } from 'node:util'
+import { setTimeout as sleep } from 'node:timers/promises'
 import * as Y from 'yjs'
 import { Server, connect, synced, waitFor, destroy } from './helpers.mjs'
 
@@ -56,11 +57,17 @@ test('awareness: a state appears at others and disappears on disconnect', async 
   const removed = new Promise((resolve) => b.awareness.on('change', ({ removed }) => {
     if (removed.includes(a.doc.clientID)) resolve()
   }))
-  // Disconnect without saying goodbye: the server removes the state.
+  // Disconnect without saying goodbye: the server removes the state. The
+  // stock client would drop it by itself after 30 s without renewal, so
+  // the removal must come well before that.
   a.provider.ws.onclose = null
   a.provider.shouldConnect = false
   a.provider.ws.terminate?.() ?? a.provider.ws.close()
-  await removed
+  const t0 = Date.now()
+  await Promise.race([removed, sleep(5000).then(() => {
+    throw new Error('the server did not announce the removal within 5 s')
+  })])
+  assert.ok(Date.now() - t0 < 5000)
   assert.equal(b.awareness.getStates().has(a.doc.clientID), false)
   destroy(a, b)
 })

@@ -313,6 +313,25 @@ async fn readyz_and_metrics_report_cluster_state() {
     assert!(missing.is_empty(), "missing {missing:?} in:\n{metrics}");
 }
 
+/// The node id a node reports in `/readyz` (`"cluster": {"node": …}`).
+async fn node_id(addr: SocketAddr) -> String {
+    let (status, body) = http_get(addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("readyz json");
+    v["cluster"]["node"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cluster.node in {body}"))
+        .to_owned()
+}
+
+/// The node serving a client, from the server's own answer: the `session`
+/// of its `welcome` is `{node}-{n}`.
+fn node_of_client(c: &Client) -> String {
+    chorus::cluster::node_of(&c.session)
+        .unwrap_or_else(|| panic!("session {} has no node prefix", c.session))
+        .to_owned()
+}
+
 /// Waits until every node's presence for `room` is the same set of `n` ids.
 async fn same_presence(addrs: &[SocketAddr], room: &str, n: usize) {
     eventually(&format!("identical presence of {n} members"), || {
@@ -437,6 +456,7 @@ async fn redis_outage_then_nodes_converge() {
     }
 
     // Redis is killed for 5 s mid-edit.
+    let outage_start = std::time::Instant::now();
     let outage = std::thread::spawn(move || {
         redis.restart_after(Duration::from_secs(5));
         redis
@@ -450,6 +470,27 @@ async fn redis_outage_then_nodes_converge() {
             words.push((i, rid, word));
         }
     }
+    // No ack (and no error) for any of them while Redis is down: an ack
+    // means "in Redis".
+    for i in [0, 2] {
+        let rids: Vec<u64> = words.iter().filter(|w| w.0 == i).map(|w| w.1).collect();
+        let early = clients[i]
+            .maybe(Duration::from_millis(1000), |m| {
+                matches!(m, ServerMessage::Ack { rid, .. } if rids.contains(rid))
+                    || matches!(m, ServerMessage::Error { rid: Some(rid), .. } if rids.contains(rid))
+            })
+            .await;
+        assert!(
+            early.is_none(),
+            "answered during the outage ({:?} in): {early:?}",
+            outage_start.elapsed()
+        );
+    }
+    assert!(
+        outage_start.elapsed() < Duration::from_millis(4500),
+        "the no-ack check ran after Redis was back ({:?})",
+        outage_start.elapsed()
+    );
     // The nodes say they are degraded (still ready: local clients are
     // served)…
     eventually("node reports Redis degraded", || async {
@@ -538,6 +579,26 @@ async fn redis_losing_its_data_gets_the_rooms_written_back() {
     assert!(text.contains("kept ") && text.contains("also "));
 }
 
+/// Appends `update` to `room`'s log in Redis the way the store's append
+/// script does, but without publishing it: an entry whose channel message
+/// every node missed.
+fn append_unpublished(redis: &Redis, room: &str, update: &[u8]) -> u64 {
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut con = client.get_connection().expect("redis connects");
+    let seq: u64 = redis::cmd("INCR")
+        .arg(format!("chorus:{{{room}}}:seq"))
+        .query(&mut con)
+        .expect("INCR");
+    let _: String = redis::cmd("XADD")
+        .arg(format!("chorus:{{{room}}}:log"))
+        .arg(format!("0-{seq}"))
+        .arg("u")
+        .arg(update)
+        .query(&mut con)
+        .expect("XADD");
+    seq
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_channel_messages_are_read_back_from_the_log() {
     let redis = Redis::start();
@@ -550,9 +611,54 @@ async fn lost_channel_messages_are_read_back_from_the_log() {
     let rdoc = TestDoc::new();
     reader.join(room, &rdoc).await;
     same_presence(&[nodes[0].addr, nodes[1].addr], room, 2).await;
+    writer.update_acked(room, wdoc.push("a ")).await;
+    reader.sync_until(room, &rdoc, "a ").await;
+
+    // A gap: entry n is in the log, but its message on the channel was
+    // lost. The reader's node learns of it only when entry n + 1 arrives.
+    let reader_node = nodes[1].addr;
+    let gaps = crate::common::metric(reader_node, "chorus_cluster_gaps_total").await;
+    let recoveries = crate::common::metric(reader_node, "chorus_cluster_recoveries_total").await;
+    let lost = TestDoc::new();
+    append_unpublished(&redis, room, &lost.push("lost "));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !rdoc.text().contains("lost")
+            && reader
+                .maybe(Duration::from_millis(200), |m| matches!(
+                    m,
+                    ServerMessage::Update { .. }
+                ))
+                .await
+                .is_none(),
+        "the unpublished entry reached the reader before any gap"
+    );
+    // The next entry is published: the reader's node sees the hole,
+    // counts it, reads the log back and serves what it missed.
+    writer.update_acked(room, wdoc.push("b ")).await;
+    tokio::time::timeout(WAIT, async {
+        while !(rdoc.text().contains("lost") && rdoc.text().contains("b ")) {
+            let m = reader
+                .expect(|m| matches!(m, ServerMessage::Update { .. }))
+                .await;
+            if let ServerMessage::Update { data, .. } = m {
+                rdoc.apply(&data.0);
+            }
+        }
+    })
+    .await
+    .expect("the reader gets the lost entry");
+    assert!(
+        crate::common::metric(reader_node, "chorus_cluster_gaps_total").await > gaps,
+        "no gap counted"
+    );
+    assert!(
+        crate::common::metric(reader_node, "chorus_cluster_recoveries_total").await > recoveries,
+        "no recovery counted"
+    );
+
     // Redis drops every subscriber connection a few times while the writer
-    // writes: what was published meanwhile never reaches the reader's node
-    // over the channel, only from the log.
+    // writes: what was published meanwhile is read back after resubscribing.
     for i in 0..30 {
         let update = wdoc.push(&format!("{i:02} "));
         writer.update_acked(room, update).await;
@@ -567,9 +673,20 @@ async fn lost_channel_messages_are_read_back_from_the_log() {
             assert_eq!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "2");
         }
     }
-    tokio::time::timeout(WAIT, reader.sync_until(room, &rdoc, &wdoc.text()))
-        .await
-        .expect("reader converges");
+    wdoc.apply(&lost.diff(&wdoc.state_vector()));
+    writer.update_acked(room, wdoc.push("end")).await;
+    tokio::time::timeout(WAIT, async {
+        while rdoc.text() != wdoc.text() {
+            let m = reader
+                .expect(|m| matches!(m, ServerMessage::Update { .. }))
+                .await;
+            if let ServerMessage::Update { data, .. } = m {
+                rdoc.apply(&data.0);
+            }
+        }
+    })
+    .await
+    .expect("reader converges");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -664,12 +781,21 @@ async fn redis_store_serves_a_room_whose_nodes_all_died() {
     let mut writer = Client::connect(first.addr).await;
     let wdoc = TestDoc::new();
     writer.join(room, &wdoc).await;
-    // Seven appends: two compactions (one node at a time, under the lock)
-    // and a log tail after the last snapshot.
+    // Seven appends, compacting every three (one node at a time, under the
+    // lock): a snapshot and a log tail after it.
     for i in 0..7 {
         let update = wdoc.push(&format!("w{i} "));
         writer.update_acked(room, update).await;
     }
+    // Compaction runs after the acks, in the background: wait until a
+    // snapshot is stored before the kill. The first one (entries 1..=3)
+    // always starts; a second one starts only if the first was done by the
+    // sixth or seventh append, so it is not waited for.
+    eventually("a compaction is stored", || {
+        let upto = redis.cli(&["HGET", "chorus:{stored-room}:snap", "upto"]);
+        async move { upto.parse::<u64>().unwrap_or(0) >= 3 }
+    })
+    .await;
     first.kill();
     // Compacted: a snapshot exists and the log holds only its tail.
     assert_eq!(
@@ -779,6 +905,10 @@ async fn load_balancer_round_robins_and_survives_a_node() {
     let redis = Redis::start();
     let mut nodes: Vec<ChildServer> = (0..3).map(|_| redis.node()).collect();
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut ids = Vec::new();
+    for a in &addrs {
+        ids.push(node_id(*a).await);
+    }
     let lb = Nginx::start(&addrs);
     let room = "lb-room";
     let docs: Vec<TestDoc> = (0..3).map(|_| TestDoc::new()).collect();
@@ -790,6 +920,14 @@ async fn load_balancer_round_robins_and_survives_a_node() {
         c.update_acked(room, update).await;
         clients.push(c);
     }
+    // Round-robin: three connections, one on each node (each node says
+    // which it is in the `welcome`).
+    let placed: BTreeSet<String> = clients.iter().map(node_of_client).collect();
+    assert_eq!(
+        placed,
+        ids.iter().cloned().collect::<BTreeSet<_>>(),
+        "clients not spread over the nodes"
+    );
     // Every node sees the three clients, wherever round-robin put them.
     same_presence(&addrs, room, 3).await;
     for (c, doc) in clients.iter_mut().zip(&docs) {
@@ -808,6 +946,13 @@ async fn load_balancer_round_robins_and_survives_a_node() {
         c.update_acked(room, update).await;
         clients.push(c);
     }
+    // Nobody lands on the dead node, and both live ones take clients.
+    let placed: BTreeSet<String> = clients.iter().map(node_of_client).collect();
+    assert_eq!(
+        placed,
+        ids[1..].iter().cloned().collect::<BTreeSet<_>>(),
+        "clients after the kill"
+    );
     for (c, doc) in clients.iter_mut().zip(&docs) {
         read_until_len(c, room, doc, 18).await;
     }

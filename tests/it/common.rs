@@ -274,6 +274,14 @@ impl Client {
             .expect("send");
     }
 
+    /// Sends `text` as one text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
     /// Next server message (panics after [`WAIT`] or if the socket closes).
     pub async fn recv(&mut self) -> ServerMessage {
         if let Some(m) = self.backlog.pop_front() {
@@ -283,8 +291,16 @@ impl Client {
     }
 
     async fn read(&mut self) -> Result<ServerMessage, Option<u16>> {
+        self.read_by(tokio::time::Instant::now() + WAIT).await
+    }
+
+    /// Next message, by `deadline` (pings and pongs do not extend it).
+    async fn read_by(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Result<ServerMessage, Option<u16>> {
         loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("timed out waiting for a server message");
             match frame {
@@ -299,12 +315,15 @@ impl Client {
     }
 
     /// Reads until a message matches `pred`; others are kept for later.
+    /// Panics if none does within 3 × [`WAIT`] (other messages, pings
+    /// included, do not extend the wait).
     pub async fn expect(&mut self, pred: impl Fn(&ServerMessage) -> bool) -> ServerMessage {
         if let Some(pos) = self.backlog.iter().position(&pred) {
             return self.backlog.remove(pos).expect("position is valid");
         }
+        let deadline = tokio::time::Instant::now() + 3 * WAIT;
         loop {
-            let m = self.read().await.expect("connection open");
+            let m = self.read_by(deadline).await.expect("connection open");
             if pred(&m) {
                 return m;
             }

@@ -72,7 +72,7 @@ async fn two_clients_converge_and_a_late_joiner_gets_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_many_rooms_without_leaks() {
-    let srv = server(|_| {});
+    let srv = server(|c| c.limits.room_idle_ms = 100);
     let mut writer = Client::connect(srv.addr).await;
     let mut readers = Vec::new();
     let rooms = ["r1", "r2", "r3"];
@@ -103,6 +103,22 @@ async fn one_connection_many_rooms_without_leaks() {
             "update from another room leaked: {other:?}"
         );
     }
+    // Nothing is left behind once everyone is gone: no connection, no
+    // member keeping a room alive (every room is evicted).
+    writer.close().await;
+    for r in readers {
+        r.close().await;
+    }
+    let addr = srv.addr;
+    crate::common::eventually("connections closed and rooms evicted", || async move {
+        crate::common::metric(addr, "chorus_connections ").await == 0.0
+            && crate::common::metric(addr, "chorus_rooms_active").await == 0.0
+    })
+    .await;
+    assert_eq!(
+        crate::common::metric(addr, "chorus_rooms_evicted_total").await,
+        3.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,6 +134,8 @@ async fn presence_cursors_typing_and_events() {
     // B's snapshot shows Alice; A hears Bob join.
     let b_id = b.session.clone();
     let a_id = a.session.clone();
+    b.expect(|m| matches!(m, ServerMessage::Presence { snapshot: true, joined, .. } if joined.iter().any(|v| v.id == a_id && v.state["name"] == "Alice")))
+        .await;
     a.expect(|m| matches!(m, ServerMessage::Presence { joined, .. } if joined.iter().any(|v| v.id == b_id && v.state["name"] == "Bob")))
         .await;
 
@@ -367,7 +385,25 @@ async fn bad_input_gets_errors_and_costs_nothing_else() {
     }
     assert_eq!((synced, refused), (100, 2_000));
 
-    // Text frame on the native protocol.
+    // Text frame on the native protocol (even one holding JSON): an error,
+    // and the connection stays usable.
+    bad.send_text(r#"{"t":"ping","rid":15}"#).await;
+    let got = bad
+        .expect(|m| matches!(m, ServerMessage::Error { .. }))
+        .await;
+    assert!(
+        matches!(
+            got,
+            ServerMessage::Error {
+                code: ErrorCode::BadMessage,
+                ..
+            }
+        ),
+        "text frame: {got:?}"
+    );
+    bad.send(&ClientMessage::Ping { rid: Some(16) }).await;
+    bad.expect(|m| matches!(m, ServerMessage::Pong { rid: Some(16) }))
+        .await;
     // 10x oversize frame: closed with 1009.
     let mut huge = Client::connect(srv.addr).await;
     huge.send_raw(vec![0x80; 640 * 1024]).await;
@@ -473,105 +509,202 @@ async fn graceful_shutdown_sends_going_away() {
     stopper.await.expect("shutdown completes");
 }
 
-/// Ten clients stop reading while a writer pushes 50 MB of updates. Without
-/// the outbound limit each would queue all 50 MB in the server (500 MB);
-/// with it each holds at most `outbound_buffer_bytes` (4 MiB).
+/// Backpressure. Eight rooms, one slow member each (it joins, then stops
+/// reading) and one writer each. Every writer sends 30 MiB of events, then
+/// document updates, to its own room, so each slow member's backlog is made
+/// of its own bytes (frames are shared within a room, never across rooms):
+/// without the soft-limit drop the server would hold 8 × 30 MiB (less what
+/// the kernel's socket buffers take). With it, each outbox holds at most
+/// `--outbound-buffer-bytes` plus one frame; the deltas past it are dropped
+/// (counted in `chorus_frames_dropped_total`), and once the slow member
+/// reads again it is resynced from its state vector (`chorus_resyncs_total`,
+/// an `update` without origin) and converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumers_cost_bounded_memory_and_resync() {
-    const UPDATES: usize = 500;
-    const CHUNK: usize = 100 * 1024;
-    const SLOW: usize = 10;
-    /// Stated bound for the whole server process, with a 50 MB document
-    /// (held in the doc and in the store's snapshot + log).
-    const RSS_LIMIT: u64 = 400 * 1024 * 1024;
+    const ROOMS: usize = 8;
+    const EVENT: usize = 256 * 1024;
+    const EVENTS: usize = 120;
+    const UPDATES: usize = 20;
+    const CHUNK: usize = 50 * 1024;
+    const SOFT: u64 = 1024 * 1024;
     let srv = crate::common::ChildServer::start(&[
         "--store",
         "memory",
-        "--max-doc-bytes",
-        "200000000",
+        "--outbound-buffer-bytes",
+        &SOFT.to_string(),
+        // Far above what the test sends: only the soft limit bounds memory.
         "--outbound-hard-limit-bytes",
-        "300000000",
+        "2000000000",
+        "--max-event-bytes",
+        "1000000",
         "--client-timeout-ms",
         "120000",
         "--heartbeat-ms",
         "30000",
-        // A 50 MB firehose: not a rate-limit test.
+        // A firehose: not a rate-limit test.
         "--max-bytes-per-sec",
         "0",
+        "--max-messages-per-sec",
+        "0",
     ]);
-    let room = "firehose";
-    let mut slow = Vec::new();
-    for _ in 0..SLOW {
-        let mut c = Client::connect(srv.addr).await;
-        let d = TestDoc::new();
-        c.join(room, &d).await;
-        slow.push((c, d));
+    let addr = srv.addr;
+    let mut rooms = Vec::new();
+    for r in 0..ROOMS {
+        let room = format!("firehose-{r}");
+        let mut slow = Client::connect(addr).await;
+        let slow_doc = TestDoc::new();
+        slow.join(&room, &slow_doc).await;
+        let mut writer = Client::connect(addr).await;
+        let writer_doc = TestDoc::new();
+        writer.join(&room, &writer_doc).await;
+        rooms.push((room, slow, slow_doc, writer, writer_doc));
     }
-    let mut fast = Client::connect(srv.addr).await;
-    let fast_doc = TestDoc::new();
-    fast.join(room, &fast_doc).await;
-    let mut writer = Client::connect(srv.addr).await;
-    let writer_doc = TestDoc::new();
-    writer.join(room, &writer_doc).await;
-
-    // The fast reader reads concurrently with the writer.
-    let expected_len = (UPDATES * CHUNK) as u32;
-    let reader = tokio::spawn(async move {
-        while fast_doc.len() < expected_len {
-            if let ServerMessage::Update { data, .. } = fast
-                .expect(|m| matches!(m, ServerMessage::Update { .. }))
-                .await
-            {
-                fast_doc.apply(&data.0);
-            }
+    // Let the joins' presence reach the slow members, then measure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base_rss = srv.rss_bytes();
+    let mut peak_rss = base_rss;
+    let payload = "x".repeat(EVENT);
+    let chunk = "y".repeat(CHUNK);
+    for (room, _, _, writer, writer_doc) in &mut rooms {
+        for i in 0..EVENTS {
+            writer
+                .send(&ClientMessage::Event {
+                    room: room.clone(),
+                    name: format!("blob{i}"),
+                    data: json!(payload),
+                    rid: None,
+                })
+                .await;
         }
-        fast_doc.text()
-    });
-    let mut peak_rss = 0;
-    let chunk = "x".repeat(CHUNK);
-    for i in 0..UPDATES {
-        let u = TestDoc::independent_insert(&chunk);
-        writer_doc.apply(&u);
-        if i % 25 == 24 {
-            writer.update_acked(room, u).await;
-            peak_rss = peak_rss.max(srv.rss_bytes());
-        } else {
+        // A cursor move while the slow member is behind: dropped too, and
+        // sent again with the presence snapshot of its resync.
+        writer
+            .send(&ClientMessage::Cursor {
+                room: room.clone(),
+                anchor: Some(Bin(relative_position())),
+                head: None,
+                rid: None,
+            })
+            .await;
+        for _ in 0..UPDATES {
+            let u = TestDoc::independent_insert(&chunk);
+            writer_doc.apply(&u);
             writer
                 .send(&ClientMessage::Update {
-                    room: room.into(),
+                    room: room.clone(),
                     data: Bin(u),
                     rid: None,
                 })
                 .await;
         }
+        // Acked once the room handled everything above (one connection,
+        // one order).
+        let last = writer_doc.push("end");
+        writer.update_acked(room, last).await;
+        peak_rss = peak_rss.max(srv.rss_bytes());
     }
-    let fast_text = tokio::time::timeout(Duration::from_secs(120), reader)
-        .await
-        .expect("fast reader keeps receiving")
-        .expect("reader task");
-    assert_eq!(fast_text.len(), UPDATES * CHUNK);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     peak_rss = peak_rss.max(srv.rss_bytes());
+    let growth = peak_rss.saturating_sub(base_rss);
+    // Per room with the drop: the outbox (soft limit + one frame), the
+    // document and the memory store's copies of it (1 MB of updates each),
+    // and allocator slack; without it each room would add ~20 MiB or more.
+    let doc_bytes = (UPDATES * CHUNK) as u64;
+    let bound = ROOMS as u64 * (SOFT + EVENT as u64 + 4 * doc_bytes) + 80 * 1024 * 1024;
+    let sent = (ROOMS * EVENTS * EVENT) as u64;
     eprintln!(
-        "slow consumer test: peak server RSS {} MiB",
-        peak_rss / (1024 * 1024)
+        "slow consumer test: {} MiB sent, RSS {} -> {} MiB (growth {} MiB, bound {} MiB)",
+        sent >> 20,
+        base_rss >> 20,
+        peak_rss >> 20,
+        growth >> 20,
+        bound >> 20
     );
     assert!(
-        peak_rss < RSS_LIMIT,
-        "server RSS {peak_rss} over {RSS_LIMIT}"
+        growth < bound,
+        "server RSS grew by {growth} bytes, over {bound}: slow members' backlogs are not bounded"
+    );
+    let dropped = crate::common::metric(addr, "chorus_frames_dropped_total").await;
+    assert!(
+        dropped >= ROOMS as f64,
+        "frames dropped for slow members: {dropped}"
     );
 
-    // The slow clients resume and converge to the same document.
-    for (c, d) in &mut slow {
-        while d.len() < expected_len {
-            if let ServerMessage::Update { data, .. } = c
-                .expect(|m| matches!(m, ServerMessage::Update { .. }))
-                .await
-            {
-                d.apply(&data.0);
+    // The slow members read again: they drain, are resynced, and converge.
+    for (room, slow, slow_doc, writer, writer_doc) in &mut rooms {
+        let want = writer_doc.text();
+        let mut resync_seen = false;
+        let mut cursor_seen = false;
+        let mut updates = 0;
+        while slow_doc.text() != want || !cursor_seen {
+            match slow.recv().await {
+                ServerMessage::Update {
+                    room: r,
+                    data,
+                    origin,
+                } => {
+                    assert_eq!(&r, room);
+                    updates += 1;
+                    resync_seen |= origin.is_none();
+                    slow_doc.apply(&data.0);
+                }
+                ServerMessage::Cursor { cursors, .. } => {
+                    cursor_seen |= cursors.iter().any(|c| c.id == writer.session);
+                }
+                _ => {}
             }
         }
-        assert_eq!(d.text(), writer_doc.text());
+        assert!(
+            resync_seen,
+            "{room}: converged without a resync ({updates} updates)"
+        );
     }
+    let resyncs = crate::common::metric(addr, "chorus_resyncs_total").await;
+    assert!(resyncs >= ROOMS as f64, "resyncs: {resyncs}");
+}
+
+/// Frames that cannot be dropped (here `synced`, one per join) still stop
+/// at the hard limit: a member that asks for 32 MB of documents and does
+/// not read is closed with 4008 (slow consumer) instead of being buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_past_the_hard_limit_is_closed_with_4008() {
+    const ROOMS: usize = 32;
+    let srv = server(|c| {
+        c.limits.outbound_buffer_bytes = 64 * 1024;
+        // The smallest the configuration allows: buffer + one whole document.
+        c.limits.max_doc_bytes = 1536 * 1024;
+        c.limits.outbound_hard_limit_bytes = 64 * 1024 + 1536 * 1024;
+        c.limits.max_bytes_per_sec = 0;
+        c.limits.max_messages_per_sec = 0;
+        c.limits.max_rooms_per_connection = 100;
+    });
+    let mut writer = Client::connect(srv.addr).await;
+    let big = "z".repeat(1024 * 1024);
+    for r in 0..ROOMS {
+        let room = format!("big-{r}");
+        writer.join(&room, &TestDoc::new()).await;
+        writer
+            .update_acked(&room, TestDoc::independent_insert(&big))
+            .await;
+    }
+    let mut slow = Client::connect(srv.addr).await;
+    for r in 0..ROOMS {
+        slow.send(&ClientMessage::Join {
+            room: format!("big-{r}"),
+            sv: None,
+            presence: None,
+            rid: Some(r as u64),
+        })
+        .await;
+    }
+    // Let the server queue what it will before reading anything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // What was queued is read, then the close (none would come without
+    // the limit: `closed` times out).
+    assert_eq!(
+        slow.closed().await,
+        Some(chorus::protocol::close::SLOW_CONSUMER)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

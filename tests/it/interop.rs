@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use crate::common::{server, Client, TestDoc};
+use crate::tap::{assert_tap_green, test_files};
 
 /// One `npm ci` at a time.
 static NPM: Mutex<()> = Mutex::new(());
@@ -51,10 +52,11 @@ async fn stock_yjs_clients_interop_suite() {
     let run = Command::new("node")
         .args([
             "--test",
+            "--test-reporter=tap",
             "--test-concurrency=1",
             "--test-timeout=60000",
-            ".",
         ])
+        .args(test_files(&dir))
         .current_dir(&dir)
         .env("CHORUS_BIN", env!("CARGO_BIN_EXE_chorus"))
         .kill_on_drop(true)
@@ -63,13 +65,12 @@ async fn stock_yjs_clients_interop_suite() {
         .await
         .expect("the interop suite finishes within 180 s")
         .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
+    assert_tap_green(
+        "interop suite",
         out.status.success(),
-        "interop suite failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
     );
-    assert!(stdout.contains("# fail 0"), "{stdout}");
 }
 
 /// A stock y-websocket client (`tests/interop/peer.mjs`) and the native

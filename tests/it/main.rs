@@ -10,5 +10,6 @@ mod http;
 mod interop;
 mod security;
 mod store;
+mod tap;
 mod vectors;
 mod yjs;

@@ -344,3 +344,41 @@ fn store_unreadable_file_stops_the_start_with_its_name() {
     // Nothing was moved aside or replaced.
     assert_eq!(std::fs::read(&file).unwrap(), vec![0xA5u8; 64 * 1024]);
 }
+
+/// The document size limit still holds after a compaction: the room's size
+/// bound restarts from the snapshot's size, not from zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doc_size_limit_holds_across_compactions() {
+    let srv = crate::common::server(|c| {
+        c.limits.compact_every = 1;
+        c.limits.max_doc_bytes = 8 * 1024;
+    });
+    let mut c = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    c.join("bounded", &doc).await;
+    c.update_acked("bounded", doc.push(&"a".repeat(6 * 1024)))
+        .await;
+    // The append above compacts (every append does here); let it finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.update_acked("bounded", doc.push("b")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rid = c
+        .send_update("bounded", doc.push(&"c".repeat(4 * 1024)))
+        .await;
+    let reply = c
+        .expect(|m| {
+            matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
+                || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
+        })
+        .await;
+    assert!(
+        matches!(
+            reply,
+            ServerMessage::Error {
+                code: ErrorCode::DocTooLarge,
+                ..
+            }
+        ),
+        "6 KiB + 4 KiB over an 8 KiB limit after a compaction: {reply:?}"
+    );
+}

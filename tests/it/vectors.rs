@@ -2,11 +2,12 @@
 //! checked against the Rust codec, and `proto/PROTOCOL.md` checked for
 //! coverage of every message type, error code and close code.
 //!
-//! The vector files are written by [`generate`], which is ignored and also
-//! needs an env var, so nothing rewrites them by accident:
+//! The vector files are rendered from `cases()`;
+//! [`committed_vectors_are_the_generated_ones`] fails when they differ, and
+//! rewrites them only with an env var, so nothing changes them by accident:
 //!
 //! ```text
-//! CHORUS_WRITE_VECTORS=1 cargo test --test it vectors::generate -- --ignored
+//! CHORUS_WRITE_VECTORS=1 cargo test --test it vectors::committed
 //! ```
 
 use std::collections::BTreeSet;
@@ -1172,24 +1173,42 @@ fn render(case: &Case) -> Vector {
     }
 }
 
+/// The committed vectors are exactly what `cases()` renders: no vector
+/// missing, extra or edited by hand. `CHORUS_WRITE_VECTORS=1 cargo test
+/// --test it vectors::committed` rewrites them instead (then commit the
+/// diff).
 #[test]
-#[ignore = "rewrites proto/vectors; run with CHORUS_WRITE_VECTORS=1 and --ignored"]
-fn generate() {
-    if std::env::var("CHORUS_WRITE_VECTORS").as_deref() != Ok("1") {
-        eprintln!("CHORUS_WRITE_VECTORS=1 is not set: nothing written");
-        return;
-    }
+fn committed_vectors_are_the_generated_ones() {
     let dir = proto_dir().join("vectors");
-    std::fs::create_dir_all(&dir).expect("vectors dir");
+    let write = std::env::var("CHORUS_WRITE_VECTORS").as_deref() == Ok("1");
     let cases = cases();
     let mut names = BTreeSet::new();
+    let mut stale = Vec::new();
     for case in &cases {
         assert!(names.insert(case.name), "duplicate vector {}", case.name);
         let v = render(case);
         check(&v).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let mut text = serde_json::to_string_pretty(&v).expect("vector serializes");
         text.push('\n');
-        std::fs::write(dir.join(format!("{}.json", case.name)), text).expect("vector written");
+        let path = dir.join(format!("{}.json", case.name));
+        if write {
+            std::fs::create_dir_all(&dir).expect("vectors dir");
+            std::fs::write(&path, text).expect("vector written");
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            stale.push(case.name.to_owned());
+        }
     }
-    eprintln!("wrote {} vectors to {}", cases.len(), dir.display());
+    let committed: BTreeSet<String> = load_vectors().into_iter().map(|(_, v)| v.name).collect();
+    let extra: Vec<&String> = committed
+        .iter()
+        .filter(|n| !names.contains(n.as_str()))
+        .collect();
+    if write {
+        eprintln!("wrote {} vectors to {}", cases.len(), dir.display());
+    }
+    assert!(
+        stale.is_empty() && extra.is_empty(),
+        "proto/vectors differs from the generator: missing or changed {stale:?}, not generated {extra:?}; \
+         rerun with CHORUS_WRITE_VECTORS=1 if the change is intended"
+    );
 }
