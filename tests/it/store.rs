@@ -382,3 +382,42 @@ async fn the_doc_size_limit_holds_across_compactions() {
         "6 KiB + 4 KiB over an 8 KiB limit after a compaction: {reply:?}"
     );
 }
+
+/// The document size bound survives a restart: a room loaded from the store
+/// counts what it loaded, so `max_doc_bytes` holds for its next update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doc_size_limit_holds_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limit = ["--max-doc-bytes", "8192", "--compact-every", "1000"];
+    let doc = TestDoc::new();
+    {
+        let srv = start(dir.path(), &limit);
+        let mut c = Client::connect(srv.addr).await;
+        c.join("bounded", &doc).await;
+        c.update_acked("bounded", doc.push(&"a".repeat(6 * 1024)))
+            .await;
+        srv.terminate();
+    }
+    let srv = start(dir.path(), &limit);
+    let mut c = Client::connect(srv.addr).await;
+    c.join("bounded", &doc).await;
+    let rid = c
+        .send_update("bounded", doc.push(&"c".repeat(4 * 1024)))
+        .await;
+    let reply = c
+        .expect(|m| {
+            matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
+                || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
+        })
+        .await;
+    assert!(
+        matches!(
+            reply,
+            ServerMessage::Error {
+                code: ErrorCode::DocTooLarge,
+                ..
+            }
+        ),
+        "6 KiB stored + 4 KiB over an 8 KiB limit after a restart: {reply:?}"
+    );
+}
