@@ -13,6 +13,11 @@
 //!   yrs' signed reader overflows a shift past 10 bytes);
 //! - a length running past the end, a string that is not UTF-8 (yrs refuses
 //!   those too), an unknown struct, content, type or `Any` tag;
+//! - JSON content (ref 2, Yjs' legacy `ContentJSON`, which Yjs 13 no longer
+//!   writes): yrs does not read it back from its own encoding (it reads
+//!   `len + 1` strings and writes `len`), so a document holding one could
+//!   not be restored from its snapshot, and while the item is pending,
+//!   encoding the document panics (found by the `yrs_update` fuzz target);
 //! - `Any` values nested deeper than [`MAX_ANY_DEPTH`] (yrs decodes them
 //!   recursively);
 //! - a client's clock running past 2^32 - 1 over its structs, or a deleted
@@ -25,7 +30,8 @@
 //! reserves from is one this module has checked. Where yrs and Yjs 13 read
 //! the same bytes differently, the walk follows yrs and notes it:
 //!
-//! - JSON content (ref 2): yrs reads `len + 1` strings, Yjs `len`.
+//! - JSON content (ref 2): yrs reads `len + 1` strings, Yjs `len` (and
+//!   the walk refuses it, above).
 //! - Type content with the XmlHook ref (5): yrs reads no name, Yjs reads one.
 //! - The info byte: yrs takes the content ref from the low 4 bits, Yjs from
 //!   the low 5. Bit 4 set is refused here: neither writes it, and a Yjs
@@ -127,6 +133,22 @@ pub enum UpdateShapeError {
         /// Offset of the starting clock.
         at: usize,
     },
+    /// A well-formed part yrs cannot be trusted with (JSON content).
+    #[error("unsupported {what} at byte {at}")]
+    Unsupported {
+        /// What it is.
+        what: &'static str,
+        /// Offset of the struct.
+        at: usize,
+    },
+    /// A client listed twice in one update ([`check_distinct_clients_v1`]).
+    #[error("client {client} listed twice, the second time at byte {at}")]
+    DuplicateClient {
+        /// The client id.
+        client: u64,
+        /// Offset of the second listing's client id.
+        at: usize,
+    },
     /// Bytes after the end of the structure.
     #[error("{count} trailing bytes after the {what}")]
     Trailing {
@@ -165,6 +187,36 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<()> {
     }
     w.delete_set()?;
     w.end("update")
+}
+
+/// Checks that no client is listed twice in an update that
+/// [`check_update_v1`] accepted. Yjs and yrs write each client once; yrs
+/// decodes a repeated one into one run of structs with a gap in its clocks
+/// and then panics (`unreachable!` in `Update::exclude`) while applying it
+/// to a document that knows part of that client (found by the `yrs_update`
+/// fuzz target). Allocates 8 bytes per client listed (the client count is
+/// at most a third of the input, [`check_update_v1`]).
+pub fn check_distinct_clients_v1(bytes: &[u8]) -> Result<()> {
+    let mut w = Walker { buf: bytes, pos: 0 };
+    let clients = w.count("client count", 3)?;
+    let mut seen: Vec<(u64, usize)> = Vec::with_capacity(clients as usize);
+    for _ in 0..clients {
+        let structs = w.count("struct count", 2)?;
+        let at = w.pos;
+        seen.push((w.var_uint("client id")?, at));
+        w.var_uint("clock")?;
+        for _ in 0..structs {
+            w.block()?;
+        }
+    }
+    seen.sort_unstable();
+    match seen.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        Some(pair) => Err(UpdateShapeError::DuplicateClient {
+            client: pair[1].0,
+            at: pair[1].1,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Checks that `bytes` are exactly one Yjs v1 state vector whose entry
@@ -333,7 +385,16 @@ impl<'a> Walker<'a> {
                 self.string("parent sub")?;
             }
         }
-        self.content(content)
+        let len = self.content(content)?;
+        if content == 2 {
+            // Walked like the rest (so a bad count is reported as such), then refused.
+            return Err(UpdateShapeError::Unsupported {
+                what:
+                    "JSON content (legacy ContentJSON: yrs cannot read back its own encoding of it)",
+                at,
+            });
+        }
+        Ok(len)
     }
 
     /// Item content; returns its length: UTF-16 units of a string, the
@@ -651,10 +712,108 @@ mod tests {
         accepted(&hex("0102050000010a0200"));
         accepted(&hex("01010900070101780500"));
         // JSON content: count 1, and the two strings yrs reads for it.
-        accepted(&[1, 1, 1, 0, 2, 1, 1, b't', 1, 1, b'1', 1, b'2', 0]);
+        // yrs decodes it, but the walk refuses it (json_content_is_refused).
+        let json = [1u8, 1, 1, 0, 2, 1, 1, b't', 1, 1, b'1', 1, b'2', 0];
+        assert!(Update::decode_v1(&json).is_ok());
+        assert!(matches!(
+            check_update_v1(&json),
+            Err(UpdateShapeError::Unsupported { at: 4, .. })
+        ));
         let one_string = [1u8, 1, 1, 0, 2, 1, 1, b't', 1, 1, b'1', 0];
         assert!(check_update_v1(&one_string).is_err());
         assert!(Update::decode_v1(&one_string).is_err());
+    }
+
+    /// Found by the `yrs_update` fuzz target (tests/fuzz/libfuzzer): yrs
+    /// reads `len + 1` strings of JSON content but writes `len` strings,
+    /// so a document holding JSON content encodes to bytes yrs refuses
+    /// (the snapshot of such a room could not be restored), and when the
+    /// item is pending (its client's earlier clocks are missing) encoding
+    /// the document panics inside yrs (an `unwrap` on re-reading the
+    /// pending update). The walk refuses JSON content.
+    #[test]
+    fn repeated_clients_are_refused() {
+        // Client 3003 twice: "> " at clock 0, then "> " again at clock 9
+        // (right origin 1001:0 both times). Reduced from the fuzz input in
+        // tests/fuzz/libfuzzer/regressions/yrs_update.
+        let twice = [
+            2u8, 1, 187, 23, 0, 68, 233, 7, 0, 2, 62, 32, 1, 187, 23, 9, 68, 233, 7, 0, 2, 62, 32,
+            0,
+        ];
+        assert_eq!(check_update_v1(&twice), Ok(()));
+        assert_eq!(
+            check_distinct_clients_v1(&twice),
+            Err(UpdateShapeError::DuplicateClient {
+                client: 3003,
+                at: 13
+            })
+        );
+        // Once each is fine, whatever the order.
+        let doc = rich_doc();
+        let full = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        assert_eq!(check_distinct_clients_v1(&full), Ok(()));
+        // What the refusal prevents: yrs panics applying it to a document
+        // that has client 3003 up to clock 2.
+        let known = Doc::with_client_id(1001);
+        let t = known.get_or_insert_text("t");
+        t.insert(&mut known.transact_mut(), 0, "x");
+        let other = Doc::with_client_id(3003);
+        let ot = other.get_or_insert_text("t");
+        let base = known
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        other
+            .transact_mut()
+            .apply_update(Update::decode_v1(&base).unwrap())
+            .unwrap();
+        ot.insert(&mut other.transact_mut(), 0, "ab");
+        let edit = other
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        known
+            .transact_mut()
+            .apply_update(Update::decode_v1(&edit).unwrap())
+            .unwrap();
+        let u = Update::decode_v1(&twice).unwrap();
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            known.transact_mut().apply_update(u)
+        }));
+        assert!(applied.is_err(), "yrs applied a repeated client");
+    }
+
+    #[test]
+    fn json_content_is_refused() {
+        // Integrated: client 1 clock 0, root "t", count 1 (two strings).
+        let integrated = [1u8, 1, 1, 0, 2, 1, 1, b't', 1, 1, b'1', 1, b'2', 0];
+        // Pending: client 1 from clock 1, left origin (2^53 - 7, 1),
+        // count 0 (one string).
+        let pending = [
+            1u8, 1, 1, 1, 0x82, 249, 255, 255, 255, 255, 127, 1, 0, 1, b'i', 0,
+        ];
+        for bytes in [&integrated[..], &pending[..]] {
+            assert!(matches!(
+                check_update_v1(bytes),
+                Err(UpdateShapeError::Unsupported { .. })
+            ));
+        }
+        // What the refusal prevents.
+        let doc = Doc::new();
+        let u = Update::decode_v1(&integrated).unwrap();
+        doc.transact_mut().apply_update(u).unwrap();
+        let state = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        assert!(Update::decode_v1(&state).is_err());
+        let doc = Doc::new();
+        let u = Update::decode_v1(&pending).unwrap();
+        doc.transact_mut().apply_update(u).unwrap();
+        let encode = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            doc.transact()
+                .encode_state_as_update_v1(&StateVector::default())
+        }));
+        assert!(encode.is_err(), "yrs encoded a pending JSON item");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use yrs::{
     Update,
 };
 
-use crate::protocol::yupdate::{check_state_vector_v1, check_update_v1};
+use crate::protocol::yupdate::{check_distinct_clients_v1, check_state_vector_v1, check_update_v1};
 
 /// `v` as `Bytes` without its spare capacity: yrs' encoder starts at 1 KiB,
 /// and a cached small document would otherwise keep all of it.
@@ -231,10 +231,13 @@ pub(super) enum ApplyError {
 }
 
 /// Decodes a Yjs v1 update once [`check_update_v1`] has walked it (so yrs
-/// reserves nothing the bytes do not hold), turning a decoder panic into an
-/// error.
+/// reserves nothing the bytes do not hold) and [`check_distinct_clients_v1`]
+/// has found no client listed twice (yrs panics applying those), turning a
+/// decoder panic into an error.
 pub(super) fn decode_update(bytes: &[u8]) -> Result<Update, String> {
-    check_update_v1(bytes).map_err(|e| format!("not a Yjs v1 update: {e}"))?;
+    check_update_v1(bytes)
+        .and_then(|()| check_distinct_clients_v1(bytes))
+        .map_err(|e| format!("not a Yjs v1 update: {e}"))?;
     match catch_unwind(|| Update::decode_v1(bytes)) {
         Ok(Ok(update)) => Ok(update),
         Ok(Err(e)) => Err(format!("not a Yjs v1 update: {e}")),
@@ -253,5 +256,25 @@ pub(super) fn valid_position(bytes: &Option<Vec<u8>>) -> bool {
     match bytes {
         None => true,
         Some(b) => matches!(catch_unwind(|| StickyIndex::decode_v1(b)), Ok(Ok(_))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_listing_a_client_twice_is_refused() {
+        // Client 3003 at clock 0 and again at clock 9 (see
+        // yupdate::tests::repeated_clients_are_refused).
+        let twice = [
+            2u8, 1, 187, 23, 0, 68, 233, 7, 0, 2, 62, 32, 1, 187, 23, 9, 68, 233, 7, 0, 2, 62, 32,
+            0,
+        ];
+        let mut doc = Document::new();
+        match doc.apply(&twice, None) {
+            Err(ApplyError::Refused(e)) => assert!(e.contains("listed twice"), "{e}"),
+            other => panic!("applied: {other:?}"),
+        }
     }
 }
