@@ -9,5 +9,6 @@ mod http;
 mod interop;
 mod security;
 mod store;
+mod supervise;
 mod vectors;
 mod yjs;
