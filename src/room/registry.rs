@@ -261,3 +261,152 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use yrs::{ReadTxn, Text, Transact};
+
+    use super::*;
+    use crate::config::FaultPanic;
+    use crate::room::api::{ApiUpdate, DocBody, DocFormat, ReadDoc};
+    use crate::store::memory::MemoryStore;
+    use crate::store::{StoreFuture, StoredDoc};
+    use crate::webhook::Webhooks;
+
+    /// A store whose appends are lazy and slow (like the Redis store's: the
+    /// work starts when the future is polled), over a memory store.
+    struct SlowAppends(Arc<MemoryStore>);
+
+    impl DocStore for SlowAppends {
+        fn load(&self, room: &str) -> StoreFuture<StoredDoc> {
+            self.0.load(room)
+        }
+        fn append(&self, room: &str, update: Bytes) -> StoreFuture<u64> {
+            let (store, room) = (self.0.clone(), room.to_owned());
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                store.append(&room, update).await
+            })
+        }
+        fn compact(&self, room: &str, snapshot: Bytes, upto: u64) -> StoreFuture<()> {
+            self.0.compact(room, snapshot, upto)
+        }
+        fn delete(&self, room: &str) -> StoreFuture<()> {
+            self.0.delete(room)
+        }
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+    }
+
+    fn registry(store: Arc<dyn DocStore>, fault: Option<&str>) -> Registry {
+        let mut config = Config::ephemeral();
+        config.room_threads = 1;
+        config.fault_panic = fault.map(|f| FaultPanic::parse(f).expect("fault spec"));
+        let metrics = Arc::new(Metrics::default());
+        Registry::new(RoomServices {
+            hooks: Webhooks::start(&config.api, metrics.clone()),
+            config: Arc::new(config),
+            store,
+            metrics,
+            bridge: None,
+        })
+    }
+
+    fn insert(s: &str) -> Bytes {
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("t");
+        text.insert(&mut doc.transact_mut(), 0, s);
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        Bytes::from(update)
+    }
+
+    async fn text(registry: &Registry, room: &RoomId) -> String {
+        let read = ReadDoc {
+            format: DocFormat::Json,
+        };
+        match registry.request(room, read).await {
+            Ok(Ok(DocBody::Json(v))) => v["t"].as_str().unwrap_or("").to_owned(),
+            Ok(Ok(DocBody::Binary(_))) => unreachable!("asked for JSON"),
+            Ok(Err(e)) => panic!("read refused: {e}"),
+            Err(e) => panic!("room did not answer: {e}"),
+        }
+    }
+
+    #[actix::test]
+    async fn an_address_whose_actor_is_gone_is_replaced() {
+        let registry = registry(Arc::new(MemoryStore::new()), None);
+        let room: RoomId = Arc::from("r");
+        let (tx, rx) = actix::dev::channel::channel::<Room>(1);
+        drop(rx);
+        registry.rooms().insert(
+            room.clone(),
+            Entry {
+                addr: Addr::new(tx),
+                joins_sent: 0,
+                incarnation: 0,
+                writes: TaskTracker::new(),
+            },
+        );
+        assert!(registry.live("r").is_none(), "a dead address is not live");
+        assert!(registry.live_list().is_empty());
+        let addr = registry.enter(&room);
+        assert!(addr.connected(), "enter started a new room");
+        assert_eq!(registry.rooms_started(), 1);
+        // `enter` counted one join: send the message that counts it.
+        let read = addr.send(ReadDoc {
+            format: DocFormat::Json,
+        });
+        assert!(matches!(read.await, Ok(Ok(_))), "the new room answers");
+    }
+
+    #[actix::test]
+    async fn a_room_that_panics_is_forgotten_and_its_successor_has_its_appends() {
+        let memory = Arc::new(MemoryStore::new());
+        let registry = registry(Arc::new(SlowAppends(memory)), Some("handler:2:r"));
+        let room: RoomId = Arc::from("r");
+        // Applied, its append in flight (200 ms) when the room dies.
+        let first = registry.request(
+            &room,
+            ApiUpdate {
+                data: insert("one"),
+            },
+        );
+        // Applied, then the handler panics.
+        let second = registry.request(
+            &room,
+            ApiUpdate {
+                data: insert("two"),
+            },
+        );
+        assert!(second.await.is_err(), "the room died");
+        // (The reply channel closes while the panic unwinds, a moment
+        // before the supervisor drops the room.)
+        for _ in 0..100 {
+            if registry.live("r").is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(registry.live("r").is_none(), "the dead room is forgotten");
+        assert_eq!(registry.live_rooms(), 0, "and not left in the table");
+        assert!(first.await.is_err(), "died before it could ack");
+        // The successor loads once the dead room's append has landed.
+        let text = text(&registry, &room).await;
+        assert!(
+            text.contains("one"),
+            "an update whose append was in flight is lost: {text:?}"
+        );
+        assert!(
+            !text.contains("two"),
+            "the update applied by the dead room only: {text:?}"
+        );
+        assert_eq!(registry.rooms_started(), 2);
+        assert_eq!(registry.inner.services.metrics.rooms_restarted.get(), 1);
+    }
+}
