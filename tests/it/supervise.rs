@@ -110,8 +110,9 @@ async fn a_room_that_panics_mid_edit_restarts_from_the_store() {
     // The 6th panics inside the transaction: the room dies.
     let t0 = Instant::now();
     n.send_update(ROOM, nd.push("poison ")).await;
-    assert_eq!(n.closed().await, Some(close::TRY_AGAIN_LATER));
-    assert_eq!(y.closed().await, Some(close::TRY_AGAIN_LATER));
+    let closed = |code| assert_eq!(code, Ok(Some(close::TRY_AGAIN_LATER)), "closed with 1013");
+    closed(tokio::time::timeout(WAIT, n.closed()).await);
+    closed(tokio::time::timeout(WAIT, y.closed()).await);
     let closed_after = t0.elapsed();
 
     // The room answers again: a join and an acked update on the same id.
@@ -213,7 +214,8 @@ async fn a_panic_in_a_room_handler_restarts_the_room() {
     )
     .await;
     assert_eq!(r.status, 503, "the room died before answering");
-    assert_eq!(member.closed().await, Some(close::TRY_AGAIN_LATER));
+    let code = tokio::time::timeout(WAIT, member.closed()).await;
+    assert_eq!(code, Ok(Some(close::TRY_AGAIN_LATER)), "closed with 1013");
     // Restarted from the store: both stored updates, not the third.
     let text = rest_text(srv.addr, ROOM).await;
     assert!(text.contains("one ") && text.contains("two "), "{text:?}");
