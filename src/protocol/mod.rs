@@ -138,8 +138,10 @@ pub mod close {
     /// `/yjs`: an update the document refuses (not a Yjs v1 update).
     /// Permanent: the same client would resend the same bytes.
     pub const YJS_BAD_UPDATE: u16 = 4422;
-    /// The room is unavailable (its document could not be loaded) or an
-    /// update could not be stored: reconnect later and resync. Transient.
+    /// The room is unavailable (its document could not be loaded), an
+    /// update could not be stored, or the room restarted after a panic
+    /// (both protocols; every member is closed): reconnect and resync.
+    /// Transient.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
