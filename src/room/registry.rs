@@ -175,8 +175,8 @@ impl Registry {
         let (tx, rx) = actix::dev::channel::channel(MAILBOX);
         arbiter.spawn_fn(move || {
             let ctx = Context::with_receiver(rx);
-            let fut = ctx.into_future(Room::new(id, services, registry, life));
-            actix::spawn(Supervised::new(fut));
+            let fut = ctx.into_future(Room::new(id.clone(), services, registry, life));
+            actix::spawn(Supervised::new(id, fut));
         });
         Entry {
             addr: Addr::new(tx),

@@ -48,31 +48,34 @@ pub struct Incarnation {
 
 /// A room's actor future, polled under `catch_unwind` (see the module doc).
 pub(super) struct Supervised {
+    /// The room, for the log.
+    id: RoomId,
     fut: Option<ContextFut<Room, Context<Room>>>,
 }
 
 impl Supervised {
-    /// Supervises the room that `fut` runs.
-    pub(super) fn new(fut: ContextFut<Room, Context<Room>>) -> Self {
-        Supervised { fut: Some(fut) }
+    /// Supervises room `id`, which `fut` runs.
+    pub(super) fn new(id: RoomId, fut: ContextFut<Room, Context<Room>>) -> Self {
+        Supervised { id, fut: Some(fut) }
     }
 }
 
 impl Future for Supervised {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        let Some(fut) = self.fut.as_mut() else {
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let Some(fut) = this.fut.as_mut() else {
             return Poll::Ready(());
         };
         match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *fut).poll(cx))) {
             Ok(poll) => poll,
             Err(panic) => {
-                tracing::error!("room actor panicked: {}", panic_message(&*panic));
+                tracing::error!(room = %this.id, "room actor panicked: {}", panic_message(&*panic));
                 // Stopped without `stopping`/`stopped` and without handling
                 // what is still queued: dropping it now runs `Room::died`.
                 fut.ctx().terminate();
-                self.fut = None;
+                this.fut = None;
                 Poll::Ready(())
             }
         }
