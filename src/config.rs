@@ -181,6 +181,62 @@ pub struct Config {
     /// HTTP API, event streams and webhooks.
     #[command(flatten)]
     pub api: ApiConfig,
+    /// TEST ONLY: makes a room panic, to prove that rooms are supervised
+    /// (see `room::supervise`). `apply:N:ROOM` panics inside the yrs
+    /// transaction of the Nth non-empty update applied to room `ROOM` (after
+    /// yrs applied it, so the document is dirty); `handler:N:ROOM` panics in
+    /// the room's handler right after that update was applied. Counted once
+    /// per process: it fires once. Unset (the default), it does nothing.
+    #[arg(long, env = "CHORUS_FAULT_PANIC", hide = true, value_parser = FaultPanic::parse)]
+    pub fault_panic: Option<FaultPanic>,
+}
+
+/// Where `--fault-panic` (test only) makes a room panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAt {
+    /// Inside the yrs transaction, after the update was applied.
+    Apply,
+    /// In the room's handler, after the update was applied.
+    Handler,
+}
+
+/// A parsed `--fault-panic` (test only): panic at `at` on the `nth`
+/// non-empty update applied to `room`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultPanic {
+    /// Where.
+    pub at: FaultAt,
+    /// Which update (1 = the first).
+    pub nth: u64,
+    /// Which room.
+    pub room: String,
+}
+
+impl FaultPanic {
+    /// Parses `apply:N:ROOM` or `handler:N:ROOM` (the room id is the rest,
+    /// colons included).
+    pub fn parse(s: &str) -> Result<FaultPanic, String> {
+        let mut parts = s.splitn(3, ':');
+        let at = match parts.next() {
+            Some("apply") => FaultAt::Apply,
+            Some("handler") => FaultAt::Handler,
+            _ => return Err("expected apply:N:ROOM or handler:N:ROOM".into()),
+        };
+        let nth = parts
+            .next()
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or("N must be a number from 1")?;
+        let room = parts
+            .next()
+            .filter(|r| !r.is_empty())
+            .ok_or("ROOM is missing")?;
+        Ok(FaultPanic {
+            at,
+            nth,
+            room: room.to_owned(),
+        })
+    }
 }
 
 /// Options of the HTTP API under `/api/v1`, its event streams (SSE, long

@@ -46,7 +46,9 @@
 //!   persistence, members and delivery, fan-out window, presence handlers,
 //!   the `/yjs` awareness bridge, the HTTP event window, cluster state), the
 //!   messages it takes, and the `Registry` that finds or starts rooms on a
-//!   pool of arbiters. `room::api` is what the HTTP API asks of a room.
+//!   pool of arbiters, supervised (a room that panics is replaced by a
+//!   fresh one loaded from the store). `room::api` is what the HTTP API
+//!   asks of a room.
 //! - [`session`]: one actor per WebSocket (`NativeSession` on `/ws`,
 //!   `yjs::YjsSession` on `/yjs/{room}`, a thin adapter over [`sync`]), each
 //!   embedding a `session::core::SessionCore` (registration, heartbeat and

@@ -116,6 +116,9 @@ pub struct Metrics {
     pub webhooks_dropped: Counter,
     /// Webhook attempts retried.
     pub webhooks_retried: Counter,
+    /// Room actors that died (a panic) and were dropped, to be started
+    /// afresh from the store on the next request.
+    pub rooms_restarted: Counter,
     /// Time from applying an update to its frames being offered to members.
     pub fanout_latency: Histogram,
     /// Time of a store append (until durable).
@@ -231,6 +234,11 @@ impl Metrics {
                 "chorus_webhooks_retried",
                 "Webhook attempts retried",
                 &self.webhooks_retried,
+            ),
+            (
+                "chorus_rooms_restarted",
+                "Room actors that panicked and were replaced by a fresh one loaded from the store",
+                &self.rooms_restarted,
             ),
         ];
         for (name, help, counter) in counters {

@@ -140,8 +140,9 @@ pub mod close {
     /// Permanent: the same client would resend the same bytes.
     pub const YJS_BAD_UPDATE: u16 = 4422;
     /// The room is unavailable (its document could not be loaded), an
-    /// update could not be stored, or the session stayed over its rate past
-    /// `rate_limit_grace_ms`: reconnect later and resync. Transient.
+    /// update could not be stored, the session stayed over its rate past
+    /// `rate_limit_grace_ms`, or the room restarted after a panic (both
+    /// protocols; every member is closed): reconnect and resync. Transient.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 

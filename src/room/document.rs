@@ -3,9 +3,12 @@
 //!
 //! Every update is walked by [`crate::protocol::yupdate`] before yrs decodes
 //! it (yrs reserves memory from counts in its input), and applied in one
-//! transaction: a refused update leaves the document as it was.
+//! transaction: a refused update leaves the document as it was. A panic in
+//! that transaction is not caught here: it may leave the document half
+//! changed, so the whole room is dropped and restarted from the store
+//! (`supervise.rs`).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::catch_unwind;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -93,10 +96,13 @@ impl Document {
     /// Applies an update in one transaction. `max_bytes`: refuse it when
     /// the document would outgrow this bound (`None` for updates accepted
     /// elsewhere already, which this copy must not diverge from).
+    /// `in_txn` runs inside the transaction once yrs has applied a
+    /// non-empty update (the test-only fault hook panics there).
     pub(super) fn apply(
         &mut self,
         data: &[u8],
         max_bytes: Option<usize>,
+        in_txn: impl FnOnce(),
     ) -> Result<Applied, ApplyError> {
         if let Some(max) = max_bytes {
             if self.bytes + data.len() > max {
@@ -107,14 +113,11 @@ impl Document {
         if update.is_empty() {
             return Ok(Applied::Nothing);
         }
-        let applied = catch_unwind(AssertUnwindSafe(|| {
+        {
             let mut txn = self.doc.transact_mut();
             txn.apply_update(update)
-        }));
-        match applied {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ApplyError::Refused(format!("update refused: {e}"))),
-            Err(_) => return Err(ApplyError::Panicked),
+                .map_err(|e| ApplyError::Refused(format!("update refused: {e}")))?;
+            in_txn();
         }
         self.full_state = None;
         self.bytes += data.len();
@@ -226,8 +229,6 @@ pub(super) enum ApplyError {
     TooLarge(usize),
     /// Not a Yjs v1 update, or yrs refused it.
     Refused(String),
-    /// yrs panicked while applying it.
-    Panicked,
 }
 
 /// Decodes a Yjs v1 update once [`check_update_v1`] has walked it (so yrs
@@ -272,7 +273,7 @@ mod tests {
             0,
         ];
         let mut doc = Document::new();
-        match doc.apply(&twice, None) {
+        match doc.apply(&twice, None, || {}) {
             Err(ApplyError::Refused(e)) => assert!(e.contains("listed twice"), "{e}"),
             other => panic!("applied: {other:?}"),
         }

@@ -25,7 +25,9 @@
 //! - `cluster.rs`: cluster mode (log positions, shared items, gaps);
 //! - [`api`]: what the HTTP API asks of a room;
 //! - [`messages`]: what sessions send a room; [`registry`]: finds or
-//!   starts rooms on a pool of arbiters.
+//!   starts rooms on a pool of arbiters;
+//! - `supervise.rs`: a room that panics is dropped, its members are told
+//!   to reconnect, and the next request starts it afresh from the store.
 //!
 //! Rooms are evicted after `room_idle_ms` without members or followers
 //! (their document is compacted into the store first, so a later join loads
@@ -42,6 +44,7 @@ pub mod messages;
 mod persist;
 mod presence;
 pub mod registry;
+mod supervise;
 mod yjs_bridge;
 
 use std::sync::Arc;
@@ -58,8 +61,9 @@ pub use messages::{
     Resync, SetCursor, SetPresence, SetTyping, StoreNow, SyncStep1,
 };
 pub use registry::{Registry, RoomServices};
+pub use supervise::Incarnation;
 
-use crate::config::Config;
+use crate::config::{Config, FaultAt};
 use crate::ids::MemberId;
 use crate::metrics::Metrics;
 use crate::outbox::{Class, Frame};
@@ -106,11 +110,20 @@ pub struct Room {
     joins_seen: u64,
     idle_timer: Option<SpawnHandle>,
     typing_timer: Option<SpawnHandle>,
+    /// Which start of this room this is (see [`Registry::enter`]).
+    incarnation: u64,
+    /// Where appends run: they outlive the actor if it dies, and a
+    /// successor waits for them before it loads.
+    writes: tokio_util::task::TaskTracker,
+    /// The appends of the dead room this one replaces: loading waits for them.
+    predecessor: Option<tokio_util::task::TaskTracker>,
+    /// Set by `stopped`: dropped without it, the room died (a panic).
+    stopped: bool,
 }
 
 impl Room {
     /// A room that loads `id` from the store when started.
-    pub fn new(id: RoomId, services: RoomServices, registry: Registry) -> Self {
+    pub fn new(id: RoomId, services: RoomServices, registry: Registry, life: Incarnation) -> Self {
         let RoomServices {
             config,
             store,
@@ -129,7 +142,7 @@ impl Room {
             cluster: bridge.map(ClusterState::new),
             hooks,
             members: Members::new(id.clone(), metrics.clone()),
-            persist: Persistence::new(store),
+            persist: Persistence::new(store, life.writes.clone()),
             document: Document::new(),
             presence: Presence::default(),
             presence_base: PresenceBase::default(),
@@ -144,6 +157,10 @@ impl Room {
             joins_seen: 0,
             idle_timer: None,
             typing_timer: None,
+            incarnation: life.number,
+            writes: life.writes,
+            predecessor: life.predecessor,
+            stopped: false,
         }
     }
 
@@ -202,7 +219,18 @@ impl Room {
             .fanout
             .needs_base()
             .then(|| self.document.state_vector());
-        match self.document.apply(data, max) {
+        let (registry, id) = (&self.registry, &self.id);
+        let mut fault = None;
+        let applied = self.document.apply(data, max, || {
+            fault = registry.fault_due(id);
+            if fault == Some(FaultAt::Apply) {
+                supervise::fault_panic(id, FaultAt::Apply);
+            }
+        });
+        if fault == Some(FaultAt::Handler) {
+            supervise::fault_panic(id, FaultAt::Handler);
+        }
+        match applied {
             Ok(Applied::Nothing) => Ok(false),
             Ok(Applied::Changed) => {
                 self.fanout.push(data.clone(), author, base);
@@ -214,10 +242,6 @@ impl Room {
                 format!("document would exceed max_doc_bytes ({max})"),
             )),
             Err(ApplyError::Refused(e)) => Err((ErrorCode::BadUpdate, e)),
-            Err(ApplyError::Panicked) => {
-                tracing::error!(room = %self.id, "applying an update panicked");
-                Err((ErrorCode::BadUpdate, "update could not be applied".into()))
-            }
         }
     }
 
@@ -296,8 +320,10 @@ impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Nothing else is handled until the stored document is loaded.
-        let load = self.persist.load(&self.id);
+        // Nothing else is handled until the stored document is loaded, and
+        // a room replacing one that died loads once the dead one's appends
+        // have landed (see `supervise`).
+        let load = self.persist.load(&self.id, self.predecessor.take());
         ctx.wait(load.into_actor(self).map(|res, room, ctx| {
             match res {
                 Ok(stored) => room.restore(stored),
@@ -314,7 +340,16 @@ impl Actor for Room {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.stopped = true;
         self.cluster_stop();
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.died();
+        }
     }
 }
 

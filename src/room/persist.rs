@@ -9,16 +9,20 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use tokio_util::task::TaskTracker;
 
 use super::Room;
 use crate::config::Limits;
 use crate::protocol::ErrorCode;
-use crate::store::{DocStore, StoreFuture, StoredDoc};
+use crate::store::{DocStore, StoreError, StoreFuture, StoredDoc};
 use crate::webhook::HookKind;
 
 /// What the room knows of its stored state.
 pub(super) struct Persistence {
     store: Arc<dyn DocStore>,
+    /// Where appends run, as tasks of their own: one in flight when the
+    /// room dies still lands, and the room's successor waits for it.
+    writes: TaskTracker,
     /// Highest store sequence number known durable.
     durable_seq: u64,
     /// Appends since the last compaction.
@@ -43,9 +47,10 @@ pub(super) struct Compaction {
 
 impl Persistence {
     /// Nothing known yet (the room loads first).
-    pub(super) fn new(store: Arc<dyn DocStore>) -> Self {
+    pub(super) fn new(store: Arc<dyn DocStore>, writes: TaskTracker) -> Self {
         Persistence {
             store,
+            writes,
             durable_seq: 0,
             since_compact: 0,
             bytes_since_compact: 0,
@@ -55,9 +60,21 @@ impl Persistence {
         }
     }
 
-    /// Loads the room's stored state.
-    pub(super) fn load(&self, room: &str) -> StoreFuture<StoredDoc> {
-        self.store.load(room)
+    /// Loads the room's stored state, once the appends of `predecessor`
+    /// (a dead instance of this room) have finished.
+    pub(super) fn load(
+        &self,
+        room: &str,
+        predecessor: Option<TaskTracker>,
+    ) -> StoreFuture<StoredDoc> {
+        let Some(predecessor) = predecessor else {
+            return self.store.load(room);
+        };
+        let (store, room) = (self.store.clone(), room.to_owned());
+        Box::pin(async move {
+            predecessor.wait().await;
+            store.load(&room).await
+        })
     }
 
     /// Deletes everything stored for the room.
@@ -92,10 +109,14 @@ impl Persistence {
         self.since_compact > 0
     }
 
-    /// Starts appending one update.
+    /// Starts appending one update, in a task that outlives the room.
     fn begin_append(&mut self, room: &str, data: Bytes) -> StoreFuture<u64> {
         self.inflight += 1;
-        self.store.append(room, data)
+        let task = self.writes.spawn(self.store.append(room, data));
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(StoreError::Io(format!("the append task failed: {e}"))))
+        })
     }
 
     /// An append finished; `Some(seq)` when it is durable.

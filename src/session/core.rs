@@ -207,11 +207,21 @@ impl SessionCore {
         if self.last_seen.elapsed() > self.shared.config.limits.client_timeout() {
             return self.close(ctx, close::TIMEOUT, "heartbeat timeout");
         }
+        if self.room_lost() {
+            return self.close(ctx, close::TRY_AGAIN_LATER, "room restarting");
+        }
         self.liveness.beat();
         self.outbox.push(&Frame::ping(b""));
         if self.outbox.is_lagging() && self.outbox.is_drained() {
             self.resync();
         }
+    }
+
+    /// True when a room this session joined is gone without having closed
+    /// it: a room that dies closes its members itself, but a join still in
+    /// its mailbox was lost with it. The client reconnects and rejoins.
+    fn room_lost(&self) -> bool {
+        self.rooms.values().any(|room| !room.connected())
     }
 
     /// Asks every room joined to resync this session, if a room dropped

@@ -665,6 +665,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "chorus_messages_out_total",
     "chorus_rooms_active",
     "chorus_rooms_evicted_total",
+    "chorus_rooms_restarted_total",
     "chorus_rooms_started_total",
     "chorus_store_latency_seconds_bucket",
     "chorus_store_latency_seconds_count",

@@ -10,6 +10,7 @@ mod http;
 mod interop;
 mod security;
 mod store;
+mod supervise;
 mod tap;
 mod vectors;
 mod yjs;
