@@ -70,7 +70,6 @@ use crate::outbox::{Class, Frame};
 use crate::presence::Presence;
 use crate::protocol::native::{encode_snapshot_parts, encode_synced_parts, ServerMessage};
 use crate::protocol::ErrorCode;
-use crate::store::StoredDoc;
 use crate::webhook::{HookKind, Webhooks};
 use cluster::ClusterState;
 use document::{decode_state_vector, Applied, ApplyError, Document};
@@ -161,24 +160,6 @@ impl Room {
             writes: life.writes,
             predecessor: life.predecessor,
             stopped: false,
-        }
-    }
-
-    /// Applies stored state; damaged entries are logged with the room id
-    /// and skipped.
-    fn restore(&mut self, stored: StoredDoc) {
-        for skipped in &stored.skipped {
-            tracing::error!(room = %self.id, "skipped damaged stored entry: {skipped}");
-        }
-        let id = self.id.clone();
-        let parts = stored.snapshot.iter().chain(stored.updates.iter());
-        self.document.restore(
-            parts,
-            |entry, e| tracing::error!(room = %id, entry, "skipped unreadable stored update: {e}"),
-        );
-        self.persist.loaded(&stored);
-        if let Some(c) = &mut self.cluster {
-            c.loaded(stored.generation.clone(), stored.last_seq);
         }
     }
 
@@ -490,14 +471,5 @@ impl Handler<ClientUpdate> for Room {
                     ),
                 }),
         );
-    }
-}
-
-impl Handler<StoreNow> for Room {
-    type Result = ResponseActFuture<Self, ()>;
-
-    fn handle(&mut self, _: StoreNow, _: &mut Context<Self>) -> Self::Result {
-        self.flush();
-        Box::pin(self.store_now())
     }
 }

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio_util::task::TaskTracker;
 
+use super::messages::StoreNow;
 use super::Room;
 use crate::config::Limits;
 use crate::protocol::ErrorCode;
@@ -170,6 +171,24 @@ impl Persistence {
 }
 
 impl Room {
+    /// Applies stored state; damaged entries are logged with the room id
+    /// and skipped.
+    pub(super) fn restore(&mut self, stored: StoredDoc) {
+        for skipped in &stored.skipped {
+            tracing::error!(room = %self.id, "skipped damaged stored entry: {skipped}");
+        }
+        let id = self.id.clone();
+        let parts = stored.snapshot.iter().chain(stored.updates.iter());
+        self.document.restore(
+            parts,
+            |entry, e| tracing::error!(room = %id, entry, "skipped unreadable stored update: {e}"),
+        );
+        self.persist.loaded(&stored);
+        if let Some(c) = &mut self.cluster {
+            c.loaded(stored.generation.clone(), stored.last_seq);
+        }
+    }
+
     /// Appends an applied update to the store; resolves once it is durable
     /// (`Err` with a reason when the store failed). In cluster mode an
     /// update whose append failed is kept and written to the shared log
@@ -287,4 +306,13 @@ fn wait_until(done: fn(&Room) -> bool) -> impl ActorFuture<Room, Output = ()> {
             }
         },
     )
+}
+
+impl Handler<StoreNow> for Room {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: StoreNow, _: &mut Context<Self>) -> Self::Result {
+        self.flush();
+        Box::pin(self.store_now())
+    }
 }
