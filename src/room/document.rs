@@ -91,8 +91,12 @@ impl Document {
     }
 
     /// Applies an update in one transaction. `max_bytes`: refuse it when
-    /// the document would outgrow this bound (`None` for updates accepted
-    /// elsewhere already, which this copy must not diverge from).
+    /// the document would outgrow this bound, or when it has structs of a
+    /// client that start past this document's clock for that client
+    /// ([`ApplyError::MissingDependencies`]: yrs would integrate them over a
+    /// hole, visible here while every Yjs client keeps them pending).
+    /// `None` for updates accepted elsewhere already, which this copy must
+    /// not diverge from: neither check then.
     pub(super) fn apply(
         &mut self,
         data: &[u8],
@@ -106,6 +110,17 @@ impl Document {
         let update = decode_update(data).map_err(ApplyError::Refused)?;
         if update.is_empty() {
             return Ok(Applied::Nothing);
+        }
+        if max_bytes.is_some() {
+            let have = self.state_vector();
+            let first = update.state_vector_lower();
+            if let Some((client, clock)) = first.iter().find(|(c, &k)| k > have.get(c)) {
+                return Err(ApplyError::MissingDependencies(format!(
+                    "client {client}'s structs start at clock {clock}, this room has up to {}: \
+                     send the missing updates first (or the whole state)",
+                    have.get(client)
+                )));
+            }
         }
         let applied = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = self.doc.transact_mut();
@@ -226,6 +241,8 @@ pub(super) enum ApplyError {
     TooLarge(usize),
     /// Not a Yjs v1 update, or yrs refused it.
     Refused(String),
+    /// The update depends on structs this document never saw.
+    MissingDependencies(String),
     /// yrs panicked while applying it.
     Panicked,
 }
