@@ -568,12 +568,28 @@ async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
          chorus_rooms_started_total {}\n\
          # HELP chorus_rooms_evicted_total Idle rooms evicted since start.\n\
          # TYPE chorus_rooms_evicted_total counter\n\
-         chorus_rooms_evicted_total {}\n",
+         chorus_rooms_evicted_total {}\n\
+         # HELP chorus_rooms_active_max Most rooms in memory at once since start (at most --max-live-rooms).\n\
+         # TYPE chorus_rooms_active_max gauge\n\
+         chorus_rooms_active_max {}\n\
+         # HELP chorus_rooms_evicted_early_total Idle rooms evicted before --room-idle-ms because --max-live-rooms was reached.\n\
+         # TYPE chorus_rooms_evicted_early_total counter\n\
+         chorus_rooms_evicted_early_total {}\n\
+         # HELP chorus_rooms_refused_total Room openings refused because --max-live-rooms busy rooms were live.\n\
+         # TYPE chorus_rooms_refused_total counter\n\
+         chorus_rooms_refused_total {}\n\
+         # HELP chorus_api_tracked_ips Client IPs the REST rate limiter holds a bucket for.\n\
+         # TYPE chorus_api_tracked_ips gauge\n\
+         chorus_api_tracked_ips {}\n",
         shared.sessions.count(),
         shared.ips.open_total(),
         r.live_rooms(),
         r.rooms_started(),
         r.rooms_evicted(),
+        r.live_rooms_max(),
+        r.rooms_evicted_for_room(),
+        r.rooms_refused_full(),
+        shared.api_rates.tracked_ips(),
     );
     shared.metrics.render(&mut body);
     if let Some(bridge) = &shared.bridge {

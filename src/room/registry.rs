@@ -94,6 +94,8 @@ struct Inner {
     evicted_for_room: AtomicU64,
     /// Requests refused because the registry was full.
     refused_full: AtomicU64,
+    /// Most rooms live at once since start (checks the cap holds).
+    live_max: AtomicU64,
     /// Woken whenever a room leaves the registry.
     left: tokio::sync::Notify,
 }
@@ -122,6 +124,7 @@ impl Registry {
                 evicted: AtomicU64::new(0),
                 evicted_for_room: AtomicU64::new(0),
                 refused_full: AtomicU64::new(0),
+                live_max: AtomicU64::new(0),
                 left: tokio::sync::Notify::new(),
             }),
         }
@@ -270,6 +273,9 @@ impl Registry {
                 evicting: false,
             },
         );
+        self.inner
+            .live_max
+            .fetch_max(rooms.len() as u64, Ordering::Relaxed);
         Entered::Room(addr)
     }
 
@@ -323,6 +329,11 @@ impl Registry {
     /// Rooms evicted before their idle time because the registry was full.
     pub fn rooms_evicted_for_room(&self) -> u64 {
         self.inner.evicted_for_room.load(Ordering::Relaxed)
+    }
+
+    /// Most rooms live at once since start.
+    pub fn live_rooms_max(&self) -> u64 {
+        self.inner.live_max.load(Ordering::Relaxed)
     }
 
     /// Requests refused because the registry was full of busy rooms.
