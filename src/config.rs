@@ -250,6 +250,24 @@ pub struct ApiConfig {
     /// Largest request body the API accepts, in bytes (larger: 413).
     #[arg(long, env = "CHORUS_API_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub api_max_body_bytes: usize,
+    /// Requests per second to `/api/v1` from one client IP (token bucket,
+    /// burst `api_requests_burst`); more: 429 `rate_limited` with
+    /// `Retry-After`. The IP is the one WebSocket limits use
+    /// (`--trust-forwarded-for`). 0: no limit.
+    #[arg(long, env = "CHORUS_API_REQUESTS_PER_SEC", default_value_t = 100)]
+    pub api_requests_per_sec: u32,
+    /// Requests per second to `/api/v1` with one bearer credential (the API
+    /// key or one token), from any IP; more: 429 as above. 0: no limit.
+    #[arg(long, env = "CHORUS_API_KEY_REQUESTS_PER_SEC", default_value_t = 200)]
+    pub api_key_requests_per_sec: u32,
+    /// Burst of both API rate limits: requests a client that was quiet may
+    /// send at once (at least the rate itself).
+    #[arg(long, env = "CHORUS_API_REQUESTS_BURST", default_value_t = 200)]
+    pub api_requests_burst: u32,
+    /// Most rooms one `GET /api/v1/rooms` page lists (`limit` is capped at
+    /// this; the default page size is the smaller of this and 100).
+    #[arg(long, env = "CHORUS_API_MAX_PAGE", default_value_t = 1000)]
+    pub api_max_page: usize,
     /// Events (updates, presence diffs, events) a room keeps for SSE resume
     /// and long polling.
     #[arg(long, env = "CHORUS_EVENT_WINDOW", default_value_t = 1024)]
@@ -382,6 +400,12 @@ pub struct Limits {
     /// Rooms one connection may have joined at once.
     #[arg(long, env = "CHORUS_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
     pub max_rooms_per_connection: usize,
+    /// Rooms live in memory at once. When full, the longest-idle rooms (no
+    /// members, no followers) are evicted early (compacted into the store
+    /// first); when none is idle, opening another room is refused
+    /// (`room_unavailable`: REST 503, `/yjs` close 1013). 0: no limit.
+    #[arg(long, env = "CHORUS_MAX_LIVE_ROOMS", default_value_t = 10_000)]
+    pub max_live_rooms: usize,
     /// Largest document a room may hold, in bytes of encoded Yjs state
     /// (an upper bound tracked as snapshot + applied updates).
     #[arg(long, env = "CHORUS_MAX_DOC_BYTES", default_value_t = 32 * 1024 * 1024)]
@@ -534,6 +558,9 @@ impl Config {
             return Err(
                 "event window, subscriber buffer and SSE heartbeat must be at least 1".into(),
             );
+        }
+        if a.api_max_page == 0 {
+            return Err("api max page must be at least 1".into());
         }
         if a.webhook_queue == 0 || a.webhook_attempts == 0 {
             return Err("webhook queue and attempts must be at least 1".into());

@@ -1,9 +1,11 @@
 //! Rate and count limits: a token bucket (per session: messages/s and
-//! bytes/s; per IP: new connections/s) and the per-IP table of open
+//! bytes/s; per IP: new connections/s), the per-IP table of open
 //! connections, whose [`IpSlot`] guard gives a slot back when the session
-//! ends.
+//! ends, and [`KeyedRate`], a table of buckets by key (the REST API's
+//! per-IP and per-credential request rates) that forgets idle keys.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -77,6 +79,101 @@ impl TokenBucket {
     /// Takes `n` tokens now.
     pub fn take(&mut self, n: f64) -> bool {
         self.take_at(n, Instant::now())
+    }
+
+    /// Takes `n` tokens at `now`, or says how long until there are enough.
+    pub fn take_or_wait(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
+        if self.take_at(n, now) {
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64((n - self.tokens) / self.rate))
+    }
+
+    /// Whether the bucket has refilled completely by `now` (it then says
+    /// nothing a fresh bucket would not).
+    fn full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.capacity
+    }
+}
+
+/// Token buckets by key (client IP, credential): `rate` per second, burst
+/// `burst`. Keys whose bucket has refilled are forgotten by a sweep that
+/// runs when the table has doubled since the last one, so the table holds
+/// about the keys seen in the last `burst / rate` seconds (×2), not every
+/// key ever seen.
+#[derive(Debug)]
+pub struct KeyedRate<K> {
+    rate: f64,
+    burst: f64,
+    table: Mutex<KeyedTable<K>>,
+}
+
+#[derive(Debug)]
+struct KeyedTable<K> {
+    buckets: HashMap<K, TokenBucket>,
+    /// Size at which the next sweep runs.
+    sweep_at: usize,
+}
+
+/// Smallest table size at which idle keys are swept.
+const SWEEP_MIN: usize = 1024;
+
+impl<K: Hash + Eq> KeyedRate<K> {
+    /// `rate` requests per second (0: no limit), burst `burst` (at least
+    /// `rate`).
+    pub fn new(rate: u32, burst: u32) -> KeyedRate<K> {
+        KeyedRate {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(rate)),
+            table: Mutex::new(KeyedTable {
+                buckets: HashMap::new(),
+                sweep_at: SWEEP_MIN,
+            }),
+        }
+    }
+
+    /// Counts one request for `key` at `now`; `Err` is how long to wait.
+    pub fn check_at(&self, key: K, now: Instant) -> Result<(), Duration> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        // A panic while holding the lock leaves buckets that are still valid.
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let (rate, burst) = (self.rate, self.burst);
+        let res = t
+            .buckets
+            .entry(key)
+            .or_insert_with(|| {
+                let mut b = TokenBucket::new(rate, burst);
+                b.last = now;
+                b
+            })
+            .take_or_wait(1.0, now);
+        if t.buckets.len() >= t.sweep_at {
+            t.buckets.retain(|_, b| !b.full_at(now));
+            t.sweep_at = (t.buckets.len() * 2).max(SWEEP_MIN);
+        }
+        res
+    }
+
+    /// Counts one request for `key` now.
+    pub fn check(&self, key: K) -> Result<(), Duration> {
+        self.check_at(key, Instant::now())
+    }
+
+    /// Keys in the table.
+    pub fn len(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .buckets
+            .len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -247,6 +344,26 @@ mod tests {
         assert!(!b.take_at(1.0, t0));
         assert!(b.take_at(1.0, t0 + Duration::from_millis(110)));
         assert!(TokenBucket::new(0.0, 0.0).take(1e9));
+    }
+
+    #[test]
+    fn keyed_rate_limits_and_forgets_idle_keys() {
+        let r = KeyedRate::<u32>::new(10, 20);
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            assert!(r.check_at(1, t0).is_ok());
+        }
+        let wait = r.check_at(1, t0).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100));
+        assert!(r.check_at(2, t0).is_ok(), "keys are independent");
+        // Many keys, once each, one per ms: a key's bucket refills in
+        // 100 ms, then the key is forgotten by the next sweep.
+        for k in 0..20_000u32 {
+            let now = t0 + Duration::from_millis(u64::from(k));
+            r.check_at(100 + k, now).unwrap();
+            assert!(r.len() <= 2 * SWEEP_MIN, "{k}: {}", r.len());
+        }
+        assert!(KeyedRate::<u32>::new(0, 0).check(1).is_ok());
     }
 
     #[test]

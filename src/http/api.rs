@@ -9,6 +9,12 @@
 //!   ([`ApiError::status`]).
 //! - **Routes**: [`ROUTES`] is the list the scope is built from; a test checks
 //!   it against the OpenAPI document both ways.
+//! - **Gate** ([`gate`], wrapping the whole scope): `Origin` against
+//!   `--allowed-origins` (403; CORS preflight and headers for allowed
+//!   origins), then the request rates per client IP and per bearer
+//!   credential (429 with `Retry-After`), before any route runs.
+//! - **Room ids** come from the raw path segment, percent-decoded once
+//!   ([`crate::protocol::decode_room_segment`]), as on `/yjs/{room}`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -17,8 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::http::StatusCode;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -27,13 +38,13 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{now_secs, Rights};
 use crate::cluster::Item;
-use crate::protocol::{validate_room_id, ErrorCode};
+use crate::protocol::{decode_room_segment, validate_room_id, ErrorCode};
 use crate::room::api::{
     ApiUpdate, DeleteRoom, DocBody, DocFormat, ReadDoc, ReadPresence, ReadStats, RoomError,
     Subscribe, Subscription, Trigger, Unsubscribe, SERVER,
 };
 use crate::room::events::RoomEvent;
-use crate::room::{Room, RoomId};
+use crate::room::{Room, RoomId, RoomsFull};
 use crate::session::Shared;
 
 /// Most rooms one `POST /api/v1/events` may name.
@@ -83,6 +94,23 @@ pub enum ApiError {
     /// The room or the store did not answer. 503.
     #[error("{0}")]
     Unavailable(String),
+    /// Over `--api-requests-per-sec` (this IP) or
+    /// `--api-key-requests-per-sec` (this credential); retry after the
+    /// duration. 429 with `Retry-After`.
+    #[error("too many API requests ({0}); retry later")]
+    RateLimited(&'static str, Duration),
+    /// A browser request whose `Origin` is not in `--allowed-origins`. 403.
+    #[error("this Origin is not allowed (allowed_origins)")]
+    OriginNotAllowed,
+}
+
+impl From<RoomsFull> for ApiError {
+    fn from(e: RoomsFull) -> Self {
+        ApiError::Room(RoomError {
+            code: ErrorCode::RoomUnavailable,
+            message: e.to_string(),
+        })
+    }
 }
 
 impl ApiError {
@@ -96,9 +124,13 @@ impl ApiError {
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::RateLimited(..) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin_not_allowed"),
             ApiError::Room(e) => {
                 let status = match e.code {
-                    ErrorCode::BadUpdate => StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::BadUpdate | ErrorCode::MissingDependencies => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
                     ErrorCode::DocTooLarge | ErrorCode::EventTooLarge => {
                         StatusCode::PAYLOAD_TOO_LARGE
                     }
@@ -131,10 +163,135 @@ fn respond(shared: &Shared, res: Result<HttpResponse, ApiError>) -> HttpResponse
         Err(e) => {
             let (status, code) = e.status();
             shared.metrics.error(code);
-            HttpResponse::build(status)
-                .json(json!({ "error": { "code": code, "message": e.to_string() } }))
+            let mut r = HttpResponse::build(status);
+            if let ApiError::RateLimited(_, wait) = &e {
+                // Whole seconds, rounded up: never "0" while still limited.
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                r.insert_header((header::RETRY_AFTER, secs.max(1)));
+            }
+            r.json(json!({ "error": { "code": code, "message": e.to_string() } }))
         }
     }
+}
+
+/// Methods and request headers a CORS preflight may ask for.
+const CORS_METHODS: &str = "GET, POST, DELETE, OPTIONS";
+const CORS_HEADERS: &str = "Authorization, Content-Type, Last-Event-ID";
+
+/// Runs before every `/api/v1` route (and the scope's 404):
+///
+/// 1. `Origin`: with `--allowed-origins` set, a request whose `Origin` is
+///    not listed gets 403 `origin_not_allowed`; a CORS preflight (`OPTIONS`
+///    with `Access-Control-Request-Method`) from a listed origin is answered
+///    here (204), and responses to listed origins carry
+///    `Access-Control-Allow-Origin` (+ `Vary: Origin`). Requests without
+///    `Origin` (servers, curl) are unaffected; with the list empty, no CORS
+///    headers are sent (browsers then keep to same-origin use).
+/// 2. Rates: one request from the client IP (as WebSocket admission sees
+///    it, `--trust-forwarded-for`) and one for the bearer credential
+///    presented, if any; over either, 429 `rate_limited` with `Retry-After`.
+pub async fn gate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let Some(shared) = req.app_data::<web::Data<Shared>>().cloned() else {
+        return Ok(next.call(req).await?.map_into_left_body());
+    };
+    let allowed = &shared.config.allowed_origins;
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let cors_origin = match &origin {
+        Some(o) if !allowed.is_empty() => {
+            if !o.to_str().is_ok_and(|o| allowed.iter().any(|a| a == o)) {
+                let res = respond(&shared, Err(ApiError::OriginNotAllowed));
+                return Ok(req.into_response(res).map_into_right_body());
+            }
+            Some(o.clone())
+        }
+        _ => None,
+    };
+    if let Some(origin) = &cors_origin {
+        let preflight = req.method() == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        if preflight {
+            let res = HttpResponse::NoContent()
+                .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, CORS_METHODS))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, CORS_HEADERS))
+                .insert_header((header::ACCESS_CONTROL_MAX_AGE, 600))
+                .insert_header((header::VARY, "Origin"))
+                .finish();
+            return Ok(req.into_response(res).map_into_right_body());
+        }
+    }
+    if let Err(e) = rate_check(req.request(), &shared) {
+        let mut res = respond(&shared, Err(e));
+        if let Some(origin) = cors_origin {
+            cors_headers(res.headers_mut(), origin);
+        }
+        return Ok(req.into_response(res).map_into_right_body());
+    }
+    let mut res = next.call(req).await?;
+    if let Some(origin) = cors_origin {
+        cors_headers(res.headers_mut(), origin);
+    }
+    Ok(res.map_into_left_body())
+}
+
+fn cors_headers(h: &mut header::HeaderMap, origin: HeaderValue) {
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Retry-After"),
+    );
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+/// The per-IP and per-credential request rates of the API.
+pub struct ApiRates {
+    by_ip: crate::limit::KeyedRate<std::net::IpAddr>,
+    /// Keyed by a digest of the credential, so no secret is kept.
+    by_key: crate::limit::KeyedRate<[u8; 16]>,
+}
+
+impl ApiRates {
+    /// From `--api-requests-per-sec`, `--api-key-requests-per-sec` and
+    /// `--api-requests-burst`.
+    pub fn new(api: &crate::config::ApiConfig) -> ApiRates {
+        ApiRates {
+            by_ip: crate::limit::KeyedRate::new(api.api_requests_per_sec, api.api_requests_burst),
+            by_key: crate::limit::KeyedRate::new(
+                api.api_key_requests_per_sec,
+                api.api_requests_burst,
+            ),
+        }
+    }
+
+    /// Client IPs currently tracked (for tests and metrics).
+    pub fn tracked_ips(&self) -> usize {
+        self.by_ip.len()
+    }
+}
+
+fn rate_check(req: &HttpRequest, shared: &Shared) -> Result<(), ApiError> {
+    let rates = &shared.api_rates;
+    if let Some(ip) = crate::http::client_ip(req, shared.config.trust_forwarded_for) {
+        rates
+            .by_ip
+            .check(ip)
+            .map_err(|wait| ApiError::RateLimited("api_requests_per_sec", wait))?;
+    }
+    if let Some(token) = crate::http::request_token(req) {
+        let digest = Sha256::digest(token.as_bytes());
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        rates
+            .by_key
+            .check(key)
+            .map_err(|wait| ApiError::RateLimited("api_key_requests_per_sec", wait))?;
+    }
+    Ok(())
 }
 
 /// What a route needs.
@@ -234,17 +391,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         };
         scope = scope.route(path, route);
     }
-    cfg.service(scope.default_service(web::to(no_route)));
+    cfg.service(
+        scope
+            .default_service(web::to(no_route))
+            .wrap(actix_web::middleware::from_fn(gate)),
+    );
 }
 
 async fn no_route(shared: web::Data<Shared>) -> HttpResponse {
     respond(&shared, Err(ApiError::NoRoute))
 }
 
-/// The `{room}` path segment, validated.
+/// The `{room}` path segment (`/api/v1/rooms/{room}…`, segment 4 of the
+/// raw path), percent-decoded and validated.
 fn room_of(req: &HttpRequest, shared: &Shared) -> Result<RoomId, ApiError> {
-    let room = req.match_info().get("room").unwrap_or_default();
-    validate_room_id(room, shared.config.limits.max_room_id_bytes).map_err(ApiError::bad_room)?;
+    let room =
+        decode_room_segment(crate::http::raw_path_segment(req, 4)).map_err(ApiError::bad_room)?;
+    validate_room_id(&room, shared.config.limits.max_room_id_bytes).map_err(ApiError::bad_room)?;
     Ok(Arc::from(room))
 }
 
@@ -292,13 +455,54 @@ struct RoomEntry {
     stats: crate::room::api::RoomStats,
 }
 
+/// Query of `GET /api/v1/rooms`.
+#[derive(Deserialize)]
+struct ListQuery {
+    /// Page size, 1..=`--api-max-page` (default: the smaller of 100 and it).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The opaque cursor after `room`: its id, base64url.
+fn encode_cursor(room: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(room.as_bytes())
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::BadRequest("cursor is not one this server made".into()))
+}
+
+/// Live rooms in id order, one page at a time: the page after `cursor`
+/// (the last id of the previous page), with `next_cursor` when more
+/// follow. Rooms opened or evicted between pages appear or not, but no room
+/// live throughout is skipped or repeated.
 async fn list_rooms(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let res = async {
         authorize(&req, &shared, Need::Admin)?;
-        let live = shared.registry.live_list();
+        let query = web::Query::<ListQuery>::from_query(req.query_string())
+            .map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
+        let max = shared.config.api.api_max_page;
+        let limit = query.limit.unwrap_or(max.min(100));
+        if limit == 0 || limit > max {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be 1 to {max} (api_max_page)"
+            )));
+        }
+        let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+        let mut live = shared.registry.live_page(after.as_deref(), limit + 1);
+        let next_cursor = (live.len() > limit).then(|| {
+            live.truncate(limit);
+            live.last().map(|(id, _)| encode_cursor(id))
+        });
         let stats =
             futures_util::future::join_all(live.iter().map(|(_, a)| a.send(ReadStats))).await;
-        let mut rooms: Vec<RoomEntry> = live
+        // A room evicted meanwhile is left out of its page.
+        let rooms: Vec<RoomEntry> = live
             .iter()
             .zip(stats)
             .filter_map(|((id, _), s)| {
@@ -308,8 +512,11 @@ async fn list_rooms(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse
                 })
             })
             .collect();
-        rooms.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(HttpResponse::Ok().json(json!({ "rooms": rooms })))
+        let mut body = json!({ "rooms": rooms });
+        if let Some(Some(next)) = next_cursor {
+            body["next_cursor"] = Value::String(next);
+        }
+        Ok(HttpResponse::Ok().json(body))
     };
     respond(&shared, res.await)
 }
@@ -325,6 +532,7 @@ async fn read_doc(
     shared
         .registry
         .request(&room, ReadDoc { format })
+        .await?
         .await
         .map_err(mailbox)?
         .map_err(ApiError::from)
@@ -332,10 +540,10 @@ async fn read_doc(
 
 async fn get_doc(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let res = match read_doc(&req, &shared, DocFormat::Json).await {
-        Ok(DocBody::Json(doc)) => {
-            let room = req.match_info().get("room").unwrap_or_default();
-            Ok(HttpResponse::Ok().json(json!({ "room": room, "doc": doc })))
-        }
+        Ok(DocBody::Json(doc)) => match room_of(&req, &shared) {
+            Ok(room) => Ok(HttpResponse::Ok().json(json!({ "room": &*room, "doc": doc }))),
+            Err(e) => Err(e),
+        },
         Ok(DocBody::Binary(_)) => Err(ApiError::Unavailable("unexpected document form".into())),
         Err(e) => Err(e),
     };
@@ -365,6 +573,7 @@ async fn post_update(
         shared
             .registry
             .request(&room, ApiUpdate { data })
+            .await?
             .await
             .map_err(mailbox)??;
         Ok(HttpResponse::Ok().json(json!({ "ok": true })))
@@ -379,6 +588,7 @@ async fn get_presence(req: HttpRequest, shared: web::Data<Shared>) -> HttpRespon
         let presence = shared
             .registry
             .request(&room, ReadPresence)
+            .await?
             .await
             .map_err(mailbox)??;
         Ok(HttpResponse::Ok().json(presence))
@@ -403,6 +613,7 @@ async fn delete_room(req: HttpRequest, shared: web::Data<Shared>) -> HttpRespons
         shared
             .registry
             .request(&room, DeleteRoom)
+            .await?
             .await
             .map_err(mailbox)??;
         Ok(HttpResponse::Ok().json(json!({ "deleted": &*room })))
@@ -534,7 +745,7 @@ async fn subscribe(
     room: &RoomId,
     since: Option<u64>,
 ) -> Result<(Subscription, SubGuard), ApiError> {
-    let addr = shared.registry.enter(room);
+    let addr = shared.registry.enter_waiting(room).await?;
     let sub = addr.send(Subscribe { since }).await.map_err(mailbox)??;
     let guard = SubGuard { addr, id: sub.id };
     Ok((sub, guard))

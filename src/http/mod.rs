@@ -148,6 +148,7 @@ impl Server {
                 config.limits.max_connections_per_ip,
                 config.limits.connections_per_ip_per_sec,
             ),
+            api_rates: Arc::new(api::ApiRates::new(&config.api)),
         };
         let data = web::Data::new(shared.clone());
         let metrics = web::Data::new(metrics_registry(&shared));
@@ -417,9 +418,18 @@ fn refuse(status: actix_web::http::StatusCode, text: impl Into<String>) -> HttpR
         .body(text.into() + "\n")
 }
 
+/// Segment `n` of the request path as sent (still percent-encoded; segment
+/// 0 is the empty string before the first `/`). actix's router decodes some
+/// escapes in what it matches but keeps `%2F`, so routes find the segment
+/// by position and decode it themselves ([`crate::protocol::decode_room_segment`]).
+pub(crate) fn raw_path_segment(req: &HttpRequest, n: usize) -> &str {
+    req.uri().path().split('/').nth(n).unwrap_or_default()
+}
+
 /// The client's IP: the socket peer, or the last `X-Forwarded-For` entry
-/// with `--trust-forwarded-for`.
-fn client_ip(req: &HttpRequest, trust_forwarded: bool) -> Option<IpAddr> {
+/// with `--trust-forwarded-for`. Per-IP limits of WebSocket admission and of
+/// the REST API both use it.
+pub(crate) fn client_ip(req: &HttpRequest, trust_forwarded: bool) -> Option<IpAddr> {
     if trust_forwarded {
         let forwarded = req
             .headers()
@@ -539,19 +549,29 @@ async fn native_ws(
 
 /// `GET /yjs/{room}`: upgrade to a y-websocket session in `room` (the last
 /// path segment, as `new WebsocketProvider(serverUrl, room, doc)` builds the
-/// URL; query parameters are allowed). An invalid room name is refused after
-/// the upgrade, with close code 4404, so the stock client stops retrying.
+/// URL; query parameters are allowed; percent-decoded, `%2F` included). An
+/// invalid room name is refused after the upgrade, with close code 4404, so
+/// the stock client stops retrying.
 async fn yjs_ws(
     req: HttpRequest,
     payload: web::Payload,
     shared: web::Data<Shared>,
 ) -> actix_web::Result<HttpResponse> {
     let limits = &shared.config.limits;
-    let room = req.match_info().get("room").unwrap_or_default().to_owned();
     let mut response = ws::handshake(&req)?;
-    let admission = match admit(&req, &shared, Route::Yjs) {
+    let mut admission = match admit(&req, &shared, Route::Yjs) {
         Ok(a) => a,
         Err(refused) => return Ok(refused),
+    };
+    // The raw segment, decoded like every route's (`%2F` included).
+    let room = match crate::protocol::decode_room_segment(raw_path_segment(&req, 2)) {
+        Ok(room) => room,
+        Err(e) => {
+            if admission.refusal.is_none() {
+                admission.refusal = Some((close::YJS_BAD_ROOM, e.into()));
+            }
+            String::new()
+        }
     };
     let outbox = Arc::new(Outbox::new(
         limits.outbound_buffer_bytes,
@@ -656,6 +676,26 @@ fn metrics_registry(shared: &Shared) -> MetricsRegistry {
             "chorus_rooms_evicted",
             "Idle rooms evicted since start.",
             read(|s| s.registry.rooms_evicted()),
+        )
+        .gauge(
+            "chorus_rooms_active_max",
+            "Most rooms in memory at once since start (at most --max-live-rooms).",
+            read(|s| s.registry.live_rooms_max()),
+        )
+        .counter(
+            "chorus_rooms_evicted_early",
+            "Idle rooms evicted before --room-idle-ms because --max-live-rooms was reached.",
+            read(|s| s.registry.rooms_evicted_for_room()),
+        )
+        .counter(
+            "chorus_rooms_refused",
+            "Room openings refused because --max-live-rooms busy rooms were live.",
+            read(|s| s.registry.rooms_refused_full()),
+        )
+        .gauge(
+            "chorus_api_tracked_ips",
+            "Client IPs the REST rate limiter holds a bucket for.",
+            read(|s| s.api_rates.tracked_ips() as u64),
         );
     registry.register_collector(Box::new(sampled));
     shared.metrics.register(&mut registry);

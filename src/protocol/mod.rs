@@ -35,6 +35,10 @@ pub enum ErrorCode {
     BadRoom,
     /// The bytes are not a valid Yjs v1 update / state vector / position.
     BadUpdate,
+    /// The update has structs that follow ones the room never saw (a gap in
+    /// a client's clock): nothing of it was applied. Send what is missing
+    /// first, or the whole state.
+    MissingDependencies,
     /// Applying the update would take the document over `max_doc_bytes`.
     DocTooLarge,
     /// The presence state is not a JSON object or is over `max_presence_bytes`.
@@ -67,6 +71,7 @@ impl ErrorCode {
             ErrorCode::AlreadyJoined => "already_joined",
             ErrorCode::BadRoom => "bad_room",
             ErrorCode::BadUpdate => "bad_update",
+            ErrorCode::MissingDependencies => "missing_dependencies",
             ErrorCode::DocTooLarge => "doc_too_large",
             ErrorCode::PresenceTooLarge => "presence_too_large",
             ErrorCode::EventTooLarge => "event_too_large",
@@ -144,6 +149,18 @@ pub mod close {
     /// `rate_limit_grace_ms`, or the room restarted after a panic (both
     /// protocols; every member is closed): reconnect and resync. Transient.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// The room id in a URL path segment (`/yjs/{room}`, `/api/v1/rooms/{room}`),
+/// as sent, before any decoding: every `%XX` is decoded, `%2F` included, so
+/// `doc%3Aacme%2Fx` names the room a native join names `doc:acme/x`. Bytes
+/// that are not UTF-8 once decoded are refused (never replaced), so two
+/// different raw ids never share a room.
+pub fn decode_room_segment(raw: &str) -> Result<String, &'static str> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| "room id is not UTF-8 once percent-decoded")
 }
 
 /// Validates a room id: 1..=`max` bytes of UTF-8 with no control characters.

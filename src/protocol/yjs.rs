@@ -67,7 +67,7 @@ pub fn close_for(code: ErrorCode) -> Option<u16> {
     Some(match code {
         ErrorCode::BadMessage | ErrorCode::UnknownType => close::YJS_BAD_MESSAGE,
         ErrorCode::BadRoom => close::YJS_BAD_ROOM,
-        ErrorCode::BadUpdate => close::YJS_BAD_UPDATE,
+        ErrorCode::BadUpdate | ErrorCode::MissingDependencies => close::YJS_BAD_UPDATE,
         ErrorCode::DocTooLarge => close::YJS_TOO_LARGE,
         ErrorCode::Forbidden => close::YJS_FORBIDDEN,
         ErrorCode::RoomUnavailable | ErrorCode::StoreFailed => close::TRY_AGAIN_LATER,

@@ -94,8 +94,13 @@ impl Document {
     }
 
     /// Applies an update in one transaction. `max_bytes`: refuse it when
-    /// the document would outgrow this bound (`None` for updates accepted
-    /// elsewhere already, which this copy must not diverge from).
+    /// the document would outgrow this bound, or when it has structs of a
+    /// client that start past this document's clock for that client
+    /// ([`ApplyError::MissingDependencies`]: yrs would keep them pending —
+    /// invisible to every Yjs client — and integrating a pending struct
+    /// later is where yrs 0.28 was found to read freed memory; see
+    /// tests/fuzz/libfuzzer). `None` for updates accepted elsewhere
+    /// already, which this copy must not diverge from: neither check then.
     /// `in_txn` runs inside the transaction once yrs has applied a
     /// non-empty update (the test-only fault hook panics there).
     pub(super) fn apply(
@@ -112,6 +117,17 @@ impl Document {
         let update = decode_update(data).map_err(ApplyError::Refused)?;
         if update.is_empty() {
             return Ok(Applied::Nothing);
+        }
+        if max_bytes.is_some() {
+            let have = self.state_vector();
+            let first = update.state_vector_lower();
+            if let Some((client, clock)) = first.iter().find(|(c, &k)| k > have.get(c)) {
+                return Err(ApplyError::MissingDependencies(format!(
+                    "client {client}'s structs start at clock {clock}, this room has up to {}: \
+                     send the missing updates first (or the whole state)",
+                    have.get(client)
+                )));
+            }
         }
         {
             let mut txn = self.doc.transact_mut();
@@ -229,6 +245,8 @@ pub(super) enum ApplyError {
     TooLarge(usize),
     /// Not a Yjs v1 update, or yrs refused it.
     Refused(String),
+    /// The update depends on structs this document never saw.
+    MissingDependencies(String),
 }
 
 /// Decodes a Yjs v1 update once [`check_update_v1`] has walked it (so yrs

@@ -31,7 +31,8 @@
 //!
 //! Rooms are evicted after `room_idle_ms` without members or followers
 //! (their document is compacted into the store first, so a later join loads
-//! it back).
+//! it back), or earlier, longest-idle first, when the registry is full
+//! (`max_live_rooms`, [`EvictNow`]).
 
 pub mod api;
 pub mod awareness;
@@ -60,7 +61,7 @@ pub use messages::{
     AwarenessUpdate, Broadcast, ClientUpdate, Join, Leave, MemberLink, Protocol, QueryAwareness,
     Resync, SetCursor, SetPresence, SetTyping, StoreNow, SyncStep1,
 };
-pub use registry::{Registry, RoomServices};
+pub use registry::{EvictNow, Registry, RoomServices, RoomsFull};
 pub use supervise::Incarnation;
 
 use crate::config::{Config, FaultAt};
@@ -223,6 +224,7 @@ impl Room {
                 format!("document would exceed max_doc_bytes ({max})"),
             )),
             Err(ApplyError::Refused(e)) => Err((ErrorCode::BadUpdate, e)),
+            Err(ApplyError::MissingDependencies(e)) => Err((ErrorCode::MissingDependencies, e)),
         }
     }
 
@@ -261,6 +263,7 @@ impl Room {
         if let Some(h) = self.idle_timer.take() {
             ctx.cancel_future(h);
         }
+        self.registry.mark_idle(&self.id, self.joins_seen);
         let idle = if self.broken.is_some() {
             Duration::ZERO
         } else {
@@ -471,5 +474,18 @@ impl Handler<ClientUpdate> for Room {
                     ),
                 }),
         );
+    }
+}
+
+impl Handler<EvictNow> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: EvictNow, ctx: &mut Context<Self>) {
+        if let Some(h) = self.idle_timer.take() {
+            ctx.cancel_future(h);
+        }
+        // Not evicted when a member, follower or request is on its way:
+        // its handler re-arms the idle timer.
+        self.try_evict(ctx);
     }
 }

@@ -40,6 +40,16 @@ pub trait Session:
 
     /// A whole text message, by its length (no protocol here uses text).
     fn text(&mut self, len: usize, ctx: &mut ws::WebsocketContext<Self>);
+
+    /// A join could not be sent: the registry is full of busy rooms
+    /// (`max_live_rooms`). Tell the client it may retry later.
+    fn join_refused(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        room: &RoomId,
+        rid: Option<u64>,
+        reason: String,
+    );
 }
 
 /// Implements for a [`Session`] the actix handlers every session has:
@@ -381,7 +391,10 @@ impl SessionCore {
     }
 
     /// Joins `room` as a member speaking `protocol`: the registry finds or
-    /// starts the room, which answers the join itself.
+    /// starts the room, which answers the join itself. When the registry
+    /// is full, the session handles nothing else until idle rooms made
+    /// room (or [`Session::join_refused`] was called), so later messages
+    /// of the client still follow its join.
     pub fn join<A: Session>(
         &mut self,
         ctx: &mut ws::WebsocketContext<A>,
@@ -403,8 +416,24 @@ impl SessionCore {
             presence,
             rid,
         };
-        let addr = self.shared.registry.join(&room, join);
-        self.rooms.insert(room, addr);
+        let join = match self.shared.registry.try_join(&room, join) {
+            Ok(addr) => {
+                self.rooms.insert(room, addr);
+                return;
+            }
+            Err(join) => join,
+        };
+        let registry = self.shared.registry.clone();
+        let wanted = room.clone();
+        let wait = async move { registry.enter_waiting(&wanted).await };
+        let wait = actix::fut::wrap_future::<_, A>(wait);
+        ctx.wait(wait.map(move |res, act, ctx| match res {
+            Ok(addr) => {
+                addr.do_send(join);
+                act.core().rooms.insert(room, addr);
+            }
+            Err(full) => act.join_refused(ctx, &room, rid, full.to_string()),
+        }));
     }
 
     /// Schedules the close of the session when its token expires (`exp`,

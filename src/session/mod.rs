@@ -115,6 +115,8 @@ pub struct Shared {
     pub auth: Option<Arc<Verifier>>,
     /// Open connections and connection rate per client IP.
     pub ips: Arc<IpLimiter>,
+    /// Request rates of the REST API, per client IP and per credential.
+    pub api_rates: Arc<crate::http::api::ApiRates>,
 }
 
 impl Shared {

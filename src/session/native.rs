@@ -359,6 +359,17 @@ impl Session for NativeSession {
         &mut self.core
     }
 
+    /// `error room_unavailable` for the join; the connection stays open.
+    fn join_refused(
+        &mut self,
+        ctx: &mut Self::Context,
+        room: &RoomId,
+        rid: Option<u64>,
+        reason: String,
+    ) {
+        self.error(ctx, ErrorCode::RoomUnavailable, reason, rid, Some(room));
+    }
+
     fn binary(&mut self, bytes: &[u8], ctx: &mut Self::Context) {
         self.handle_frame(bytes, ctx);
     }

@@ -237,6 +237,17 @@ impl Session for YjsSession {
         &mut self.core
     }
 
+    /// Close 1013 (try again later): y-websocket reconnects with backoff.
+    fn join_refused(
+        &mut self,
+        ctx: &mut Self::Context,
+        _: &RoomId,
+        _: Option<u64>,
+        reason: String,
+    ) {
+        self.core.close(ctx, close::TRY_AGAIN_LATER, &reason);
+    }
+
     fn binary(&mut self, bytes: &[u8], ctx: &mut Self::Context) {
         self.handle_frame(bytes, ctx);
     }

@@ -8,6 +8,7 @@ mod core;
 mod docs;
 mod http;
 mod interop;
+mod rest_abuse;
 mod security;
 mod store;
 mod supervise;

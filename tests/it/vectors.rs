@@ -368,7 +368,7 @@ async fn invalid_vectors_over_a_live_socket() {
 
 /// Every `ErrorCode`. The match below stops compiling when a variant is
 /// added, and indexes past the list if it is not added here too.
-const ERROR_CODES: [ErrorCode; 17] = [
+const ERROR_CODES: [ErrorCode; 18] = [
     ErrorCode::BadMessage,
     ErrorCode::UnknownType,
     ErrorCode::HelloRequired,
@@ -386,6 +386,7 @@ const ERROR_CODES: [ErrorCode; 17] = [
     ErrorCode::Forbidden,
     ErrorCode::RateLimited,
     ErrorCode::GoingAway,
+    ErrorCode::MissingDependencies,
 ];
 
 fn error_code_index(code: ErrorCode) -> usize {
@@ -407,6 +408,7 @@ fn error_code_index(code: ErrorCode) -> usize {
         ErrorCode::Forbidden => 14,
         ErrorCode::RateLimited => 15,
         ErrorCode::GoingAway => 16,
+        ErrorCode::MissingDependencies => 17,
     }
 }
 
