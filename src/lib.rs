@@ -19,7 +19,8 @@
 //!   public keys) into `Grants`: who a session is and its rights
 //!   (`r` / `rp` / `rw`) per room pattern. Pure.
 //! - [`limit`]: token buckets (per-session messages/s and bytes/s, per-IP
-//!   connection rate) and the per-IP open-connection table.
+//!   connection rate, the REST API's rates per IP and per credential) and
+//!   the per-IP open-connection table.
 //! - [`protocol`]: wire types and codecs, pure and free of I/O. `native` is
 //!   the MessagePack protocol v1 specified in `proto/PROTOCOL.md`; `yjs` is
 //!   y-protocols (sync, awareness, auth) with bounds-checked decoding;
@@ -53,13 +54,15 @@
 //!   `yjs::YjsSession` on `/yjs/{room}`, a thin adapter over [`sync`]), each
 //!   embedding a `session::core::SessionCore` (registration, heartbeat and
 //!   resync, stream intake, per-session rate, close, rooms joined, token
-//!   expiry).
+//!   expiry; `session::flow` pauses reading a socket over the rate or while
+//!   its work waits in rooms; `session::watchdog` shuts stuck sockets).
 //! - [`http`]: the actix-web app (routes, health, metrics, the demo page
 //!   from `demo_dir`), connection admission before the upgrade (token from
 //!   the URL / `Authorization`, `Origin`, per-IP limits), TLS, and the
 //!   server lifecycle, including graceful shutdown; `http::api` is the REST
-//!   API under `/api/v1` (API key or tokens, JSON errors, SSE, long poll,
-//!   NDJSON), streaming from `room::events`.
+//!   API under `/api/v1` (API key or tokens, JSON errors, origins and CORS,
+//!   rates), and `http::stream` its SSE, long poll and NDJSON streams from
+//!   `room::events`.
 #![deny(missing_docs)]
 
 pub mod auth;

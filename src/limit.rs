@@ -329,6 +329,30 @@ impl SessionRate {
     }
 }
 
+/// The per-IP and per-credential request rates of the API.
+pub struct ApiRates {
+    /// Per client IP.
+    pub by_ip: KeyedRate<std::net::IpAddr>,
+    /// Keyed by a digest of the credential, so no secret is kept.
+    pub by_key: KeyedRate<[u8; 16]>,
+}
+
+impl ApiRates {
+    /// From `--api-requests-per-sec`, `--api-key-requests-per-sec` and
+    /// `--api-requests-burst`.
+    pub fn new(api: &crate::config::ApiConfig) -> ApiRates {
+        ApiRates {
+            by_ip: KeyedRate::new(api.api_requests_per_sec, api.api_requests_burst),
+            by_key: KeyedRate::new(api.api_key_requests_per_sec, api.api_requests_burst),
+        }
+    }
+
+    /// Client IPs currently tracked (for tests and metrics).
+    pub fn tracked_ips(&self) -> usize {
+        self.by_ip.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod demo;
+mod stream;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -148,7 +149,7 @@ impl Server {
                 config.limits.max_connections_per_ip,
                 config.limits.connections_per_ip_per_sec,
             ),
-            api_rates: Arc::new(api::ApiRates::new(&config.api)),
+            api_rates: Arc::new(crate::limit::ApiRates::new(&config.api)),
         };
         let data = web::Data::new(shared.clone());
         let metrics = web::Data::new(metrics_registry(&shared));

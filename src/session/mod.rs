@@ -116,7 +116,7 @@ pub struct Shared {
     /// Open connections and connection rate per client IP.
     pub ips: Arc<IpLimiter>,
     /// Request rates of the REST API, per client IP and per credential.
-    pub api_rates: Arc<crate::http::api::ApiRates>,
+    pub api_rates: Arc<crate::limit::ApiRates>,
 }
 
 impl Shared {
