@@ -296,4 +296,24 @@ mod tests {
             other => panic!("applied: {other:?}"),
         }
     }
+
+    /// The fuzzer's reproducer of a heap-use-after-free in yrs 0.28.1
+    /// (tests/fuzz/libfuzzer/known-yrs): a struct of client 1 starting at
+    /// clock 1 (kept pending by yrs), then clocks 0–1 that cover it. The
+    /// room refuses the first, so nothing is ever pending and the second
+    /// integrates as an ordinary update.
+    #[test]
+    fn the_yrs_pending_use_after_free_cannot_be_reached() {
+        let pending = [1u8, 1, 1, 1, 4, 1, 0, 1, 0, 1, 0, 0];
+        let covering = [1u8, 1, 1, 0, 4, 1, 1, b't', 2, b'h', b'i', 0];
+        let mut doc = Document::new();
+        match doc.apply(&pending, Some(1 << 20), || {}) {
+            Err(ApplyError::MissingDependencies(_)) => {}
+            other => panic!("a struct past the room's clock was not refused: {other:?}"),
+        }
+        assert!(matches!(
+            doc.apply(&covering, Some(1 << 20), || {}),
+            Ok(Applied::Changed)
+        ));
+    }
 }
