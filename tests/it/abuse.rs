@@ -436,21 +436,20 @@ async fn abuse_stuck_clients_are_removed_within_the_client_timeout() {
     drop(stuck);
 }
 
-/// A stock y-websocket 3.x client inserting 10 000 one-character edits as
-/// fast as it can is slowed, never closed for good: a second client gets
-/// all 10 000. (At 2 000 messages/s with a 1 s grace, so that the burst
-/// outlasts the grace: the writer is closed with 1013, reconnects and
-/// delivers the rest by sync.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abuse_an_honest_y_websocket_burst_is_slowed_not_cut_off() {
-    let dir = crate::interop::ensure_node_modules();
+/// Runs `script` with node in `dir` against a server at 2 000 messages/s
+/// with a 1 s grace (so that a 10 000-edit burst outlasts the grace) and
+/// checks the burst's JSON line: a second client got all 10 000 edits, and
+/// the writer was never closed for good (no 4400–4499, nothing the client
+/// treats as fatal); a 1013 after the grace is allowed (it reconnects and
+/// delivers the rest by sync).
+async fn honest_burst(dir: std::path::PathBuf, node_args: &[&str], url_path: &str) {
     let srv = server(|c| {
         c.limits.max_messages_per_sec = 2000;
         c.limits.rate_limit_grace_ms = 1000;
     });
     let run = tokio::process::Command::new("node")
-        .arg("burst.mjs")
-        .arg(format!("ws://{}/yjs", srv.addr))
+        .args(node_args)
+        .arg(format!("ws://{}{url_path}", srv.addr))
         .arg("burst")
         .arg("10000")
         .current_dir(&dir)
@@ -464,17 +463,36 @@ async fn abuse_an_honest_y_websocket_burst_is_slowed_not_cut_off() {
     let line = stdout.lines().last().unwrap_or_default();
     let seen: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| {
         panic!(
-            "burst.mjs output:\n{stdout}\n{}",
+            "burst output:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    eprintln!("y-websocket burst: {seen}");
+    eprintln!("{node_args:?} burst: {seen}");
     assert_eq!(seen["len"], 10000, "{seen}");
     assert!(seen["permanent"].is_null(), "closed for good: {seen}");
     for code in seen["closes"].as_array().expect("closes") {
         let code = code.as_u64().unwrap_or(0);
         assert!(!(4400..=4499).contains(&code), "permanent close {code}");
     }
+}
+
+/// A stock y-websocket 3.x client inserting 10 000 one-character edits as
+/// fast as it can is slowed, never closed for good: a second client gets
+/// all 10 000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_an_honest_y_websocket_burst_is_slowed_not_cut_off() {
+    let dir = crate::interop::ensure_node_modules();
+    honest_burst(dir, &["burst.mjs"], "/yjs").await;
+}
+
+/// The same burst from the demo's own client library (demo/src/client),
+/// on the native protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_an_honest_demo_client_burst_is_slowed_not_cut_off() {
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    let dir = crate::interop::npm_ci(demo, "yjs");
+    let args = ["--experimental-websocket", "test/burst.mjs"];
+    honest_burst(dir, &args, "/ws").await;
 }
 
 /// Operations see every close and refusal: one info log line per closed

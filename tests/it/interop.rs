@@ -26,22 +26,25 @@ fn interop_dir() -> PathBuf {
 
 /// Checks for node and npm and installs the locked packages if needed.
 pub(crate) fn ensure_node_modules() -> PathBuf {
-    let dir = interop_dir();
+    npm_ci(interop_dir(), "y-websocket")
+}
+
+/// `dir` (a folder with a package-lock.json) with its npm packages
+/// installed (`npm ci` when `node_modules/{marker}` is missing).
+pub(crate) fn npm_ci(dir: PathBuf, marker: &str) -> PathBuf {
     let _guard = NPM.lock().unwrap_or_else(|e| e.into_inner());
     let node = std::process::Command::new("node").arg("--version").output();
     assert!(
         matches!(&node, Ok(o) if o.status.success()),
-        "the interop tests need Node.js 20+ on PATH (`node --version` failed: {node:?})"
+        "these tests need Node.js 20+ on PATH (`node --version` failed: {node:?})"
     );
-    if !dir.join("node_modules/y-websocket").exists() {
+    if !dir.join("node_modules").join(marker).exists() {
         let status = std::process::Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&dir)
             .status()
-            .expect(
-                "the interop tests need npm on PATH to install tests/interop/package-lock.json",
-            );
-        assert!(status.success(), "npm ci failed in tests/interop");
+            .expect("these tests need npm on PATH to install the package-lock.json");
+        assert!(status.success(), "npm ci failed in {}", dir.display());
     }
     dir
 }
