@@ -530,15 +530,26 @@ async fn get_update(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse
     respond(&shared, res)
 }
 
+/// The room of a write route, checked against `rights`, and its body.
+async fn room_and_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    shared: &Shared,
+    rights: Rights,
+) -> Result<(RoomId, Bytes), ApiError> {
+    let room = room_of(req, shared)?;
+    authorize(req, shared, Need::Room(&room, rights))?;
+    let body = read_body(req, payload, shared).await?;
+    Ok((room, body))
+}
+
 async fn post_update(
     req: HttpRequest,
     payload: web::Payload,
     shared: web::Data<Shared>,
 ) -> HttpResponse {
     let res = async {
-        let room = room_of(&req, &shared)?;
-        authorize(&req, &shared, Need::Room(&room, Rights::Write))?;
-        let data = read_body(&req, payload, &shared).await?;
+        let (room, data) = room_and_body(&req, payload, &shared, Rights::Write).await?;
         shared
             .registry
             .request(&room, ApiUpdate { data })
@@ -657,9 +668,8 @@ async fn trigger_room(
     shared: web::Data<Shared>,
 ) -> HttpResponse {
     let res = async {
-        let room = room_of(&req, &shared)?;
-        authorize(&req, &shared, Need::Room(&room, Rights::Presence))?;
-        let body: EventBody = parse_json(&read_body(&req, payload, &shared).await?)?;
+        let (room, body) = room_and_body(&req, payload, &shared, Rights::Presence).await?;
+        let body: EventBody = parse_json(&body)?;
         trigger(&shared, vec![room], body.name, body.data).await
     };
     respond(&shared, res.await)

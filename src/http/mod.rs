@@ -530,22 +530,15 @@ async fn native_ws(
         Ok(a) => a,
         Err(refused) => return Ok(refused),
     };
-    let outbox = Arc::new(Outbox::new(
-        limits.outbound_buffer_bytes,
-        limits.outbound_hard_limit_bytes,
-    ));
+    let conn = Connection::new(limits);
     let admission = admission.with_socket(connection_socket(&req));
-    let gate = Gate::new(limits.max_queued_messages, limits.max_frame_bytes);
     let session = NativeSession::new(
         shared.get_ref().clone(),
-        outbox.clone(),
+        conn.outbox.clone(),
         admission,
-        gate.clone(),
+        conn.gate.clone(),
     );
-    let codec = Codec::new().max_size(limits.max_frame_bytes);
-    let payload = GatedPayload::new(payload, gate);
-    let body = ws::WebsocketContext::with_codec(session, payload, codec);
-    Ok(response.streaming(OutboxBody::new(body, outbox)))
+    Ok(conn.serve(&mut response, session, payload, limits))
 }
 
 /// `GET /yjs/{room}`: upgrade to a y-websocket session in `room` (the last
@@ -574,23 +567,54 @@ async fn yjs_ws(
             String::new()
         }
     };
-    let outbox = Arc::new(Outbox::new(
-        limits.outbound_buffer_bytes,
-        limits.outbound_hard_limit_bytes,
-    ));
+    let conn = Connection::new(limits);
     let admission = admission.with_socket(connection_socket(&req));
-    let gate = Gate::new(limits.max_queued_messages, limits.max_frame_bytes);
     let session = YjsSession::new(
         shared.get_ref().clone(),
-        outbox.clone(),
+        conn.outbox.clone(),
         room,
         admission,
-        gate.clone(),
+        conn.gate.clone(),
     );
-    let codec = Codec::new().max_size(limits.max_frame_bytes);
-    let payload = GatedPayload::new(payload, gate);
-    let body = ws::WebsocketContext::with_codec(session, payload, codec);
-    Ok(response.streaming(OutboxBody::new(body, outbox)))
+    Ok(conn.serve(&mut response, session, payload, limits))
+}
+
+/// What every upgraded connection has besides its session: the outbox its
+/// rooms write to, and the gate on its socket reads.
+struct Connection {
+    outbox: Arc<Outbox>,
+    gate: Arc<Gate>,
+}
+
+impl Connection {
+    fn new(limits: &crate::config::Limits) -> Connection {
+        Connection {
+            outbox: Arc::new(Outbox::new(
+                limits.outbound_buffer_bytes,
+                limits.outbound_hard_limit_bytes,
+            )),
+            gate: Gate::new(limits.max_queued_messages, limits.max_frame_bytes),
+        }
+    }
+
+    /// The upgrade response: `session` reads the gated payload and writes
+    /// through the outbox, which the response body drains.
+    fn serve<A>(
+        self,
+        response: &mut actix_web::HttpResponseBuilder,
+        session: A,
+        payload: web::Payload,
+        limits: &crate::config::Limits,
+    ) -> HttpResponse
+    where
+        A: actix::Actor<Context = ws::WebsocketContext<A>>
+            + actix::StreamHandler<Result<ws::Message, ws::ProtocolError>>,
+    {
+        let codec = Codec::new().max_size(limits.max_frame_bytes);
+        let payload = GatedPayload::new(payload, self.gate);
+        let body = ws::WebsocketContext::with_codec(session, payload, codec);
+        response.streaming(OutboxBody::new(body, self.outbox))
+    }
 }
 
 /// `GET /healthz`: the process is alive.
