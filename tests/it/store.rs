@@ -362,15 +362,7 @@ async fn the_doc_size_limit_holds_across_compactions() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.update_acked("bounded", doc.push("b")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rid = c
-        .send_update("bounded", doc.push(&"c".repeat(4 * 1024)))
-        .await;
-    let reply = c
-        .expect(|m| {
-            matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
-                || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
-        })
-        .await;
+    let reply = send_4k_over_the_limit(&mut c, &doc).await;
     assert!(
         matches!(
             reply,
@@ -401,15 +393,7 @@ async fn the_doc_size_limit_holds_after_a_restart() {
     let srv = start(dir.path(), &limit);
     let mut c = Client::connect(srv.addr).await;
     c.join("bounded", &doc).await;
-    let rid = c
-        .send_update("bounded", doc.push(&"c".repeat(4 * 1024)))
-        .await;
-    let reply = c
-        .expect(|m| {
-            matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
-                || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
-        })
-        .await;
+    let reply = send_4k_over_the_limit(&mut c, &doc).await;
     assert!(
         matches!(
             reply,
@@ -420,4 +404,16 @@ async fn the_doc_size_limit_holds_after_a_restart() {
         ),
         "6 KiB stored + 4 KiB over an 8 KiB limit after a restart: {reply:?}"
     );
+}
+
+/// Sends 4 KiB more to room `bounded`; returns its ack or its error.
+async fn send_4k_over_the_limit(c: &mut Client, doc: &TestDoc) -> ServerMessage {
+    let rid = c
+        .send_update("bounded", doc.push(&"c".repeat(4 * 1024)))
+        .await;
+    c.expect(|m| {
+        matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
+            || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
+    })
+    .await
 }
