@@ -504,4 +504,28 @@ mod tests {
             assert_eq!(position_from_json(&json), Some(bytes));
         }
     }
+
+    /// The awareness decoder's bounds, exactly: a count is refused before
+    /// anything is reserved when the bytes left cannot hold that many
+    /// 3-byte entries, accepted when they can, and trailing bytes are
+    /// refused (killed mutants of `decode_awareness`).
+    #[test]
+    fn awareness_counts_and_trailing_bytes_are_checked_exactly() {
+        // 10 minimal entries (client 0, clock 0, empty state): 30 bytes.
+        let mut body = vec![10u8];
+        body.extend(std::iter::repeat_n([0u8, 0, 0], 10).flatten());
+        assert_eq!(decode_awareness(&body).map(|e| e.len()).ok(), Some(10));
+        // 20 claimed in the same 30 bytes: refused by the count check (not
+        // by running out of bytes halfway).
+        body[0] = 20;
+        assert!(matches!(
+            decode_awareness(&body),
+            Err(DecodeError::CountTooLarge(_))
+        ));
+        // One entry and a stray byte.
+        assert!(matches!(
+            decode_awareness(&[1, 0, 0, 0, 9]),
+            Err(DecodeError::Trailing(_))
+        ));
+    }
 }
