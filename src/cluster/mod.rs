@@ -249,6 +249,9 @@ pub struct Stats {
     pub publishing: AtomicBool,
 }
 
+/// One bridge counter for `/metrics`: name, help text, how to read it.
+type StatCounter = (&'static str, &'static str, fn(&Stats) -> u64);
+
 /// Handle to the node's bridge to Redis; cheap to clone.
 #[derive(Clone)]
 pub struct Bridge {
@@ -408,37 +411,41 @@ impl Bridge {
             let s = self.stats.clone();
             move || f(&s)
         };
-        let sampled = crate::metrics::Sampled::default()
-            .gauge(
-                "chorus_cluster_connected",
-                "1 while the node is connected to Redis (0: degraded).",
-                read(|s| u64::from(bridge_up(s))),
-            )
-            .counter(
+        let counters: [StatCounter; 5] = [
+            (
                 "chorus_cluster_published",
                 "Items published to other nodes.",
-                read(|s| s.published.load(Ordering::Relaxed)),
-            )
-            .counter(
+                |s| s.published.load(Ordering::Relaxed),
+            ),
+            (
                 "chorus_cluster_dropped",
                 "Items not published (queue full or Redis down); peers resync.",
-                read(|s| s.dropped.load(Ordering::Relaxed)),
-            )
-            .counter(
+                |s| s.dropped.load(Ordering::Relaxed),
+            ),
+            (
                 "chorus_cluster_received",
                 "Items received from other nodes.",
-                read(|s| s.received.load(Ordering::Relaxed)),
-            )
-            .counter(
+                |s| s.received.load(Ordering::Relaxed),
+            ),
+            (
                 "chorus_cluster_gaps",
                 "Sequence gaps seen (each asks the other nodes for a resync).",
-                read(|s| s.gaps.load(Ordering::Relaxed)),
-            )
-            .counter(
+                |s| s.gaps.load(Ordering::Relaxed),
+            ),
+            (
                 "chorus_cluster_recoveries",
                 "Reads of a room's log that brought entries the node had missed.",
-                read(|s| s.recoveries.load(Ordering::Relaxed)),
-            );
+                |s| s.recoveries.load(Ordering::Relaxed),
+            ),
+        ];
+        let mut sampled = crate::metrics::Sampled::default().gauge(
+            "chorus_cluster_connected",
+            "1 while the node is connected to Redis (0: degraded).",
+            read(|s| u64::from(bridge_up(s))),
+        );
+        for (name, help, f) in counters {
+            sampled = sampled.counter(name, help, read(f));
+        }
         registry.register_collector(Box::new(sampled));
     }
 }

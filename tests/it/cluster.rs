@@ -159,6 +159,28 @@ async fn fresh_view(addr: SocketAddr, room: &str) -> String {
 }
 
 /// Applies `update`s until `doc` holds `len` characters.
+/// Applies `reader`'s updates to `rdoc` until its text satisfies `done`
+/// (at most [`WAIT`]).
+async fn apply_updates_until(
+    reader: &mut Client,
+    rdoc: &TestDoc,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) {
+    tokio::time::timeout(WAIT, async {
+        while !done(&rdoc.text()) {
+            let m = reader
+                .expect(|m| matches!(m, ServerMessage::Update { .. }))
+                .await;
+            if let ServerMessage::Update { data, .. } = m {
+                rdoc.apply(&data.0);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out: {what}"));
+}
+
 async fn read_until_len(c: &mut Client, room: &str, doc: &TestDoc, len: u32) {
     while doc.len() < len {
         let m = c
@@ -636,18 +658,10 @@ async fn lost_channel_messages_are_read_back_from_the_log() {
     // The next entry is published: the reader's node sees the hole,
     // counts it, reads the log back and serves what it missed.
     writer.update_acked(room, wdoc.push("b ")).await;
-    tokio::time::timeout(WAIT, async {
-        while !(rdoc.text().contains("lost") && rdoc.text().contains("b ")) {
-            let m = reader
-                .expect(|m| matches!(m, ServerMessage::Update { .. }))
-                .await;
-            if let ServerMessage::Update { data, .. } = m {
-                rdoc.apply(&data.0);
-            }
-        }
+    apply_updates_until(&mut reader, &rdoc, "the reader gets the lost entry", |t| {
+        t.contains("lost") && t.contains("b ")
     })
-    .await
-    .expect("the reader gets the lost entry");
+    .await;
     assert!(
         crate::common::metric(reader_node, "chorus_cluster_gaps_total").await > gaps,
         "no gap counted"
@@ -675,18 +689,8 @@ async fn lost_channel_messages_are_read_back_from_the_log() {
     }
     wdoc.apply(&lost.diff(&wdoc.state_vector()));
     writer.update_acked(room, wdoc.push("end")).await;
-    tokio::time::timeout(WAIT, async {
-        while rdoc.text() != wdoc.text() {
-            let m = reader
-                .expect(|m| matches!(m, ServerMessage::Update { .. }))
-                .await;
-            if let ServerMessage::Update { data, .. } = m {
-                rdoc.apply(&data.0);
-            }
-        }
-    })
-    .await
-    .expect("reader converges");
+    let want = wdoc.text();
+    apply_updates_until(&mut reader, &rdoc, "reader converges", |t| t == want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -362,17 +362,12 @@ async fn the_doc_size_limit_holds_across_compactions() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.update_acked("bounded", doc.push("b")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let reply = send_4k_over_the_limit(&mut c, &doc).await;
-    assert!(
-        matches!(
-            reply,
-            ServerMessage::Error {
-                code: ErrorCode::DocTooLarge,
-                ..
-            }
-        ),
-        "6 KiB + 4 KiB over an 8 KiB limit after a compaction: {reply:?}"
-    );
+    refused_as_too_large(
+        &mut c,
+        &doc,
+        "6 KiB + 4 KiB over an 8 KiB limit after a compaction",
+    )
+    .await;
 }
 
 /// The document size bound survives a restart: a room loaded from the store
@@ -393,7 +388,26 @@ async fn the_doc_size_limit_holds_after_a_restart() {
     let srv = start(dir.path(), &limit);
     let mut c = Client::connect(srv.addr).await;
     c.join("bounded", &doc).await;
-    let reply = send_4k_over_the_limit(&mut c, &doc).await;
+    refused_as_too_large(
+        &mut c,
+        &doc,
+        "6 KiB stored + 4 KiB over an 8 KiB limit after a restart",
+    )
+    .await;
+}
+
+/// Sends 4 KiB more to room `bounded` and asserts it is refused with
+/// `doc_too_large` (`why`: what makes it over the limit).
+async fn refused_as_too_large(c: &mut Client, doc: &TestDoc, why: &str) {
+    let rid = c
+        .send_update("bounded", doc.push(&"c".repeat(4 * 1024)))
+        .await;
+    let reply = c
+        .expect(|m| {
+            matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
+                || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
+        })
+        .await;
     assert!(
         matches!(
             reply,
@@ -402,18 +416,6 @@ async fn the_doc_size_limit_holds_after_a_restart() {
                 ..
             }
         ),
-        "6 KiB stored + 4 KiB over an 8 KiB limit after a restart: {reply:?}"
+        "{why}: {reply:?}"
     );
-}
-
-/// Sends 4 KiB more to room `bounded`; returns its ack or its error.
-async fn send_4k_over_the_limit(c: &mut Client, doc: &TestDoc) -> ServerMessage {
-    let rid = c
-        .send_update("bounded", doc.push(&"c".repeat(4 * 1024)))
-        .await;
-    c.expect(|m| {
-        matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
-            || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
-    })
-    .await
 }
