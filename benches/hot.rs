@@ -161,7 +161,7 @@ fn store(c: &mut Criterion) {
     let memory = MemoryStore::new();
     g.bench_function("append_memory", |b| {
         b.iter(|| {
-            rt.block_on(memory.append("bench-room", update.clone()))
+            rt.block_on(memory.append("bench-room", update.clone(), None))
                 .expect("append")
         })
     });
@@ -172,7 +172,7 @@ fn store(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("append_redb_one_at_a_time", |b| {
         b.iter(|| {
-            rt.block_on(redb.append("bench-room", update.clone()))
+            rt.block_on(redb.append("bench-room", update.clone(), None))
                 .expect("append")
         })
     });
@@ -182,7 +182,7 @@ fn store(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let futs: Vec<_> = (0..256)
-                    .map(|i| redb.append(if i % 2 == 0 { "a" } else { "b" }, update.clone()))
+                    .map(|i| redb.append(if i % 2 == 0 { "a" } else { "b" }, update.clone(), None))
                     .collect();
                 for f in futs {
                     f.await.expect("append");

@@ -403,7 +403,7 @@ impl DocStore for RedisStore {
         })
     }
 
-    fn append(&self, room: &str, update: Bytes) -> StoreFuture<u64> {
+    fn append(&self, room: &str, update: Bytes, _author: Option<&str>) -> StoreFuture<u64> {
         let k = Keys::new(room);
         let channel = room_channel(room);
         let node = self.node.clone();

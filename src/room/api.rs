@@ -189,7 +189,7 @@ impl Handler<ApiUpdate> for Room {
                 .map_err(|(code, e)| RoomError::new(code, e))
         });
         match applied {
-            Ok(true) => Box::pin(self.append_update(msg.data).map(|res, _, _| {
+            Ok(true) => Box::pin(self.append_update(msg.data, None).map(|res, _, _| {
                 res.map_err(|_| {
                     RoomError::new(ErrorCode::StoreFailed, "update not stored; resend it")
                 })

@@ -380,7 +380,7 @@ impl Room {
     /// client waits for it).
     fn write_to_log(&mut self, update: Bytes, ctx: &mut Context<Self>) {
         let room = self.id.clone();
-        ctx.spawn(self.append_update(update).map(move |res, _, _| {
+        ctx.spawn(self.append_update(update, None).map(move |res, _, _| {
             if let Err(e) = res {
                 tracing::error!(room = %room, "writing back to the log failed (retried on reconnection): {e}");
             }

@@ -463,7 +463,7 @@ impl Handler<ClientUpdate> for Room {
             return ack(self, &link);
         }
         ctx.spawn(
-            self.append_update(msg.data)
+            self.append_update(msg.data, link.user.as_deref())
                 .map(move |res, room, _| match res {
                     Ok(()) => ack(room, &link),
                     Err(_) => room.members.error_to(

@@ -111,9 +111,9 @@ impl Persistence {
     }
 
     /// Starts appending one update, in a task that outlives the room.
-    fn begin_append(&mut self, room: &str, data: Bytes) -> StoreFuture<u64> {
+    fn begin_append(&mut self, room: &str, data: Bytes, author: Option<&str>) -> StoreFuture<u64> {
         self.inflight += 1;
-        let task = self.writes.spawn(self.store.append(room, data));
+        let task = self.writes.spawn(self.store.append(room, data, author));
         Box::pin(async move {
             task.await
                 .unwrap_or_else(|e| Err(StoreError::Io(format!("the append task failed: {e}"))))
@@ -196,11 +196,12 @@ impl Room {
     pub(super) fn append_update(
         &mut self,
         data: Bytes,
+        author: Option<&str>,
     ) -> impl ActorFuture<Self, Output = Result<(), String>> + 'static {
         let len = data.len() as u64;
         let started = Instant::now();
         let kept = self.cluster.is_some().then(|| data.clone());
-        let append = self.persist.begin_append(&self.id, data);
+        let append = self.persist.begin_append(&self.id, data, author);
         append.into_actor(self).map(move |res, room, ctx| {
             room.persist.end_append(res.as_ref().ok().copied(), len);
             room.metrics.store_latency.observe(started.elapsed());

@@ -457,11 +457,11 @@ mod tests {
         fn load(&self, room: &str) -> StoreFuture<StoredDoc> {
             self.0.load(room)
         }
-        fn append(&self, room: &str, update: Bytes) -> StoreFuture<u64> {
+        fn append(&self, room: &str, update: Bytes, _: Option<&str>) -> StoreFuture<u64> {
             let (store, room) = (self.0.clone(), room.to_owned());
             Box::pin(async move {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                store.append(&room, update).await
+                store.append(&room, update, None).await
             })
         }
         fn compact(&self, room: &str, snapshot: Bytes, upto: u64) -> StoreFuture<()> {

@@ -54,7 +54,7 @@ impl DocStore for MemoryStore {
         Box::pin(async move { Ok(doc) })
     }
 
-    fn append(&self, room: &str, update: Bytes) -> StoreFuture<u64> {
+    fn append(&self, room: &str, update: Bytes, _author: Option<&str>) -> StoreFuture<u64> {
         let seq = self.with(|rooms| {
             let e = rooms.entry(room.to_owned()).or_default();
             e.last_seq += 1;
@@ -90,8 +90,14 @@ mod tests {
     #[tokio::test]
     async fn compact_drops_covered_entries() {
         let store = MemoryStore::new();
-        let a = store.append("r", Bytes::from_static(b"a")).await.unwrap();
-        let b = store.append("r", Bytes::from_static(b"b")).await.unwrap();
+        let a = store
+            .append("r", Bytes::from_static(b"a"), None)
+            .await
+            .unwrap();
+        let b = store
+            .append("r", Bytes::from_static(b"b"), None)
+            .await
+            .unwrap();
         assert!(b > a);
         store
             .compact("r", Bytes::from_static(b"s"), a)

@@ -71,8 +71,9 @@ pub trait DocStore: Send + Sync + 'static {
     /// Loads a room's snapshot and log tail; an unknown room is empty.
     fn load(&self, room: &str) -> StoreFuture<StoredDoc>;
     /// Appends one update to the room's log; resolves to its sequence number
-    /// once the update is durable.
-    fn append(&self, room: &str, update: Bytes) -> StoreFuture<u64>;
+    /// once the update is durable. `author` is the user id of whoever made
+    /// the change, when known (stores that keep it record it with the entry).
+    fn append(&self, room: &str, update: Bytes, author: Option<&str>) -> StoreFuture<u64>;
     /// Atomically replaces the snapshot with `snapshot` and drops the log
     /// entries with sequence numbers `<= upto_seq` (which it covers).
     fn compact(&self, room: &str, snapshot: Bytes, upto_seq: u64) -> StoreFuture<()>;

@@ -321,7 +321,7 @@ impl DocStore for RedbStore {
         })
     }
 
-    fn append(&self, room: &str, update: Bytes) -> StoreFuture<u64> {
+    fn append(&self, room: &str, update: Bytes, _author: Option<&str>) -> StoreFuture<u64> {
         let room = room.to_owned();
         self.write(|reply| WriteOp::Append {
             room,
@@ -704,7 +704,7 @@ mod tests {
         let store = open(dir.path());
         let mut seqs = Vec::new();
         for i in 0..10 {
-            seqs.push(store.append("r", b(&format!("u{i}"))).await.unwrap());
+            seqs.push(store.append("r", b(&format!("u{i}")), None).await.unwrap());
         }
         assert!(seqs.windows(2).all(|w| w[1] > w[0]), "monotonic: {seqs:?}");
         store.compact("r", b("snap"), seqs[5]).await.unwrap();
@@ -727,7 +727,7 @@ mod tests {
         assert_eq!(doc.snapshot, Some(b("all")));
         assert!(doc.updates.is_empty());
         assert_eq!(doc.last_seq, seqs[9]);
-        let next = store.append("r", b("after")).await.unwrap();
+        let next = store.append("r", b("after"), None).await.unwrap();
         assert!(next > seqs[9], "sequence numbers never go back");
         store.close().await.unwrap();
     }
@@ -740,11 +740,11 @@ mod tests {
         // the compaction share batches; a fresh room numbers from 1.
         let mut appends = Vec::new();
         for i in 1..=100u64 {
-            appends.push(store.append("r", b(&format!("u{i}"))));
+            appends.push(store.append("r", b(&format!("u{i}")), None));
         }
         let compaction = store.compact("r", b("snap"), 60);
         for i in 101..=130u64 {
-            appends.push(store.append("r", b(&format!("u{i}"))));
+            appends.push(store.append("r", b(&format!("u{i}")), None));
         }
         let mut seqs = Vec::new();
         for f in appends {
@@ -768,10 +768,10 @@ mod tests {
     async fn delete_removes_only_that_room() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        store.append("a", b("a1")).await.unwrap();
-        store.append("b", b("b1")).await.unwrap();
+        store.append("a", b("a1"), None).await.unwrap();
+        store.append("b", b("b1"), None).await.unwrap();
         store.compact("a", b("sa"), 1).await.unwrap();
-        store.append("a", b("a2")).await.unwrap();
+        store.append("a", b("a2"), None).await.unwrap();
         store.delete("a").await.unwrap();
         let a = store.load("a").await.unwrap();
         assert!(a.snapshot.is_none() && a.updates.is_empty() && a.last_seq == 0);
@@ -819,7 +819,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         for i in 1..=3 {
-            store.append("r", b(&format!("u{i}"))).await.unwrap();
+            store.append("r", b(&format!("u{i}")), None).await.unwrap();
         }
         store.close().await.unwrap();
         damage(dir.path(), LOG, "r", 2);
@@ -842,10 +842,10 @@ mod tests {
     async fn damaged_snapshot_refuses_the_room() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        store.append("r", b("u1")).await.unwrap();
-        store.append("ok", b("u1")).await.unwrap();
+        store.append("r", b("u1"), None).await.unwrap();
+        store.append("ok", b("u1"), None).await.unwrap();
         store.compact("r", b("snap"), 1).await.unwrap();
-        store.append("r", b("u2")).await.unwrap();
+        store.append("r", b("u2"), None).await.unwrap();
         store.close().await.unwrap();
         damage(dir.path(), SNAPSHOT, "r", 1);
 
@@ -865,7 +865,7 @@ mod tests {
     async fn a_room_with_only_damaged_entries_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        store.append("r", b("u1")).await.unwrap();
+        store.append("r", b("u1"), None).await.unwrap();
         store.close().await.unwrap();
         damage(dir.path(), LOG, "r", 1);
         let store = open(dir.path());
@@ -888,7 +888,7 @@ mod tests {
             Ok(_) => panic!("opened twice"),
         }
         store.close().await.unwrap();
-        assert!(store.append("r", b("x")).await.is_err(), "closed");
+        assert!(store.append("r", b("x"), None).await.is_err(), "closed");
     }
 
     #[tokio::test]
@@ -896,7 +896,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open_at(dir.path(), WriterOptions { max_batch: 1 }).unwrap();
         let futs: Vec<_> = (0..20)
-            .map(|i| store.append(if i % 2 == 0 { "a" } else { "b" }, b(&format!("{i}"))))
+            .map(|i| store.append(if i % 2 == 0 { "a" } else { "b" }, b(&format!("{i}")), None))
             .collect();
         for f in futs {
             f.await.unwrap();
