@@ -73,9 +73,9 @@ pub enum StoreKind {
     Redb,
     /// In process memory: lost when the process exits.
     Memory,
-    /// In Redis at `--redis-url` (cluster mode): every node reads and
-    /// writes the same log, so any node can open any room.
-    Redis,
+    /// In PostgreSQL at `--postgres-url`: durable, shared by every node of
+    /// a cluster (any node can open any room), usable on one node too.
+    Postgres,
 }
 
 /// Log line format.
@@ -98,9 +98,9 @@ pub struct Config {
     #[arg(long, env = "CHORUS_PORT", default_value_t = 8080)]
     pub port: u16,
     /// Where documents are kept: `redb` (durable, in `--data-dir`; the
-    /// default on a single node), `memory` (ephemeral, for tests) or `redis`
-    /// (at `--redis-url`, shared by the nodes of a cluster: the default, and
-    /// the only choice, in cluster mode).
+    /// default without `--postgres-url`), `postgres` (at `--postgres-url`;
+    /// the default when it is given, and the only durable choice in cluster
+    /// mode) or `memory` (ephemeral: tests and throwaway deployments).
     #[arg(long, env = "CHORUS_STORE", value_enum)]
     pub store: Option<StoreKind>,
     /// Directory of the durable store (created if missing); the database is
@@ -122,11 +122,29 @@ pub struct Config {
     /// Absent: a single node, nothing is published.
     #[arg(long, env = "CHORUS_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Cluster mode: how long an update's append keeps retrying while Redis
-    /// is unreachable (its client waits for the ack meanwhile; local members
-    /// see the update at once). Past it the client gets `store_failed`.
-    #[arg(long, env = "CHORUS_REDIS_APPEND_TIMEOUT_MS", default_value_t = 30_000)]
-    pub redis_append_timeout_ms: u64,
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`, libpq
+    /// parameters such as `sslmode=require` in the query) of the document
+    /// store; selects `--store postgres`. Required in cluster mode.
+    #[arg(long, env = "CHORUS_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// Connections the PostgreSQL store keeps open (one writes appends in
+    /// group commits; the others load, compact and read logs).
+    #[arg(long, env = "CHORUS_POSTGRES_POOL_SIZE", default_value_t = 8)]
+    pub postgres_pool_size: usize,
+    /// PEM file of extra root certificates trusted for the PostgreSQL
+    /// server's certificate (a managed database's CA), besides the system's.
+    #[arg(long, env = "CHORUS_POSTGRES_CA_FILE")]
+    pub postgres_ca_file: Option<PathBuf>,
+    /// How long an append waits for PostgreSQL (unreachable, restarting)
+    /// before its client gets `store_failed`; the room keeps the update and
+    /// retries it until it is stored.
+    #[arg(long, env = "CHORUS_POSTGRES_APPEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub postgres_append_timeout_ms: u64,
+    /// Cluster mode: how long a node waits for a missing log entry to arrive
+    /// on Redis (entries of different nodes may arrive out of order) before
+    /// reading it from the store.
+    #[arg(long, env = "CHORUS_CLUSTER_GAP_WAIT_MS", default_value_t = 50)]
+    pub cluster_gap_wait_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `chorus=debug`).
     #[arg(long, env = "CHORUS_LOG", default_value = "info")]
     pub log_level: String,
@@ -340,20 +358,10 @@ impl ApiConfig {
     /// The extra webhook roots of `--webhook-ca-file` (none when it is
     /// unset); `Err` when the file cannot be read or holds no certificate.
     pub fn webhook_roots(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-        use rustls::pki_types::{pem::PemObject, CertificateDer};
-        let Some(path) = &self.webhook_ca_file else {
-            return Ok(Vec::new());
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("webhook CA file {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "webhook CA file {}: no PEM certificate in it",
-                path.display()
-            ));
+        match &self.webhook_ca_file {
+            Some(path) => crate::tls::pem_certs(path, "webhook CA file"),
+            None => Ok(Vec::new()),
         }
-        Ok(certs)
     }
 }
 
@@ -492,30 +500,30 @@ impl Config {
         }
     }
 
-    /// The store in use: `--store`, else Redis in cluster mode and redb on a
-    /// single node.
+    /// The store in use: `--store`, else PostgreSQL when `--postgres-url` is
+    /// given and redb otherwise.
     pub fn store_kind(&self) -> StoreKind {
-        match (self.store, &self.redis_url) {
+        match (self.store, &self.postgres_url) {
             (Some(kind), _) => kind,
-            (None, Some(_)) => StoreKind::Redis,
+            (None, Some(_)) => StoreKind::Postgres,
             (None, None) => StoreKind::Redb,
         }
     }
 
     /// Checks relations between values that clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
-        match (self.store, &self.redis_url) {
-            (Some(StoreKind::Redis), None) => return Err("--store redis needs --redis-url".into()),
-            (Some(kind @ (StoreKind::Redb | StoreKind::Memory)), Some(_)) => {
-                return Err(format!(
-                    "cluster mode (--redis-url) keeps documents in Redis, shared by the nodes: \
-                     --store {} cannot be combined with it (drop --store)",
-                    kind.to_possible_value()
-                        .map(|v| v.get_name().to_owned())
-                        .unwrap_or_default()
-                ))
-            }
-            _ => {}
+        if self.store_kind() == StoreKind::Postgres && self.postgres_url.is_none() {
+            return Err("--store postgres needs --postgres-url".into());
+        }
+        if self.redis_url.is_some() && self.store_kind() != StoreKind::Postgres {
+            return Err(
+                "cluster mode (--redis-url) keeps documents in PostgreSQL, shared by the nodes \
+                 (Redis only carries messages): add --postgres-url"
+                    .into(),
+            );
+        }
+        if self.postgres_pool_size < 2 {
+            return Err("postgres pool size must be at least 2 (one writer, one reader)".into());
         }
         let l = &self.limits;
         if l.heartbeat_ms == 0 || l.heartbeat_ms * 2 > l.client_timeout_ms {

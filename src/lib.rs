@@ -79,4 +79,5 @@ pub mod room;
 pub mod session;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod webhook;

@@ -132,29 +132,7 @@ impl Webhooks {
 /// system's roots and `--webhook-ca-file`, `webhook_timeout_ms` per request,
 /// no redirects, no proxy.
 fn client(config: &ApiConfig) -> Result<reqwest::Client, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!("system root certificates: {e}");
-    }
-    roots.add_parsable_certificates(native.certs);
-    for cert in config.webhook_roots()? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("webhook CA file: {e}"))?;
-    }
-    if roots.is_empty() {
-        tracing::warn!(
-            "no root certificates (system store empty, no --webhook-ca-file): https:// webhook receivers will be refused"
-        );
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("webhook TLS: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = crate::tls::client_config(config.webhook_roots()?, "webhook TLS")?;
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(Duration::from_millis(config.webhook_timeout_ms))

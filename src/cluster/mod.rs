@@ -4,17 +4,17 @@
 //! start). A room open on a node subscribes to the Redis channel
 //! `chorus:room:{id}`, which carries two kinds of messages:
 //!
-//! - **Document updates** are written by the store: the append script of
-//!   [`RedisStore`] adds the update to the room's log (a Redis stream) and
-//!   publishes it as a [`LogFrame`] in one atomic step, numbered by the
-//!   log's `(epoch, seq)`. Every node sees the log's entries in log order,
-//!   its own included (as position markers); it applies the others' and fans
-//!   them out locally. A node that sees a hole in the numbering (a lost
-//!   message, a reconnection) reads the missing entries from the stream
-//!   ([`Bridge::read_since`]) instead of diverging; a new epoch means the
-//!   log was lost (Redis restarted without persistence) and the node writes
-//!   back what the new log lacks. A client's update is acked once the
-//!   script returned, i.e. once it is in Redis.
+//! - **Document updates** live in the store every node shares
+//!   (PostgreSQL). A room appends an update there; once the transaction
+//!   committed (which numbered it: the log's `(generation, seq)`), the room
+//!   publishes it as a [`LogFrame`] and acknowledges it. A published entry
+//!   is thus always in the log, and Redis holds nothing that would be lost
+//!   with it. Entries of different nodes may arrive out of order: a node
+//!   that sees a hole in the numbering waits `--cluster-gap-wait-ms` for it
+//!   to fill, then reads the missing entries from the store
+//!   ([`crate::store::DocStore::read_since`]) instead of diverging; after a
+//!   reconnection to Redis it reads what was published meanwhile the same
+//!   way. A new generation means the room was deleted.
 //! - **Ephemeral items** (presence diffs, cursors, typing, events) are
 //!   published by the bridge as MessagePack [`Envelope`]s, numbered per
 //!   room instance (`epoch`, `seq` = 1, 2, …). A receiver tracks them per
@@ -50,8 +50,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::protocol::native::{CursorView, MemberView};
-use crate::store::StoreFuture;
-use log::{LogFrame, LogRead, RedisStore};
+use log::LogFrame;
 
 /// How long a node's liveness key lives without a refresh (three missed
 /// heartbeats).
@@ -182,9 +181,8 @@ pub struct Remote {
     pub envelope: Envelope,
 }
 
-/// A frame of the room's log (an entry, or the room's deletion), delivered
-/// in log order. Entries written by this node come with an empty update:
-/// the room only notes their position.
+/// A frame of the room's log (an entry, or the room's deletion) published
+/// by another node; entries of different nodes may arrive out of order.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Log(pub LogFrame);
@@ -261,8 +259,6 @@ pub struct Bridge {
     /// Nodes with remote members in some room here (checked for liveness).
     watched: Arc<RwLock<HashSet<String>>>,
     stats: Arc<Stats>,
-    /// The rooms' logs, read to recover missed entries.
-    log: Arc<RedisStore>,
 }
 
 impl Bridge {
@@ -270,7 +266,7 @@ impl Bridge {
     /// subscriber). Must be called inside a tokio runtime (the actix
     /// `System`). Connection failures are not errors: the tasks retry with
     /// backoff and report `connected = false` meanwhile.
-    pub fn start(url: &str, node: &str, log: Arc<RedisStore>) -> Result<Bridge, ClusterError> {
+    pub fn start(url: &str, node: &str) -> Result<Bridge, ClusterError> {
         let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -280,7 +276,6 @@ impl Bridge {
             control,
             watched: Arc::default(),
             stats: Arc::default(),
-            log,
         };
         tokio::spawn(publisher(client.clone(), bridge.clone(), publish_rx));
         tokio::spawn(subscriber(client, bridge.clone(), control_rx));
@@ -388,10 +383,17 @@ impl Bridge {
         }
     }
 
-    /// Reads the entries of `room`'s log after `after` (see
-    /// [`RedisStore::read_since`]).
-    pub fn read_since(&self, room: &str, after: u64, epoch: Option<&str>) -> StoreFuture<LogRead> {
-        self.log.read_since(room, after, epoch)
+    /// Publishes a frame of `room`'s log (an entry once it is durable in
+    /// the store, or the room's deletion), without waiting. Dropped (counted)
+    /// when the queue is full or Redis is away: receivers see the hole at
+    /// the next entry, and the publisher's reconnection makes every room
+    /// here say `Hello`, which makes the others read the log.
+    pub fn publish_log(&self, room: &str, frame: &LogFrame) {
+        let out = Out::Item(room_channel(room), frame.encode());
+        if self.publish.try_send(out).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(room, "cluster publish queue full: log entry dropped");
+        }
     }
 
     /// Counts a gap seen by a room.
@@ -715,9 +717,8 @@ async fn apply_control(
     true
 }
 
-/// Decodes one pub/sub message and hands it to its room: log frames all
-/// (this node's own entries without their update), envelopes unless this
-/// node sent them.
+/// Decodes one pub/sub message and hands it to its room unless this node
+/// sent it.
 fn deliver(bridge: &Bridge, subs: &HashMap<String, Sub>, channel: &str, payload: &[u8]) {
     let Some(room) = channel.strip_prefix("chorus:room:") else {
         return;
@@ -725,15 +726,12 @@ fn deliver(bridge: &Bridge, subs: &HashMap<String, Sub>, channel: &str, payload:
     let Some(sub) = subs.get(room) else {
         return;
     };
-    if let Some(mut frame) = LogFrame::parse(payload) {
-        if frame.node() == &*bridge.node {
-            if let LogFrame::Entry { update, .. } = &mut frame {
-                *update = bytes::Bytes::new();
-            }
-        } else {
+    if let Some(frame) = LogFrame::parse(payload) {
+        // A room notes its own entries' positions as it publishes them.
+        if frame.node() != &*bridge.node {
             bridge.stats.received.fetch_add(1, Ordering::Relaxed);
+            sub.log.do_send(Log(frame));
         }
-        sub.log.do_send(Log(frame));
         return;
     }
     let envelope = match Envelope::decode(payload) {

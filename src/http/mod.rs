@@ -24,7 +24,6 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_actors::ws;
 
 use crate::auth::{now_secs, Verifier};
-use crate::cluster::log::RedisStore;
 use crate::cluster::Bridge;
 use crate::config::{Config, StoreKind};
 use crate::limit::IpLimiter;
@@ -36,6 +35,7 @@ use crate::session::flow::{Gate, GatedPayload};
 use crate::session::yjs::YjsSession;
 use crate::session::{Admission, NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
+use crate::store::postgres::PostgresStore;
 use crate::store::redb::RedbStore;
 use crate::store::{DocStore, StoreError};
 use crate::webhook::Webhooks;
@@ -84,21 +84,16 @@ impl Server {
         config.validate().map_err(ServerError::Config)?;
         let config = Arc::new(config);
         let node = format!("{:08x}", rand::random::<u32>());
-        let (store, bridge): (Arc<dyn DocStore>, _) = match config.store_kind() {
-            StoreKind::Redb => (Arc::new(RedbStore::open(&config)?), None),
-            StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
-            StoreKind::Redis => {
-                let Some(url) = &config.redis_url else {
-                    return Err(ServerError::Config(
-                        "--store redis needs --redis-url".into(),
-                    ));
-                };
-                let retry = Duration::from_millis(config.redis_append_timeout_ms);
-                let log = Arc::new(RedisStore::open(url, &node, retry)?);
-                let bridge = Bridge::start(url, &node, log.clone())
-                    .map_err(|e| ServerError::Config(e.to_string()))?;
-                (log as Arc<dyn DocStore>, Some(bridge))
+        let store: Arc<dyn DocStore> = match config.store_kind() {
+            StoreKind::Redb => Arc::new(RedbStore::open(&config)?),
+            StoreKind::Memory => Arc::new(MemoryStore::new()),
+            StoreKind::Postgres => Arc::new(PostgresStore::open(&config)?),
+        };
+        let bridge = match &config.redis_url {
+            Some(url) => {
+                Some(Bridge::start(url, &node).map_err(|e| ServerError::Config(e.to_string()))?)
             }
+            None => None,
         };
         let auth = match (&config.auth_secret, &config.auth_public_key) {
             (Some(secret), _) => Some(Arc::new(Verifier::from_secret(secret.as_bytes())?)),

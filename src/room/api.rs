@@ -258,7 +258,10 @@ impl Handler<DeleteRoom> for Room {
     fn handle(&mut self, _: DeleteRoom, ctx: &mut Context<Self>) -> Self::Result {
         self.reset(ctx);
         let delete = self.persist.delete(&self.id);
-        Box::pin(delete.into_actor(self).map(|res, room, _| {
+        Box::pin(delete.into_actor(self).map(|res, room, ctx| {
+            if res.is_ok() {
+                room.cluster_deleted(ctx);
+            }
             res.map_err(|e| {
                 tracing::error!(room = %room.id, "delete failed: {e}");
                 RoomError::new(

@@ -1,25 +1,27 @@
 //! The room's side of cluster mode (see [`crate::cluster`]): the shared
-//! log's entries (applied in log order, gaps read back from the stream, a
-//! lost log written back), and the ephemeral items it shares (only what its
-//! local members did) or applies from other nodes (fanned out locally, never
-//! shared again). [`ClusterState`] owns the positions; the handlers below
-//! apply what they decide.
+//! log's entries (its own published once durable; the others' applied as
+//! they come, holes waited for briefly, then read back from the store),
+//! and the ephemeral items it shares (only what its local members did) or
+//! applies from other nodes (fanned out locally, never shared again).
+//! [`ClusterState`] owns the positions; the handlers below apply what they
+//! decide.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::Room;
-use crate::cluster::log::{LogFrame, LogRead};
+use crate::cluster::log::LogFrame;
+use crate::store::LogRead;
 use crate::cluster::{Bridge, Envelope, Item, Log, NodesDead, Remote, Resubscribed, UNSEQUENCED};
 use crate::ids::{node_of, MemberId};
 use crate::protocol::native::{CursorView, MemberView, ServerMessage};
 
-/// Most log positions remembered while a read of missed entries is in
-/// flight (beyond it a later gap just triggers one more read).
+/// Most log positions remembered past a hole, or while a read of missed
+/// entries is in flight (beyond it a later gap just triggers one more read).
 const SEEN_WHILE_READING: usize = 4096;
 
 /// What a room instance knows of the cluster: its own item sequence, its
@@ -42,10 +44,11 @@ pub(super) struct ClusterState {
     /// Log positions seen on the channel while a read was in flight (the
     /// read may end before them).
     seen_while_reading: Vec<(String, u64)>,
-    /// Local updates whose append failed (Redis unreachable for longer than
-    /// `--redis-append-timeout-ms`); written to the log once Redis answers
-    /// again, so other nodes get them.
-    unlogged: Vec<Bytes>,
+    /// Positions applied past a hole in the log (entries of other nodes
+    /// arrive out of order); the hole is waited for, then read back.
+    ahead: BTreeSet<u64>,
+    /// A check of the hole is scheduled.
+    gap_check_due: bool,
     /// Last `(epoch, seq)` received from each other node, for gap detection.
     remote_seq: HashMap<String, (u64, u64)>,
 }
@@ -75,7 +78,8 @@ impl ClusterState {
             catching_up: false,
             catch_up_again: false,
             seen_while_reading: Vec::new(),
-            unlogged: Vec::new(),
+            ahead: BTreeSet::new(),
+            gap_check_due: false,
             remote_seq: HashMap::new(),
         }
     }
@@ -86,15 +90,23 @@ impl ClusterState {
         self.log_seq = last_seq;
     }
 
-    /// Keeps an update whose append failed, to write it once Redis is back.
-    pub(super) fn unlogged(&mut self, update: Bytes) {
-        self.unlogged.push(update);
-    }
-
-    /// Forgets the log position and what was not logged (room deleted).
+    /// Forgets the log position (room deleted).
     pub(super) fn clear(&mut self) {
         self.log_seq = 0;
-        self.unlogged.clear();
+        self.ahead.clear();
+    }
+
+    /// The log generation to publish entries under.
+    fn generation(&self) -> String {
+        self.log_generation.clone().unwrap_or_else(|| "0".to_owned())
+    }
+
+    /// Moves the position through the entries already applied past it.
+    fn advance(&mut self) {
+        while self.ahead.remove(&(self.log_seq + 1)) {
+            self.log_seq += 1;
+        }
+        self.ahead = self.ahead.split_off(&(self.log_seq + 1));
     }
 
     /// The envelope of this instance's next item.
@@ -131,8 +143,12 @@ impl ClusterState {
             Some(g) if *g == generation => {
                 if seq == self.log_seq + 1 {
                     self.log_seq = seq;
-                    LogStep::Next(seq)
+                    self.advance();
+                    LogStep::Next(self.log_seq)
                 } else if seq > self.log_seq + 1 {
+                    if self.ahead.len() < SEEN_WHILE_READING {
+                        self.ahead.insert(seq);
+                    }
                     LogStep::Gap
                 } else {
                     LogStep::Nothing
@@ -166,8 +182,8 @@ impl ClusterState {
     }
 
     /// True when a read of the log found another generation than the one
-    /// this room holds positions of: the log was lost or replaced.
-    fn is_lost(&self, read: &LogRead) -> bool {
+    /// this room holds positions of: the room was deleted meanwhile.
+    fn is_replaced(&self, read: &LogRead) -> bool {
         self.log_generation.is_some() && self.log_generation != read.epoch
     }
 
@@ -177,8 +193,10 @@ impl ClusterState {
         if self.log_generation != read.epoch {
             self.log_generation = read.epoch.clone();
             self.log_seq = 0;
+            self.ahead.clear();
         }
         self.log_seq = self.log_seq.max(read.last_seq);
+        self.advance();
         let mut seen = std::mem::take(&mut self.seen_while_reading);
         seen.retain(|(g, s)| self.log_generation.as_ref() == Some(g) && *s > self.log_seq);
         seen.sort_unstable_by_key(|(_, s)| *s);
@@ -187,6 +205,7 @@ impl ClusterState {
                 self.log_seq = s;
             }
         }
+        self.advance();
         self.log_seq
     }
 
@@ -195,6 +214,7 @@ impl ClusterState {
         self.log_generation = Some(generation);
         self.log_seq = 0;
         self.seen_while_reading.clear();
+        self.ahead.clear();
     }
 }
 
@@ -326,7 +346,7 @@ impl Room {
         let Some((after, generation)) = c.begin_catch_up() else {
             return;
         };
-        let read = c.bridge.read_since(&self.id, after, generation.as_deref());
+        let read = self.persist.read_since(&self.id, after, generation.as_deref());
         ctx.spawn(read.into_actor(self).map(|res, room, ctx| {
             let again = room
                 .cluster
@@ -343,12 +363,16 @@ impl Room {
         }));
     }
 
-    /// Applies what a log read found; writes back what a lost log lacks.
+    /// Applies what a log read found (after a reset when the room was
+    /// deleted on another node and this one missed it).
     fn caught_up(&mut self, read: LogRead, ctx: &mut Context<Self>) {
         if self.broken.is_some() {
             return;
         }
-        let lost = self.cluster.as_ref().is_some_and(|c| c.is_lost(&read));
+        if self.cluster.as_ref().is_some_and(|c| c.is_replaced(&read)) {
+            tracing::warn!(room = %self.id, "the room was deleted on another node: resetting");
+            self.reset(ctx);
+        }
         let parts: Vec<&Bytes> = read.snapshot.iter().chain(read.updates.iter()).collect();
         let before = self.document.state_vector();
         for part in &parts {
@@ -361,30 +385,73 @@ impl Room {
                 c.bridge.recovered();
             }
         }
-        if lost {
-            tracing::warn!(
-                room = %self.id,
-                "the room's log in Redis was lost or replaced: writing back what it lacks"
-            );
-            if let Some(diff) = self.document.beyond(parts.iter().copied()) {
-                self.write_to_log(diff, ctx);
-            }
-        }
         if let Some(c) = &mut self.cluster {
             let seq = c.caught_up(&read);
             self.persist.durable_upto(seq);
         }
     }
 
-    /// Appends an update this copy already holds to the shared log (no
-    /// client waits for it).
-    fn write_to_log(&mut self, update: Bytes, ctx: &mut Context<Self>) {
-        let room = self.id.clone();
-        ctx.spawn(self.append_update(update, None).map(move |res, _, _| {
-            if let Err(e) = res {
-                tracing::error!(room = %room, "writing back to the log failed (retried on reconnection): {e}");
-            }
+    /// An update of this room is durable in the store as entry `seq`: in
+    /// cluster mode it is published now (so a published entry is always in
+    /// the log) and its position noted.
+    pub(super) fn appended(&mut self, seq: u64, update: &Bytes, ctx: &mut Context<Self>) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        let generation = c.generation();
+        c.bridge.publish_log(
+            &self.id,
+            &LogFrame::Entry {
+                epoch: generation.clone(),
+                seq,
+                node: c.bridge.node().to_owned(),
+                update: update.clone(),
+            },
+        );
+        self.log_position(generation, seq, ctx);
+    }
+
+    /// The room was deleted here: learns the log's new generation, applies
+    /// what other nodes may have written into it already, and tells them.
+    pub(super) fn cluster_deleted(&mut self, ctx: &mut Context<Self>) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let read = self.persist.read_since(&self.id, 0, None);
+        ctx.spawn(read.into_actor(self).map(|res, room, ctx| {
+            let read = match res {
+                Ok(read) => read,
+                Err(e) => return tracing::warn!(room = %room.id, "reading the log after a delete failed: {e}"),
+            };
+            let Some(c) = &mut room.cluster else {
+                return;
+            };
+            let generation = read.epoch.clone().unwrap_or_else(|| "0".to_owned());
+            c.log_deleted(generation.clone());
+            c.bridge.publish_log(
+                &room.id,
+                &LogFrame::Deleted {
+                    epoch: generation,
+                    node: c.bridge.node().to_owned(),
+                },
+            );
+            room.caught_up(read, ctx);
         }));
+    }
+
+    /// The hole in the log is still there after `--cluster-gap-wait-ms`:
+    /// reads it back.
+    fn check_gap(&mut self, ctx: &mut Context<Self>) {
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        c.gap_check_due = false;
+        if c.ahead.is_empty() {
+            return;
+        }
+        tracing::debug!(room = %self.id, have = c.log_seq, "hole in the log: reading it back");
+        c.bridge.gap();
+        self.catch_up(ctx);
     }
 
     /// Adds or updates a member of another node.
@@ -472,13 +539,16 @@ impl Room {
         let Some(c) = &mut self.cluster else {
             return;
         };
-        let have = c.log_seq;
         match c.log_position(generation, seq) {
             LogStep::Next(seq) => self.persist.durable_upto(seq),
             LogStep::Gap => {
-                tracing::debug!(room = %self.id, seq, have, "gap in the log: reading it back");
-                c.bridge.gap();
-                self.catch_up(ctx);
+                // Entries of other nodes may simply arrive out of order:
+                // wait for the hole to fill before reading it back.
+                if !c.gap_check_due {
+                    c.gap_check_due = true;
+                    let wait = Duration::from_millis(self.config.cluster_gap_wait_ms);
+                    ctx.run_later(wait, |room, ctx| room.check_gap(ctx));
+                }
             }
             LogStep::CatchUp => self.catch_up(ctx),
             LogStep::Nothing => {}
@@ -545,6 +615,9 @@ impl Handler<Remote> for Room {
                 members: theirs,
                 cursors: their_cursors,
             } => {
+                // The sender (re)started or reconnected: entries it
+                // published meanwhile may have been lost on the way.
+                self.catch_up(ctx);
                 self.node_members(&bridge, &e.node, theirs);
                 self.remote_cursors(&bridge, their_cursors);
                 self.schedule_flush(ctx);
@@ -599,13 +672,13 @@ impl Handler<Log> for Room {
             LogFrame::Entry {
                 epoch, seq, update, ..
             } => {
-                // This node's own entries come without their update.
-                if !update.is_empty() {
-                    if let Err(e) = self.apply_accepted(&update, None, ctx) {
-                        tracing::error!(room = %self.id, seq, "log entry from another node refused: {e}");
+                match self.apply_accepted(&update, None, ctx) {
+                    Ok(_) => self.log_position(epoch, seq, ctx),
+                    // Not noted as seen: the hole it leaves is read back.
+                    Err(e) => {
+                        tracing::debug!(room = %self.id, seq, "log entry from another node not applied yet: {e}");
                     }
                 }
-                self.log_position(epoch, seq, ctx);
             }
         }
     }
@@ -621,23 +694,6 @@ impl Handler<Resubscribed> for Room {
         self.say_hello();
         // Entries published while this room was not listening.
         self.catch_up(ctx);
-        // Local updates whose append gave up while Redis was away.
-        let parts = match &mut self.cluster {
-            Some(c) => std::mem::take(&mut c.unlogged),
-            None => return,
-        };
-        if parts.is_empty() {
-            return;
-        }
-        match yrs::merge_updates_v1(parts.iter().map(|b| b.as_ref())) {
-            Ok(merged) => self.write_to_log(Bytes::from(merged), ctx),
-            Err(e) => {
-                tracing::warn!(room = %self.id, "merging unlogged updates failed: {e}");
-                for part in parts {
-                    self.write_to_log(part, ctx);
-                }
-            }
-        }
     }
 }
 

@@ -179,27 +179,6 @@ impl Document {
         )
     }
 
-    /// What this document holds beyond what `parts` (updates) hold
-    /// together; `None` when it holds nothing more (deletions aside).
-    pub(super) fn beyond<'a>(&self, parts: impl Iterator<Item = &'a Bytes>) -> Option<Bytes> {
-        let theirs = Doc::new();
-        let mut any = false;
-        {
-            let mut txn = theirs.transact_mut();
-            for part in parts {
-                any = true;
-                if let Ok(u) = decode_update(part) {
-                    let _ = txn.apply_update(u);
-                }
-            }
-        }
-        let sv = theirs.transact().state_vector();
-        if any && self.state_vector() == sv {
-            return None;
-        }
-        Some(Bytes::from(self.doc.transact().encode_diff_v1(&sv)))
-    }
-
     /// Forgets everything (the room was deleted).
     pub(super) fn clear(&mut self) {
         *self = Document::new();

@@ -15,7 +15,7 @@ use super::messages::StoreNow;
 use super::Room;
 use crate::config::Limits;
 use crate::protocol::ErrorCode;
-use crate::store::{DocStore, StoreError, StoreFuture, StoredDoc};
+use crate::store::{DocStore, LogRead, StoreError, StoreFuture, StoredDoc};
 use crate::webhook::HookKind;
 
 /// What the room knows of its stored state.
@@ -76,6 +76,16 @@ impl Persistence {
             predecessor.wait().await;
             store.load(&room).await
         })
+    }
+
+    /// Reads the room's log after `after` (cluster mode: missed entries).
+    pub(super) fn read_since(
+        &self,
+        room: &str,
+        after: u64,
+        generation: Option<&str>,
+    ) -> StoreFuture<LogRead> {
+        self.store.read_since(room, after, generation)
     }
 
     /// Deletes everything stored for the room.
@@ -200,13 +210,14 @@ impl Room {
     ) -> impl ActorFuture<Self, Output = Result<(), String>> + 'static {
         let len = data.len() as u64;
         let started = Instant::now();
-        let kept = self.cluster.is_some().then(|| data.clone());
+        let kept = data.clone();
         let append = self.persist.begin_append(&self.id, data, author);
         append.into_actor(self).map(move |res, room, ctx| {
             room.persist.end_append(res.as_ref().ok().copied(), len);
             room.metrics.store_latency.observe(started.elapsed());
             match res {
-                Ok(_) => {
+                Ok(seq) => {
+                    room.appended(seq, &kept, ctx);
                     room.maybe_compact(ctx, false);
                     room.schedule_stored_hook(ctx);
                     Ok(())
@@ -214,9 +225,6 @@ impl Room {
                 Err(e) => {
                     tracing::error!(room = %room.id, "append failed: {e}");
                     room.metrics.error(ErrorCode::StoreFailed.as_str());
-                    if let (Some(cluster), Some(kept)) = (room.cluster.as_mut(), kept) {
-                        cluster.unlogged(kept);
-                    }
                     Err(e.to_string())
                 }
             }

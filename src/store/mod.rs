@@ -4,11 +4,12 @@
 //! log into a new snapshot from time to time and on eviction.
 //!
 //! Implementations: [`redb::RedbStore`] (the default: durable, embedded,
-//! group-committed) and [`memory::MemoryStore`] (tests and `--store memory`).
-//! Cluster mode's shared log implements the same trait in
-//! `crate::cluster::log`.
+//! group-committed), [`postgres::PostgresStore`] (durable, shared by the
+//! nodes of a cluster) and [`memory::MemoryStore`] (tests and `--store
+//! memory`).
 
 pub mod memory;
+pub mod postgres;
 pub mod redb;
 
 use std::future::Future;
@@ -61,6 +62,20 @@ pub struct StoredDoc {
     pub generation: Option<String>,
 }
 
+/// What [`DocStore::read_since`] found.
+#[derive(Debug, Default)]
+pub struct LogRead {
+    /// The log's generation (see [`StoredDoc::generation`]).
+    pub epoch: Option<String>,
+    /// The snapshot, when the caller's position is not in this log any more
+    /// (another generation, or compacted away).
+    pub snapshot: Option<Bytes>,
+    /// Entries after the position (or after the snapshot), oldest first.
+    pub updates: Vec<Bytes>,
+    /// The log's last sequence number.
+    pub last_seq: u64,
+}
+
 /// A boxed future, as returned by [`DocStore`] methods.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 
@@ -92,6 +107,28 @@ pub trait DocStore: Send + Sync + 'static {
             let doc = load.await?;
             Ok(doc.snapshot.is_some() || !doc.updates.is_empty() || doc.last_seq > 0)
         })
+    }
+    /// Reads the room's log after `after` (a sequence number of the log of
+    /// generation `generation`); the whole document when that generation is
+    /// not the current one or a snapshot covers `after`. Cluster mode reads
+    /// entries it missed on the channel this way. The default loads all.
+    fn read_since(&self, room: &str, after: u64, generation: Option<&str>) -> StoreFuture<LogRead> {
+        let _ = (after, generation);
+        let load = self.load(room);
+        Box::pin(async move {
+            let doc = load.await?;
+            Ok(LogRead {
+                epoch: doc.generation,
+                snapshot: doc.snapshot,
+                updates: doc.updates,
+                last_seq: doc.last_seq,
+            })
+        })
+    }
+    /// True for a store that every node of a cluster shares (its outage is
+    /// everyone's: `/readyz` reports it as degraded, not unready).
+    fn shared(&self) -> bool {
+        false
     }
     /// A cheap check that the store answers (for `/readyz`).
     fn health(&self) -> StoreFuture<()> {

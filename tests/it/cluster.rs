@@ -1,5 +1,6 @@
-//! Cluster mode: a real `redis-server` on a free port and real nodes as
-//! child processes, each with `--redis-url` (documents in Redis).
+//! Cluster mode: a real `redis-server` and a real PostgreSQL on free ports
+//! and real nodes as child processes, each with `--redis-url` (messages)
+//! and `--postgres-url` (documents).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -12,13 +13,16 @@ use chorus::protocol::native::Bin;
 use crate::common::{eventually, http_bodiless, http_get, ChildServer, Client, TestDoc, WAIT};
 use crate::http::request;
 
-/// A `redis-server` child on a free port, killed on drop.
+/// A `redis-server` child on a free port, killed on drop, and the
+/// PostgreSQL server its nodes keep documents in.
 struct Redis {
     child: std::process::Child,
     port: u16,
     /// Its working directory (the append-only file, when persistent).
     dir: tempfile::TempDir,
     persistent: bool,
+    /// Where the nodes keep documents.
+    pg: crate::pg::Postgres,
 }
 
 impl Redis {
@@ -44,6 +48,7 @@ impl Redis {
             port,
             dir,
             persistent,
+            pg: crate::pg::Postgres::start(),
         }
     }
 
@@ -98,10 +103,11 @@ impl Redis {
         self.node_with(&[])
     }
 
-    /// Starts a node connected to this Redis, with more arguments.
+    /// Starts a node connected to this Redis and PostgreSQL, with more
+    /// arguments.
     fn node_with(&self, args: &[&str]) -> ChildServer {
-        let url = self.url();
-        let mut all = vec!["--redis-url", url.as_str()];
+        let (url, pg) = (self.url(), self.pg.url());
+        let mut all = vec!["--redis-url", url.as_str(), "--postgres-url", pg.as_str()];
         all.extend_from_slice(args);
         ChildServer::start(&all)
     }

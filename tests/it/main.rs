@@ -8,6 +8,7 @@ mod core;
 mod docs;
 mod http;
 mod interop;
+mod pg;
 mod rest_abuse;
 mod security;
 mod store;

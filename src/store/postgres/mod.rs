@@ -1,0 +1,657 @@
+//! PostgreSQL [`DocStore`] (`--postgres-url`): the store every node of a
+//! cluster shares, usable on a single node too.
+//!
+//! Tables (created and migrated at start-up from the versioned files in
+//! `migrations/`, under a session advisory lock so that nodes starting
+//! together migrate once): `chorus_rooms` (per room: the log's incarnation
+//! and the last sequence number), `chorus_updates` (the log: room, seq,
+//! update, author, time) and `chorus_snapshots` (room, the seq it covers,
+//! the whole document).
+//!
+//! - **Appends** go to one writer task that commits whatever queued while
+//!   the previous commit was written, up to `--store-max-batch`, as one
+//!   transaction of two statements: advance each room's counter (rooms
+//!   locked in id order, so two nodes' batches never deadlock) and insert
+//!   every update with its number. An update's seq is thus decided by the
+//!   transaction that makes it durable, and it is acknowledged (and, in
+//!   cluster mode, published) only after the commit. While PostgreSQL is
+//!   unreachable a batch is retried with backoff; an append that waited
+//!   `--postgres-append-timeout-ms` fails (`store_failed`; the room keeps
+//!   the update and retries it). A commit whose answer was lost may be
+//!   retried and so stored twice: applying a Yjs update twice is harmless.
+//! - **Reads** (`load`, `read_since`) run in one repeatable-read
+//!   transaction, so a compaction never slips between the snapshot and
+//!   the log.
+//! - **Compaction** takes the room's transaction-scoped advisory lock
+//!   (`pg_try_advisory_xact_lock`; a node that does not get it skips this
+//!   compaction), merges the previous snapshot, the log up to `upto` and
+//!   the node's snapshot (which may lack entries of other nodes not yet
+//!   delivered to it), writes the merge and deletes the rows it covers, in
+//!   one transaction.
+//! - **Delete** removes the room's log and snapshot and bumps its
+//!   incarnation, in one transaction under the same lock.
+//!
+//! All of it runs on a runtime of its own (one thread), so database I/O
+//! never runs on a room's arbiter, and connections outlive any arbiter.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::IsolationLevel;
+
+use super::{DocStore, LogRead, StoreError, StoreFuture, StoredDoc};
+use crate::config::Config;
+
+mod embedded {
+    refinery::embed_migrations!("src/store/postgres/migrations");
+}
+
+/// Longest wait between two attempts while PostgreSQL is away.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(1);
+/// Key of the session advisory lock held while migrating.
+const MIGRATION_LOCK: i64 = 0x6368_6f72_7573_0001;
+
+/// What the writer is handed.
+enum Op {
+    Append(Append),
+    /// Answer once everything queued before is written; then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// One append waiting for the writer.
+struct Append {
+    room: String,
+    data: Bytes,
+    author: Option<String>,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// Documents in PostgreSQL; see the module docs.
+pub struct PostgresStore {
+    pool: Pool,
+    appends: mpsc::UnboundedSender<Op>,
+    /// How long an append waits for the database.
+    append_timeout: Duration,
+    /// The store's own runtime (taken at drop, which must not block).
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Where the store's futures run.
+    handle: tokio::runtime::Handle,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("postgres: {e}"))
+}
+
+/// The URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `--postgres-url`, creates or migrates the schema and
+    /// starts the writer. Retries the first connection for
+    /// `--postgres-append-timeout-ms` (a database starting with the node);
+    /// fails with [`StoreError::Open`] past it. May be called from inside
+    /// another runtime (it blocks a plain thread while it connects).
+    pub fn open(config: &Config) -> Result<PostgresStore, StoreError> {
+        let url = config.postgres_url.clone().unwrap_or_default();
+        let open_err = |detail: String| StoreError::Open {
+            path: redacted(&url).into(),
+            detail,
+        };
+        let pg = tokio_postgres::Config::from_str(&url).map_err(|e| open_err(e.to_string()))?;
+        let extra = match &config.postgres_ca_file {
+            Some(path) => crate::tls::pem_certs(path, "--postgres-ca-file").map_err(open_err)?,
+            None => Vec::new(),
+        };
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+            crate::tls::client_config(extra, "PostgreSQL TLS").map_err(open_err)?,
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("chorus-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| open_err(e.to_string()))?;
+        let manager = Manager::from_config(
+            pg.clone(),
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.postgres_pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| open_err(e.to_string()))?;
+        let append_timeout = Duration::from_millis(config.postgres_append_timeout_ms);
+        let handle = runtime.handle().clone();
+        let migrate = {
+            let pool = pool.clone();
+            async move {
+                let deadline = Instant::now() + append_timeout;
+                let mut wait = Duration::from_millis(100);
+                loop {
+                    match migrate(&pool).await {
+                        Ok(applied) => return Ok(applied),
+                        Err(e) if Instant::now() + wait < deadline => {
+                            tracing::warn!("PostgreSQL not ready ({e}); retrying");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(MAX_RETRY_WAIT);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        };
+        let applied = std::thread::scope(|s| {
+            s.spawn(|| runtime.block_on(migrate))
+                .join()
+                .unwrap_or_else(|_| Err("the migration thread panicked".into()))
+        })
+        .map_err(open_err)?;
+        tracing::info!(
+            url = %redacted(&url),
+            migrations_applied = applied,
+            "PostgreSQL store ready"
+        );
+        let (appends, rx) = mpsc::unbounded_channel();
+        runtime.spawn(writer(pool.clone(), rx, config.store_max_batch.max(1)));
+        Ok(PostgresStore {
+            pool,
+            appends,
+            append_timeout,
+            runtime: Some(runtime),
+            handle,
+        })
+    }
+
+    /// Runs `work` on the store's runtime.
+    fn run<T, F>(&self, work: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let task = self.handle.spawn(work);
+        Box::pin(async move { task.await.map_err(|e| io(format!("task failed: {e}")))? })
+    }
+
+    /// Every room with something stored, in id order, after `after`, at
+    /// most `limit` (for `chorus store copy`).
+    pub fn rooms(&self, after: &str, limit: usize) -> StoreFuture<Vec<String>> {
+        let (pool, after) = (self.pool.clone(), after.to_owned());
+        self.run(async move {
+            let client = pool.get().await.map_err(io)?;
+            let rows = client
+                .query(
+                    "SELECT room FROM chorus_rooms WHERE room > $1 AND last_seq > 0 \
+                     UNION SELECT room FROM chorus_snapshots WHERE room > $1 \
+                     ORDER BY 1 LIMIT $2",
+                    &[&after, &(limit as i64)],
+                )
+                .await
+                .map_err(io)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+}
+
+/// Creates or migrates the schema; returns how many migrations ran.
+async fn migrate(pool: &Pool) -> Result<usize, String> {
+    let mut client = pool.get().await.map_err(|e| e.to_string())?;
+    let client: &mut tokio_postgres::Client = &mut client;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(|e| e.to_string())?;
+    let report = embedded::migrations::runner()
+        .set_migration_table_name("chorus_schema_history")
+        .run_async(client)
+        .await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    let report = report.map_err(|e| format!("migrating the schema: {e}"))?;
+    Ok(report.applied_migrations().len())
+}
+
+/// True for failures that end when the database is reachable again.
+fn transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // Connection exceptions, shutdown, too many connections, a
+        // serialization failure or deadlock (retried as a whole).
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || c == "53300"
+                || c == "40001"
+                || c == "40P01"
+        }
+        // No SQLSTATE: an I/O error, a lost connection.
+        None => true,
+    }
+}
+
+/// A pool or query failure, with whether it may pass.
+enum WriteError {
+    Transient(String),
+    Fatal(String),
+}
+
+impl From<deadpool_postgres::PoolError> for WriteError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) if !transient(&e) => {
+                WriteError::Fatal(e.to_string())
+            }
+            e => WriteError::Transient(e.to_string()),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for WriteError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if transient(&e) {
+            WriteError::Transient(e.to_string())
+        } else {
+            WriteError::Fatal(e.to_string())
+        }
+    }
+}
+
+/// The writer: group-commits queued appends; see the module docs.
+async fn writer(pool: Pool, mut rx: mpsc::UnboundedReceiver<Op>, max_batch: usize) {
+    let mut batch: Vec<Append> = Vec::new();
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    // Moves queued appends into the batch, up to `max_batch`, stopping at
+    // a `Close`.
+    let top_up = |rx: &mut mpsc::UnboundedReceiver<Op>,
+                  batch: &mut Vec<Append>,
+                  closing: &mut Option<oneshot::Sender<()>>| {
+        while closing.is_none() && batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Op::Append(a)) => batch.push(a),
+                Ok(Op::Close(done)) => *closing = Some(done),
+                Err(_) => break,
+            }
+        }
+    };
+    loop {
+        if batch.is_empty() {
+            if let Some(done) = closing.take() {
+                let _ = done.send(());
+                return;
+            }
+            match rx.recv().await {
+                Some(Op::Append(a)) => batch.push(a),
+                Some(Op::Close(done)) => {
+                    let _ = done.send(());
+                    return;
+                }
+                None => return,
+            }
+        }
+        top_up(&mut rx, &mut batch, &mut closing);
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let now = Instant::now();
+            let (late, keep): (Vec<_>, Vec<_>) = batch.drain(..).partition(|a| a.deadline <= now);
+            batch = keep;
+            for a in late {
+                let _ = a.reply.send(Err(io("timed out waiting for the database")));
+            }
+            if batch.is_empty() {
+                break;
+            }
+            match write_batch(&pool, &batch).await {
+                Ok(seqs) => {
+                    for (a, seq) in batch.drain(..).zip(seqs) {
+                        let _ = a.reply.send(Ok(seq));
+                    }
+                    break;
+                }
+                Err(WriteError::Fatal(e)) => {
+                    tracing::error!(appends = batch.len(), "PostgreSQL refused a batch: {e}");
+                    for a in batch.drain(..) {
+                        let _ = a.reply.send(Err(io(&e)));
+                    }
+                    break;
+                }
+                Err(WriteError::Transient(e)) => {
+                    tracing::warn!(appends = batch.len(), "PostgreSQL unavailable, retrying: {e}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_RETRY_WAIT);
+                    top_up(&mut rx, &mut batch, &mut closing);
+                }
+            }
+        }
+    }
+}
+
+/// Writes `batch` in one transaction; the seq of each append, in order.
+async fn write_batch(pool: &Pool, batch: &[Append]) -> Result<Vec<u64>, WriteError> {
+    // How many appends each room has, rooms in id order (the lock order).
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for a in batch {
+        *counts.entry(&a.room).or_default() += 1;
+    }
+    let rooms: Vec<&str> = counts.keys().copied().collect();
+    let ns: Vec<i64> = counts.values().copied().collect();
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "INSERT INTO chorus_rooms AS r (room, last_seq) \
+             SELECT room, n FROM unnest($1::text[], $2::int8[]) AS t(room, n) ORDER BY room \
+             ON CONFLICT (room) DO UPDATE \
+             SET last_seq = r.last_seq + EXCLUDED.last_seq, updated_at = now() \
+             RETURNING room, last_seq",
+            &[&rooms, &ns],
+        )
+        .await?;
+    // The first seq of each room's appends in this batch.
+    let mut next: BTreeMap<String, i64> = BTreeMap::new();
+    for row in rows {
+        let (room, last): (String, i64) = (row.get(0), row.get(1));
+        let n = counts.get(room.as_str()).copied().unwrap_or(0);
+        next.insert(room, last - n + 1);
+    }
+    let mut seqs = Vec::with_capacity(batch.len());
+    let (mut rs, mut ss, mut ds, mut aus) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for a in batch {
+        let seq = next
+            .get_mut(&a.room)
+            .ok_or_else(|| WriteError::Fatal(format!("no counter returned for {:?}", a.room)))?;
+        rs.push(a.room.as_str());
+        ss.push(*seq);
+        ds.push(a.data.as_ref());
+        aus.push(a.author.as_deref());
+        seqs.push(*seq as u64);
+        *seq += 1;
+    }
+    tx.execute(
+        "INSERT INTO chorus_updates (room, seq, data, author) \
+         SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::text[])",
+        &[&rs, &ss, &ds, &aus],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(seqs)
+}
+
+/// The advisory-lock key of a room (64 bits of its SHA-256).
+fn lock_key(room: &str) -> i64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(room.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    i64::from_be_bytes(b)
+}
+
+/// Reads the room's log after `after` of incarnation `generation` (the
+/// whole document when `None`, another incarnation, or compacted).
+async fn read(pool: &Pool, room: &str, after: u64, generation: Option<&str>) -> Result<LogRead, StoreError> {
+    let mut client = pool.get().await.map_err(io)?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(io)?;
+    let head = tx
+        .query_opt(
+            "SELECT incarnation, last_seq FROM chorus_rooms WHERE room = $1",
+            &[&room],
+        )
+        .await
+        .map_err(io)?;
+    let (incarnation, last_seq) = head
+        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+        .unwrap_or((0, 0));
+    let epoch = incarnation.to_string();
+    let snap = tx
+        .query_opt(
+            "SELECT upto, doc FROM chorus_snapshots WHERE room = $1",
+            &[&room],
+        )
+        .await
+        .map_err(io)?;
+    let (upto, doc) = snap
+        .map(|r| (r.get::<_, i64>(0) as u64, Some(Bytes::from(r.get::<_, Vec<u8>>(1)))))
+        .unwrap_or((0, None));
+    let same = generation == Some(epoch.as_str());
+    let (from, snapshot) = if !same || after < upto {
+        (upto, doc)
+    } else {
+        (after, None)
+    };
+    let rows = tx
+        .query(
+            "SELECT data FROM chorus_updates WHERE room = $1 AND seq > $2 ORDER BY seq",
+            &[&room, &(from as i64)],
+        )
+        .await
+        .map_err(io)?;
+    tx.commit().await.map_err(io)?;
+    Ok(LogRead {
+        epoch: Some(epoch),
+        snapshot,
+        updates: rows
+            .into_iter()
+            .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0)))
+            .collect(),
+        last_seq: last_seq.max(0) as u64,
+    })
+}
+
+/// Compacts the room's log up to `upto`; see the module docs.
+async fn compact(pool: &Pool, room: &str, snapshot: Bytes, upto: u64) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(io)?;
+    let tx = client.transaction().await.map_err(io)?;
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&lock_key(room)])
+        .await
+        .map_err(io)?
+        .get(0);
+    if !locked {
+        tracing::debug!(room, "another node is compacting; skipped");
+        return Ok(());
+    }
+    let old = tx
+        .query_opt(
+            "SELECT upto, doc FROM chorus_snapshots WHERE room = $1",
+            &[&room],
+        )
+        .await
+        .map_err(io)?;
+    let (old_upto, old_doc) = old
+        .map(|r| (r.get::<_, i64>(0), Some(r.get::<_, Vec<u8>>(1))))
+        .unwrap_or((0, None));
+    let upto = upto as i64;
+    if upto <= old_upto {
+        return Ok(());
+    }
+    let rows = tx
+        .query(
+            "SELECT data FROM chorus_updates WHERE room = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+            &[&room, &old_upto, &upto],
+        )
+        .await
+        .map_err(io)?;
+    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(rows.len() + 2);
+    parts.extend(old_doc);
+    parts.extend(rows.into_iter().map(|r| r.get::<_, Vec<u8>>(0)));
+    let merged = if parts.is_empty() {
+        snapshot.to_vec()
+    } else {
+        parts.push(snapshot.to_vec());
+        match yrs::merge_updates_v1(parts.iter().map(Vec::as_slice)) {
+            Ok(m) => m,
+            Err(e) => {
+                // Keep the log as it is: nothing is lost.
+                tracing::warn!(room, "compaction merge failed, log kept: {e}");
+                return Ok(());
+            }
+        }
+    };
+    tx.execute(
+        "INSERT INTO chorus_snapshots (room, upto, doc) VALUES ($1, $2, $3) \
+         ON CONFLICT (room) DO UPDATE SET upto = EXCLUDED.upto, doc = EXCLUDED.doc, updated_at = now()",
+        &[&room, &upto, &merged],
+    )
+    .await
+    .map_err(io)?;
+    tx.execute(
+        "DELETE FROM chorus_updates WHERE room = $1 AND seq <= $2",
+        &[&room, &upto],
+    )
+    .await
+    .map_err(io)?;
+    tx.commit().await.map_err(io)
+}
+
+/// Deletes the room's log and snapshot and starts a new incarnation.
+async fn delete(pool: &Pool, room: &str) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(io)?;
+    let tx = client.transaction().await.map_err(io)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(room)])
+        .await
+        .map_err(io)?;
+    tx.execute(
+        "INSERT INTO chorus_rooms AS r (room, incarnation) VALUES ($1, 1) \
+         ON CONFLICT (room) DO UPDATE SET incarnation = r.incarnation + 1, last_seq = 0, updated_at = now()",
+        &[&room],
+    )
+    .await
+    .map_err(io)?;
+    tx.execute("DELETE FROM chorus_updates WHERE room = $1", &[&room])
+        .await
+        .map_err(io)?;
+    tx.execute("DELETE FROM chorus_snapshots WHERE room = $1", &[&room])
+        .await
+        .map_err(io)?;
+    tx.commit().await.map_err(io)
+}
+
+impl DocStore for PostgresStore {
+    fn load(&self, room: &str) -> StoreFuture<StoredDoc> {
+        let read = self.read_since(room, 0, None);
+        Box::pin(async move {
+            let read = read.await?;
+            Ok(StoredDoc {
+                snapshot: read.snapshot,
+                updates: read.updates,
+                last_seq: read.last_seq,
+                generation: read.epoch,
+                skipped: Vec::new(),
+            })
+        })
+    }
+
+    fn read_since(&self, room: &str, after: u64, generation: Option<&str>) -> StoreFuture<LogRead> {
+        let (pool, room, generation) = (self.pool.clone(), room.to_owned(), generation.map(str::to_owned));
+        self.run(async move { read(&pool, &room, after, generation.as_deref()).await })
+    }
+
+    fn append(&self, room: &str, update: Bytes, author: Option<&str>) -> StoreFuture<u64> {
+        let (reply, wait) = oneshot::channel();
+        let sent = self.appends.send(Op::Append(Append {
+            room: room.to_owned(),
+            data: update,
+            // PostgreSQL text cannot hold NUL.
+            author: author.map(|a| a.replace('\0', "")),
+            deadline: Instant::now() + self.append_timeout,
+            reply,
+        }));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(io("the store is closed"));
+            }
+            wait.await.map_err(|_| io("the writer stopped"))?
+        })
+    }
+
+    fn compact(&self, room: &str, snapshot: Bytes, upto_seq: u64) -> StoreFuture<()> {
+        let (pool, room) = (self.pool.clone(), room.to_owned());
+        self.run(async move { compact(&pool, &room, snapshot, upto_seq).await })
+    }
+
+    fn delete(&self, room: &str) -> StoreFuture<()> {
+        let (pool, room) = (self.pool.clone(), room.to_owned());
+        self.run(async move { delete(&pool, &room).await })
+    }
+
+    fn exists(&self, room: &str) -> StoreFuture<bool> {
+        let (pool, room) = (self.pool.clone(), room.to_owned());
+        self.run(async move {
+            let client = pool.get().await.map_err(io)?;
+            let row = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM chorus_snapshots WHERE room = $1) \
+                     OR EXISTS (SELECT 1 FROM chorus_updates WHERE room = $1)",
+                    &[&room],
+                )
+                .await
+                .map_err(io)?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn health(&self) -> StoreFuture<()> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(io)?;
+            client.simple_query("SELECT 1").await.map_err(io)?;
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> StoreFuture<()> {
+        let pool = self.pool.clone();
+        let (done, wait) = oneshot::channel();
+        let sent = self.appends.send(Op::Close(done)).is_ok();
+        Box::pin(async move {
+            if sent {
+                let _ = wait.await;
+            }
+            pool.close();
+            Ok(())
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+}
