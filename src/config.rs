@@ -138,7 +138,11 @@ pub struct Config {
     /// How long an append waits for PostgreSQL (unreachable, restarting)
     /// before its client gets `store_failed`; the room keeps the update and
     /// retries it until it is stored.
-    #[arg(long, env = "CHORUS_POSTGRES_APPEND_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "CHORUS_POSTGRES_APPEND_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub postgres_append_timeout_ms: u64,
     /// Cluster mode: how long a node waits for a missing log entry to arrive
     /// on Redis (entries of different nodes may arrive out of order) before

@@ -14,7 +14,10 @@ pub fn pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{what} {}: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!("{what} {}: no PEM certificate in it", path.display()));
+        return Err(format!(
+            "{what} {}: no PEM certificate in it",
+            path.display()
+        ));
     }
     Ok(certs)
 }

@@ -259,6 +259,10 @@ pub struct Bridge {
     /// Nodes with remote members in some room here (checked for liveness).
     watched: Arc<RwLock<HashSet<String>>>,
     stats: Arc<Stats>,
+    /// Something was dropped because the publish queue was full: once it
+    /// drains, rooms resync (say `Hello`, which makes the others read the
+    /// log and re-send their members).
+    overflowed: Arc<AtomicBool>,
 }
 
 impl Bridge {
@@ -276,6 +280,7 @@ impl Bridge {
             control,
             watched: Arc::default(),
             stats: Arc::default(),
+            overflowed: Arc::default(),
         };
         tokio::spawn(publisher(client.clone(), bridge.clone(), publish_rx));
         tokio::spawn(subscriber(client, bridge.clone(), control_rx));
@@ -323,6 +328,7 @@ impl Bridge {
         let item = (room_channel(&envelope.room), envelope.encode());
         if self.publish.try_send(Out::Item(item.0, item.1)).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.overflowed.store(true, Ordering::Relaxed);
             tracing::warn!(room = %envelope.room, "cluster publish queue full: item dropped");
         }
     }
@@ -392,6 +398,7 @@ impl Bridge {
         let out = Out::Item(room_channel(room), frame.encode());
         if self.publish.try_send(out).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.overflowed.store(true, Ordering::Relaxed);
             tracing::warn!(room, "cluster publish queue full: log entry dropped");
         }
     }
@@ -536,6 +543,9 @@ async fn publisher(client: redis::Client, bridge: Bridge, mut rx: mpsc::Receiver
                     match res {
                         Ok(_) => {
                             bridge.stats.published.fetch_add(1, Ordering::Relaxed);
+                            if rx.is_empty() && bridge.overflowed.swap(false, Ordering::Relaxed) {
+                                let _ = bridge.control.send(Control::Resync);
+                            }
                             Ok(())
                         }
                         Err(e) => {

@@ -15,10 +15,10 @@ use serde_json::Value;
 
 use super::Room;
 use crate::cluster::log::LogFrame;
-use crate::store::LogRead;
 use crate::cluster::{Bridge, Envelope, Item, Log, NodesDead, Remote, Resubscribed, UNSEQUENCED};
 use crate::ids::{node_of, MemberId};
 use crate::protocol::native::{CursorView, MemberView, ServerMessage};
+use crate::store::LogRead;
 
 /// Most log positions remembered past a hole, or while a read of missed
 /// entries is in flight (beyond it a later gap just triggers one more read).
@@ -98,7 +98,9 @@ impl ClusterState {
 
     /// The log generation to publish entries under.
     fn generation(&self) -> String {
-        self.log_generation.clone().unwrap_or_else(|| "0".to_owned())
+        self.log_generation
+            .clone()
+            .unwrap_or_else(|| "0".to_owned())
     }
 
     /// Moves the position through the entries already applied past it.
@@ -346,7 +348,9 @@ impl Room {
         let Some((after, generation)) = c.begin_catch_up() else {
             return;
         };
-        let read = self.persist.read_since(&self.id, after, generation.as_deref());
+        let read = self
+            .persist
+            .read_since(&self.id, after, generation.as_deref());
         ctx.spawn(read.into_actor(self).map(|res, room, ctx| {
             let again = room
                 .cluster

@@ -498,25 +498,15 @@ async fn redis_outage_then_nodes_converge() {
             words.push((i, rid, word));
         }
     }
-    // No ack (and no error) for any of them while Redis is down: an ack
-    // means "in Redis".
+    // Every one is acked while Redis is down: an ack means "committed to
+    // PostgreSQL", which Redis has no part in.
     for i in [0, 2] {
         let rids: Vec<u64> = words.iter().filter(|w| w.0 == i).map(|w| w.1).collect();
-        let early = clients[i]
-            .maybe(Duration::from_millis(1000), |m| {
-                matches!(m, ServerMessage::Ack { rid, .. } if rids.contains(rid))
-                    || matches!(m, ServerMessage::Error { rid: Some(rid), .. } if rids.contains(rid))
-            })
-            .await;
-        assert!(
-            early.is_none(),
-            "answered during the outage ({:?} in): {early:?}",
-            outage_start.elapsed()
-        );
+        acks(&mut clients[i], &rids, Duration::from_secs(3)).await;
     }
     assert!(
         outage_start.elapsed() < Duration::from_millis(4500),
-        "the no-ack check ran after Redis was back ({:?})",
+        "the acks came after Redis was back ({:?})",
         outage_start.elapsed()
     );
     // The nodes say they are degraded (still ready: local clients are
@@ -537,11 +527,6 @@ async fn redis_outage_then_nodes_converge() {
     let redis = tokio::task::spawn_blocking(move || outage.join().expect("outage thread"))
         .await
         .expect("joined");
-    // Acks come once each update is in Redis (after the restart).
-    for i in [0, 2] {
-        let rids: Vec<u64> = words.iter().filter(|w| w.0 == i).map(|w| w.1).collect();
-        acks(&mut clients[i], &rids, Duration::from_secs(20)).await;
-    }
 
     // Every client ends with every acked update.
     let total = docs[0].len() + 3 * "n2rX ".len() as u32;
@@ -562,69 +547,23 @@ async fn redis_outage_then_nodes_converge() {
         body.contains("\"redis\":\"ok\"")
     })
     .await;
-    // And the log in Redis holds them: a new node serves all of it.
+    // And the store holds them: a new node serves all of it.
     let late = redis.node();
     assert_eq!(fresh_view(late.addr, room).await, docs[0].text());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_losing_its_data_gets_the_rooms_written_back() {
-    let mut redis = Redis::start_volatile();
-    let nodes = [redis.node(), redis.node()];
-    let room = "amnesia-room";
-    let mut clients = Vec::new();
-    let mut docs = Vec::new();
-    for node in &nodes {
-        let mut c = Client::connect(node.addr).await;
-        let doc = TestDoc::new();
-        c.join(room, &doc).await;
-        clients.push(c);
-        docs.push(doc);
-    }
-    for (i, word) in ["kept ", "also "].iter().enumerate() {
-        let update = docs[i].push(word);
-        clients[i].update_acked(room, update).await;
-    }
-    for (c, doc) in clients.iter_mut().zip(&docs) {
-        read_until_len(c, room, doc, 10).await;
-    }
-    // Redis comes back empty: the nodes notice the lost log and write the
-    // document back, so a node opening the room later still gets it all.
-    let redis = tokio::task::spawn_blocking(move || {
-        redis.restart_after(Duration::from_millis(500));
-        redis
-    })
-    .await
-    .expect("restarted");
-    eventually("the document is back in Redis", || {
-        let len = redis.cli(&["XLEN", &format!("chorus:{{{room}}}:log")]);
-        async move { len.parse::<u32>().unwrap_or(0) > 0 }
-    })
-    .await;
-    let late = redis.node();
-    let text = fresh_view(late.addr, room).await;
-    assert_eq!(text, docs[0].text());
-    assert!(text.contains("kept ") && text.contains("also "));
-}
-
-/// Appends `update` to `room`'s log in Redis the way the store's append
-/// script does, but without publishing it: an entry whose channel message
-/// every node missed.
+/// Appends `update` to `room`'s log in PostgreSQL the way the store does,
+/// but without publishing it: an entry whose channel message every node
+/// missed.
 fn append_unpublished(redis: &Redis, room: &str, update: &[u8]) -> u64 {
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut con = client.get_connection().expect("redis connects");
-    let seq: u64 = redis::cmd("INCR")
-        .arg(format!("chorus:{{{room}}}:seq"))
-        .query(&mut con)
-        .expect("INCR");
-    let _: String = redis::cmd("XADD")
-        .arg(format!("chorus:{{{room}}}:log"))
-        .arg(format!("0-{seq}"))
-        .arg("u")
-        .arg(update)
-        .query(&mut con)
-        .expect("XADD");
-    seq
+    let hex: String = update.iter().map(|b| format!("{b:02x}")).collect();
+    let seq = redis.pg.psql(&format!(
+        "WITH r AS (INSERT INTO chorus_rooms AS r (room, last_seq) VALUES ('{room}', 1) \
+         ON CONFLICT (room) DO UPDATE SET last_seq = r.last_seq + 1 RETURNING last_seq) \
+         INSERT INTO chorus_updates (room, seq, data) SELECT '{room}', last_seq, '\\x{hex}'::bytea FROM r \
+         RETURNING seq"
+    ));
+    seq.parse().expect("a seq")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -643,7 +582,8 @@ async fn lost_channel_messages_are_read_back_from_the_log() {
     reader.sync_until(room, &rdoc, "a ").await;
 
     // A gap: entry n is in the log, but its message on the channel was
-    // lost. The reader's node learns of it only when entry n + 1 arrives.
+    // lost. The reader's node learns of it only when entry n + 1 arrives
+    // (and the hole stays open past --cluster-gap-wait-ms).
     let reader_node = nodes[1].addr;
     let gaps = crate::common::metric(reader_node, "chorus_cluster_gaps_total").await;
     let recoveries = crate::common::metric(reader_node, "chorus_cluster_recoveries_total").await;
@@ -783,7 +723,7 @@ async fn backend_calls_reach_members_on_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_store_serves_a_room_whose_nodes_all_died() {
+async fn postgres_store_serves_a_room_whose_nodes_all_died() {
     let redis = Redis::start();
     let args = ["--compact-every", "3"];
     let first = redis.node_with(&args);
@@ -801,28 +741,35 @@ async fn redis_store_serves_a_room_whose_nodes_all_died() {
     // snapshot is stored before the kill. The first one (entries 1..=3)
     // always starts; a second one starts only if the first was done by the
     // sixth or seventh append, so it is not waited for.
+    let upto = || {
+        redis
+            .pg
+            .psql("SELECT upto FROM chorus_snapshots WHERE room = 'stored-room'")
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
     eventually("a compaction is stored", || {
-        let upto = redis.cli(&["HGET", "chorus:{stored-room}:snap", "upto"]);
-        async move { upto.parse::<u64>().unwrap_or(0) >= 3 }
+        let upto = upto();
+        async move { upto >= 3 }
     })
     .await;
     first.kill();
     // Compacted: a snapshot exists and the log holds only its tail.
-    assert_eq!(
-        redis.cli(&["HEXISTS", "chorus:{stored-room}:snap", "doc"]),
-        "1"
-    );
-    let tail: u32 = redis
-        .cli(&["XLEN", "chorus:{stored-room}:log"])
+    let tail: u64 = redis
+        .pg
+        .psql("SELECT count(*) FROM chorus_updates WHERE room = 'stored-room'")
         .parse()
-        .expect("XLEN");
-    assert!(tail < 7, "log not trimmed: {tail} entries");
+        .expect("a count");
+    assert!(
+        tail < 7 && tail + upto() == 7,
+        "log not trimmed: {tail} entries"
+    );
 
     let second = redis.node_with(&args);
     let mut reader = Client::connect(second.addr).await;
     let rdoc = TestDoc::new();
     reader.try_join(room, &rdoc).await.expect("joined");
-    // Everything acked is in the `synced` diff itself: loaded from Redis.
+    // Everything acked is in the `synced` diff itself: loaded from the store.
     assert_eq!(rdoc.text(), wdoc.text());
     assert_eq!(rdoc.text(), "w0 w1 w2 w3 w4 w5 w6 ");
 }
@@ -1007,9 +954,12 @@ async fn nodes_reach_redis_over_tls() {
         .expect("redis-server starts");
     let url = format!("rediss://localhost:{port}");
     let env = [("SSL_CERT_FILE", cert_pem.to_str().expect("utf-8 path"))];
+    let pg = crate::pg::Postgres::start();
+    let pg_url = pg.url();
+    let args = ["--redis-url", &url, "--postgres-url", &pg_url];
     let nodes = [
-        ChildServer::start_with_env(&["--redis-url", &url], &env),
-        ChildServer::start_with_env(&["--redis-url", &url], &env),
+        ChildServer::start_with_env(&args, &env),
+        ChildServer::start_with_env(&args, &env),
     ];
     eventually("both nodes connected over TLS", || {
         let addrs = [nodes[0].addr, nodes[1].addr];
@@ -1032,7 +982,7 @@ async fn nodes_reach_redis_over_tls() {
     a.update_acked(room, adoc.push("encrypted")).await;
     b.sync_until(room, &bdoc, "encrypted").await;
     // Without the certificate trusted, the same URL is refused.
-    let untrusting = ChildServer::start(&["--redis-url", &url]);
+    let untrusting = ChildServer::start(&args);
     eventually("the certificate is refused", || {
         let refused = untrusting
             .logs()
@@ -1078,32 +1028,165 @@ async fn stopped_node_members_leave_the_others_at_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn appends_wait_out_a_read_only_redis() {
-    // What a failover looks like from a node: the address answers, but as
-    // a replica (`READONLY`) until the new primary takes over.
-    let redis = Redis::start();
-    let node = redis.node();
-    let room = "failover-room";
-    let mut c = Client::connect(node.addr).await;
+/// Writes words into `room` through a client of `addr` until `stop` is
+/// set, each acked before the next; returns the acked words. A word whose
+/// ack did not come (an error) is not counted: the writer resends it.
+async fn write_until(
+    addr: SocketAddr,
+    room: String,
+    tag: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<String> {
+    let mut c = Client::connect(addr).await;
     let doc = TestDoc::new();
-    c.join(room, &doc).await;
-    c.update_acked(room, doc.push("before ")).await;
-    assert_eq!(redis.cli(&["REPLICAOF", "127.0.0.1", "1"]), "OK");
-    let rid = c.send_update(room, doc.push("during")).await;
-    // No ack while Redis refuses writes…
-    let early = c
-        .maybe(Duration::from_millis(500), |m| {
-            matches!(m, ServerMessage::Ack { rid: r, .. } | ServerMessage::Error { rid: Some(r), .. } if *r == rid)
+    c.join(&room, &doc).await;
+    let mut acked = Vec::new();
+    let mut i = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let word = format!("{tag}{i} ");
+        let update = doc.push(&word);
+        let rid = c.send_update(&room, update.clone()).await;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(30),
+            c.expect(|m| {
+                matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
+                    || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
+            }),
+        )
+        .await
+        .expect("an answer within 30 s");
+        if matches!(reply, ServerMessage::Ack { .. }) {
+            acked.push(word);
+            i += 1;
+        } else {
+            // Not stored: the document already holds it; resending the
+            // same update is how a client retries.
+            let _ = c.send_update(&room, update).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    acked
+}
+
+/// Every word in `words` is in `room` as a new client of each of `addrs`
+/// sees it (within [`WAIT`]).
+async fn every_node_has(addrs: &[SocketAddr], room: &str, words: &[String]) {
+    for &addr in addrs {
+        let deadline = std::time::Instant::now() + WAIT;
+        let missing = loop {
+            let text = fresh_view(addr, room).await;
+            let missing = words
+                .iter()
+                .filter(|w| !text.contains(w.as_str()))
+                .cloned()
+                .collect::<Vec<_>>();
+            if missing.is_empty() || std::time::Instant::now() > deadline {
+                break missing;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            missing.is_empty(),
+            "node {addr}: {} of {} acked words missing, e.g. {:?}",
+            missing.len(),
+            words.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushed_restarted_empty_or_rolled_back_loses_no_acked_update() {
+    // Redis without AOF, as many managed plans run it: only an RDB that
+    // `SAVE` writes, loaded again at restart (an older state).
+    let mut redis = Redis::start_volatile();
+    let nodes = [redis.node(), redis.node()];
+    let addrs = [nodes[0].addr, nodes[1].addr];
+    let room = "rollback-room";
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = [(addrs[0], "a"), (addrs[1], "b")]
+        .into_iter()
+        .map(|(addr, tag)| tokio::spawn(write_until(addr, room.to_owned(), tag, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 1. FLUSHALL mid-edit.
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 2. An RDB of this moment, then more edits, then Redis killed and
+    //    restarted from that older RDB.
+    assert_eq!(redis.cli(&["SAVE"]), "OK");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut redis = tokio::task::spawn_blocking(move || {
+        redis.restart_after(Duration::from_millis(300));
+        redis
+    })
+    .await
+    .expect("restarted from the RDB");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 3. Killed and restarted empty (the RDB removed first).
+    std::fs::remove_file(redis.dir.path().join("dump.rdb")).expect("dump.rdb was written");
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.restart_after(Duration::from_millis(300));
+        redis
+    })
+    .await
+    .expect("restarted empty");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut words = Vec::new();
+    for w in writers {
+        words.extend(w.await.expect("writer"));
+    }
+    assert!(words.len() > 20, "only {} edits acked", words.len());
+    let fresh = redis.node();
+    every_node_has(&[addrs[0], addrs[1], fresh.addr], room, &words).await;
+    // Redis holds no document.
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(
+        keys.lines().all(|k| k.starts_with("chorus:node:")),
+        "Redis holds more than liveness keys: {keys}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_edit_acks_pause_and_nothing_is_lost() {
+    let redis = Redis::start();
+    let nodes = [redis.node(), redis.node()];
+    let addrs = [nodes[0].addr, nodes[1].addr];
+    let room = "pg-restart-room";
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = [(addrs[0], "a"), (addrs[1], "b")]
+        .into_iter()
+        .map(|(addr, tag)| tokio::spawn(write_until(addr, room.to_owned(), tag, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.pg.stop_immediate();
+    // While it is down: every node still ready (the outage is everyone's),
+    // reporting the store degraded.
+    for addr in addrs {
+        eventually("readyz reports the store degraded", || async move {
+            let (status, body) = http_get(addr, "/readyz").await;
+            assert_eq!(status, 200, "readyz while PostgreSQL is down: {body}");
+            body.contains("degraded")
         })
         .await;
-    assert!(
-        early.is_none(),
-        "answered while Redis was read-only: {early:?}"
-    );
-    // …then the ack, once it takes writes again.
-    assert_eq!(redis.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
-    acks(&mut c, &[rid], WAIT).await;
-    let late = redis.node();
-    assert_eq!(fresh_view(late.addr, room).await, "before during");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.pg.start_again();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut words = Vec::new();
+    for w in writers {
+        words.extend(w.await.expect("writer"));
+    }
+    assert!(words.len() > 20, "only {} edits acked", words.len());
+    let fresh = redis.node();
+    every_node_has(&[addrs[0], addrs[1], fresh.addr], room, &words).await;
+    for addr in addrs {
+        let (status, body) = http_get(addr, "/readyz").await;
+        assert!(
+            status == 200 && !body.contains("degraded"),
+            "{status} {body}"
+        );
+    }
 }

@@ -36,7 +36,13 @@ fn bin_dir() -> PathBuf {
     }
     for args in [
         &["update", "-q"][..],
-        &["install", "-y", "-q", "--no-install-recommends", "postgresql"][..],
+        &[
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "postgresql",
+        ][..],
     ] {
         let status = Command::new("apt-get")
             .args(args)
@@ -159,7 +165,14 @@ impl Postgres {
         let data = self.data();
         self.run(
             "pg_ctl",
-            &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
         );
     }
 

@@ -345,7 +345,10 @@ async fn writer(pool: Pool, mut rx: mpsc::UnboundedReceiver<Op>, max_batch: usiz
                     break;
                 }
                 Err(WriteError::Transient(e)) => {
-                    tracing::warn!(appends = batch.len(), "PostgreSQL unavailable, retrying: {e}");
+                    tracing::warn!(
+                        appends = batch.len(),
+                        "PostgreSQL unavailable, retrying: {e}"
+                    );
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(MAX_RETRY_WAIT);
                     top_up(&mut rx, &mut batch, &mut closing);
@@ -417,7 +420,12 @@ fn lock_key(room: &str) -> i64 {
 
 /// Reads the room's log after `after` of incarnation `generation` (the
 /// whole document when `None`, another incarnation, or compacted).
-async fn read(pool: &Pool, room: &str, after: u64, generation: Option<&str>) -> Result<LogRead, StoreError> {
+async fn read(
+    pool: &Pool,
+    room: &str,
+    after: u64,
+    generation: Option<&str>,
+) -> Result<LogRead, StoreError> {
     let mut client = pool.get().await.map_err(io)?;
     let tx = client
         .build_transaction()
@@ -445,7 +453,12 @@ async fn read(pool: &Pool, room: &str, after: u64, generation: Option<&str>) -> 
         .await
         .map_err(io)?;
     let (upto, doc) = snap
-        .map(|r| (r.get::<_, i64>(0) as u64, Some(Bytes::from(r.get::<_, Vec<u8>>(1)))))
+        .map(|r| {
+            (
+                r.get::<_, i64>(0) as u64,
+                Some(Bytes::from(r.get::<_, Vec<u8>>(1))),
+            )
+        })
         .unwrap_or((0, None));
     let same = generation == Some(epoch.as_str());
     let (from, snapshot) = if !same || after < upto {
@@ -577,7 +590,11 @@ impl DocStore for PostgresStore {
     }
 
     fn read_since(&self, room: &str, after: u64, generation: Option<&str>) -> StoreFuture<LogRead> {
-        let (pool, room, generation) = (self.pool.clone(), room.to_owned(), generation.map(str::to_owned));
+        let (pool, room, generation) = (
+            self.pool.clone(),
+            room.to_owned(),
+            generation.map(str::to_owned),
+        );
         self.run(async move { read(&pool, &room, after, generation.as_deref()).await })
     }
 
