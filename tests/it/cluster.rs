@@ -682,6 +682,8 @@ async fn backend_calls_reach_members_on_every_node() {
         c.join(room, &doc).await;
         clients.push((c, doc));
     }
+    // Both rooms subscribed to the channel (each sees the other's member).
+    same_presence(&[nodes[1].addr, nodes[2].addr], room, 2).await;
     let is_deploy = |n: &'static str| {
         move |m: &ServerMessage| {
             matches!(m, ServerMessage::Event { from, name, data, .. }
@@ -1189,4 +1191,101 @@ async fn postgres_restarted_mid_edit_acks_pause_and_nothing_is_lost() {
             "{status} {body}"
         );
     }
+}
+
+/// Redis' `used_memory`, in bytes.
+fn redis_used_memory(redis: &Redis) -> i64 {
+    redis
+        .cli(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO memory")
+}
+
+/// Runs `f(i)` for `i` in `0..n`, `width` at a time.
+async fn for_each_concurrently<F, Fut>(n: usize, width: usize, f: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .for_each_concurrent(width, f)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_rooms_survive_restarts_and_cost_redis_nothing() {
+    let n: usize = std::env::var("CHORUS_CLUSTER_ROOMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let mut redis = Redis::start();
+    let args = [
+        "--api-requests-per-sec",
+        "0",
+        "--api-key-requests-per-sec",
+        "0",
+        "--room-idle-ms",
+        "1000",
+    ];
+    let nodes: Vec<ChildServer> = (0..3).map(|_| redis.node_with(&args)).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let before = redis_used_memory(&redis);
+    let peak = std::sync::atomic::AtomicI64::new(before);
+    let started = std::time::Instant::now();
+    for_each_concurrently(n, 32, |i| {
+        let (addrs, peak, redis) = (&addrs, &peak, &redis);
+        async move {
+            let doc = TestDoc::new();
+            let update = doc.push(&format!("room {i} text"));
+            let path = format!("/api/v1/rooms/many-{i}/update");
+            let r = request(addrs[i % 3], "POST", &path, &[], &update).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            if i % 500 == 0 {
+                peak.fetch_max(
+                    redis_used_memory(redis),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        }
+    })
+    .await;
+    let written = started.elapsed();
+    let after = redis_used_memory(&redis);
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed).max(after);
+    eprintln!(
+        "{n} rooms written in {written:?}; Redis used_memory {before} → peak {peak}, after {after} (+{} bytes)",
+        peak - before
+    );
+    assert!(
+        peak - before < 5 * 1024 * 1024,
+        "Redis grew by {} bytes for {n} rooms",
+        peak - before
+    );
+    // Every node and Redis restarted (Redis empty: it keeps nothing).
+    drop(nodes);
+    redis.restart_after(Duration::from_millis(100));
+    let nodes: Vec<ChildServer> = (0..3).map(|_| redis.node_with(&args)).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let started = std::time::Instant::now();
+    for_each_concurrently(n, 32, |i| {
+        let addrs = &addrs;
+        async move {
+            let path = format!("/api/v1/rooms/many-{i}/doc");
+            let r = request(addrs[(i + 1) % 3], "GET", &path, &[], b"").await;
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(
+                r.status == 200 && body.contains(&format!("room {i} text")),
+                "room many-{i}: {} {body}",
+                r.status
+            );
+        }
+    })
+    .await;
+    eprintln!(
+        "{n} rooms read back after the restarts in {:?}",
+        started.elapsed()
+    );
 }
