@@ -34,15 +34,19 @@
 //!   with its rooms, the byte count that lets rooms see a slow consumer
 //!   before it costs memory, and the response body that drains it.
 //! - [`store`]: the `DocStore` trait (snapshot + update log, nothing
-//!   cluster-specific) and its embedded (`redb`) and in-memory stores.
+//!   cluster-specific) and its embedded (`redb`), PostgreSQL (shared by a
+//!   cluster's nodes; group commit, versioned migrations) and in-memory
+//!   stores.
 //! - [`webhook`]: the bounded webhook queue and its signed, retried delivery
 //!   over `reqwest` (http and https through rustls).
+//! - [`tls`]: the rustls client configuration of outgoing connections
+//!   (webhooks, PostgreSQL).
 //! - [`cluster`]: cluster mode (`--redis-url`): the bridge that delivers
 //!   each room's Redis channel to the room — the shared log's entries
-//!   (`cluster::log`: the Redis stream, its scripts and key names, appended
-//!   and published in one script, with `(generation, seq)` positions; gaps
-//!   are read back from the stream) and other nodes' presence, cursors,
-//!   typing and events (`Remote`) — and node liveness by heartbeat.
+//!   (`cluster::log`: frames published once the store committed them, with
+//!   `(generation, seq)` positions; holes are read back from the store) and
+//!   other nodes' presence, cursors, typing and events (`Remote`) — and
+//!   node liveness by heartbeat. Redis holds nothing durable.
 //! - [`room`]: the room actor and the parts it owns (document,
 //!   persistence, members and delivery, fan-out window, presence handlers,
 //!   the `/yjs` awareness bridge, the HTTP event window, cluster state), the
