@@ -1289,3 +1289,53 @@ async fn ten_thousand_rooms_survive_restarts_and_cost_redis_nothing() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_node_mid_edit_loses_no_acked_update() {
+    use crate::store::{verify, writer, Acked};
+    let redis = Redis::start();
+    let args = ["--compact-every", "200"];
+    let nodes: Vec<ChildServer> = (0..3).map(|_| redis.node_with(&args)).collect();
+    let acked: std::sync::Arc<std::sync::Mutex<Vec<Acked>>> = Default::default();
+    // Three rooms, a writer for each on every node (8 updates in flight
+    // each): every room is written through all three nodes at once.
+    let mut writers = Vec::new();
+    for r in 0..3 {
+        for (n, node) in nodes.iter().enumerate() {
+            writers.push(tokio::spawn(writer(
+                node.addr,
+                format!("kill-room-{r}"),
+                format!("{r}.{n}"),
+                acked.clone(),
+            )));
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 1_500 {
+        assert!(std::time::Instant::now() < deadline, "writers too slow");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut nodes = nodes.into_iter();
+    let victim = nodes.next().expect("three nodes");
+    victim.kill();
+    // The survivors keep taking edits for a while.
+    let at_kill = acked.lock().unwrap().len();
+    while acked.lock().unwrap().len() < at_kill + 500 {
+        assert!(std::time::Instant::now() < deadline, "survivors too slow");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rest: Vec<ChildServer> = nodes.collect();
+    for node in rest {
+        node.kill();
+    }
+    for w in writers {
+        w.await.expect("writer ends cleanly when its node dies");
+    }
+    let snapshot = acked.lock().unwrap().clone();
+    let fresh = redis.node_with(&args);
+    verify(fresh.addr, &snapshot).await;
+    eprintln!(
+        "{} acked updates, all on a fresh node after kill -9",
+        snapshot.len()
+    );
+}
