@@ -10,10 +10,11 @@
 //!   reports its session count to the bridge (written into its liveness
 //!   key) and, when the other nodes' counts say it holds more than its
 //!   share ([`crate::cluster::balance::to_shed`]), closes the excess with
-//!   1012, oldest sessions first, at most `rebalance_per_sec` a second.
-//!   After shedding it waits until the counts it reads were written after
-//!   the shed clients had time to reconnect ([`SETTLE`]), so it never acts
-//!   twice on the same imbalance.
+//!   1012, oldest sessions first, at most `rebalance_per_sec` a second. An
+//!   excess must be seen in two views in a row (a burst of arriving
+//!   clients is not one), and after shedding the node waits until the
+//!   counts it reads were written after the shed clients had time to
+//!   reconnect ([`SETTLE`]), so it never acts twice on the same imbalance.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -81,6 +82,9 @@ pub(super) async fn rebalance(shared: Shared) {
     let limits = &shared.config.limits;
     // Counts read before this instant may predate the last shed's effect.
     let mut settled_after = Instant::now();
+    // The excess seen in the previous view: only an excess seen twice in a
+    // row is shed (not a burst of clients arriving at once).
+    let mut seen: Option<(Instant, u64)> = None;
     let mut tick = tokio::time::interval(LOAD_INTERVAL / 2);
     loop {
         tick.tick().await;
@@ -98,8 +102,13 @@ pub(super) async fn rebalance(shared: Shared) {
         if view.at < settled_after {
             continue;
         }
+        if seen.is_some_and(|(at, _)| at == view.at) {
+            continue;
+        }
         let peers: Vec<_> = view.peers.iter().map(|(_, load)| *load).collect();
-        let excess = to_shed(own, &peers, limits.rebalance_tolerance);
+        let now = to_shed(own, &peers, limits.rebalance_tolerance);
+        let before = seen.replace((view.at, now)).map_or(0, |(_, n)| n);
+        let excess = now.min(before);
         if excess == 0 {
             continue;
         }
@@ -122,5 +131,6 @@ pub(super) async fn rebalance(shared: Shared) {
             tokio::time::sleep(pace).await;
         }
         settled_after = Instant::now() + SETTLE + LOAD_INTERVAL;
+        seen = None;
     }
 }
