@@ -451,8 +451,12 @@ async fn rolling_restart_behind_nginx_drains_each_node_first() {
             loop {
                 let (status, body) = http_get(addr, "/readyz").await;
                 if status == 503 {
+                    let at = Instant::now();
                     assert!(body.contains("\"draining\":true"), "{body}");
-                    return Instant::now();
+                    // New upgrades are refused too (nginx passes them on).
+                    let direct = ws_from(addr, IpAddr::V4(Ipv4Addr::LOCALHOST), "/ws").await;
+                    assert_eq!(direct.err().as_deref(), Some("HTTP 503"));
+                    return at;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -487,6 +491,13 @@ async fn rolling_restart_behind_nginx_drains_each_node_first() {
         assert!(
             closes.iter().all(|(_, code)| *code == Some(1001)),
             "node {i}: closes {closes:?}"
+        );
+        // Spread over the drain window (1 s), not all at once.
+        assert!(
+            last - first >= Duration::from_millis(500),
+            "node {i}: {} sessions closed within {:?}",
+            closes.len(),
+            last - first
         );
         eprintln!(
             "node {i}: /readyz 503 after {:?}, {} sessions closed from {:?} to {:?} after SIGTERM",
