@@ -42,7 +42,9 @@
 //!   (`cluster::log`: the Redis stream, its scripts and key names, appended
 //!   and published in one script, with `(generation, seq)` positions; gaps
 //!   are read back from the stream) and other nodes' presence, cursors,
-//!   typing and events (`Remote`) — and node liveness by heartbeat.
+//!   typing and events (`Remote`) — and node liveness by heartbeat, whose
+//!   keys also carry each node's session count (`cluster::balance`: the
+//!   shared counts and the rebalancing rule).
 //! - [`room`]: the room actor and the parts it owns (document,
 //!   persistence, members and delivery, fan-out window, presence handlers,
 //!   the `/yjs` awareness bridge, the HTTP event window, cluster state), the
@@ -59,7 +61,9 @@
 //! - [`http`]: the actix-web app (routes, health, metrics, the demo page
 //!   from `demo_dir`), connection admission before the upgrade (token from
 //!   the URL / `Authorization`, `Origin`, per-IP limits), TLS, and the
-//!   server lifecycle, including graceful shutdown; `http::api` is the REST
+//!   server lifecycle, including graceful shutdown (`http::shed`: the drain
+//!   on SIGTERM and rebalancing, both moving sessions off the node with
+//!   close codes clients retry); `http::api` is the REST
 //!   API under `/api/v1` (API key or tokens, JSON errors, origins and CORS,
 //!   rates), and `http::stream` its SSE, long poll and NDJSON streams from
 //!   `room::events`.

@@ -544,7 +544,15 @@ fn security_cli_mints_a_token_on_its_last_line() {
     // A secret the server would refuse (under 16 bytes) mints nothing.
     for args in [
         ["token", "--secret", "short", "--room", "x", "--user", "c"],
-        ["token", "--auth-secret", "short", "--room", "x", "--user", "c"],
+        [
+            "token",
+            "--auth-secret",
+            "short",
+            "--room",
+            "x",
+            "--user",
+            "c",
+        ],
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
             .args(args)
