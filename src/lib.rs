@@ -46,7 +46,9 @@
 //!   (`cluster::log`: frames published once the store committed them, with
 //!   `(generation, seq)` positions; holes are read back from the store) and
 //!   other nodes' presence, cursors, typing and events (`Remote`) — and
-//!   node liveness by heartbeat. Redis holds nothing durable.
+//!   node liveness by heartbeat, whose keys also carry each node's session
+//!   count (`cluster::balance`: the shared counts and the rebalancing
+//!   rule). Redis holds nothing durable.
 //! - [`room`]: the room actor and the parts it owns (document,
 //!   persistence, members and delivery, fan-out window, presence handlers,
 //!   the `/yjs` awareness bridge, the HTTP event window, cluster state), the
@@ -63,7 +65,9 @@
 //! - [`http`]: the actix-web app (routes, health, metrics, the demo page
 //!   from `demo_dir`), connection admission before the upgrade (token from
 //!   the URL / `Authorization`, `Origin`, per-IP limits), TLS, and the
-//!   server lifecycle, including graceful shutdown; `http::api` is the REST
+//!   server lifecycle, including graceful shutdown (`http::shed`: the drain
+//!   on SIGTERM and rebalancing, both moving sessions off the node with
+//!   close codes clients retry); `http::api` is the REST
 //!   API under `/api/v1` (API key or tokens, JSON errors, origins and CORS,
 //!   rates), and `http::stream` its SSE, long poll and NDJSON streams from
 //!   `room::events`.

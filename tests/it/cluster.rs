@@ -13,6 +13,10 @@ use chorus::protocol::native::Bin;
 use crate::common::{eventually, http_bodiless, http_get, ChildServer, Client, TestDoc, WAIT};
 use crate::http::request;
 
+/// Load-balancer acceptance tests: failures, rolling restarts,
+/// rebalancing, forwarded client IPs.
+mod lb;
+
 /// A `redis-server` child on a free port, killed on drop, and the
 /// PostgreSQL server its nodes keep documents in.
 struct Redis {
@@ -104,7 +108,7 @@ impl Redis {
     }
 
     /// Starts a node connected to this Redis and PostgreSQL, with more
-    /// arguments.
+    /// arguments. Every cluster node of the tests starts here.
     fn node_with(&self, args: &[&str]) -> ChildServer {
         let (url, pg) = (self.url(), self.pg.url());
         let mut all = vec!["--redis-url", url.as_str(), "--postgres-url", pg.as_str()];
@@ -778,7 +782,7 @@ async fn postgres_store_serves_a_room_whose_nodes_all_died() {
 
 /// nginx running `tests/cluster/nginx.conf` on a free port in front of `nodes`;
 /// installed with apt-get when missing. Killed on drop.
-struct Nginx {
+pub(crate) struct Nginx {
     child: std::process::Child,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
@@ -807,16 +811,21 @@ impl Nginx {
             "/tests/cluster/nginx.conf"
         ))
         .expect("tests/cluster/nginx.conf");
-        let servers: String = nodes.iter().map(|a| format!("server {a};\n")).collect();
         let mut conf = String::new();
         let mut placed = false;
         for line in sample.lines() {
             let t = line.trim();
-            if t.starts_with("server 127.0.0.1:") {
+            if let Some(rest) = t.strip_prefix("server 127.0.0.1:") {
                 if !std::mem::replace(&mut placed, true) {
+                    // The sample's parameters (`max_fails=0`, …) kept.
+                    let params = rest.split_once(' ').map_or(";", |(_, p)| p);
+                    let servers: String = nodes
+                        .iter()
+                        .map(|a| format!("server {a} {params}\n"))
+                        .collect();
                     conf.push_str(&servers);
                 }
-            } else if t == "listen 8080;" {
+            } else if t == "listen 127.0.0.1:8080;" {
                 conf.push_str(&format!("listen 127.0.0.1:{port};\n"));
             } else {
                 conf.push_str(line);
@@ -833,6 +842,9 @@ impl Nginx {
             .arg("-c")
             .arg(&path)
             .stdout(std::process::Stdio::null())
+            // Its error log (one line per refused upstream connect) stays
+            // out of the test output.
+            .stderr(std::fs::File::create(dir.path().join("error.log")).expect("log file"))
             .spawn()
             .expect("nginx starts");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
