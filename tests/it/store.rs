@@ -505,3 +505,69 @@ async fn postgres_store_contract() {
     store.close().await.unwrap();
     other.close().await.unwrap();
 }
+
+/// `sslmode=require` over rustls: the server's certificate is verified
+/// against `--postgres-ca-file`; without it, the start fails and says why.
+#[test]
+fn postgres_over_tls_checks_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let cert_pem = cert.cert.pem();
+    let pg = crate::pg::Postgres::start_tls(&cert_pem, &cert.signing_key.serialize_pem());
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let url = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=require",
+        pg.port()
+    );
+    let node = ChildServer::start(&[
+        "--postgres-url",
+        &url,
+        "--postgres-ca-file",
+        ca.to_str().unwrap(),
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = Client::connect(node.addr).await;
+        let doc = TestDoc::new();
+        c.join("tls-pg", &doc).await;
+        c.update_acked("tls-pg", doc.push("over TLS")).await;
+    });
+    assert!(
+        pg.psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = ''")
+            .parse::<u32>()
+            .unwrap_or(0)
+            > 0,
+        "no TLS connection from the node"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM chorus_updates WHERE room = 'tls-pg'"),
+        "1"
+    );
+    drop(node);
+    // Without the CA the certificate is refused: the node does not start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args([
+            "--port",
+            "0",
+            "--postgres-url",
+            &url,
+            "--postgres-append-timeout-ms",
+            "500",
+        ])
+        .output()
+        .expect("chorus runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "started without trusting the certificate: {text}"
+    );
+    assert!(
+        text.to_lowercase().contains("certificate"),
+        "the refusal does not say why: {text}"
+    );
+}
