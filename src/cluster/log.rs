@@ -535,6 +535,10 @@ impl DocStore for RedisStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }

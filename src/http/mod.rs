@@ -258,7 +258,13 @@ async fn shutdown(handle: &actix_web::dev::ServerHandle, shared: &Shared, store:
     }
     // Give the close frames a moment to reach the sockets.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let flush = shared.registry.flush_all();
+    // Rooms give up a moment before the deadline, so that they log what
+    // they could not store before the process goes.
+    let rooms_until = deadline
+        .checked_sub(Duration::from_millis(200))
+        .unwrap_or(deadline)
+        .into_std();
+    let flush = shared.registry.flush_all(rooms_until);
     if tokio::time::timeout_at(deadline, flush).await.is_err() {
         tracing::warn!("rooms did not finish flushing before the shutdown timeout");
     }
@@ -622,26 +628,57 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-/// `GET /readyz`: 200 when the store answers (within 2 s), else 503. Redis
-/// joins the check with cluster mode.
+/// Why the store is failing, as far as this node knows without asking it:
+/// the store says so (the embedded file after an I/O error), or rooms keep
+/// updates they could not store.
+fn store_failing(shared: &Shared) -> Option<String> {
+    if let Some(why) = shared.store.failing() {
+        return Some(why);
+    }
+    let kept = shared.metrics.store_unstored_updates.get();
+    (kept > 0).then(|| {
+        format!(
+            "{kept} updates ({} bytes) applied but not stored yet; retried",
+            shared.metrics.store_unstored_bytes.get()
+        )
+    })
+}
+
+/// `GET /readyz`: can this node serve? 503 only for what is this node's
+/// alone: its own store (the embedded file) cannot write — appends fail,
+/// or the health check fails or takes over 2 s. An outage of what every
+/// node shares (a shared store, Redis) answers 200 with `"degraded": true`
+/// (a health check must not empty the whole pool at once).
 async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
     let store = &shared.store;
     let check = tokio::time::timeout(Duration::from_secs(2), store.health()).await;
-    let (status, store_state) = match check {
-        Ok(Ok(())) => (actix_web::http::StatusCode::OK, "ok".to_owned()),
-        Ok(Err(e)) => (
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        ),
-        Err(_) => (
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "timed out".to_owned(),
-        ),
+    let problem = match check {
+        Ok(Ok(())) => store_failing(&shared),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("health check timed out".to_owned()),
     };
-    let ready = status.is_success();
+    let mut degraded = false;
+    let mut store_body = serde_json::json!({ "kind": store.name(), "shared": store.shared() });
+    let status = match problem {
+        None => {
+            store_body["state"] = "ok".into();
+            actix_web::http::StatusCode::OK
+        }
+        Some(e) if store.shared() => {
+            degraded = true;
+            store_body["state"] = "degraded".into();
+            store_body["error"] = e.into();
+            actix_web::http::StatusCode::OK
+        }
+        Some(e) => {
+            store_body["state"] = "failing".into();
+            store_body["error"] = e.into();
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
     let mut body = serde_json::json!({
-        "ready": ready,
-        "store": { "kind": store.name(), "state": store_state },
+        "ready": status.is_success(),
+        "store": store_body,
     });
     if let Some(bridge) = &shared.bridge {
         // Degraded, not unready: local clients are still served.
@@ -649,11 +686,13 @@ async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
             .stats()
             .connected
             .load(std::sync::atomic::Ordering::Relaxed);
+        degraded |= !up;
         body["cluster"] = serde_json::json!({
             "node": bridge.node(),
             "redis": if up { "ok" } else { "degraded" },
         });
     }
+    body["degraded"] = degraded.into();
     HttpResponse::build(status).json(body)
 }
 
@@ -716,6 +755,11 @@ fn metrics_registry(shared: &Shared) -> MetricsRegistry {
             "chorus_rooms_refused",
             "Room openings refused because --max-live-rooms busy rooms were live.",
             read(|s| s.registry.rooms_refused_full()),
+        )
+        .gauge(
+            "chorus_store_failing",
+            "1 while the store fails to write (appends fail, kept updates wait to be stored, or the store says so), else 0.",
+            read(|s| u64::from(store_failing(s).is_some())),
         )
         .gauge(
             "chorus_api_tracked_ips",

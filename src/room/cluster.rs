@@ -42,10 +42,6 @@ pub(super) struct ClusterState {
     /// Log positions seen on the channel while a read was in flight (the
     /// read may end before them).
     seen_while_reading: Vec<(String, u64)>,
-    /// Local updates whose append failed (Redis unreachable for longer than
-    /// `--redis-append-timeout-ms`); written to the log once Redis answers
-    /// again, so other nodes get them.
-    unlogged: Vec<Bytes>,
     /// Last `(epoch, seq)` received from each other node, for gap detection.
     remote_seq: HashMap<String, (u64, u64)>,
 }
@@ -75,7 +71,6 @@ impl ClusterState {
             catching_up: false,
             catch_up_again: false,
             seen_while_reading: Vec::new(),
-            unlogged: Vec::new(),
             remote_seq: HashMap::new(),
         }
     }
@@ -86,15 +81,9 @@ impl ClusterState {
         self.log_seq = last_seq;
     }
 
-    /// Keeps an update whose append failed, to write it once Redis is back.
-    pub(super) fn unlogged(&mut self, update: Bytes) {
-        self.unlogged.push(update);
-    }
-
-    /// Forgets the log position and what was not logged (room deleted).
+    /// Forgets the log position (room deleted).
     pub(super) fn clear(&mut self) {
         self.log_seq = 0;
-        self.unlogged.clear();
     }
 
     /// The envelope of this instance's next item.
@@ -621,22 +610,10 @@ impl Handler<Resubscribed> for Room {
         self.say_hello();
         // Entries published while this room was not listening.
         self.catch_up(ctx);
-        // Local updates whose append gave up while Redis was away.
-        let parts = match &mut self.cluster {
-            Some(c) => std::mem::take(&mut c.unlogged),
-            None => return,
-        };
-        if parts.is_empty() {
-            return;
-        }
-        match yrs::merge_updates_v1(parts.iter().map(|b| b.as_ref())) {
-            Ok(merged) => self.write_to_log(Bytes::from(merged), ctx),
-            Err(e) => {
-                tracing::warn!(room = %self.id, "merging unlogged updates failed: {e}");
-                for part in parts {
-                    self.write_to_log(part, ctx);
-                }
-            }
+        // Local updates whose append gave up while Redis was away (kept by
+        // the room's persistence): no need to wait for their backoff.
+        if self.persist.holds_unstored() {
+            self.retry_unstored_now(ctx);
         }
     }
 }

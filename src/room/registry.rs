@@ -423,10 +423,12 @@ impl Registry {
         self.inner.refused_full.load(Ordering::Relaxed)
     }
 
-    /// Asks every live room to write its document to the store, and waits.
-    pub async fn flush_all(&self) {
+    /// Asks every live room to write its document to the store, and waits;
+    /// rooms whose writes fail try again until `until`, then log what they
+    /// could not store.
+    pub async fn flush_all(&self, until: Instant) {
         let addrs: Vec<Addr<Room>> = self.rooms().values().map(|e| e.addr.clone()).collect();
-        let flushes = addrs.iter().map(|a| a.send(StoreNow));
+        let flushes = addrs.iter().map(|a| a.send(StoreNow { until }));
         for res in futures_util::future::join_all(flushes).await {
             if let Err(e) = res {
                 tracing::warn!("room did not flush: {e}");
