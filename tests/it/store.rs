@@ -187,7 +187,7 @@ async fn store_snapshot_plus_log_tail_reloads_identically() {
     server.kill();
 
     // The file holds a snapshot plus a log tail.
-    let store = RedbStore::open_at(dir.path(), WriterOptions { max_batch: 1 }).unwrap();
+    let store = RedbStore::open_at(dir.path(), WriterOptions::batch(1)).unwrap();
     let stored = store.load("doc").await.unwrap();
     assert!(stored.snapshot.is_some(), "compacted snapshot present");
     assert!(!stored.updates.is_empty(), "log tail after the snapshot");
