@@ -194,14 +194,6 @@ impl Handler<ApiUpdate> for Room {
                     RoomError::new(ErrorCode::StoreFailed, "update not stored; resend it")
                 })
             })),
-            // Nothing new, but it may be the resend of an update that is
-            // kept unstored: acknowledged once nothing is kept.
-            Ok(false) if self.persist.holds_unstored() => {
-                Box::pin(fut::ready(Err(RoomError::new(
-                    ErrorCode::StoreFailed,
-                    "updates of this room are not stored yet; resend it later",
-                ))))
-            }
             Ok(false) => Box::pin(fut::ready(Ok(()))),
             Err(e) => Box::pin(fut::ready(Err(e))),
         }

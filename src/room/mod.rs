@@ -475,17 +475,7 @@ impl Handler<ClientUpdate> for Room {
         };
         if !applied {
             // Clients send one after every sync when they had nothing new:
-            // acknowledge it without storing or broadcasting anything —
-            // unless updates are kept unstored (this may be the resend of
-            // one of them): the resend is acknowledged once they are stored.
-            if self.persist.holds_unstored() && rid.is_some() {
-                return self.members.error_to(
-                    &link,
-                    ErrorCode::StoreFailed,
-                    "updates of this room are not stored yet; resend it later",
-                    rid,
-                );
-            }
+            // acknowledge it without storing or broadcasting anything.
             return ack(self, &link);
         }
         ctx.spawn(

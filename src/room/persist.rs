@@ -9,9 +9,8 @@
 //! appended again, merged with the others kept, after a delay that doubles
 //! from `store_retry_min_ms` to `store_retry_max_ms` (at once when another
 //! append of the room succeeds), until it is stored. Its sender got
-//! `store_failed` and may resend it; a resend is then a no-op for the
-//! document, and it is acknowledged only once nothing is kept any more. A
-//! compaction's snapshot is the whole document, so one that succeeds also
+//! `store_failed` and may resend it (a resend is appended again, and
+//! acknowledged once that append is durable). A compaction's snapshot is the whole document, so one that succeeds also
 //! stores every update kept when it started. A room holding kept updates is
 //! not evicted until they are stored; at shutdown it tries until the
 //! shutdown timeout, then logs (error, room id, bytes) what it could not
@@ -284,7 +283,7 @@ impl Persistence {
     /// replaced by its merged update, so memory stays about one document
     /// however long the store fails.
     fn fold(&mut self, retry: Retry) {
-        if !self.unstored.front().is_some_and(|u| u.id < retry.upto) || self.unstored.len() == 1 {
+        if self.unstored.front().is_none_or(|u| u.id >= retry.upto) || self.unstored.len() == 1 {
             return;
         }
         self.stored_below(retry.upto);
