@@ -600,20 +600,20 @@ async fn stubborn_writer(
         }
         match c.try_recv(Duration::from_millis(50)).await {
             Some(ServerMessage::Ack { rid, .. }) => {
-                if inflight.remove(&rid).is_some() {
-                    tally.lock().unwrap().acked += 1;
-                }
+                let known = inflight.remove(&rid).is_some();
+                tally.lock().unwrap().acked += usize::from(known);
             }
             Some(ServerMessage::Error {
                 code: ErrorCode::StoreFailed,
                 rid: Some(rid),
                 ..
             }) => {
-                if let Some(data) = inflight.remove(&rid) {
-                    tally.lock().unwrap().store_failed += 1;
-                    if resend_failed {
-                        resend.push_back((Instant::now() + Duration::from_millis(100), data));
-                    }
+                let Some(data) = inflight.remove(&rid) else {
+                    continue;
+                };
+                tally.lock().unwrap().store_failed += 1;
+                if resend_failed {
+                    resend.push_back((Instant::now() + Duration::from_millis(100), data));
                 }
             }
             Some(ServerMessage::Error { code, message, .. }) => {
