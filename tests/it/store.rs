@@ -800,3 +800,73 @@ async fn store_disk_full_loses_nothing_clients_saw() {
     c.close().await;
     server.terminate();
 }
+
+/// At shutdown a room tries to store what it kept until the shutdown
+/// timeout, then says (error, room id, bytes) what it could not store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_shutdown_on_a_full_disk_logs_what_it_could_not_store() {
+    const ROOM: &str = "shutdown-full";
+    let disk = SmallDisk::mount("4m");
+    let server = start(
+        &disk.path().join("data"),
+        &[
+            "--store-retry-min-ms",
+            "50",
+            "--store-retry-max-ms",
+            "200",
+            "--shutdown-timeout-ms",
+            "1500",
+        ],
+    );
+    let mut c = Client::connect(server.addr).await;
+    let doc = TestDoc::new();
+    c.join(ROOM, &doc).await;
+    c.update_acked(ROOM, doc.push("stored")).await;
+    disk.fill();
+    let mut refused = false;
+    for i in 0..200 {
+        let rid = c
+            .send_update(ROOM, doc.push(&format!("<{i}>{}", ".".repeat(1500))))
+            .await;
+        let reply = c
+            .expect(|m| {
+                matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
+                    || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
+            })
+            .await;
+        if matches!(
+            reply,
+            ServerMessage::Error {
+                code: ErrorCode::StoreFailed,
+                ..
+            }
+        ) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "an update was refused with store_failed");
+    let began = Instant::now();
+    let logs = server.terminate();
+    let took = began.elapsed();
+    let lost: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.contains("could not be stored") && l.contains("ERROR"))
+        .collect();
+    eprintln!("shutdown took {took:?}; {lost:?}");
+    assert_eq!(
+        lost.len(),
+        1,
+        "one error line for the room:\n{}",
+        logs.join("\n")
+    );
+    assert!(
+        lost[0].contains(ROOM) && lost[0].contains("\"bytes\""),
+        "{}",
+        lost[0]
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown timeout held: {took:?}"
+    );
+}
