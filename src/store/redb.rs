@@ -155,6 +155,15 @@ fn io(e: impl Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// The text of an error without the `Io` variant's prefix (it is wrapped
+/// in one again when answered).
+fn detail(e: &StoreError) -> String {
+    match e {
+        StoreError::Io(detail) => detail.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn closed() -> StoreError {
     StoreError::Io("the store is closed".into())
 }
@@ -639,7 +648,7 @@ impl Writer {
                 tracing::error!("store commit failed: {e}");
                 // It may hold numbers of a batch that was not committed.
                 self.seqs.rooms.clear();
-                self.failed(e.to_string());
+                self.failed(detail(e));
                 // redb refuses everything after an I/O error: find out now.
                 if let Err(e) = probe(&db) {
                     tracing::error!("the store refuses writes after the failed commit ({e}); reopening its file");
@@ -679,7 +688,7 @@ impl Writer {
             }
             Err(e) => {
                 self.reopen = true;
-                self.failed(format!("the store refuses writes: {e}"));
+                self.failed(format!("the store refuses writes: {}", detail(&e)));
             }
         }
     }
@@ -755,7 +764,7 @@ fn answer(batch: Vec<WriteOp>, result: Result<Vec<Outcome>, StoreError>) {
             }
         }
         Err(e) => {
-            let msg = e.to_string();
+            let msg = detail(&e);
             for op in batch {
                 match op {
                     WriteOp::Append { reply, .. } => {
