@@ -644,6 +644,38 @@ fn store_failing(shared: &Shared) -> Option<String> {
     })
 }
 
+/// The store as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreState {
+    /// It writes.
+    Ok,
+    /// A store every node shares cannot write: every node has the same
+    /// problem, so this one stays in the pool (200).
+    Degraded,
+    /// This node's own store cannot write: this node cannot serve (503).
+    Failing,
+}
+
+impl StoreState {
+    fn as_str(self) -> &'static str {
+        match self {
+            StoreState::Ok => "ok",
+            StoreState::Degraded => "degraded",
+            StoreState::Failing => "failing",
+        }
+    }
+}
+
+/// The readiness rule: a failing store takes this node out of the pool
+/// only when it is this node's alone.
+fn store_state(shared: bool, failing: bool) -> StoreState {
+    match (failing, shared) {
+        (false, _) => StoreState::Ok,
+        (true, true) => StoreState::Degraded,
+        (true, false) => StoreState::Failing,
+    }
+}
+
 /// `GET /readyz`: can this node serve? 503 only for what is this node's
 /// alone: its own store (the embedded file) cannot write — appends fail,
 /// or the health check fails or takes over 2 s. An outage of what every
@@ -657,24 +689,20 @@ async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some("health check timed out".to_owned()),
     };
-    let mut degraded = false;
-    let mut store_body = serde_json::json!({ "kind": store.name(), "shared": store.shared() });
-    let status = match problem {
-        None => {
-            store_body["state"] = "ok".into();
-            actix_web::http::StatusCode::OK
-        }
-        Some(e) if store.shared() => {
-            degraded = true;
-            store_body["state"] = "degraded".into();
-            store_body["error"] = e.into();
-            actix_web::http::StatusCode::OK
-        }
-        Some(e) => {
-            store_body["state"] = "failing".into();
-            store_body["error"] = e.into();
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE
-        }
+    let state = store_state(store.shared(), problem.is_some());
+    let mut degraded = state == StoreState::Degraded;
+    let mut store_body = serde_json::json!({
+        "kind": store.name(),
+        "shared": store.shared(),
+        "state": state.as_str(),
+    });
+    if let Some(e) = problem {
+        store_body["error"] = e.into();
+    }
+    let status = if state == StoreState::Failing {
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        actix_web::http::StatusCode::OK
     };
     let mut body = serde_json::json!({
         "ready": status.is_success(),
@@ -772,4 +800,19 @@ fn metrics_registry(shared: &Shared) -> MetricsRegistry {
         bridge.register(&mut registry);
     }
     MetricsRegistry(registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_fails_only_for_a_store_of_this_node_alone() {
+        assert_eq!(store_state(false, false), StoreState::Ok);
+        assert_eq!(store_state(true, false), StoreState::Ok);
+        // The embedded file cannot write: this node cannot serve.
+        assert_eq!(store_state(false, true), StoreState::Failing);
+        // Redis or PostgreSQL down: every node's problem, stay in the pool.
+        assert_eq!(store_state(true, true), StoreState::Degraded);
+    }
 }
