@@ -750,7 +750,10 @@ async fn stubborn_writer(
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         }
+        let asked = Instant::now();
         match c.try_recv(Duration::from_millis(50)).await {
+            // Closed (not a timeout): the server is gone.
+            None if asked.elapsed() < Duration::from_millis(25) => return,
             Some(ServerMessage::Ack { rid, .. }) => {
                 let known = inflight.remove(&rid).is_some();
                 tally.lock().unwrap().acked += usize::from(known);
@@ -787,10 +790,12 @@ async fn observer(
     let doc = TestDoc::new();
     c.join(room, &doc).await;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        if let Some(ServerMessage::Update { data, .. }) =
-            c.try_recv(Duration::from_millis(50)).await
-        {
-            doc.apply(&data.0);
+        let asked = Instant::now();
+        match c.try_recv(Duration::from_millis(50)).await {
+            Some(ServerMessage::Update { data, .. }) => doc.apply(&data.0),
+            // Closed (not a timeout): the server is gone.
+            None if asked.elapsed() < Duration::from_millis(25) => break,
+            _ => {}
         }
     }
     c.close().await;
@@ -832,7 +837,18 @@ async fn store_disk_full_loses_nothing_clients_saw() {
     const ROOM: &str = "full";
     let disk = SmallDisk::mount("4m");
     let data = disk.path().join("data");
-    let flags = ["--store-retry-min-ms", "50", "--store-retry-max-ms", "400"];
+    // No compaction before the end: only the rooms' retries store what
+    // they kept.
+    let flags = [
+        "--store-retry-min-ms",
+        "50",
+        "--store-retry-max-ms",
+        "400",
+        "--compact-every",
+        "100000",
+        "--compact-bytes",
+        "1000000000",
+    ];
     let server = start(&data, &flags);
     let addr = server.addr;
     let stop_writers = Arc::new(AtomicBool::new(false));
