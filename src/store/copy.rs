@@ -194,7 +194,10 @@ impl End {
         }
     }
 
-    async fn dump(&self, rooms: &[String]) -> Result<Vec<Result<RoomDump, StoreError>>, StoreError> {
+    async fn dump(
+        &self,
+        rooms: &[String],
+    ) -> Result<Vec<Result<RoomDump, StoreError>>, StoreError> {
         match self {
             End::Redb(f) => f.dump(rooms),
             End::Postgres(p) => Ok(p.dump(rooms).await?.into_iter().map(Ok).collect()),

@@ -795,16 +795,12 @@ impl RedbFile {
     pub fn rooms(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
         let txn = self.begin_read()?;
         let mut out = Vec::new();
-        let (Some(log), Some(snapshots)) = (
-            open_or_none(&txn, LOG)?,
-            open_or_none(&txn, SNAPSHOT)?,
-        ) else {
+        let (Some(log), Some(snapshots)) =
+            (open_or_none(&txn, LOG)?, open_or_none(&txn, SNAPSHOT)?)
+        else {
             return Ok(out);
         };
-        let (mut a, mut b) = (
-            next_room(&log, after)?,
-            next_room(&snapshots, after)?,
-        );
+        let (mut a, mut b) = (next_room(&log, after)?, next_room(&snapshots, after)?);
         while out.len() < limit {
             let room = match (&a, &b) {
                 (None, None) => break,
@@ -842,22 +838,22 @@ impl RedbFile {
     /// ([`StoreError::Corrupt`]): a copy is exact or it is not made.
     pub fn dump(&self, rooms: &[String]) -> Result<Vec<Result<RoomDump, StoreError>>, StoreError> {
         let txn = self.begin_read()?;
-        let (Some(log), Some(snapshots)) = (
-            open_or_none(&txn, LOG)?,
-            open_or_none(&txn, SNAPSHOT)?,
-        ) else {
+        let (Some(log), Some(snapshots)) =
+            (open_or_none(&txn, LOG)?, open_or_none(&txn, SNAPSHOT)?)
+        else {
             return Ok(rooms.iter().map(|r| Ok(RoomDump::empty(r))).collect());
         };
         Ok(rooms
             .iter()
             .map(|room| {
-                catch_unwind(AssertUnwindSafe(|| dump_room(&log, &snapshots, room)))
-                    .unwrap_or_else(|p| {
+                catch_unwind(AssertUnwindSafe(|| dump_room(&log, &snapshots, room))).unwrap_or_else(
+                    |p| {
                         Err(StoreError::Corrupt {
                             room: room.clone(),
                             detail: format!("reading it panicked: {}", panic_message(&*p)),
                         })
-                    })
+                    },
+                )
             })
             .collect())
     }

@@ -105,12 +105,10 @@ fn summary(stderr: &str) -> (u64, u64, u64, f64) {
         .find(|l| l.starts_with("copied "))
         .unwrap_or_else(|| panic!("no summary in {stderr}"));
     let number_before = |word: &str| -> f64 {
-        let head = &line[..line.find(word).unwrap_or_else(|| panic!("{word} in {line}"))];
-        let n = head
-            .trim_end()
-            .rsplit([' ', '('])
-            .next()
-            .expect("a number");
+        let head = &line[..line
+            .find(word)
+            .unwrap_or_else(|| panic!("{word} in {line}"))];
+        let n = head.trim_end().rsplit([' ', '(']).next().expect("a number");
         n.parse().unwrap_or_else(|_| panic!("{n:?} in {line}"))
     };
     (
@@ -148,17 +146,11 @@ async fn load_all(store: &dyn DocStore) -> Vec<StoredDoc> {
     docs
 }
 
-fn load_redb(dir: &Path) -> Vec<StoredDoc> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let store = RedbStore::open_at(dir, WriterOptions { max_batch: 1 }).expect("redb opens");
-        let docs = load_all(&store).await;
-        store.close().await.expect("closed");
-        docs
-    })
+async fn load_redb(dir: &Path) -> Vec<StoredDoc> {
+    let store = RedbStore::open_at(dir, WriterOptions { max_batch: 1 }).expect("redb opens");
+    let docs = load_all(&store).await;
+    store.close().await.expect("closed");
+    docs
 }
 
 /// The same documents, byte for byte: snapshot, log, last sequence number.
@@ -204,9 +196,13 @@ async fn copy_1000_rooms_redb_to_postgres_and_back_byte_for_byte() {
     let src = tempfile::tempdir().expect("temp dir");
     let back = tempfile::tempdir().expect("temp dir");
     let texts = fill(src.path()).await;
-    let original = load_redb(src.path());
-    assert!(original.iter().any(|d| d.snapshot.is_some() && !d.updates.is_empty()));
-    assert!(original.iter().any(|d| d.snapshot.is_some() && d.updates.is_empty()));
+    let original = load_redb(src.path()).await;
+    assert!(original
+        .iter()
+        .any(|d| d.snapshot.is_some() && !d.updates.is_empty()));
+    assert!(original
+        .iter()
+        .any(|d| d.snapshot.is_some() && d.updates.is_empty()));
     assert!(original.iter().any(|d| d.snapshot.is_none()));
 
     let pg = crate::pg::Postgres::start();
@@ -218,7 +214,7 @@ async fn copy_1000_rooms_redb_to_postgres_and_back_byte_for_byte() {
 
     let store = pg_store(&url);
     assert_same("postgres", &original, &load_all(&store).await);
-    let copy_back = load_redb(back.path());
+    let copy_back = load_redb(back.path()).await;
     assert_same("redb → postgres → redb", &original, &copy_back);
     assert_eq!(
         dump_redb(src.path()),
@@ -228,12 +224,31 @@ async fn copy_1000_rooms_redb_to_postgres_and_back_byte_for_byte() {
 
     // Idempotent: a second run finds every room identical and writes none.
     copied(copy(src_dir, &url, &[]), 0, ROOMS as u64);
-    copied(copy(&url, back_dir, &["--batch-rooms", "7"]), 0, ROOMS as u64);
+    copied(
+        copy(&url, back_dir, &["--batch-rooms", "7"]),
+        0,
+        ROOMS as u64,
+    );
     assert_eq!(
         pg.psql("SELECT sum(incarnation) FROM chorus_rooms"),
         "0",
         "no room was rewritten"
     );
+
+    // The numbering goes on where the source left it.
+    let last = original[5].last_seq;
+    let seq = store
+        .append(
+            &room(5),
+            Bytes::from(TestDoc::independent_insert("x")),
+            None,
+        )
+        .await
+        .expect("append");
+    assert_eq!(seq, last + 1);
+    store.close().await.expect("closed");
+    // A room that changed in the source is copied again; only that one.
+    copied(copy(&url, back_dir, &[]), 1, ROOMS as u64 - 1);
 
     // Servers on each copy serve the same documents.
     let on_redb = ChildServer::start(&["--data-dir", back_dir]);
@@ -248,17 +263,6 @@ async fn copy_1000_rooms_redb_to_postgres_and_back_byte_for_byte() {
     ]);
     serves(&on_pg, &texts).await;
     on_pg.terminate();
-
-    // The numbering goes on where the source left it.
-    let last = original[5].last_seq;
-    let seq = store
-        .append(&room(5), Bytes::from(TestDoc::independent_insert("x")), None)
-        .await
-        .expect("append");
-    assert_eq!(seq, last + 1);
-    store.close().await.expect("closed");
-    // A room that changed in the source is copied again; only that one.
-    copied(copy(&url, back_dir, &[]), 1, ROOMS as u64 - 1);
 }
 
 /// Spawns a slow copy (small batches, paused) and kills it with SIGKILL
@@ -307,7 +311,7 @@ fn copy_killed_midway(from: &str, to: &str) -> u64 {
 async fn copy_killed_midway_resumes() {
     let src = tempfile::tempdir().expect("temp dir");
     fill(src.path()).await;
-    let original = load_redb(src.path());
+    let original = load_redb(src.path()).await;
     let pg = crate::pg::Postgres::start();
     let url = pg.url();
     let src_dir = src.path().to_str().unwrap();
@@ -321,7 +325,11 @@ async fn copy_killed_midway_resumes() {
     assert!(present >= done && present < ROOMS as u64, "{present} rooms");
     copied(copy(src_dir, &url, &[]), ROOMS as u64 - present, present);
     let store = pg_store(&url);
-    assert_same("postgres after a resumed copy", &original, &load_all(&store).await);
+    assert_same(
+        "postgres after a resumed copy",
+        &original,
+        &load_all(&store).await,
+    );
     store.close().await.expect("closed");
 
     // PostgreSQL → redb, killed (the file is left unclosed), then again.
@@ -336,7 +344,7 @@ async fn copy_killed_midway_resumes() {
     assert_same(
         "redb after a resumed copy",
         &original,
-        &load_redb(back.path()),
+        &load_redb(back.path()).await,
     );
 }
 
@@ -344,7 +352,10 @@ async fn copy_killed_midway_resumes() {
 fn copy_refuses_a_redb_file_a_server_holds() {
     let held = tempfile::tempdir().expect("temp dir");
     let other = tempfile::tempdir().expect("temp dir");
-    let (held_dir, other_dir) = (held.path().to_str().unwrap(), other.path().to_str().unwrap());
+    let (held_dir, other_dir) = (
+        held.path().to_str().unwrap(),
+        other.path().to_str().unwrap(),
+    );
     // A store to copy from, with one room.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
