@@ -1211,6 +1211,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_raw_file_lists_dumps_and_replaces_rooms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for (room, n) in [("a", 2), ("b", 1), ("c", 3)] {
+            for i in 1..=n {
+                store
+                    .append(room, b(&format!("{room}{i}")), None)
+                    .await
+                    .unwrap();
+            }
+        }
+        store.compact("b", b("sb"), 1).await.unwrap(); // a snapshot alone
+        store.close().await.unwrap();
+        damage(dir.path(), LOG, "c", 2);
+
+        let file = RedbFile::open_source(dir.path()).unwrap();
+        assert_eq!(file.rooms("", 10).unwrap(), ["a", "b", "c"]);
+        assert_eq!(file.rooms("a", 1).unwrap(), ["b"]);
+        assert!(file.rooms("c", 10).unwrap().is_empty());
+        assert_eq!(file.count_rooms().unwrap(), 3);
+        let rooms: Vec<String> = ["a", "b", "c", "zz"].map(String::from).to_vec();
+        let mut dumps = file.dump(&rooms).unwrap().into_iter();
+        let a = dumps.next().unwrap().unwrap();
+        assert_eq!(a.updates.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!((a.snapshot.clone(), a.last_seq), (None, 2));
+        let bd = dumps.next().unwrap().unwrap();
+        assert_eq!((bd.snapshot.clone(), bd.last_seq), (Some((1, b("sb"))), 1));
+        assert!(bd.updates.is_empty());
+        match dumps.next().unwrap() {
+            Err(StoreError::Corrupt { room, detail }) => {
+                assert_eq!(room, "c");
+                assert!(detail.contains("#2"), "{detail}");
+            }
+            other => panic!("a damaged room must not be copied: {other:?}"),
+        }
+        assert_eq!(dumps.next().unwrap().unwrap(), RoomDump::empty("zz"));
+        file.close().unwrap();
+
+        let other = tempfile::tempdir().unwrap();
+        let target = RedbFile::open_target(other.path()).unwrap();
+        target.import(&[a.clone(), bd.clone()]).unwrap();
+        // Importing replaces what the room had.
+        let mut a2 = a.clone();
+        a2.updates.truncate(1);
+        a2.updates[0].seq = 7;
+        a2.last_seq = 7;
+        target.import(&[a2.clone()]).unwrap();
+        let back = target.dump(&rooms[..2]).unwrap();
+        assert_eq!(back[0].as_ref().unwrap(), &a2);
+        assert_eq!(back[1].as_ref().unwrap(), &bd);
+        // A counter past the last entry cannot be kept: refused.
+        let mut past = a.clone();
+        past.last_seq = 9;
+        assert!(RedbFile::check(&past).is_err());
+        assert!(target.import(&[past]).is_err());
+        target.close().unwrap();
+        let store = open(other.path());
+        assert_eq!(store.load("a").await.unwrap().last_seq, 7);
+        assert_eq!(store.append("a", b("next"), None).await.unwrap(), 8);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn without_group_commit_every_append_still_lands() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open_at(dir.path(), WriterOptions { max_batch: 1 }).unwrap();

@@ -349,7 +349,7 @@ async fn copy_killed_midway_resumes() {
 }
 
 #[test]
-fn copy_refuses_a_redb_file_a_server_holds() {
+fn copy_refuses_held_files_and_damaged_rooms_clearly() {
     let held = tempfile::tempdir().expect("temp dir");
     let other = tempfile::tempdir().expect("temp dir");
     let (held_dir, other_dir) = (
@@ -382,4 +382,27 @@ fn copy_refuses_a_redb_file_a_server_holds() {
     assert!(!ok && stderr.contains("the same store"), "{stderr}");
     let (ok, stderr) = copy("/nonexistent/chorus-data", other_dir, &[]);
     assert!(!ok && stderr.contains("no such file"), "{stderr}");
+
+    // A room with a damaged record is not copied (a copy is exact or not
+    // made): named, with a non-zero exit; the other rooms are copied.
+    {
+        let db = redb::Database::create(other.path().join("chorus.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let log: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("log");
+            let mut t = txn.open_table(log).unwrap();
+            t.insert(("bad", 1), b"not a frame".as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let fresh = tempfile::tempdir().expect("temp dir");
+    let (ok, stderr) = copy(other_dir, fresh.path().to_str().unwrap(), &[]);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("1 room(s) not copied")
+            && stderr.contains("\"bad\"")
+            && stderr.contains("damaged"),
+        "{stderr}"
+    );
+    assert_eq!(summary(&stderr).0, 1, "the sound room is copied: {stderr}");
 }
