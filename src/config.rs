@@ -77,8 +77,14 @@ pub struct CopyArgs {
 /// `chorus token`: mints an HS256 token (see `auth` for the claims).
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
-    /// Shared secret, the same as the server's `--auth-secret`.
-    #[arg(long, env = "CHORUS_AUTH_SECRET", hide_env_values = true)]
+    /// Shared secret, the same as the server's `--auth-secret` (at least
+    /// 16 bytes, as the server requires). `--secret` is an alias.
+    #[arg(
+        long = "auth-secret",
+        alias = "secret",
+        env = "CHORUS_AUTH_SECRET",
+        hide_env_values = true
+    )]
     pub secret: String,
     /// Room pattern granted: exact, or ending in `*` (prefix). Repeatable.
     #[arg(long = "room", required = true)]
@@ -193,7 +199,9 @@ pub struct Config {
     #[arg(long, env = "CHORUS_CLUSTER_GAP_WAIT_MS", default_value_t = 50)]
     pub cluster_gap_wait_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `chorus=debug`).
-    #[arg(long, env = "CHORUS_LOG", default_value = "info")]
+    /// The binary also reads the older `CHORUS_LOG` when `CHORUS_LOG_LEVEL`
+    /// is unset.
+    #[arg(long, env = "CHORUS_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// Log format.
     #[arg(long, env = "CHORUS_LOG_FORMAT", value_enum, default_value = "human")]
@@ -528,6 +536,28 @@ pub struct Limits {
     /// How long shutdown waits for sessions to close and rooms to flush, in ms.
     #[arg(long, env = "CHORUS_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
     pub shutdown_timeout_ms: u64,
+    /// On SIGTERM, how long the node keeps serving its sessions while
+    /// `/readyz` answers 503 (`"draining": true`) and new WebSocket upgrades
+    /// get 503, so that load balancers stop sending it clients, in ms.
+    #[arg(long, env = "CHORUS_DRAIN_DELAY_MS", default_value_t = 3_000)]
+    pub drain_delay_ms: u64,
+    /// After the drain delay, the window over which the node closes its
+    /// sessions (1001, which clients retry), evenly spread so that the other
+    /// nodes do not take every reconnection at once, in ms. 0: all at once.
+    #[arg(long, env = "CHORUS_DRAIN_WINDOW_MS", default_value_t = 5_000)]
+    pub drain_window_ms: u64,
+    /// Cluster mode: a node holding more than this many percent above its
+    /// fair share of the cluster's WebSocket sessions (total / live nodes)
+    /// sheds the excess (close 1012, which clients retry).
+    #[arg(long, env = "CHORUS_REBALANCE_TOLERANCE", default_value_t = 10)]
+    pub rebalance_tolerance: u32,
+    /// Cluster mode: most sessions per second a node sheds to rebalance,
+    /// oldest first. 0 (the default): rebalancing off. Turn it on only
+    /// behind a load balancer that spreads new connections over the nodes
+    /// (round robin, least connections): a client that always reaches the
+    /// same node would be shed again and again.
+    #[arg(long, env = "CHORUS_REBALANCE_PER_SEC", default_value_t = 0)]
+    pub rebalance_per_sec: u32,
 }
 
 impl Default for Config {
@@ -540,11 +570,15 @@ impl Config {
     /// A config for tests and embedding: defaults, port 0, loopback, and
     /// the in-memory store (nothing is written to disk).
     pub fn ephemeral() -> Self {
-        Config {
+        let mut config = Config {
             port: 0,
             store: Some(StoreKind::Memory),
             ..Config::default()
-        }
+        };
+        // No load balancer to wait for: stop at once.
+        config.limits.drain_delay_ms = 0;
+        config.limits.drain_window_ms = 0;
+        config
     }
 
     /// The store in use: `--store`, else PostgreSQL when `--postgres-url` is
@@ -667,6 +701,14 @@ impl Limits {
     /// Shutdown grace as a duration.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+    /// Drain delay as a duration.
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
+    }
+    /// Drain window as a duration.
+    pub fn drain_window(&self) -> Duration {
+        Duration::from_millis(self.drain_window_ms)
     }
 }
 

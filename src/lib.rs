@@ -34,15 +34,21 @@
 //!   with its rooms, the byte count that lets rooms see a slow consumer
 //!   before it costs memory, and the response body that drains it.
 //! - [`store`]: the `DocStore` trait (snapshot + update log, nothing
-//!   cluster-specific) and its embedded (`redb`) and in-memory stores.
+//!   cluster-specific) and its embedded (`redb`), PostgreSQL (shared by a
+//!   cluster's nodes; group commit, versioned migrations) and in-memory
+//!   stores.
 //! - [`webhook`]: the bounded webhook queue and its signed, retried delivery
 //!   over `reqwest` (http and https through rustls).
+//! - [`tls`]: the rustls client configuration of outgoing connections
+//!   (webhooks, PostgreSQL).
 //! - [`cluster`]: cluster mode (`--redis-url`): the bridge that delivers
 //!   each room's Redis channel to the room — the shared log's entries
-//!   (`cluster::log`: the Redis stream, its scripts and key names, appended
-//!   and published in one script, with `(generation, seq)` positions; gaps
-//!   are read back from the stream) and other nodes' presence, cursors,
-//!   typing and events (`Remote`) — and node liveness by heartbeat.
+//!   (`cluster::log`: frames published once the store committed them, with
+//!   `(generation, seq)` positions; holes are read back from the store) and
+//!   other nodes' presence, cursors, typing and events (`Remote`) — and
+//!   node liveness by heartbeat, whose keys also carry each node's session
+//!   count (`cluster::balance`: the shared counts and the rebalancing
+//!   rule). Redis holds nothing durable.
 //! - [`room`]: the room actor and the parts it owns (document,
 //!   persistence, members and delivery, fan-out window, presence handlers,
 //!   the `/yjs` awareness bridge, the HTTP event window, cluster state), the
@@ -59,7 +65,9 @@
 //! - [`http`]: the actix-web app (routes, health, metrics, the demo page
 //!   from `demo_dir`), connection admission before the upgrade (token from
 //!   the URL / `Authorization`, `Origin`, per-IP limits), TLS, and the
-//!   server lifecycle, including graceful shutdown; `http::api` is the REST
+//!   server lifecycle, including graceful shutdown (`http::shed`: the drain
+//!   on SIGTERM and rebalancing, both moving sessions off the node with
+//!   close codes clients retry); `http::api` is the REST
 //!   API under `/api/v1` (API key or tokens, JSON errors, origins and CORS,
 //!   rates), and `http::stream` its SSE, long poll and NDJSON streams from
 //!   `room::events`.

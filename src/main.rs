@@ -13,6 +13,13 @@ use chorus::config::{Cli, Command, LogFormat, StoreCommand, TokenArgs};
 use chorus::http::Server;
 
 fn main() -> anyhow::Result<()> {
+    // `CHORUS_LOG` is the older name of `CHORUS_LOG_LEVEL`; still read when
+    // the new one is unset. Set before any thread exists.
+    if std::env::var_os("CHORUS_LOG_LEVEL").is_none() {
+        if let Some(level) = std::env::var_os("CHORUS_LOG") {
+            std::env::set_var("CHORUS_LOG_LEVEL", level);
+        }
+    }
     let cli = Cli::parse();
     if let Some(Command::Token(args)) = &cli.command {
         return token(args);
@@ -41,15 +48,28 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Json => builder.json().init(),
     }
     actix_web::rt::System::new().block_on(async move {
-        let stop = shutdown_signal();
+        let (stop, hurry) = shutdown_signals();
         let server = Server::start(config).context("starting the server")?;
         tracing::info!(addr = %server.addr(), "chorus listening");
-        server.run_until(stop).await.context("server failed")
+        server
+            .run(
+                async {
+                    let _ = stop.await;
+                },
+                async {
+                    let _ = hurry.await;
+                },
+            )
+            .await
+            .context("server failed")
     })
 }
 
 /// `chorus token`: prints a summary, then the token alone on the last line.
 fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    // The server's own check: a token it would never accept is refused here.
+    chorus::auth::Verifier::from_secret(args.secret.as_bytes())
+        .context("--auth-secret / CHORUS_AUTH_SECRET")?;
     let rights = Rights::parse(&args.rights)?;
     let claims = Claims {
         sub: args.user.clone(),
@@ -74,33 +94,50 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
 }
 
 /// Registers the SIGINT and SIGTERM handlers at once (so a signal sent as
-/// soon as the server says it listens still shuts it down gracefully) and
-/// resolves on the first of them. Must be called inside the runtime.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// soon as the server says it listens still shuts it down gracefully). The
+/// first receiver resolves on the first signal (drain, then shut down), the
+/// second on the next one (skip the rest of the drain). Must be called
+/// inside the runtime.
+fn shutdown_signals() -> (
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let (first_tx, first) = tokio::sync::oneshot::channel();
+    let (second_tx, second) = tokio::sync::oneshot::channel();
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let int = signal(SignalKind::interrupt());
         let term = signal(SignalKind::terminate());
-        async move {
+        tokio::spawn(async move {
             match (int, term) {
                 (Ok(mut int), Ok(mut term)) => {
-                    tokio::select! {
-                        _ = int.recv() => {}
-                        _ = term.recv() => {}
+                    for tx in [first_tx, second_tx] {
+                        tokio::select! {
+                            _ = int.recv() => {}
+                            _ = term.recv() => {}
+                        }
+                        let _ = tx.send(());
                     }
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!("cannot listen for SIGINT/SIGTERM: {e}");
-                    let _ = tokio::signal::ctrl_c().await;
+                    for tx in [first_tx, second_tx] {
+                        let _ = tokio::signal::ctrl_c().await;
+                        let _ = tx.send(());
+                    }
                 }
             }
-        }
+        });
     }
     #[cfg(not(unix))]
     {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        tokio::spawn(async move {
+            for tx in [first_tx, second_tx] {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = tx.send(());
+            }
+        });
     }
+    (first, second)
 }

@@ -119,6 +119,8 @@ pub struct Metrics {
     /// Room actors that died (a panic) and were dropped, to be started
     /// afresh from the store on the next request.
     pub rooms_restarted: Counter,
+    /// Sessions closed (1012) to rebalance the cluster.
+    pub sessions_shed: Counter,
     /// Time from applying an update to its frames being offered to members.
     pub fanout_latency: Histogram,
     /// Time of a store append (until durable).
@@ -129,7 +131,15 @@ pub struct Metrics {
     closes: Family<CloseCode, Counter>,
     /// Connections and requests refused before a session existed, by reason.
     refusals: Family<RefusalReason, Counter>,
+    /// When a refusal of each reason was last logged, and how many were
+    /// not logged since (see [`Metrics::refused`]).
+    refusal_log:
+        std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
 }
+
+/// At most one log line per refusal reason in this interval; the next line
+/// says how many were not logged in between.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Label set of the close counters: `code="4000"`.
 type CloseCode = [(&'static str, u16); 1];
@@ -148,9 +158,30 @@ impl Metrics {
         self.closes.get_or_create(&[("code", code)]).inc();
     }
 
-    /// Counts a connection refused for `reason` (a short snake_case name).
-    pub fn refused(&self, reason: &'static str) {
+    /// Counts a connection or request refused for `reason` (a short
+    /// snake_case name). `Some(n)` when the refusal should be logged, `n`
+    /// being the refusals of that reason not logged since the last line: at
+    /// most one line per reason per [`REFUSAL_LOG_INTERVAL`], so a flood of
+    /// refusals cannot flood the log.
+    #[must_use = "log the refusal when asked to"]
+    pub fn refused(&self, reason: &'static str) -> Option<u64> {
         self.refusals.get_or_create(&[("reason", reason)]).inc();
+        let now = std::time::Instant::now();
+        let mut log = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner());
+        match log.get_mut(reason) {
+            Some((last, skipped)) if now.duration_since(*last) < REFUSAL_LOG_INTERVAL => {
+                *skipped += 1;
+                None
+            }
+            Some((last, skipped)) => {
+                *last = now;
+                Some(std::mem::take(skipped))
+            }
+            None => {
+                log.insert(reason, (now, 0));
+                Some(0)
+            }
+        }
     }
 
     /// Adds one message of `bytes` to the inbound counters.
@@ -240,6 +271,11 @@ impl Metrics {
                 "Room actors that panicked and were replaced by a fresh one loaded from the store",
                 &self.rooms_restarted,
             ),
+            (
+                "chorus_sessions_shed",
+                "Sessions closed with 1012 to rebalance the cluster",
+                &self.sessions_shed,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -266,7 +302,7 @@ impl Metrics {
         );
         registry.register(
             "chorus_refusals",
-            "Connections refused before a session started, by reason",
+            "WebSocket upgrades and REST requests refused before a session or route ran, by reason",
             self.refusals.clone(),
         );
     }

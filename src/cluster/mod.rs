@@ -30,12 +30,15 @@
 //! resyncs presence through `Hello`/`State`.
 //!
 //! Liveness: each node refreshes `chorus:node:{id}` (`SET … PX`
-//! [`NODE_TTL`]) every [`HEARTBEAT`]; every [`HEARTBEAT`] it also checks the
+//! [`NODE_TTL`]) every [`balance::LOAD_INTERVAL`], with its session count
+//! as the value (see [`balance`]: the other nodes' counts come back in the
+//! same script); every [`HEARTBEAT`] it also checks the
 //! nodes its rooms have remote members from, and rooms drop the members of
 //! nodes whose key expired. A member of a dead node thus disappears from
 //! the others at most `NODE_TTL + HEARTBEAT` (8 s) after the node died.
 //! Presence reads never wait on Redis: they read the room's local map.
 
+pub mod balance;
 pub mod log;
 
 use std::collections::{HashMap, HashSet};
@@ -50,6 +53,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::protocol::native::{CursorView, MemberView};
+use balance::{LoadView, NodeLoad};
 use log::LogFrame;
 
 /// How long a node's liveness key lives without a refresh (three missed
@@ -263,6 +267,20 @@ pub struct Bridge {
     /// drains, rooms resync (say `Hello`, which makes the others read the
     /// log and re-send their members).
     overflowed: Arc<AtomicBool>,
+    /// This node's load (written into its liveness key) and the others'.
+    load: Arc<Load>,
+}
+
+/// This node's load as shared through its liveness key, and the other
+/// nodes' as last read.
+#[derive(Debug, Default)]
+struct Load {
+    /// Open WebSocket sessions on this node.
+    sessions: AtomicU64,
+    /// Set once the node started draining: its key says `draining`.
+    draining: AtomicBool,
+    /// The other nodes' loads, as last read.
+    view: std::sync::Mutex<Option<LoadView>>,
 }
 
 impl Bridge {
@@ -281,6 +299,7 @@ impl Bridge {
             watched: Arc::default(),
             stats: Arc::default(),
             overflowed: Arc::default(),
+            load: Arc::default(),
         };
         tokio::spawn(publisher(client.clone(), bridge.clone(), publish_rx));
         tokio::spawn(subscriber(client, bridge.clone(), control_rx));
@@ -342,6 +361,27 @@ impl Bridge {
         if self.publish.send(Out::Drain(done)).await.is_ok() {
             let _ = wait.await;
         }
+    }
+
+    /// Records this node's open sessions, written into its liveness key at
+    /// the next refresh.
+    pub fn report_sessions(&self, sessions: u64) {
+        self.load.sessions.store(sessions, Ordering::Relaxed);
+    }
+
+    /// Marks this node as draining in its liveness key now (without
+    /// waiting for the next refresh), so other nodes stop counting it.
+    pub fn set_draining(&self) {
+        self.load.draining.store(true, Ordering::Relaxed);
+        let _ = self.publish.try_send(Out::ShareLoad);
+    }
+
+    /// The other nodes' loads as last read (`None` before the first read,
+    /// or while Redis is unreachable).
+    pub fn load_view(&self) -> Option<LoadView> {
+        let view = self.load.view.lock().unwrap_or_else(|e| e.into_inner());
+        view.clone()
+            .filter(|v| v.at.elapsed() < 2 * balance::LOAD_INTERVAL + balance::STALE_AFTER)
     }
 
     /// Subscribes the room instance `epoch` to its channel.
@@ -466,6 +506,8 @@ enum Out {
     /// Answer once everything queued before is handled; see
     /// [`Bridge::drain`].
     Drain(tokio::sync::oneshot::Sender<()>),
+    /// Refresh the liveness key now (its value changed).
+    ShareLoad,
 }
 
 /// Both connections to Redis are up.
@@ -509,24 +551,36 @@ async fn publisher(client: redis::Client, bridge: Bridge, mut rx: mpsc::Receiver
                         Out::Drain(done) => {
                             let _ = done.send(());
                         }
+                        Out::ShareLoad => {}
                     }
                 }
                 backoff(&mut delay).await;
                 continue;
             }
         };
-        let mut beat = tokio::time::interval(HEARTBEAT);
+        let mut beat = tokio::time::interval(balance::LOAD_INTERVAL);
         // Redis may have restarted empty: give every live node time to
         // write its key again before calling anyone dead.
         let up_since = tokio::time::Instant::now();
+        let mut judged = up_since;
         loop {
             let res: redis::RedisResult<()> = tokio::select! {
                 out = rx.recv() => {
                     let (channel, payload) = match out {
                         None => return,
                         Some(Out::Item(channel, payload)) => (channel, payload),
+                        Some(Out::ShareLoad) => {
+                            if let Err(e) = share_load(&mut conn, &bridge, &key, ttl_ms).await {
+                                tracing::warn!("cluster: Redis publish connection failed: {e}");
+                                break;
+                            }
+                            continue;
+                        }
                         Some(Out::Drain(done)) => {
-                            let res = redis::cmd("DEL").arg(&key).query_async::<()>(&mut conn).await;
+                            let res = redis::pipe()
+                                .cmd("DEL").arg(&key).ignore()
+                                .cmd("SREM").arg(balance::NODES_KEY).arg(&*bridge.node).ignore()
+                                .query_async::<()>(&mut conn).await;
                             let _ = done.send(());
                             if let Err(e) = res {
                                 tracing::warn!("cluster: Redis publish connection failed: {e}");
@@ -555,7 +609,10 @@ async fn publisher(client: redis::Client, bridge: Bridge, mut rx: mpsc::Receiver
                     }
                 }
                 _ = beat.tick() => {
-                    let judge = up_since.elapsed() >= NODE_TTL;
+                    let judge = up_since.elapsed() >= NODE_TTL && judged.elapsed() >= HEARTBEAT;
+                    if judge {
+                        judged = tokio::time::Instant::now();
+                    }
                     heartbeat(&mut conn, &bridge, &key, ttl_ms, judge).await
                 }
             };
@@ -570,8 +627,53 @@ async fn publisher(client: redis::Client, bridge: Bridge, mut rx: mpsc::Receiver
     }
 }
 
-/// Refreshes this node's liveness key, then (when `judge`) tells rooms
-/// which watched nodes are gone.
+/// Writes this node's liveness key with its load and reads the other
+/// nodes' ([`balance::SHARE_LOAD`]) into the bridge's load view.
+async fn share_load(
+    conn: &mut redis::aio::MultiplexedConnection,
+    bridge: &Bridge,
+    key: &str,
+    ttl_ms: u64,
+) -> redis::RedisResult<()> {
+    let load = &bridge.load;
+    let value = NodeLoad::encode(
+        load.sessions.load(Ordering::Relaxed),
+        load.draining.load(Ordering::Relaxed),
+    );
+    let prefix = key.strip_suffix(&*bridge.node).unwrap_or(key);
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(balance::SHARE_LOAD));
+    let flat: Vec<redis::Value> = SCRIPT
+        .key(balance::NODES_KEY)
+        .arg(&*bridge.node)
+        .arg(value)
+        .arg(ttl_ms)
+        .arg(prefix)
+        .invoke_async(conn)
+        .await?;
+    let mut peers = Vec::new();
+    for entry in flat.chunks_exact(3) {
+        let (Ok(id), Ok(value), Ok(pttl)) = (
+            redis::from_redis_value_ref::<String>(&entry[0]),
+            redis::from_redis_value_ref::<String>(&entry[1]),
+            redis::from_redis_value_ref::<i64>(&entry[2]),
+        ) else {
+            continue;
+        };
+        if id != *bridge.node {
+            peers.push((id, NodeLoad::decode(&value, pttl, NODE_TTL)));
+        }
+    }
+    let view = LoadView {
+        at: std::time::Instant::now(),
+        peers,
+    };
+    *load.view.lock().unwrap_or_else(|e| e.into_inner()) = Some(view);
+    Ok(())
+}
+
+/// Refreshes this node's liveness key (and the load view), then (when
+/// `judge`) tells rooms which watched nodes are gone.
 async fn heartbeat(
     conn: &mut redis::aio::MultiplexedConnection,
     bridge: &Bridge,
@@ -579,13 +681,7 @@ async fn heartbeat(
     ttl_ms: u64,
     judge: bool,
 ) -> redis::RedisResult<()> {
-    redis::cmd("SET")
-        .arg(key)
-        .arg(1)
-        .arg("PX")
-        .arg(ttl_ms)
-        .query_async::<()>(conn)
-        .await?;
+    share_load(conn, bridge, key, ttl_ms).await?;
     if !judge {
         return Ok(());
     }

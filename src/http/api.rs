@@ -221,6 +221,14 @@ pub async fn gate(
         }
     }
     if let Err(e) = rate_check(req.request(), &shared) {
+        if let ApiError::RateLimited(which, _) = &e {
+            crate::http::note_refusal(
+                &shared,
+                req.request(),
+                which,
+                "REST API rate exceeded (429)",
+            );
+        }
         let mut res = respond(&shared, Err(e));
         if let Some(origin) = cors_origin {
             cors_headers(res.headers_mut(), origin);

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod demo;
+mod shed;
 mod stream;
 
 use std::collections::HashMap;
@@ -145,7 +146,9 @@ impl Server {
                 config.limits.connections_per_ip_per_sec,
             ),
             api_rates: Arc::new(crate::limit::ApiRates::new(&config.api)),
+            draining: Arc::default(),
         };
+        actix_web::rt::spawn(shed::rebalance(shared.clone()));
         let data = web::Data::new(shared.clone());
         let metrics = web::Data::new(metrics_registry(&shared));
         let mut server = HttpServer::new(move || {
@@ -192,6 +195,17 @@ impl Server {
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
+        self.run(stop, std::future::pending()).await
+    }
+
+    /// Runs until `stop` resolves, then drains and shuts down gracefully;
+    /// `hurry` resolving during the drain (a second signal) skips the rest
+    /// of the drain.
+    pub async fn run(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+        hurry: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let Server {
             handle,
             running,
@@ -205,6 +219,10 @@ impl Server {
         tokio::select! {
             res = &mut running => return res.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             () = stop => {}
+        }
+        tokio::select! {
+            () = shed::drain(&shared) => {}
+            () = hurry => tracing::warn!("second signal: skipping the rest of the drain"),
         }
         shutdown(&handle, &shared, &*store).await;
         running
@@ -239,11 +257,16 @@ fn tls_config(
         .map_err(|e| ServerError::Tls(e.to_string()))
 }
 
-/// Graceful shutdown: stop accepting, tell every session "going away", let
-/// rooms flush to the store, close the store, then stop the HTTP server.
+/// Graceful shutdown, after the drain ([`shed::drain`]): tell every session
+/// still open "going away", let rooms flush to the store, close the store,
+/// then stop the HTTP server. Until then the node keeps answering HTTP (new
+/// upgrades get 503, as while draining), so a load balancer never waits on
+/// a connection nobody accepts.
 async fn shutdown(handle: &actix_web::dev::ServerHandle, shared: &Shared, store: &dyn DocStore) {
     tracing::info!("shutting down: closing sessions, flushing rooms");
-    handle.pause().await;
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     shared
         .sessions
         .close_all(close::GOING_AWAY, "server shutting down");
@@ -396,15 +419,20 @@ enum Route {
     Yjs,
 }
 
-/// Counts and logs a connection refused before its session started.
-fn note_refusal(shared: &Shared, req: &HttpRequest, reason: &'static str, text: &str) {
-    shared.metrics.refused(reason);
-    tracing::info!(
-        reason,
-        path = req.path(),
-        peer = ?req.peer_addr().map(|a| a.ip()),
-        "connection refused: {text}"
-    );
+/// Counts a connection (or REST request) refused before its session (or
+/// route) started, and logs it: at most one line per reason a second, which
+/// says how many were not logged since (`suppressed`).
+pub(crate) fn note_refusal(shared: &Shared, req: &HttpRequest, reason: &'static str, text: &str) {
+    if let Some(suppressed) = shared.metrics.refused(reason) {
+        tracing::info!(
+            reason,
+            path = req.path(),
+            peer = ?req.peer_addr().map(|a| a.ip()),
+            client = ?client_ip(req, shared.config.trust_forwarded_for),
+            suppressed,
+            "connection refused: {text}"
+        );
+    }
 }
 
 /// A plain-text refusal before the upgrade.
@@ -464,6 +492,19 @@ fn admit(req: &HttpRequest, shared: &Shared, route: Route) -> Result<Admission, 
     use actix_web::http::StatusCode;
     let config = &shared.config;
     let mut admission = Admission::default();
+    if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        // Before any other check: a load balancer passes the upgrade to
+        // another node (nginx: `proxy_next_upstream http_503`), and a
+        // client retries it.
+        let text = "this node is shutting down: connect to another";
+        note_refusal(shared, req, "draining", text);
+        let mut res = refuse(StatusCode::SERVICE_UNAVAILABLE, text);
+        res.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from_static("1"),
+        );
+        return Err(res);
+    }
     if !config.allowed_origins.is_empty() {
         if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
             let ok = origin
@@ -633,9 +674,17 @@ async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
             "timed out".to_owned(),
         ),
     };
+    // Draining (shutdown begun): unready, whatever the store says.
+    let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let status = if draining {
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        status
+    };
     let ready = status.is_success();
     let mut body = serde_json::json!({
         "ready": ready,
+        "draining": draining,
         "store": { "kind": store.name(), "state": store_state },
     });
     if let Some(bridge) = &shared.bridge {
@@ -711,6 +760,11 @@ fn metrics_registry(shared: &Shared) -> MetricsRegistry {
             "chorus_rooms_refused",
             "Room openings refused because --max-live-rooms busy rooms were live.",
             read(|s| s.registry.rooms_refused_full()),
+        )
+        .gauge(
+            "chorus_draining",
+            "1 once shutdown has begun: /readyz answers 503 and sessions are being closed.",
+            read(|s| u64::from(s.draining.load(std::sync::atomic::Ordering::Relaxed))),
         )
         .gauge(
             "chorus_api_tracked_ips",

@@ -92,6 +92,10 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down; reconnect elsewhere / later.
     pub const GOING_AWAY: u16 = 1001;
+    /// Cluster mode: this node holds more than its share of the cluster's
+    /// sessions and moves some elsewhere: reconnect (through the load
+    /// balancer) and resync. Transient.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// The WebSocket framing itself was invalid.
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A message was larger than `max_frame_bytes`.

@@ -94,6 +94,24 @@ impl Sessions {
             });
         }
     }
+
+    /// The `n` oldest sessions (first opened), oldest first: the ones a
+    /// node sheds, so that a client that was shed and came back (now among
+    /// the youngest) is not shed again.
+    pub fn oldest(&self, n: usize) -> Vec<Recipient<Outbound>> {
+        let counter = |id: &MemberId| {
+            id.rsplit_once('-')
+                .and_then(|(_, n)| n.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        };
+        let mut all: Vec<(u64, Recipient<Outbound>)> = self
+            .live()
+            .iter()
+            .map(|(id, to)| (counter(id), to.clone()))
+            .collect();
+        all.sort_unstable_by_key(|(n, _)| *n);
+        all.into_iter().take(n).map(|(_, to)| to).collect()
+    }
 }
 
 /// What every session shares: configuration, rooms, the session table.
@@ -117,6 +135,9 @@ pub struct Shared {
     pub ips: Arc<IpLimiter>,
     /// Request rates of the REST API, per client IP and per credential.
     pub api_rates: Arc<crate::limit::ApiRates>,
+    /// Set when shutdown begins: `/readyz` answers 503 and new WebSocket
+    /// upgrades are refused (503) while sessions are closed.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {

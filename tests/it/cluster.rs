@@ -13,6 +13,10 @@ use chorus::protocol::native::Bin;
 use crate::common::{eventually, http_bodiless, http_get, ChildServer, Client, TestDoc, WAIT};
 use crate::http::request;
 
+/// Load-balancer acceptance tests: failures, rolling restarts,
+/// rebalancing, forwarded client IPs.
+mod lb;
+
 /// A `redis-server` child on a free port, killed on drop, and the
 /// PostgreSQL server its nodes keep documents in.
 struct Redis {
@@ -104,7 +108,7 @@ impl Redis {
     }
 
     /// Starts a node connected to this Redis and PostgreSQL, with more
-    /// arguments.
+    /// arguments. Every cluster node of the tests starts here.
     fn node_with(&self, args: &[&str]) -> ChildServer {
         let (url, pg) = (self.url(), self.pg.url());
         let mut all = vec!["--redis-url", url.as_str(), "--postgres-url", pg.as_str()];
@@ -682,6 +686,8 @@ async fn backend_calls_reach_members_on_every_node() {
         c.join(room, &doc).await;
         clients.push((c, doc));
     }
+    // Both rooms subscribed to the channel (each sees the other's member).
+    same_presence(&[nodes[1].addr, nodes[2].addr], room, 2).await;
     let is_deploy = |n: &'static str| {
         move |m: &ServerMessage| {
             matches!(m, ServerMessage::Event { from, name, data, .. }
@@ -776,7 +782,7 @@ async fn postgres_store_serves_a_room_whose_nodes_all_died() {
 
 /// nginx running `tests/cluster/nginx.conf` on a free port in front of `nodes`;
 /// installed with apt-get when missing. Killed on drop.
-struct Nginx {
+pub(crate) struct Nginx {
     child: std::process::Child,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
@@ -805,16 +811,21 @@ impl Nginx {
             "/tests/cluster/nginx.conf"
         ))
         .expect("tests/cluster/nginx.conf");
-        let servers: String = nodes.iter().map(|a| format!("server {a};\n")).collect();
         let mut conf = String::new();
         let mut placed = false;
         for line in sample.lines() {
             let t = line.trim();
-            if t.starts_with("server 127.0.0.1:") {
+            if let Some(rest) = t.strip_prefix("server 127.0.0.1:") {
                 if !std::mem::replace(&mut placed, true) {
+                    // The sample's parameters (`max_fails=0`, …) kept.
+                    let params = rest.split_once(' ').map_or(";", |(_, p)| p);
+                    let servers: String = nodes
+                        .iter()
+                        .map(|a| format!("server {a} {params}\n"))
+                        .collect();
                     conf.push_str(&servers);
                 }
-            } else if t == "listen 8080;" {
+            } else if t == "listen 127.0.0.1:8080;" {
                 conf.push_str(&format!("listen 127.0.0.1:{port};\n"));
             } else {
                 conf.push_str(line);
@@ -831,6 +842,9 @@ impl Nginx {
             .arg("-c")
             .arg(&path)
             .stdout(std::process::Stdio::null())
+            // Its error log (one line per refused upstream connect) stays
+            // out of the test output.
+            .stderr(std::fs::File::create(dir.path().join("error.log")).expect("log file"))
             .spawn()
             .expect("nginx starts");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -1143,7 +1157,8 @@ async fn redis_flushed_restarted_empty_or_rolled_back_loses_no_acked_update() {
     // Redis holds no document.
     let keys = redis.cli(&["KEYS", "*"]);
     assert!(
-        keys.lines().all(|k| k.starts_with("chorus:node:")),
+        keys.lines()
+            .all(|k| k.starts_with("chorus:node:") || k == "chorus:nodes"),
         "Redis holds more than liveness keys: {keys}"
     );
 }
@@ -1189,4 +1204,151 @@ async fn postgres_restarted_mid_edit_acks_pause_and_nothing_is_lost() {
             "{status} {body}"
         );
     }
+}
+
+/// Redis' `used_memory`, in bytes.
+fn redis_used_memory(redis: &Redis) -> i64 {
+    redis
+        .cli(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO memory")
+}
+
+/// Runs `f(i)` for `i` in `0..n`, `width` at a time.
+async fn for_each_concurrently<F, Fut>(n: usize, width: usize, f: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .for_each_concurrent(width, f)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_rooms_survive_restarts_and_cost_redis_nothing() {
+    let n: usize = std::env::var("CHORUS_CLUSTER_ROOMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let mut redis = Redis::start();
+    let args = [
+        "--api-requests-per-sec",
+        "0",
+        "--api-key-requests-per-sec",
+        "0",
+        "--room-idle-ms",
+        "1000",
+    ];
+    let nodes: Vec<ChildServer> = (0..3).map(|_| redis.node_with(&args)).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let before = redis_used_memory(&redis);
+    let peak = std::sync::atomic::AtomicI64::new(before);
+    let started = std::time::Instant::now();
+    for_each_concurrently(n, 32, |i| {
+        let (addrs, peak, redis) = (&addrs, &peak, &redis);
+        async move {
+            let doc = TestDoc::new();
+            let update = doc.push(&format!("room {i} text"));
+            let path = format!("/api/v1/rooms/many-{i}/update");
+            let r = request(addrs[i % 3], "POST", &path, &[], &update).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            if i % 500 == 0 {
+                peak.fetch_max(
+                    redis_used_memory(redis),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        }
+    })
+    .await;
+    let written = started.elapsed();
+    let after = redis_used_memory(&redis);
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed).max(after);
+    eprintln!(
+        "{n} rooms written in {written:?}; Redis used_memory {before} → peak {peak}, after {after} (+{} bytes)",
+        peak - before
+    );
+    assert!(
+        peak - before < 5 * 1024 * 1024,
+        "Redis grew by {} bytes for {n} rooms",
+        peak - before
+    );
+    // Every node and Redis restarted (Redis empty: it keeps nothing).
+    drop(nodes);
+    redis.restart_after(Duration::from_millis(100));
+    let nodes: Vec<ChildServer> = (0..3).map(|_| redis.node_with(&args)).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let started = std::time::Instant::now();
+    for_each_concurrently(n, 32, |i| {
+        let addrs = &addrs;
+        async move {
+            let path = format!("/api/v1/rooms/many-{i}/doc");
+            let r = request(addrs[(i + 1) % 3], "GET", &path, &[], b"").await;
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(
+                r.status == 200 && body.contains(&format!("room {i} text")),
+                "room many-{i}: {} {body}",
+                r.status
+            );
+        }
+    })
+    .await;
+    eprintln!(
+        "{n} rooms read back after the restarts in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_node_mid_edit_loses_no_acked_update() {
+    use crate::store::{verify, writer, Acked};
+    let redis = Redis::start();
+    let args = ["--compact-every", "200"];
+    let nodes: Vec<ChildServer> = (0..3).map(|_| redis.node_with(&args)).collect();
+    let acked: std::sync::Arc<std::sync::Mutex<Vec<Acked>>> = Default::default();
+    // Three rooms, a writer for each on every node (8 updates in flight
+    // each): every room is written through all three nodes at once.
+    let mut writers = Vec::new();
+    for r in 0..3 {
+        for (n, node) in nodes.iter().enumerate() {
+            writers.push(tokio::spawn(writer(
+                node.addr,
+                format!("kill-room-{r}"),
+                format!("{r}.{n}"),
+                acked.clone(),
+            )));
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 1_500 {
+        assert!(std::time::Instant::now() < deadline, "writers too slow");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut nodes = nodes.into_iter();
+    let victim = nodes.next().expect("three nodes");
+    victim.kill();
+    // The survivors keep taking edits for a while.
+    let at_kill = acked.lock().unwrap().len();
+    while acked.lock().unwrap().len() < at_kill + 500 {
+        assert!(std::time::Instant::now() < deadline, "survivors too slow");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rest: Vec<ChildServer> = nodes.collect();
+    for node in rest {
+        node.kill();
+    }
+    for w in writers {
+        w.await.expect("writer ends cleanly when its node dies");
+    }
+    let snapshot = acked.lock().unwrap().clone();
+    let fresh = redis.node_with(&args);
+    verify(fresh.addr, &snapshot).await;
+    eprintln!(
+        "{} acked updates, all on a fresh node after kill -9",
+        snapshot.len()
+    );
 }

@@ -50,12 +50,23 @@ impl ChildServer {
     }
 
     /// [`ChildServer::start`] with environment variables set for it.
+    /// `--port` in `args` replaces port 0 (to restart a node where a load
+    /// balancer expects it). The drain delay and window default to 0 (the
+    /// environment), so SIGTERM stops at once unless a test asks for them.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ChildServer {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
+        let port: &[&str] = if args.contains(&"--port") {
+            &[]
+        } else {
+            &["--port", "0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .args(["--port", "0", "--log-format", "json", "--log-level", "info"])
+            .args(port)
+            .args(["--log-format", "json", "--log-level", "info"])
             .args(args)
+            .env("CHORUS_DRAIN_DELAY_MS", "0")
+            .env("CHORUS_DRAIN_WINDOW_MS", "0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -123,12 +134,22 @@ impl ChildServer {
     }
 
     /// SIGTERM and wait for the graceful shutdown; returns the log lines.
-    pub fn terminate(mut self) -> Vec<String> {
+    pub fn terminate(self) -> Vec<String> {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Sends `SIG<name>` (e.g. `TERM`) without waiting.
+    pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
-            .expect("kill -TERM runs");
+            .expect("kill runs");
         assert!(status.success());
+    }
+
+    /// Waits (30 s at most) for a graceful exit; returns the log lines.
+    pub fn wait_exit(mut self) -> Vec<String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

@@ -97,3 +97,31 @@ fn documented_defaults_match_the_config() {
     assert!(checked > 20, "only {checked} defaults checked");
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// Every flag's environment variable is `CHORUS_` + the flag in upper
+/// case with `_` for `-` (`--log-level` → `CHORUS_LOG_LEVEL`), subcommands
+/// included, so an operator can guess every name.
+#[test]
+fn every_env_var_is_named_after_its_flag() {
+    let cmd = chorus::config::Cli::command();
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    let commands = std::iter::once(&cmd).chain(cmd.get_subcommands());
+    for command in commands {
+        for arg in command.get_arguments() {
+            let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+                continue;
+            };
+            let expected = format!("CHORUS_{}", long.to_uppercase().replace('-', "_"));
+            checked += 1;
+            if env.to_string_lossy() != expected {
+                wrong.push(format!(
+                    "{}: --{long} reads {env:?}, not {expected}",
+                    command.get_name()
+                ));
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} flags checked");
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

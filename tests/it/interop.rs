@@ -62,6 +62,10 @@ async fn stock_yjs_clients_interop_suite() {
         .args(test_files(&dir))
         .current_dir(&dir)
         .env("CHORUS_BIN", env!("CARGO_BIN_EXE_chorus"))
+        // The servers it starts stop at once on SIGTERM (no load balancer
+        // to drain for).
+        .env("CHORUS_DRAIN_DELAY_MS", "0")
+        .env("CHORUS_DRAIN_WINDOW_MS", "0")
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(180), run)

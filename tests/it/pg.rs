@@ -17,6 +17,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     port: u16,
     bin: PathBuf,
+    /// Extra server options (`-c name=value …`).
+    extra: String,
 }
 
 /// The directory of `initdb`/`pg_ctl`, installing PostgreSQL when missing.
@@ -64,6 +66,17 @@ fn is_root() -> bool {
 impl Postgres {
     /// A new, empty server on a free port.
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// A new, empty server on a free port that also accepts TLS with the
+    /// given PEM certificate and key.
+    #[allow(dead_code)]
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Postgres {
+        Postgres::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("chorus-pg-")
@@ -81,7 +94,37 @@ impl Postgres {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let pg = Postgres { dir, port, bin };
+        let mut extra = String::new();
+        if let Some((cert, key)) = tls {
+            let cert_path = dir.path().join("server.crt");
+            let key_path = dir.path().join("server.key");
+            std::fs::write(&cert_path, cert).expect("cert written");
+            std::fs::write(&key_path, key).expect("key written");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+                .expect("key mode");
+            if is_root() {
+                for p in [&cert_path, &key_path] {
+                    let status = Command::new("chown")
+                        .args(["postgres:postgres"])
+                        .arg(p)
+                        .status()
+                        .expect("chown runs");
+                    assert!(status.success());
+                }
+            }
+            extra = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_path.display(),
+                key_path.display()
+            );
+        }
+        let pg = Postgres {
+            dir,
+            port,
+            bin,
+            extra,
+        };
         let data = pg.data();
         pg.run(
             "initdb",
@@ -134,9 +177,10 @@ impl Postgres {
         let data = self.data();
         let log = self.dir.path().join("server.log");
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         self.run(
             "pg_ctl",
@@ -179,6 +223,12 @@ impl Postgres {
     /// `postgres://` URL of the server's `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The port it listens on.
+    #[allow(dead_code)]
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Runs `sql` with `psql`; its unaligned, tuples-only output, trimmed.

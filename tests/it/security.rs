@@ -541,6 +541,28 @@ fn security_cli_mints_a_token_on_its_last_line() {
     assert_eq!(grants.user.as_deref(), Some("bob"));
     assert_eq!(grants.rights("x"), Some(Rights::Read));
     assert_eq!(grants.rights("y"), None);
+    // A secret the server would refuse (under 16 bytes) mints nothing.
+    for args in [
+        ["token", "--secret", "short", "--room", "x", "--user", "c"],
+        [
+            "token",
+            "--auth-secret",
+            "short",
+            "--room",
+            "x",
+            "--user",
+            "c",
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(args)
+            .output()
+            .expect("chorus token runs");
+        assert!(!out.status.success(), "{args:?} minted a token");
+        assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("at least 16 bytes"), "{stderr}");
+    }
 }
 
 #[test]

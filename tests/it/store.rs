@@ -20,7 +20,7 @@ use crate::common::{ChildServer, Client, TestDoc};
 /// One acknowledged update: its room, the unique token it inserted, and
 /// the author's Yjs client id and clock after it.
 #[derive(Clone)]
-struct Acked {
+pub(crate) struct Acked {
     room: String,
     token: String,
     client: u64,
@@ -47,7 +47,12 @@ fn start(dir: &Path, extra: &[&str]) -> ChildServer {
 
 /// Writes unique tokens to `room` with up to `window` updates in flight,
 /// recording each one when its ack arrives, until the connection dies.
-async fn writer(addr: SocketAddr, room: String, tag: String, acked: Arc<Mutex<Vec<Acked>>>) {
+pub(crate) async fn writer(
+    addr: SocketAddr,
+    room: String,
+    tag: String,
+    acked: Arc<Mutex<Vec<Acked>>>,
+) {
     const WINDOW: usize = 8;
     let mut c = Client::connect(addr).await;
     let doc = TestDoc::new();
@@ -91,7 +96,7 @@ async fn writer(addr: SocketAddr, room: String, tag: String, acked: Arc<Mutex<Ve
 
 /// Joins every room of `acked` with an empty doc and checks that every
 /// acked token is in its text and every author's clock in its state vector.
-async fn verify(addr: SocketAddr, acked: &[Acked]) {
+pub(crate) async fn verify(addr: SocketAddr, acked: &[Acked]) {
     let mut by_room: HashMap<&str, Vec<&Acked>> = HashMap::new();
     for a in acked {
         by_room.entry(a.room.as_str()).or_default().push(a);
@@ -417,5 +422,152 @@ async fn refused_as_too_large(c: &mut Client, doc: &TestDoc, why: &str) {
             }
         ),
         "{why}: {reply:?}"
+    );
+}
+
+/// The PostgreSQL store's own contract, against a real server: sequence
+/// numbers, the author column, read-since positions, compaction merging
+/// what the compacting node lacks, delete starting a new incarnation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_contract() {
+    use bytes::Bytes;
+    use chorus::store::postgres::PostgresStore;
+    let pg = crate::pg::Postgres::start();
+    let mut config = chorus::config::Config::ephemeral();
+    config.postgres_url = Some(pg.url());
+    let store = PostgresStore::open(&config).expect("opens and migrates");
+    // A second store on the same database (another node) migrates nothing.
+    let other = PostgresStore::open(&config).expect("opens again");
+    let a = TestDoc::new();
+    let b = TestDoc::new();
+    let u1 = Bytes::from(a.push("one "));
+    let u2 = Bytes::from(b.push("two "));
+    let u3 = Bytes::from(a.push("three "));
+    assert_eq!(
+        store.append("r", u1.clone(), Some("alice")).await.unwrap(),
+        1
+    );
+    assert_eq!(other.append("r", u2.clone(), None).await.unwrap(), 2);
+    // Concurrent appends from both: numbers stay dense and unique.
+    let (x, y) = tokio::join!(
+        store.append("r", u3.clone(), Some("al\0ice")),
+        other.append("q", u1.clone(), None)
+    );
+    assert_eq!((x.unwrap(), y.unwrap()), (3, 1));
+    assert_eq!(
+        pg.psql("SELECT string_agg(coalesce(author, '-'), ',' ORDER BY seq) FROM chorus_updates WHERE room = 'r'"),
+        "alice,-,alice"
+    );
+    let doc = store.load("r").await.unwrap();
+    assert_eq!(
+        (doc.last_seq, doc.updates.len(), doc.snapshot.is_none()),
+        (3, 3, true)
+    );
+    let generation = doc.generation.clone();
+    assert!(generation.is_some());
+    let since = store
+        .read_since("r", 1, generation.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(since.updates, vec![u2.clone(), u3.clone()]);
+    assert!(since.snapshot.is_none());
+    // Node a compacts up to 3 with a snapshot that lacks b's update: the
+    // stored snapshot still holds it (merged from the log).
+    store
+        .compact("r", Bytes::from(a.diff(&[0])), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM chorus_updates WHERE room = 'r'"),
+        "0"
+    );
+    let doc = store.load("r").await.unwrap();
+    let reloaded = TestDoc::new();
+    reloaded.apply(doc.snapshot.as_ref().expect("a snapshot"));
+    assert!(reloaded.text().contains("two ") && reloaded.text().contains("three "));
+    // A position the snapshot covers gets the snapshot back.
+    let since = store
+        .read_since("r", 1, generation.as_deref())
+        .await
+        .unwrap();
+    assert!(since.snapshot.is_some() && since.updates.is_empty());
+    // Delete: empty, a new incarnation; a reader of the old one gets all.
+    store.delete("r").await.unwrap();
+    assert!(!store.exists("r").await.unwrap());
+    assert_eq!(store.append("r", u2.clone(), None).await.unwrap(), 1);
+    let since = other
+        .read_since("r", 5, generation.as_deref())
+        .await
+        .unwrap();
+    assert_ne!(since.epoch, generation);
+    assert_eq!((since.updates, since.last_seq), (vec![u2], 1));
+    assert!(store.shared());
+    store.close().await.unwrap();
+    other.close().await.unwrap();
+}
+
+/// `sslmode=require` over rustls: the server's certificate is verified
+/// against `--postgres-ca-file`; without it, the start fails and says why.
+#[test]
+fn postgres_over_tls_checks_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let cert_pem = cert.cert.pem();
+    let pg = crate::pg::Postgres::start_tls(&cert_pem, &cert.signing_key.serialize_pem());
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let url = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=require",
+        pg.port()
+    );
+    let node = ChildServer::start(&[
+        "--postgres-url",
+        &url,
+        "--postgres-ca-file",
+        ca.to_str().unwrap(),
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = Client::connect(node.addr).await;
+        let doc = TestDoc::new();
+        c.join("tls-pg", &doc).await;
+        c.update_acked("tls-pg", doc.push("over TLS")).await;
+    });
+    assert!(
+        pg.psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = ''")
+            .parse::<u32>()
+            .unwrap_or(0)
+            > 0,
+        "no TLS connection from the node"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM chorus_updates WHERE room = 'tls-pg'"),
+        "1"
+    );
+    drop(node);
+    // Without the CA the certificate is refused: the node does not start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args([
+            "--port",
+            "0",
+            "--postgres-url",
+            &url,
+            "--postgres-append-timeout-ms",
+            "500",
+        ])
+        .output()
+        .expect("chorus runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "started without trusting the certificate: {text}"
+    );
+    assert!(
+        text.to_lowercase().contains("certificate"),
+        "the refusal does not say why: {text}"
     );
 }

@@ -96,6 +96,28 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(format!("postgres: {e}"))
 }
 
+/// [`io`] with the error's causes.
+fn io_chain(e: impl std::error::Error + 'static) -> StoreError {
+    io(chain(&e))
+}
+
+/// An error with its causes (`a: b: c`): the pool's and the driver's
+/// messages alone hide why a connection failed (a TLS certificate, a
+/// refused password).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// The URL without its password, for messages.
 pub(crate) fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
@@ -172,8 +194,15 @@ impl PostgresStore {
             s.spawn(|| runtime.block_on(migrate))
                 .join()
                 .unwrap_or_else(|_| Err("the migration thread panicked".into()))
-        })
-        .map_err(open_err)?;
+        });
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(e) => {
+                // Dropping a runtime may block: not allowed on the caller's.
+                runtime.shutdown_background();
+                return Err(open_err(e));
+            }
+        };
         tracing::info!(
             url = %redacted(&url),
             migrations_applied = applied,
@@ -205,7 +234,7 @@ impl PostgresStore {
     pub fn rooms(&self, after: &str, limit: usize) -> StoreFuture<Vec<String>> {
         let (pool, after) = (self.pool.clone(), after.to_owned());
         self.run(async move {
-            let client = pool.get().await.map_err(io)?;
+            let client = pool.get().await.map_err(io_chain)?;
             let rows = client
                 .query(
                     "SELECT room FROM chorus_rooms WHERE room > $1 AND last_seq > 0 \
@@ -214,7 +243,7 @@ impl PostgresStore {
                     &[&after, &(limit as i64)],
                 )
                 .await
-                .map_err(io)?;
+                .map_err(io_chain)?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         })
     }
@@ -388,12 +417,12 @@ impl PostgresStore {
 
 /// Creates or migrates the schema; returns how many migrations ran.
 async fn migrate(pool: &Pool) -> Result<usize, String> {
-    let mut client = pool.get().await.map_err(|e| e.to_string())?;
+    let mut client = pool.get().await.map_err(|e| chain(&e))?;
     let client: &mut tokio_postgres::Client = &mut client;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     let report = embedded::migrations::runner()
         .set_migration_table_name("chorus_schema_history")
         .run_async(client)
@@ -436,9 +465,9 @@ impl From<deadpool_postgres::PoolError> for WriteError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) if !transient(&e) => {
-                WriteError::Fatal(e.to_string())
+                WriteError::Fatal(chain(&e))
             }
-            e => WriteError::Transient(e.to_string()),
+            e => WriteError::Transient(chain(&e)),
         }
     }
 }
@@ -446,9 +475,9 @@ impl From<deadpool_postgres::PoolError> for WriteError {
 impl From<tokio_postgres::Error> for WriteError {
     fn from(e: tokio_postgres::Error) -> Self {
         if transient(&e) {
-            WriteError::Transient(e.to_string())
+            WriteError::Transient(chain(&e))
         } else {
-            WriteError::Fatal(e.to_string())
+            WriteError::Fatal(chain(&e))
         }
     }
 }
@@ -593,21 +622,21 @@ async fn read(
     after: u64,
     generation: Option<&str>,
 ) -> Result<LogRead, StoreError> {
-    let mut client = pool.get().await.map_err(io)?;
+    let mut client = pool.get().await.map_err(io_chain)?;
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await
-        .map_err(io)?;
+        .map_err(io_chain)?;
     let head = tx
         .query_opt(
             "SELECT incarnation, last_seq FROM chorus_rooms WHERE room = $1",
             &[&room],
         )
         .await
-        .map_err(io)?;
+        .map_err(io_chain)?;
     let (incarnation, last_seq) = head
         .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
         .unwrap_or((0, 0));
@@ -618,7 +647,7 @@ async fn read(
             &[&room],
         )
         .await
-        .map_err(io)?;
+        .map_err(io_chain)?;
     let (upto, doc) = snap
         .map(|r| {
             (
@@ -639,8 +668,8 @@ async fn read(
             &[&room, &(from as i64)],
         )
         .await
-        .map_err(io)?;
-    tx.commit().await.map_err(io)?;
+        .map_err(io_chain)?;
+    tx.commit().await.map_err(io_chain)?;
     Ok(LogRead {
         epoch: Some(epoch),
         snapshot,
@@ -654,12 +683,12 @@ async fn read(
 
 /// Compacts the room's log up to `upto`; see the module docs.
 async fn compact(pool: &Pool, room: &str, snapshot: Bytes, upto: u64) -> Result<(), StoreError> {
-    let mut client = pool.get().await.map_err(io)?;
-    let tx = client.transaction().await.map_err(io)?;
+    let mut client = pool.get().await.map_err(io_chain)?;
+    let tx = client.transaction().await.map_err(io_chain)?;
     let locked: bool = tx
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&lock_key(room)])
         .await
-        .map_err(io)?
+        .map_err(io_chain)?
         .get(0);
     if !locked {
         tracing::debug!(room, "another node is compacting; skipped");
@@ -671,7 +700,7 @@ async fn compact(pool: &Pool, room: &str, snapshot: Bytes, upto: u64) -> Result<
             &[&room],
         )
         .await
-        .map_err(io)?;
+        .map_err(io_chain)?;
     let (old_upto, old_doc) = old
         .map(|r| (r.get::<_, i64>(0), Some(r.get::<_, Vec<u8>>(1))))
         .unwrap_or((0, None));
@@ -685,7 +714,7 @@ async fn compact(pool: &Pool, room: &str, snapshot: Bytes, upto: u64) -> Result<
             &[&room, &old_upto, &upto],
         )
         .await
-        .map_err(io)?;
+        .map_err(io_chain)?;
     let mut parts: Vec<Vec<u8>> = Vec::with_capacity(rows.len() + 2);
     parts.extend(old_doc);
     parts.extend(rows.into_iter().map(|r| r.get::<_, Vec<u8>>(0)));
@@ -708,37 +737,37 @@ async fn compact(pool: &Pool, room: &str, snapshot: Bytes, upto: u64) -> Result<
         &[&room, &upto, &merged],
     )
     .await
-    .map_err(io)?;
+    .map_err(io_chain)?;
     tx.execute(
         "DELETE FROM chorus_updates WHERE room = $1 AND seq <= $2",
         &[&room, &upto],
     )
     .await
-    .map_err(io)?;
-    tx.commit().await.map_err(io)
+    .map_err(io_chain)?;
+    tx.commit().await.map_err(io_chain)
 }
 
 /// Deletes the room's log and snapshot and starts a new incarnation.
 async fn delete(pool: &Pool, room: &str) -> Result<(), StoreError> {
-    let mut client = pool.get().await.map_err(io)?;
-    let tx = client.transaction().await.map_err(io)?;
+    let mut client = pool.get().await.map_err(io_chain)?;
+    let tx = client.transaction().await.map_err(io_chain)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(room)])
         .await
-        .map_err(io)?;
+        .map_err(io_chain)?;
     tx.execute(
         "INSERT INTO chorus_rooms AS r (room, incarnation) VALUES ($1, 1) \
          ON CONFLICT (room) DO UPDATE SET incarnation = r.incarnation + 1, last_seq = 0, updated_at = now()",
         &[&room],
     )
     .await
-    .map_err(io)?;
+    .map_err(io_chain)?;
     tx.execute("DELETE FROM chorus_updates WHERE room = $1", &[&room])
         .await
-        .map_err(io)?;
+        .map_err(io_chain)?;
     tx.execute("DELETE FROM chorus_snapshots WHERE room = $1", &[&room])
         .await
-        .map_err(io)?;
-    tx.commit().await.map_err(io)
+        .map_err(io_chain)?;
+    tx.commit().await.map_err(io_chain)
 }
 
 impl DocStore for PostgresStore {
@@ -796,7 +825,7 @@ impl DocStore for PostgresStore {
     fn exists(&self, room: &str) -> StoreFuture<bool> {
         let (pool, room) = (self.pool.clone(), room.to_owned());
         self.run(async move {
-            let client = pool.get().await.map_err(io)?;
+            let client = pool.get().await.map_err(io_chain)?;
             let row = client
                 .query_one(
                     "SELECT EXISTS (SELECT 1 FROM chorus_snapshots WHERE room = $1) \
@@ -804,7 +833,7 @@ impl DocStore for PostgresStore {
                     &[&room],
                 )
                 .await
-                .map_err(io)?;
+                .map_err(io_chain)?;
             Ok(row.get(0))
         })
     }
@@ -812,8 +841,8 @@ impl DocStore for PostgresStore {
     fn health(&self) -> StoreFuture<()> {
         let pool = self.pool.clone();
         self.run(async move {
-            let client = pool.get().await.map_err(io)?;
-            client.simple_query("SELECT 1").await.map_err(io)?;
+            let client = pool.get().await.map_err(io_chain)?;
+            client.simple_query("SELECT 1").await.map_err(io_chain)?;
             Ok(())
         })
     }
