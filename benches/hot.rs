@@ -166,8 +166,7 @@ fn store(c: &mut Criterion) {
         })
     });
     let dir = tempfile::tempdir().expect("temp dir");
-    let redb =
-        RedbStore::open_at(dir.path(), WriterOptions { max_batch: 1024 }).expect("open redb");
+    let redb = RedbStore::open_at(dir.path(), WriterOptions::batch(1024)).expect("open redb");
     // One append at a time: each waits for its own commit and fsync.
     g.sample_size(20);
     g.bench_function("append_redb_one_at_a_time", |b| {

@@ -166,6 +166,16 @@ pub struct Config {
     /// queued while the previous commit was being written, up to this cap.
     #[arg(long, env = "CHORUS_STORE_MAX_BATCH", default_value_t = 1024)]
     pub store_max_batch: usize,
+    /// First delay before a failed store write is tried again, in ms: an
+    /// update that a room applied (and showed to its members) but could not
+    /// append is kept by the room and appended again, the delay doubling
+    /// after each failure up to `store_retry_max_ms`; the embedded store
+    /// reopens its file on the same schedule after an I/O error.
+    #[arg(long, env = "CHORUS_STORE_RETRY_MIN_MS", default_value_t = 100)]
+    pub store_retry_min_ms: u64,
+    /// Longest delay between two tries of a failed store write, in ms.
+    #[arg(long, env = "CHORUS_STORE_RETRY_MAX_MS", default_value_t = 5_000)]
+    pub store_retry_max_ms: u64,
     /// Redis URL (`redis://host:port`) that turns on cluster mode: rooms
     /// open on several nodes stay one room (see the README's "Cluster").
     /// Absent: a single node, nothing is published.
@@ -591,6 +601,14 @@ impl Config {
         }
     }
 
+    /// The backoff of failed store writes: `(first delay, longest delay)`.
+    pub fn store_retry(&self) -> (Duration, Duration) {
+        (
+            Duration::from_millis(self.store_retry_min_ms),
+            Duration::from_millis(self.store_retry_max_ms),
+        )
+    }
+
     /// Checks relations between values that clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
         if self.store_kind() == StoreKind::Postgres && self.postgres_url.is_none() {
@@ -626,6 +644,12 @@ impl Config {
         }
         if self.store_max_batch == 0 {
             return Err("store max batch must be at least 1".into());
+        }
+        if self.store_retry_min_ms == 0 || self.store_retry_max_ms < self.store_retry_min_ms {
+            return Err(format!(
+                "store retry delays must be at least 1 ms, the longest ({}) at least the first ({})",
+                self.store_retry_max_ms, self.store_retry_min_ms
+            ));
         }
         if l.compact_every == 0 || l.compact_bytes == 0 {
             return Err("compact_every and compact_bytes must be at least 1".into());

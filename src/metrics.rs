@@ -125,6 +125,16 @@ pub struct Metrics {
     pub fanout_latency: Histogram,
     /// Time of a store append (until durable).
     pub store_latency: Histogram,
+    /// Store appends that failed, first tries and retries alike.
+    pub store_append_failures: Counter,
+    /// Appends of kept updates tried again (see `store_unstored_updates`).
+    pub store_append_retries: Counter,
+    /// Updates that rooms applied (and showed to their members) but could
+    /// not store yet: kept by their room and retried until stored. Above 0,
+    /// the store is failing.
+    pub store_unstored_updates: Gauge,
+    /// Bytes of those updates.
+    pub store_unstored_bytes: Gauge,
     /// Errors sent to clients (WebSocket `error` messages and API errors), by code.
     errors: Family<ErrorCode, Counter>,
     /// WebSocket connections closed, by close code.
@@ -276,6 +286,16 @@ impl Metrics {
                 "Sessions closed with 1012 to rebalance the cluster",
                 &self.sessions_shed,
             ),
+            (
+                "chorus_store_append_failures",
+                "Store appends that failed (first tries and retries)",
+                &self.store_append_failures,
+            ),
+            (
+                "chorus_store_append_retries",
+                "Appends of updates kept by their room after a failed append, tried again",
+                &self.store_append_retries,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -289,6 +309,16 @@ impl Metrics {
             "chorus_store_latency_seconds",
             "Time of a store append until durable",
             self.store_latency.clone(),
+        );
+        registry.register(
+            "chorus_store_unstored_updates",
+            "Updates applied and shown to members but not stored yet, kept by their room and retried",
+            self.store_unstored_updates.clone(),
+        );
+        registry.register(
+            "chorus_store_unstored_bytes",
+            "Bytes of updates applied and shown to members but not stored yet",
+            self.store_unstored_bytes.clone(),
         );
         registry.register(
             "chorus_errors",

@@ -276,7 +276,13 @@ async fn shutdown(handle: &actix_web::dev::ServerHandle, shared: &Shared, store:
     }
     // Give the close frames a moment to reach the sockets.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let flush = shared.registry.flush_all();
+    // Rooms give up a moment before the deadline, so that they log what
+    // they could not store before the process goes.
+    let rooms_until = deadline
+        .checked_sub(Duration::from_millis(200))
+        .unwrap_or(deadline)
+        .into_std();
+    let flush = shared.registry.flush_all(rooms_until);
     if tokio::time::timeout_at(deadline, flush).await.is_err() {
         tracing::warn!("rooms did not finish flushing before the shutdown timeout");
     }
@@ -658,21 +664,81 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-/// `GET /readyz`: 200 when the store answers (within 2 s), else 503. Redis
-/// joins the check with cluster mode.
+/// Why the store is failing, as far as this node knows without asking it:
+/// the store says so (the embedded file after an I/O error), or rooms keep
+/// updates they could not store.
+fn store_failing(shared: &Shared) -> Option<String> {
+    if let Some(why) = shared.store.failing() {
+        return Some(why);
+    }
+    let kept = shared.metrics.store_unstored_updates.get();
+    (kept > 0).then(|| {
+        format!(
+            "{kept} updates ({} bytes) applied but not stored yet; retried",
+            shared.metrics.store_unstored_bytes.get()
+        )
+    })
+}
+
+/// The store as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreState {
+    /// It writes.
+    Ok,
+    /// A store every node shares cannot write: every node has the same
+    /// problem, so this one stays in the pool (200).
+    Degraded,
+    /// This node's own store cannot write: this node cannot serve (503).
+    Failing,
+}
+
+impl StoreState {
+    fn as_str(self) -> &'static str {
+        match self {
+            StoreState::Ok => "ok",
+            StoreState::Degraded => "degraded",
+            StoreState::Failing => "failing",
+        }
+    }
+}
+
+/// The readiness rule: a failing store takes this node out of the pool
+/// only when it is this node's alone.
+fn store_state(shared: bool, failing: bool) -> StoreState {
+    match (failing, shared) {
+        (false, _) => StoreState::Ok,
+        (true, true) => StoreState::Degraded,
+        (true, false) => StoreState::Failing,
+    }
+}
+
+/// `GET /readyz`: can this node serve? 503 only for what is this node's
+/// alone: its own store (the embedded file) cannot write — appends fail,
+/// or the health check fails or takes over 2 s. An outage of what every
+/// node shares (a shared store, Redis) answers 200 with `"degraded": true`
+/// (a health check must not empty the whole pool at once).
 async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
     let store = &shared.store;
     let check = tokio::time::timeout(Duration::from_secs(2), store.health()).await;
-    let (status, store_state) = match check {
-        Ok(Ok(())) => (actix_web::http::StatusCode::OK, "ok".to_owned()),
-        Ok(Err(e)) => (
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        ),
-        Err(_) => (
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "timed out".to_owned(),
-        ),
+    let problem = match check {
+        Ok(Ok(())) => store_failing(&shared),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("health check timed out".to_owned()),
+    };
+    let state = store_state(store.shared(), problem.is_some());
+    let mut degraded = state == StoreState::Degraded;
+    let mut store_body = serde_json::json!({
+        "kind": store.name(),
+        "shared": store.shared(),
+        "state": state.as_str(),
+    });
+    if let Some(e) = problem {
+        store_body["error"] = e.into();
+    }
+    let status = if state == StoreState::Failing {
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        actix_web::http::StatusCode::OK
     };
     // Draining (shutdown begun): unready, whatever the store says.
     let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
@@ -681,11 +747,10 @@ async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
     } else {
         status
     };
-    let ready = status.is_success();
     let mut body = serde_json::json!({
-        "ready": ready,
+        "ready": status.is_success(),
         "draining": draining,
-        "store": { "kind": store.name(), "state": store_state },
+        "store": store_body,
     });
     if let Some(bridge) = &shared.bridge {
         // Degraded, not unready: local clients are still served.
@@ -693,11 +758,13 @@ async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
             .stats()
             .connected
             .load(std::sync::atomic::Ordering::Relaxed);
+        degraded |= !up;
         body["cluster"] = serde_json::json!({
             "node": bridge.node(),
             "redis": if up { "ok" } else { "degraded" },
         });
     }
+    body["degraded"] = degraded.into();
     HttpResponse::build(status).json(body)
 }
 
@@ -767,6 +834,11 @@ fn metrics_registry(shared: &Shared) -> MetricsRegistry {
             read(|s| u64::from(s.draining.load(std::sync::atomic::Ordering::Relaxed))),
         )
         .gauge(
+            "chorus_store_failing",
+            "1 while the store fails to write (appends fail, kept updates wait to be stored, or the store says so), else 0.",
+            read(|s| u64::from(store_failing(s).is_some())),
+        )
+        .gauge(
             "chorus_api_tracked_ips",
             "Client IPs the REST rate limiter holds a bucket for.",
             read(|s| s.api_rates.tracked_ips() as u64),
@@ -777,4 +849,19 @@ fn metrics_registry(shared: &Shared) -> MetricsRegistry {
         bridge.register(&mut registry);
     }
     MetricsRegistry(registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_fails_only_for_a_store_of_this_node_alone() {
+        assert_eq!(store_state(false, false), StoreState::Ok);
+        assert_eq!(store_state(true, false), StoreState::Ok);
+        // The embedded file cannot write: this node cannot serve.
+        assert_eq!(store_state(false, true), StoreState::Failing);
+        // Redis or PostgreSQL down: every node's problem, stay in the pool.
+        assert_eq!(store_state(true, true), StoreState::Degraded);
+    }
 }

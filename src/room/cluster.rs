@@ -698,6 +698,11 @@ impl Handler<Resubscribed> for Room {
         self.say_hello();
         // Entries published while this room was not listening.
         self.catch_up(ctx);
+        // Local updates whose append gave up while Redis was away (kept by
+        // the room's persistence): no need to wait for their backoff.
+        if self.persist.holds_unstored() {
+            self.retry_unstored_now(ctx);
+        }
     }
 }
 

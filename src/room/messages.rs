@@ -178,4 +178,8 @@ pub struct Resync {
 /// Resolves once stored (or once storing failed, which is logged).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StoreNow;
+pub struct StoreNow {
+    /// Failed writes are tried again until then; what is still not stored
+    /// then is logged as lost.
+    pub until: std::time::Instant,
+}

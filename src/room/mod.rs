@@ -142,7 +142,13 @@ impl Room {
             cluster: bridge.map(ClusterState::new),
             hooks,
             members: Members::new(id.clone(), metrics.clone()),
-            persist: Persistence::new(store, life.writes.clone()),
+            persist: Persistence::new(
+                id.clone(),
+                store,
+                life.writes.clone(),
+                metrics.clone(),
+                config.store_retry(),
+            ),
             document: Document::new(),
             presence: Presence::default(),
             presence_base: PresenceBase::default(),
@@ -289,7 +295,17 @@ impl Room {
             }));
             return;
         }
-        if self.persist.has_log() && self.broken.is_none() {
+        if self.persist.needs_storing() && self.broken.is_none() {
+            // Never evicted holding what is not stored (kept updates): a
+            // snapshot stores it, tried again after the backoff while the
+            // store fails.
+            if let Some(wait) = self.persist.wait_after_failure() {
+                self.idle_timer = Some(ctx.run_later(wait, |room, ctx| {
+                    room.idle_timer = None;
+                    room.try_evict(ctx);
+                }));
+                return;
+            }
             self.maybe_compact(ctx, true);
             return self.try_evict(ctx);
         }

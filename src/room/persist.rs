@@ -3,7 +3,21 @@
 //! compacted into a snapshot every `compact_every` updates or
 //! `compact_bytes` bytes, on eviction and at shutdown — one compaction at a
 //! time, always through the same bookkeeping ([`Persistence`]).
+//!
+//! What members were shown is stored: an update applied to the document
+//! (and so fanned out) whose append failed is *kept* by the room and
+//! appended again, merged with the others kept, after a delay that doubles
+//! from `store_retry_min_ms` to `store_retry_max_ms` (at once when another
+//! append of the room succeeds), until it is stored. Its sender got
+//! `store_failed` and may resend it (a resend is appended again, and
+//! acknowledged once that append is durable). A compaction's snapshot is the whole document, so one that succeeds also
+//! stores every update kept when it started. A room holding kept updates is
+//! not evicted until they are stored; at shutdown it tries until the
+//! shutdown timeout, then logs (error, room id, bytes) what it could not
+//! store. While any room keeps updates, `chorus_store_unstored_updates` is
+//! above 0 and the store counts as failing (`/readyz`, `chorus_store_failing`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,15 +26,20 @@ use bytes::Bytes;
 use tokio_util::task::TaskTracker;
 
 use super::messages::StoreNow;
-use super::Room;
+use super::{Room, RoomId};
 use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::protocol::ErrorCode;
 use crate::store::{DocStore, LogRead, StoreError, StoreFuture, StoredDoc};
 use crate::webhook::HookKind;
 
 /// What the room knows of its stored state.
 pub(super) struct Persistence {
+    /// The room (for the log line of updates lost when it stops).
+    room: RoomId,
     store: Arc<dyn DocStore>,
+    /// The store gauges and counters (kept updates are counted server-wide).
+    metrics: Arc<Metrics>,
     /// Where appends run, as tasks of their own: one in flight when the
     /// room dies still lands, and the room's successor waits for it.
     writes: TaskTracker,
@@ -36,6 +55,43 @@ pub(super) struct Persistence {
     compacting: bool,
     /// A `document.stored` webhook is waiting for its debounce interval.
     stored_hook_due: bool,
+    /// Updates applied (and shown to members) whose append failed, oldest
+    /// first: kept until an append or a compaction stores them.
+    unstored: VecDeque<Unstored>,
+    /// Bytes of `unstored`.
+    unstored_bytes: u64,
+    /// Id of the next kept update (ids grow, so stores cover a prefix).
+    next_unstored: u64,
+    /// The retry of the kept updates is scheduled.
+    retry_timer: Option<SpawnHandle>,
+    /// The retry of the kept updates is being appended.
+    retry_inflight: bool,
+    /// Delay before the next retry (doubles after each failed retry or
+    /// compaction, up to `retry_max`; back to `retry_min` on success).
+    backoff: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+    /// When the last store write of this room failed, if nothing
+    /// succeeded since.
+    failed_at: Option<Instant>,
+    /// The loss of the kept updates was logged already (shutdown).
+    loss_reported: bool,
+}
+
+/// An applied update whose append failed.
+struct Unstored {
+    /// Order of arrival (see `Persistence::next_unstored`).
+    id: u64,
+    data: Bytes,
+    author: Option<String>,
+}
+
+/// The kept updates of one retry, merged into one append.
+struct Retry {
+    /// Covers the kept updates with ids below this.
+    upto: u64,
+    data: Bytes,
+    author: Option<String>,
 }
 
 /// A compaction under way: what it covers, to be subtracted once stored.
@@ -44,13 +100,24 @@ pub(super) struct Compaction {
     updates: u64,
     /// Bytes of those appends.
     bytes: u64,
+    /// The snapshot covers the kept updates with ids below this.
+    unstored_upto: u64,
 }
 
 impl Persistence {
-    /// Nothing known yet (the room loads first).
-    pub(super) fn new(store: Arc<dyn DocStore>, writes: TaskTracker) -> Self {
+    /// Nothing known yet (the room loads first). `retry`: the first and
+    /// the longest delay between tries of a failed write.
+    pub(super) fn new(
+        room: RoomId,
+        store: Arc<dyn DocStore>,
+        writes: TaskTracker,
+        metrics: Arc<Metrics>,
+        retry: (Duration, Duration),
+    ) -> Self {
         Persistence {
+            room,
             store,
+            metrics,
             writes,
             durable_seq: 0,
             since_compact: 0,
@@ -58,6 +125,16 @@ impl Persistence {
             inflight: 0,
             compacting: false,
             stored_hook_due: false,
+            unstored: VecDeque::new(),
+            unstored_bytes: 0,
+            next_unstored: 0,
+            retry_timer: None,
+            retry_inflight: false,
+            backoff: retry.0,
+            retry_min: retry.0,
+            retry_max: retry.1,
+            failed_at: None,
+            loss_reported: false,
         }
     }
 
@@ -115,9 +192,122 @@ impl Persistence {
         self.inflight == 0 && !self.compacting
     }
 
-    /// Updates are stored that no snapshot covers yet.
-    pub(super) fn has_log(&self) -> bool {
-        self.since_compact > 0
+    /// Something must be written before the room may go: updates stored
+    /// that no snapshot covers yet, or updates kept after a failed append.
+    pub(super) fn needs_storing(&self) -> bool {
+        self.since_compact > 0 || !self.unstored.is_empty()
+    }
+
+    /// Updates applied here are not stored yet (kept after a failed append).
+    pub(super) fn holds_unstored(&self) -> bool {
+        !self.unstored.is_empty()
+    }
+
+    /// How long to wait before writing again, when the last write failed
+    /// less than the current backoff ago.
+    pub(super) fn wait_after_failure(&self) -> Option<Duration> {
+        let since = self.failed_at?.elapsed();
+        (since < self.backoff).then(|| self.backoff - since)
+    }
+
+    /// A write succeeded: the store works, the backoff starts over.
+    fn succeeded(&mut self) {
+        self.failed_at = None;
+        self.backoff = self.retry_min;
+    }
+
+    /// A write failed; `escalate` (a retry or a compaction failed, not a
+    /// first try) doubles the backoff.
+    fn failed(&mut self, escalate: bool) {
+        if escalate && self.failed_at.is_some() {
+            self.backoff = (self.backoff * 2).min(self.retry_max);
+        }
+        self.failed_at = Some(Instant::now());
+    }
+
+    /// Keeps an applied update whose append failed.
+    fn keep(&mut self, data: Bytes, author: Option<String>) {
+        self.unstored_bytes += data.len() as u64;
+        self.metrics.store_unstored_updates.inc();
+        self.metrics.store_unstored_bytes.inc_by(data.len() as i64);
+        self.unstored.push_back(Unstored {
+            id: self.next_unstored,
+            data,
+            author,
+        });
+        self.next_unstored += 1;
+    }
+
+    /// Forgets the kept updates with ids below `upto`: they are stored.
+    fn stored_below(&mut self, upto: u64) {
+        while self.unstored.front().is_some_and(|u| u.id < upto) {
+            if let Some(u) = self.unstored.pop_front() {
+                self.forget(&u);
+            }
+        }
+    }
+
+    fn forget(&mut self, u: &Unstored) {
+        self.unstored_bytes -= u.data.len() as u64;
+        self.metrics.store_unstored_updates.dec();
+        self.metrics
+            .store_unstored_bytes
+            .dec_by(u.data.len() as i64);
+    }
+
+    /// Every kept update, merged into one append (the oldest alone if they
+    /// do not merge); `None` when nothing is kept or a retry is under way.
+    fn retry_batch(&mut self) -> Option<Retry> {
+        if self.retry_inflight {
+            return None;
+        }
+        let first = self.unstored.front()?;
+        let author = first.author.clone();
+        let same_author = self.unstored.iter().all(|u| u.author == author);
+        let author = if same_author { author } else { None };
+        if self.unstored.len() == 1 {
+            return Some(Retry {
+                upto: first.id + 1,
+                data: first.data.clone(),
+                author,
+            });
+        }
+        match yrs::merge_updates_v1(self.unstored.iter().map(|u| u.data.as_ref())) {
+            Ok(merged) => Some(Retry {
+                upto: self.next_unstored,
+                data: Bytes::from(merged),
+                author,
+            }),
+            Err(e) => {
+                tracing::warn!(room = %self.room, "merging kept updates failed (retried one by one): {e}");
+                Some(Retry {
+                    upto: first.id + 1,
+                    data: first.data.clone(),
+                    author: first.author.clone(),
+                })
+            }
+        }
+    }
+
+    /// A retry failed: the kept updates it covered (those still kept) are
+    /// replaced by its merged update, so memory stays about one document
+    /// however long the store fails.
+    fn fold(&mut self, retry: Retry) {
+        if self.unstored.front().is_none_or(|u| u.id >= retry.upto) || self.unstored.len() == 1 {
+            return;
+        }
+        self.stored_below(retry.upto);
+        let u = Unstored {
+            id: retry.upto - 1,
+            data: retry.data,
+            author: retry.author,
+        };
+        self.unstored_bytes += u.data.len() as u64;
+        self.metrics.store_unstored_updates.inc();
+        self.metrics
+            .store_unstored_bytes
+            .inc_by(u.data.len() as i64);
+        self.unstored.push_front(u);
     }
 
     /// Starts appending one update, in a task that outlives the room.
@@ -144,7 +334,7 @@ impl Persistence {
     /// (`compact_every` updates or `compact_bytes` bytes), or `force` and
     /// anything at all; never while one is being written.
     fn compaction_due(&self, limits: &Limits, force: bool) -> bool {
-        if self.compacting || self.since_compact == 0 {
+        if self.compacting || !self.needs_storing() {
             return false;
         }
         force
@@ -158,6 +348,7 @@ impl Persistence {
         let job = Compaction {
             updates: self.since_compact,
             bytes: self.bytes_since_compact,
+            unstored_upto: self.next_unstored,
         };
         (self.store.compact(room, snapshot, self.durable_seq), job)
     }
@@ -169,14 +360,43 @@ impl Persistence {
         if stored {
             self.since_compact = self.since_compact.saturating_sub(job.updates);
             self.bytes_since_compact = self.bytes_since_compact.saturating_sub(job.bytes);
+            // The snapshot is the whole document: it holds them.
+            self.stored_below(job.unstored_upto);
+            self.succeeded();
+        } else {
+            self.failed(true);
         }
     }
 
-    /// Forgets the stored state (the room was deleted).
+    /// Forgets the stored state and what was kept (the room was deleted).
     pub(super) fn clear(&mut self) {
         self.durable_seq = 0;
         self.since_compact = 0;
         self.bytes_since_compact = 0;
+        self.stored_below(u64::MAX);
+    }
+
+    /// Logs, once, the kept updates that will never be stored.
+    fn report_lost(&mut self, when: &str) {
+        if self.unstored.is_empty() || self.loss_reported {
+            return;
+        }
+        self.loss_reported = true;
+        tracing::error!(
+            room = %self.room,
+            updates = self.unstored.len(),
+            bytes = self.unstored_bytes,
+            "{when}: updates that members were shown could not be stored; they are lost"
+        );
+    }
+}
+
+impl Drop for Persistence {
+    fn drop(&mut self) {
+        // Only a room that died (a panic) or a shutdown that timed out
+        // stops holding kept updates.
+        self.report_lost("room stopped");
+        self.stored_below(u64::MAX);
     }
 }
 
@@ -200,9 +420,8 @@ impl Room {
     }
 
     /// Appends an applied update to the store; resolves once it is durable
-    /// (`Err` with a reason when the store failed). In cluster mode an
-    /// update whose append failed is kept and written to the shared log
-    /// once Redis answers again.
+    /// (`Err` with a reason when the store failed: the update is then kept
+    /// and retried until stored, see the module doc).
     pub(super) fn append_update(
         &mut self,
         data: Bytes,
@@ -210,29 +429,109 @@ impl Room {
     ) -> impl ActorFuture<Self, Output = Result<(), String>> + 'static {
         let len = data.len() as u64;
         let started = Instant::now();
-        let kept = data.clone();
+        let kept = (data.clone(), author.map(str::to_owned));
         let append = self.persist.begin_append(&self.id, data, author);
         append.into_actor(self).map(move |res, room, ctx| {
             room.persist.end_append(res.as_ref().ok().copied(), len);
             room.metrics.store_latency.observe(started.elapsed());
+            let (data, author) = kept;
             match res {
                 Ok(seq) => {
-                    room.appended(seq, &kept, ctx);
+                    room.persist.succeeded();
+                    room.appended(seq, &data, ctx);
+                    if room.persist.holds_unstored() {
+                        // The store writes again: no need to wait.
+                        room.retry_unstored_now(ctx);
+                    }
                     room.maybe_compact(ctx, false);
                     room.schedule_stored_hook(ctx);
                     Ok(())
                 }
                 Err(e) => {
-                    tracing::error!(room = %room.id, "append failed: {e}");
+                    tracing::error!(room = %room.id, "append failed (the update is kept and retried): {e}");
                     room.metrics.error(ErrorCode::StoreFailed.as_str());
+                    room.metrics.store_append_failures.inc();
+                    room.persist.failed(false);
+                    room.persist.keep(data, author);
+                    room.schedule_retry(ctx);
                     Err(e.to_string())
                 }
             }
         })
     }
 
+    /// Schedules the retry of the kept updates after the backoff, unless
+    /// one is scheduled or under way.
+    fn schedule_retry(&mut self, ctx: &mut Context<Self>) {
+        let p = &self.persist;
+        if self.broken.is_some()
+            || p.unstored.is_empty()
+            || p.retry_timer.is_some()
+            || p.retry_inflight
+        {
+            return;
+        }
+        let wait = self.persist.backoff;
+        self.persist.retry_timer = Some(ctx.run_later(wait, |room, ctx| {
+            room.persist.retry_timer = None;
+            room.retry_unstored(ctx);
+        }));
+    }
+
+    /// Retries the kept updates now (the store answered again).
+    pub(super) fn retry_unstored_now(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.persist.retry_timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.retry_unstored(ctx);
+    }
+
+    /// Appends every kept update, merged into one; on failure they stay
+    /// kept and the next retry is scheduled.
+    fn retry_unstored(&mut self, ctx: &mut Context<Self>) {
+        if self.broken.is_some() {
+            return;
+        }
+        let Some(retry) = self.persist.retry_batch() else {
+            return;
+        };
+        self.metrics.store_append_retries.inc();
+        self.persist.retry_inflight = true;
+        let len = retry.data.len() as u64;
+        let append =
+            self.persist
+                .begin_append(&self.id, retry.data.clone(), retry.author.as_deref());
+        ctx.spawn(append.into_actor(self).map(move |res, room, ctx| {
+            room.persist.retry_inflight = false;
+            room.persist.end_append(res.as_ref().ok().copied(), len);
+            match res {
+                Ok(seq) => {
+                    room.persist.stored_below(retry.upto);
+                    room.persist.succeeded();
+                    tracing::info!(room = %room.id, bytes = len, "kept updates stored");
+                    room.appended(seq, &retry.data, ctx);
+                    room.maybe_compact(ctx, false);
+                    room.schedule_stored_hook(ctx);
+                }
+                Err(e) => {
+                    room.metrics.store_append_failures.inc();
+                    room.persist.failed(true);
+                    tracing::warn!(
+                        room = %room.id,
+                        updates = room.persist.unstored.len(),
+                        bytes = room.persist.unstored_bytes,
+                        retry_in_ms = room.persist.backoff.as_millis() as u64,
+                        "storing kept updates failed again: {e}"
+                    );
+                    room.persist.fold(retry);
+                }
+            }
+            room.schedule_retry(ctx);
+        }));
+    }
+
     /// Writes a snapshot covering everything durable so far, when enough
-    /// was appended (or, with `force`, when anything was).
+    /// was appended (or, with `force`, when anything was, or is kept).
     pub(super) fn maybe_compact(&mut self, ctx: &mut Context<Self>, force: bool) {
         if self.broken.is_some() || !self.persist.compaction_due(&self.config.limits, force) {
             return;
@@ -261,26 +560,47 @@ impl Room {
         })
     }
 
-    /// Stores the document now (shutdown): waits for a compaction under
-    /// way, then writes one covering everything durable.
-    pub(super) fn store_now(&mut self) -> impl ActorFuture<Self, Output = ()> + 'static {
-        let settle = |room: &mut Room| -> Option<ResponseActFuture<Room, ()>> {
-            if room.broken.is_some() || !room.persist.compaction_due(&room.config.limits, true) {
-                return None;
-            }
-            Some(Box::pin(room.compaction()))
+    /// Stores the document now (shutdown): once appends and a compaction
+    /// under way have settled, writes a snapshot covering everything
+    /// (kept updates included), trying again after the backoff until
+    /// `until`; logs (error) what could not be stored by then.
+    pub(super) fn store_now(&mut self, until: Instant) -> ResponseActFuture<Self, ()> {
+        if self.broken.is_some() {
+            return Box::pin(fut::ready(()));
+        }
+        let now = Instant::now();
+        let again = move |wait: Duration| -> ResponseActFuture<Room, ()> {
+            Box::pin(
+                fut::wrap_future::<_, Room>(tokio::time::sleep(wait))
+                    .then(move |(), room, _| room.store_now(until)),
+            )
         };
-        let waited: ResponseActFuture<Room, ()> = if self.persist.compacting {
-            Box::pin(wait_until(|room: &Room| !room.persist.compacting))
-        } else {
-            Box::pin(fut::ready(()))
-        };
-        waited.then(move |(), room, _| -> ResponseActFuture<Room, ()> {
-            match settle(room) {
-                Some(f) => f,
-                None => Box::pin(fut::ready(())),
+        if !self.persist.settled() {
+            if now >= until {
+                self.persist.report_lost("shutdown timeout");
+                return Box::pin(fut::ready(()));
             }
-        })
+            return again(Duration::from_millis(5).min(until - now));
+        }
+        if !self.persist.compaction_due(&self.config.limits, true) {
+            return Box::pin(fut::ready(()));
+        }
+        if let Some(wait) = self.persist.wait_after_failure() {
+            if now + wait >= until {
+                self.persist.report_lost("shutdown timeout");
+                return Box::pin(fut::ready(()));
+            }
+            return again(wait);
+        }
+        Box::pin(
+            self.compaction()
+                .then(move |(), room, _| -> ResponseActFuture<Room, ()> {
+                    if !room.persist.needs_storing() {
+                        return Box::pin(fut::ready(()));
+                    }
+                    room.store_now(until)
+                }),
+        )
     }
 
     /// Sends one `document.stored` webhook per debounce interval.
@@ -304,24 +624,11 @@ impl Room {
     }
 }
 
-/// Resolves once `done` holds for the room, checking every 5 ms.
-fn wait_until(done: fn(&Room) -> bool) -> impl ActorFuture<Room, Output = ()> {
-    fut::wrap_future::<_, Room>(tokio::time::sleep(Duration::from_millis(5))).then(
-        move |(), room, _| -> ResponseActFuture<Room, ()> {
-            if done(room) {
-                Box::pin(fut::ready(()))
-            } else {
-                Box::pin(wait_until(done))
-            }
-        },
-    )
-}
-
 impl Handler<StoreNow> for Room {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: StoreNow, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StoreNow, _: &mut Context<Self>) -> Self::Result {
         self.flush();
-        Box::pin(self.store_now())
+        self.store_now(msg.until)
     }
 }

@@ -423,10 +423,12 @@ impl Registry {
         self.inner.refused_full.load(Ordering::Relaxed)
     }
 
-    /// Asks every live room to write its document to the store, and waits.
-    pub async fn flush_all(&self) {
+    /// Asks every live room to write its document to the store, and waits;
+    /// rooms whose writes fail try again until `until`, then log what they
+    /// could not store.
+    pub async fn flush_all(&self, until: Instant) {
         let addrs: Vec<Addr<Room>> = self.rooms().values().map(|e| e.addr.clone()).collect();
-        let flushes = addrs.iter().map(|a| a.send(StoreNow));
+        let flushes = addrs.iter().map(|a| a.send(StoreNow { until }));
         for res in futures_util::future::join_all(flushes).await {
             if let Err(e) = res {
                 tracing::warn!("room did not flush: {e}");
@@ -475,10 +477,58 @@ mod tests {
         }
     }
 
+    /// A memory store whose writes (appends and compactions) fail while
+    /// `failures` is above 0, each failure counting one down.
+    struct FailingWrites {
+        inner: Arc<MemoryStore>,
+        failures: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl FailingWrites {
+        fn fails(&self) -> bool {
+            self.failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        }
+    }
+
+    impl DocStore for FailingWrites {
+        fn load(&self, room: &str) -> StoreFuture<StoredDoc> {
+            self.inner.load(room)
+        }
+        fn append(&self, room: &str, update: Bytes, _: Option<&str>) -> StoreFuture<u64> {
+            if self.fails() {
+                return Box::pin(async { Err(crate::store::StoreError::Io("disk full".into())) });
+            }
+            self.inner.append(room, update, None)
+        }
+        fn compact(&self, room: &str, snapshot: Bytes, upto: u64) -> StoreFuture<()> {
+            if self.fails() {
+                return Box::pin(async { Err(crate::store::StoreError::Io("disk full".into())) });
+            }
+            self.inner.compact(room, snapshot, upto)
+        }
+        fn delete(&self, room: &str) -> StoreFuture<()> {
+            self.inner.delete(room)
+        }
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+    }
+
     fn registry(store: Arc<dyn DocStore>, fault: Option<&str>) -> Registry {
+        registry_with(store, fault, |_| {})
+    }
+
+    fn registry_with(
+        store: Arc<dyn DocStore>,
+        fault: Option<&str>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Registry {
         let mut config = Config::ephemeral();
         config.room_threads = 1;
         config.fault_panic = fault.map(|f| FaultPanic::parse(f).expect("fault spec"));
+        tweak(&mut config);
         let metrics = Arc::new(Metrics::default());
         Registry::new(RoomServices {
             hooks: Webhooks::start(&config.api, metrics.clone()),
@@ -593,5 +643,77 @@ mod tests {
         );
         assert_eq!(registry.rooms_started(), 2);
         assert_eq!(registry.inner.services.metrics.rooms_restarted.get(), 1);
+    }
+
+    /// The text of everything the memory store holds for `room`.
+    async fn stored_text(store: &MemoryStore, room: &str) -> String {
+        use yrs::updates::decoder::Decode;
+        let stored = store.load(room).await.expect("memory load");
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("t");
+        for part in stored.snapshot.iter().chain(stored.updates.iter()) {
+            let update = yrs::Update::decode_v1(part).expect("stored update decodes");
+            doc.transact_mut().apply_update(update).expect("applies");
+        }
+        let txn = doc.transact();
+        yrs::GetString::get_string(&text, &txn)
+    }
+
+    #[actix::test]
+    async fn an_update_whose_append_failed_is_kept_through_eviction_until_stored() {
+        const FAILURES: usize = 6;
+        let memory = Arc::new(MemoryStore::new());
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(FAILURES));
+        let store = FailingWrites {
+            inner: memory.clone(),
+            failures: failures.clone(),
+        };
+        let registry = registry_with(Arc::new(store), None, |c| {
+            c.limits.room_idle_ms = 10;
+            c.store_retry_min_ms = 20;
+            c.store_retry_max_ms = 80;
+        });
+        let metrics = registry.inner.services.metrics.clone();
+        let room: RoomId = Arc::from("r");
+        let update = registry
+            .request(
+                &room,
+                ApiUpdate {
+                    data: insert("kept"),
+                },
+            )
+            .await
+            .expect("not full");
+        let refused = update.await.expect("room answers");
+        assert!(
+            matches!(&refused, Err(e) if e.code == crate::protocol::ErrorCode::StoreFailed),
+            "the sender is told: {refused:?}"
+        );
+        assert_eq!(metrics.store_unstored_updates.get(), 1, "kept");
+        // Idle long past `room_idle_ms` while writes fail: still live.
+        let began = std::time::Instant::now();
+        while failures.load(Ordering::SeqCst) > 0 {
+            assert!(
+                registry.live("r").is_some(),
+                "evicted holding an update it could not store ({} failures left)",
+                failures.load(Ordering::SeqCst)
+            );
+            assert!(began.elapsed() < Duration::from_secs(10), "no retries");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Stored by a retry or by the eviction's snapshot; then evicted.
+        for _ in 0..400 {
+            if registry.live("r").is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(registry.live("r").is_none(), "evicted once stored");
+        assert_eq!(registry.rooms_started(), 1, "the first room held it");
+        assert_eq!(metrics.store_unstored_updates.get(), 0);
+        assert_eq!(metrics.store_unstored_bytes.get(), 0);
+        assert!(metrics.store_append_failures.get() >= 1);
+        assert_eq!(stored_text(&memory, "r").await, "kept");
+        assert_eq!(text(&registry, &room).await, "kept", "loaded back");
     }
 }

@@ -127,15 +127,25 @@ pub trait DocStore: Send + Sync + 'static {
             })
         })
     }
-    /// True for a store that every node of a cluster shares (its outage is
-    /// everyone's: `/readyz` reports it as degraded, not unready).
-    fn shared(&self) -> bool {
-        false
-    }
     /// A cheap check that the store answers (for `/readyz`).
     fn health(&self) -> StoreFuture<()> {
         let load = self.load("\u{0}chorus-health");
         Box::pin(async move { load.await.map(|_| ()) })
+    }
+    /// Why the store cannot write now, when it knows so without trying
+    /// (the embedded store after an I/O error, until it reopened its file
+    /// and a commit went through); `None` when it writes, as far as it knows.
+    /// Read by `/readyz` and `/metrics` (`chorus_store_failing`).
+    fn failing(&self) -> Option<String> {
+        None
+    }
+    /// True for a store that every node of a cluster shares (a database
+    /// server): its outage is every node's, so `/readyz` reports it as
+    /// `degraded` with 200 instead of taking this node out of the pool.
+    /// False for a store of this node alone (the embedded file): when it
+    /// cannot write, this node cannot serve (503).
+    fn shared(&self) -> bool {
+        false
     }
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;

@@ -16,6 +16,19 @@
 //! transaction (and an fsync) of its own. A **reader thread** serves `load`
 //! from read transactions (redb readers never wait for the writer).
 //!
+//! # I/O errors
+//!
+//! After one failed write (a full disk, say) redb refuses every later
+//! transaction ("Previous I/O error occurred. Please close and re-open the
+//! database"). So when a commit fails, the writer probes the database with
+//! an empty commit; if that fails too, it drops the database (waiting for a
+//! load in flight to let go of it) and opens the file again, after a delay
+//! doubling from `store_retry_min_ms` to `store_retry_max_ms`, until an
+//! open and a probe commit succeed. Meanwhile writes fail at once (rooms
+//! keep what they could not store and retry it), loads fail while the file
+//! is closed, and [`DocStore::failing`] says why (`/readyz` answers 503).
+//! The process never needs a restart to write again.
+//!
 //! # Layout
 //!
 //! Three tables, all keyed by `(room id, sequence number)`:
@@ -59,8 +72,9 @@ use std::fmt::Display;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use ::redb::{
     Database, Durability, ReadableDatabase, ReadableTable, StorageError, Table, TableDefinition,
@@ -142,6 +156,15 @@ fn io(e: impl Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// The text of an error without the `Io` variant's prefix (it is wrapped
+/// in one again when answered).
+fn detail(e: &StoreError) -> String {
+    match e {
+        StoreError::Io(detail) => detail.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn closed() -> StoreError {
     StoreError::Io("the store is closed".into())
 }
@@ -189,9 +212,43 @@ enum Outcome {
     Done,
 }
 
+/// The open database, shared by the writer and reader threads; empty
+/// while the writer reopens the file (after an I/O error) and once closed.
+#[derive(Default)]
+struct Slot(Mutex<Option<Arc<Database>>>);
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Option<Arc<Database>>> {
+        // Only swaps happen under the lock: a poisoned one is consistent.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The database, if open.
+    fn get(&self) -> Option<Arc<Database>> {
+        self.lock().clone()
+    }
+}
+
+/// Why the store cannot write, shared by the writer (which sets it) and
+/// the store handle (`failing`, `health`).
+#[derive(Default)]
+struct Failing(Mutex<Option<String>>);
+
+impl Failing {
+    fn set(&self, why: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// The durable store. Cheap to share: it only holds channel ends.
 pub struct RedbStore {
     path: PathBuf,
+    /// Set by the writer while writes fail (see the module's "I/O errors").
+    failing: Arc<Failing>,
     /// To the writer thread. Sending never blocks (unbounded): the writer
     /// drains the queue a batch per commit, so it is bounded in practice by
     /// the updates clients have in flight.
@@ -200,11 +257,14 @@ pub struct RedbStore {
     reads: Mutex<Option<mpsc::Sender<ReadOp>>>,
 }
 
-/// How the writer thread batches.
+/// How the writer thread batches, and retries after an I/O error.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterOptions {
     /// Most operations in one commit; 1 disables group commit.
     pub max_batch: usize,
+    /// First and longest delay between tries to reopen the file (and probe
+    /// it) after a failed commit.
+    pub retry: (Duration, Duration),
 }
 
 impl WriterOptions {
@@ -216,6 +276,15 @@ impl WriterOptions {
             } else {
                 1
             },
+            retry: config.store_retry(),
+        }
+    }
+
+    /// Batches of at most `max_batch`, the default retry delays.
+    pub fn batch(max_batch: usize) -> Self {
+        WriterOptions {
+            max_batch,
+            retry: Config::default().store_retry(),
         }
     }
 }
@@ -239,38 +308,31 @@ impl RedbStore {
         };
         std::fs::create_dir_all(dir)
             .map_err(|e| open_err(format!("cannot create data dir {}: {e}", dir.display())))?;
-        let opened = catch_unwind(|| Database::builder().create(&path))
-            .map_err(|p| open_err(format!("redb panicked opening it: {}", panic_message(&*p))))?;
-        let db = opened.map_err(|e| {
-            open_err(match e {
-                ::redb::DatabaseError::DatabaseAlreadyOpen => {
-                    "it is already open (another chorus process on this data dir?)".into()
-                }
-                other => format!("{other}"),
-            })
-        })?;
-        // Create the tables so that readers always find them.
-        let init = || -> Result<(), ::redb::Error> {
-            let txn = db.begin_write()?;
-            txn.open_table(LOG)?;
-            txn.open_table(SNAPSHOT)?;
-            txn.open_table(DAMAGED)?;
-            txn.commit()?;
-            Ok(())
-        };
-        init().map_err(|e| open_err(format!("cannot initialise tables: {e}")))?;
-        let db = Arc::new(db);
+        let db = open_file(&path).map_err(open_err)?;
+        let slot = Arc::new(Slot::default());
+        *slot.lock() = Some(Arc::new(db));
+        let failing = Arc::new(Failing::default());
 
         let (read_tx, read_rx) = mpsc::channel::<ReadOp>();
-        let reader_db = db.clone();
+        let reader_slot = slot.clone();
         let reader = std::thread::Builder::new()
             .name("chorus-store-read".into())
-            .spawn(move || reader_loop(&reader_db, &read_rx))
+            .spawn(move || reader_loop(&reader_slot, &read_rx))
             .map_err(|e| open_err(format!("cannot start the reader thread: {e}")))?;
         let (write_tx, write_rx) = mpsc::channel::<WriteOp>();
+        let writer = Writer {
+            path: path.clone(),
+            slot,
+            failing: failing.clone(),
+            seqs: SeqCache::default(),
+            reopen: false,
+            backoff: options.retry.0,
+            next_try: Instant::now(),
+            options,
+        };
         std::thread::Builder::new()
             .name("chorus-store-write".into())
-            .spawn(move || writer_loop(db, &write_rx, options, reader))
+            .spawn(move || writer.run(&write_rx, reader))
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
         tracing::info!(
             path = %path.display(),
@@ -279,6 +341,7 @@ impl RedbStore {
         );
         Ok(RedbStore {
             path,
+            failing,
             writes: write_tx,
             reads: Mutex::new(Some(read_tx)),
         })
@@ -352,20 +415,59 @@ impl DocStore for RedbStore {
         self.write(|reply| WriteOp::Close { reply })
     }
 
+    fn health(&self) -> StoreFuture<()> {
+        if let Some(why) = self.failing.get() {
+            return Box::pin(async move { Err(StoreError::Io(why)) });
+        }
+        let load = self.load("\u{0}chorus-health");
+        Box::pin(async move { load.await.map(|_| ()) })
+    }
+
+    fn failing(&self) -> Option<String> {
+        self.failing.get()
+    }
+
     fn name(&self) -> &'static str {
         "redb"
     }
 }
 
+/// Opens (creating if needed) the database file and its tables; the error
+/// says why not.
+fn open_file(path: &Path) -> Result<Database, String> {
+    let opened = catch_unwind(|| Database::builder().create(path))
+        .map_err(|p| format!("redb panicked opening it: {}", panic_message(&*p)))?;
+    let db = opened.map_err(|e| match e {
+        ::redb::DatabaseError::DatabaseAlreadyOpen => {
+            "it is already open (another chorus process on this data dir?)".to_owned()
+        }
+        other => format!("{other}"),
+    })?;
+    // Create the tables so that readers always find them.
+    let init = || -> Result<(), ::redb::Error> {
+        let txn = db.begin_write()?;
+        txn.open_table(LOG)?;
+        txn.open_table(SNAPSHOT)?;
+        txn.open_table(DAMAGED)?;
+        txn.commit()?;
+        Ok(())
+    };
+    init().map_err(|e| format!("cannot initialise tables: {e}"))?;
+    Ok(db)
+}
+
 /// Serves loads until the channel closes.
-fn reader_loop(db: &Database, rx: &mpsc::Receiver<ReadOp>) {
+fn reader_loop(slot: &Slot, rx: &mpsc::Receiver<ReadOp>) {
     while let Ok(ReadOp { room, reply }) = rx.recv() {
-        let result = catch_unwind(AssertUnwindSafe(|| load(db, &room))).unwrap_or_else(|p| {
-            Err(StoreError::Corrupt {
-                room: room.clone(),
-                detail: format!("reading it panicked: {}", panic_message(&*p)),
-            })
-        });
+        let result = match slot.get() {
+            Some(db) => catch_unwind(AssertUnwindSafe(|| load(&db, &room))).unwrap_or_else(|p| {
+                Err(StoreError::Corrupt {
+                    room: room.clone(),
+                    detail: format!("reading it panicked: {}", panic_message(&*p)),
+                })
+            }),
+            None => Err(io("the store is reopening its file after an I/O error")),
+        };
         let _ = reply.send(result);
     }
 }
@@ -426,73 +528,221 @@ fn load(db: &Database, room: &str) -> Result<StoredDoc, StoreError> {
     Ok(doc)
 }
 
-/// Writes batches until the channel closes or a `Close` arrives.
-fn writer_loop(
-    db: Arc<Database>,
-    rx: &mpsc::Receiver<WriteOp>,
+/// The writer thread's state.
+struct Writer {
+    path: PathBuf,
+    slot: Arc<Slot>,
+    failing: Arc<Failing>,
     options: WriterOptions,
-    reader: JoinHandle<()>,
-) {
-    let mut close_reply = None;
-    let mut seqs = SeqCache::default();
-    while let Ok(first) = rx.recv() {
-        let mut batch = Vec::with_capacity(options.max_batch.min(64));
-        let mut push = |op: WriteOp, batch: &mut Vec<WriteOp>| match op {
-            WriteOp::Close { reply } => {
-                close_reply = Some(reply);
-                false
+    seqs: SeqCache,
+    /// The database refused a probe after a failed commit: it must be
+    /// closed and opened again before anything is written.
+    reopen: bool,
+    /// Delay before the next try to recover (doubles up to `retry.1`).
+    backoff: Duration,
+    /// When to try to recover next, while failing.
+    next_try: Instant,
+}
+
+impl Writer {
+    /// Writes batches until the channel closes or a `Close` arrives;
+    /// recovers from failed commits on the way.
+    fn run(mut self, rx: &mpsc::Receiver<WriteOp>, reader: JoinHandle<()>) {
+        let mut close_reply = None;
+        loop {
+            let first = if self.failing.get().is_some() {
+                let wait = self.next_try.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
+                    Ok(op) => op,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.recover();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                }
+            };
+            let mut batch = Vec::with_capacity(self.options.max_batch.min(64));
+            let mut push = |op: WriteOp, batch: &mut Vec<WriteOp>| match op {
+                WriteOp::Close { reply } => {
+                    close_reply = Some(reply);
+                    false
+                }
+                op => {
+                    batch.push(op);
+                    true
+                }
+            };
+            let mut more = push(first, &mut batch);
+            while more && batch.len() < self.options.max_batch {
+                match rx.try_recv() {
+                    Ok(op) => more = push(op, &mut batch),
+                    Err(_) => break,
+                }
             }
-            op => {
-                batch.push(op);
-                true
+            if !batch.is_empty() {
+                let result = self.write(&batch);
+                answer(batch, result);
+            }
+            if close_reply.is_some() {
+                break;
+            }
+        }
+        // Close: the reader's channel is gone (see `close`), so it ends; once
+        // it has dropped its handle this thread holds the last one, and
+        // dropping it closes the file cleanly (no repair at the next start).
+        let _ = reader.join();
+        let result = match self.slot.lock().take().map(Arc::try_unwrap) {
+            Some(Ok(db)) => db.close().map_err(io),
+            Some(Err(_)) => Err(io("the database is still in use; not closed cleanly")),
+            None => Err(io(
+                "the database was not open (reopening after an I/O error)",
+            )),
+        };
+        if let Err(e) = &result {
+            tracing::warn!("closing the store: {e}");
+        }
+        if let Some(reply) = close_reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Writes one batch in one transaction; fails at once while the file
+    /// waits to be reopened.
+    fn write(&mut self, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreError> {
+        if self.reopen && Instant::now() >= self.next_try {
+            self.recover();
+        }
+        let db = match (self.reopen, self.slot.get()) {
+            (false, Some(db)) => db,
+            _ => {
+                let why = self
+                    .failing
+                    .get()
+                    .unwrap_or_else(|| "the store is not open".into());
+                return Err(StoreError::Io(why));
             }
         };
-        let mut more = push(first, &mut batch);
-        while more && batch.len() < options.max_batch {
-            match rx.try_recv() {
-                Ok(op) => more = push(op, &mut batch),
-                Err(_) => break,
+        let t = Instant::now();
+        let n = batch.len();
+        let result = catch_unwind(AssertUnwindSafe(|| write_batch(&db, batch, &mut self.seqs)))
+            .unwrap_or_else(|p| {
+                Err(io(format!(
+                    "the store writer panicked: {}",
+                    panic_message(&*p)
+                )))
+            });
+        match &result {
+            Ok(_) => {
+                self.succeeded();
+                tracing::trace!(
+                    ops = n,
+                    micros = t.elapsed().as_micros() as u64,
+                    "store batch committed"
+                );
             }
-        }
-        if !batch.is_empty() {
-            let t = std::time::Instant::now();
-            let n = batch.len();
-            let result = catch_unwind(AssertUnwindSafe(|| write_batch(&db, &batch, &mut seqs)))
-                .unwrap_or_else(|p| {
-                    Err(io(format!(
-                        "the store writer panicked: {}",
-                        panic_message(&*p)
-                    )))
-                });
-            if result.is_err() {
+            Err(e) => {
+                tracing::error!("store commit failed: {e}");
                 // It may hold numbers of a batch that was not committed.
-                seqs.rooms.clear();
+                self.seqs.rooms.clear();
+                self.failed(detail(e));
+                // redb refuses everything after an I/O error: find out now.
+                if let Err(e) = probe(&db) {
+                    tracing::error!("the store refuses writes after the failed commit ({e}); reopening its file");
+                    self.reopen = true;
+                }
             }
-            answer(batch, result);
-            tracing::trace!(
-                ops = n,
-                micros = t.elapsed().as_micros() as u64,
-                "store batch committed"
-            );
         }
-        if close_reply.is_some() {
-            break;
+        result
+    }
+
+    /// While failing: reopens the file if needed, then probes it with an
+    /// empty commit; writes count as working again once that succeeds.
+    fn recover(&mut self) {
+        if self.reopen {
+            if let Err(e) = self.reopen() {
+                tracing::warn!(
+                    retry_in_ms = self.backoff.as_millis() as u64,
+                    "reopening the store failed: {e}"
+                );
+                self.failed(format!(
+                    "reopening the store after an I/O error failed: {e}"
+                ));
+                return;
+            }
+            self.reopen = false;
+            tracing::info!(path = %self.path.display(), "store file reopened");
+        }
+        let Some(db) = self.slot.get() else {
+            return;
+        };
+        match probe(&db) {
+            Ok(()) => {
+                if self.failing.get().is_some() {
+                    tracing::info!("the store writes again");
+                }
+                self.succeeded();
+            }
+            Err(e) => {
+                self.reopen = true;
+                self.failed(format!("the store refuses writes: {}", detail(&e)));
+            }
         }
     }
-    // Close: the reader's channel is gone (see `close`), so it ends; once it
-    // has dropped its handle this thread holds the last one, and dropping it
-    // closes the file cleanly (no repair at the next start).
-    let _ = reader.join();
-    let result = match Arc::try_unwrap(db) {
-        Ok(db) => db.close().map_err(io),
-        Err(_) => Err(io("the database is still in use; not closed cleanly")),
-    };
-    if let Err(e) = &result {
-        tracing::warn!("closing the store: {e}");
+
+    /// Drops the database (once a load in flight lets go of it) and opens
+    /// the file again.
+    fn reopen(&mut self) -> Result<(), String> {
+        if let Some(mut old) = self.slot.lock().take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        // It fails after an I/O error; the file is closed anyway.
+                        if let Err(e) = db.close() {
+                            tracing::debug!("closing the failed store: {e}");
+                        }
+                        break;
+                    }
+                    Err(still) if Instant::now() >= deadline => {
+                        *self.slot.lock() = Some(still);
+                        return Err("a load still holds the database".into());
+                    }
+                    Err(still) => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+        self.seqs.rooms.clear();
+        let db = open_file(&self.path)?;
+        *self.slot.lock() = Some(Arc::new(db));
+        Ok(())
     }
-    if let Some(reply) = close_reply {
-        let _ = reply.send(result);
+
+    fn succeeded(&mut self) {
+        self.failing.set(None);
+        self.backoff = self.options.retry.0;
     }
+
+    /// Notes why writes fail, and when to try to recover next.
+    fn failed(&mut self, why: String) {
+        self.failing.set(Some(why));
+        self.next_try = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(self.options.retry.1);
+    }
+}
+
+/// An empty durable commit: does the database take writes?
+fn probe(db: &Database) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(io)?;
+    txn.set_durability(Durability::Immediate).map_err(io)?;
+    txn.commit().map_err(io)
 }
 
 /// Answers every operation of a batch once its commit is decided.
@@ -515,8 +765,7 @@ fn answer(batch: Vec<WriteOp>, result: Result<Vec<Outcome>, StoreError>) {
             }
         }
         Err(e) => {
-            tracing::error!("store commit failed: {e}");
-            let msg = e.to_string();
+            let msg = detail(&e);
             for op in batch {
                 match op {
                     WriteOp::Append { reply, .. } => {
@@ -1010,7 +1259,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path) -> RedbStore {
-        RedbStore::open_at(dir, WriterOptions { max_batch: 64 }).unwrap()
+        RedbStore::open_at(dir, WriterOptions::batch(64)).unwrap()
     }
 
     fn b(s: &str) -> Bytes {
@@ -1199,7 +1448,7 @@ mod tests {
     async fn a_second_open_of_the_same_file_fails_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        match RedbStore::open_at(dir.path(), WriterOptions { max_batch: 1 }) {
+        match RedbStore::open_at(dir.path(), WriterOptions::batch(1)) {
             Err(e @ StoreError::Open { .. }) => {
                 assert!(e.to_string().contains(FILE_NAME), "{e}")
             }
@@ -1276,7 +1525,7 @@ mod tests {
     #[tokio::test]
     async fn without_group_commit_every_append_still_lands() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open_at(dir.path(), WriterOptions { max_batch: 1 }).unwrap();
+        let store = RedbStore::open_at(dir.path(), WriterOptions::batch(1)).unwrap();
         let futs: Vec<_> = (0..20)
             .map(|i| store.append(if i % 2 == 0 { "a" } else { "b" }, b(&format!("{i}")), None))
             .collect();

@@ -15,7 +15,7 @@ use chorus::store::DocStore;
 use yrs::updates::decoder::Decode;
 use yrs::StateVector;
 
-use crate::common::{ChildServer, Client, TestDoc};
+use crate::common::{http_get, metric, ChildServer, Client, TestDoc};
 
 /// One acknowledged update: its room, the unique token it inserted, and
 /// the author's Yjs client id and clock after it.
@@ -192,7 +192,7 @@ async fn store_snapshot_plus_log_tail_reloads_identically() {
     server.kill();
 
     // The file holds a snapshot plus a log tail.
-    let store = RedbStore::open_at(dir.path(), WriterOptions { max_batch: 1 }).unwrap();
+    let store = RedbStore::open_at(dir.path(), WriterOptions::batch(1)).unwrap();
     let stored = store.load("doc").await.unwrap();
     assert!(stored.snapshot.is_some(), "compacted snapshot present");
     assert!(!stored.updates.is_empty(), "log tail after the snapshot");
@@ -569,5 +569,456 @@ fn postgres_over_tls_checks_the_certificate() {
     assert!(
         text.to_lowercase().contains("certificate"),
         "the refusal does not say why: {text}"
+    );
+}
+
+/// A small tmpfs mounted on a temp dir, to fill up on purpose (the tests
+/// run as root); unmounted on drop. Mounting must work: a test that cannot
+/// mount fails, it is not skipped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    const FILLER: &'static str = "filler";
+
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => SmallDisk { dir },
+            Ok(o) => panic!(
+                "cannot mount a {size} tmpfs on {}: {} — the disk-full tests need root \
+                 (CAP_SYS_ADMIN) to mount a small file system they can fill",
+                dir.path().display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => panic!("cannot run `mount` for the disk-full tests: {e}"),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the file system is full; returns its size.
+    fn fill(&self) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join(Self::FILLER)).expect("filler");
+        let mut written = 0u64;
+        for chunk in [64 * 1024, 4096, 512, 1] {
+            let buf = vec![0u8; chunk];
+            while f.write_all(&buf).is_ok() {
+                written += chunk as u64;
+            }
+        }
+        let _ = f.sync_all();
+        written
+    }
+
+    /// Deletes the filler file.
+    fn free(&self) {
+        std::fs::remove_file(self.path().join(Self::FILLER)).expect("filler removed");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// redb refuses every commit after one I/O error: the store reopens its file
+/// and writes again once space is back, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_redb_writes_again_after_the_disk_was_full() {
+    let disk = SmallDisk::mount("4m");
+    let options = WriterOptions {
+        max_batch: 64,
+        retry: (Duration::from_millis(20), Duration::from_millis(200)),
+    };
+    let store = RedbStore::open_at(disk.path(), options).expect("opens on the tmpfs");
+    let update = |i: usize| bytes::Bytes::from(format!("{i:08}").repeat(512));
+    let mut stored = Vec::new();
+    for i in 0..10 {
+        store
+            .append("r", update(i), None)
+            .await
+            .expect("room to write");
+        stored.push(update(i));
+    }
+    let filler = disk.fill();
+    let mut failed_at = None;
+    for i in 10..5_000 {
+        match store.append("r", update(i), None).await {
+            Ok(_) => stored.push(update(i)),
+            Err(e) => {
+                failed_at = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (i, e) = failed_at.expect("appends fail once the disk is full");
+    eprintln!("disk full ({filler} filler bytes): append #{i} failed: {e}");
+    assert!(store.failing().is_some(), "the store says it is failing");
+    assert!(store.health().await.is_err(), "and its health check fails");
+    assert!(
+        store.append("r", update(i), None).await.is_err(),
+        "still full"
+    );
+
+    disk.free();
+    let freed = Instant::now();
+    let seq = loop {
+        match store.append("r", update(i), None).await {
+            Ok(seq) => break seq,
+            Err(e) => {
+                assert!(
+                    freed.elapsed() < Duration::from_secs(10),
+                    "appends still fail 10 s after space was freed: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    stored.push(update(i));
+    eprintln!(
+        "writing again {:?} after space was freed (seq {seq})",
+        freed.elapsed()
+    );
+    assert!(store.failing().is_none());
+    store.health().await.expect("healthy again");
+    let doc = store.load("r").await.expect("loads");
+    assert_eq!(doc.updates, stored, "every acknowledged append, in order");
+    store.close().await.expect("closes cleanly");
+}
+
+/// What the writers of `store_disk_full_loses_nothing_clients_saw` did.
+#[derive(Default)]
+struct Tally {
+    /// Every token written (acknowledged, or given up after `store_failed`).
+    written: Vec<String>,
+    acked: usize,
+    store_failed: usize,
+}
+
+/// Writes tokens (padded, so the file must grow) to `room` every few ms
+/// with up to 4 in flight; with `resend_failed`, an update refused with
+/// `store_failed` is sent again 100 ms later, without, it is given up (as
+/// by a client that went away: only the server's retry stores it). Once
+/// `stop` is set, sends nothing new and returns when nothing is in flight.
+async fn stubborn_writer(
+    addr: SocketAddr,
+    room: &'static str,
+    tag: String,
+    resend_failed: bool,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut c = Client::connect(addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    let mut inflight: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut resend: std::collections::VecDeque<(Instant, Vec<u8>)> = Default::default();
+    let mut n = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "writer {tag} stuck");
+        let stopping = stop.load(Ordering::SeqCst);
+        if stopping && inflight.is_empty() && resend.is_empty() {
+            break;
+        }
+        let due = resend.front().is_some_and(|(t, _)| *t <= Instant::now());
+        if inflight.len() < 4 && (due || !stopping) {
+            let data = if due {
+                resend.pop_front().map(|(_, d)| d).unwrap_or_default()
+            } else {
+                let token = format!("<{tag}.{n}>");
+                n += 1;
+                tally.lock().unwrap().written.push(token.clone());
+                doc.push(&format!("{token}{}", ".".repeat(1500)))
+            };
+            let rid = c.send_update(room, data.clone()).await;
+            inflight.insert(rid, data);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        match c.try_recv(Duration::from_millis(50)).await {
+            Some(ServerMessage::Ack { rid, .. }) => {
+                let known = inflight.remove(&rid).is_some();
+                tally.lock().unwrap().acked += usize::from(known);
+            }
+            Some(ServerMessage::Error {
+                code: ErrorCode::StoreFailed,
+                rid: Some(rid),
+                ..
+            }) => {
+                let Some(data) = inflight.remove(&rid) else {
+                    continue;
+                };
+                tally.lock().unwrap().store_failed += 1;
+                if resend_failed {
+                    resend.push_back((Instant::now() + Duration::from_millis(100), data));
+                }
+            }
+            Some(ServerMessage::Error { code, message, .. }) => {
+                panic!("writer {tag}: unexpected error {code:?} {message}")
+            }
+            _ => {}
+        }
+    }
+    c.close().await;
+}
+
+/// Applies every update of `room` it is shown until `stop`; returns the text.
+async fn observer(
+    addr: SocketAddr,
+    room: &'static str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> String {
+    let mut c = Client::connect(addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Some(ServerMessage::Update { data, .. }) =
+            c.try_recv(Duration::from_millis(50)).await
+        {
+            doc.apply(&data.0);
+        }
+    }
+    c.close().await;
+    doc.text()
+}
+
+/// The `<…>` tokens of a text.
+fn tokens_of(text: &str) -> Vec<String> {
+    text.split('<')
+        .skip(1)
+        .filter_map(|t| t.split_once('>').map(|(t, _)| format!("<{t}>")))
+        .collect()
+}
+
+/// Waits up to `within` for `cond`.
+async fn wait_for<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out ({within:?}) waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The disk fills while edits flow: writers get `store_failed` (and resend),
+/// `/readyz` is 503 and `chorus_store_failing` 1 while it is full; what the
+/// other clients were shown is kept and stored once space is back, without
+/// a restart; after a `kill -9` and a restart every update anyone saw is in
+/// the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_disk_full_loses_nothing_clients_saw() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const ROOM: &str = "full";
+    let disk = SmallDisk::mount("4m");
+    let data = disk.path().join("data");
+    let flags = ["--store-retry-min-ms", "50", "--store-retry-max-ms", "400"];
+    let server = start(&data, &flags);
+    let addr = server.addr;
+    let stop_writers = Arc::new(AtomicBool::new(false));
+    let stop_observer = Arc::new(AtomicBool::new(false));
+    let tally: Arc<Mutex<Tally>> = Arc::default();
+    let seen = tokio::spawn(observer(addr, ROOM, stop_observer.clone()));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            tokio::spawn(stubborn_writer(
+                addr,
+                ROOM,
+                format!("w{w}"),
+                w == 0,
+                stop_writers.clone(),
+                tally.clone(),
+            ))
+        })
+        .collect();
+    wait_for("40 acked updates", Duration::from_secs(20), || async {
+        tally.lock().unwrap().acked >= 40
+    })
+    .await;
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+
+    let filler = disk.fill();
+    let filled = Instant::now();
+    wait_for(
+        "writers told store_failed",
+        Duration::from_secs(30),
+        || async { tally.lock().unwrap().store_failed >= 5 },
+    )
+    .await;
+    let first_failed = filled.elapsed();
+    wait_for("/readyz 503 while full", Duration::from_secs(5), || async {
+        http_get(addr, "/readyz").await.0 == 503
+    })
+    .await;
+    let unready = filled.elapsed();
+    let (_, body) = http_get(addr, "/readyz").await;
+    assert!(body.contains("\"state\":\"failing\""), "{body}");
+    assert_eq!(metric(addr, "chorus_store_failing").await, 1.0);
+    assert!(metric(addr, "chorus_store_unstored_updates").await >= 1.0);
+    // Edits keep flowing while it is full.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = {
+        let t = tally.lock().unwrap();
+        (t.acked, t.store_failed)
+    };
+
+    disk.free();
+    let freed = Instant::now();
+    wait_for(
+        "/readyz 200 after space was freed",
+        Duration::from_secs(20),
+        || async { http_get(addr, "/readyz").await.0 == 200 },
+    )
+    .await;
+    let ready_after = freed.elapsed();
+    assert_eq!(metric(addr, "chorus_store_failing").await, 0.0);
+    assert_eq!(metric(addr, "chorus_store_unstored_updates").await, 0.0);
+    let failures = metric(addr, "chorus_store_append_failures_total").await;
+    let retries = metric(addr, "chorus_store_append_retries_total").await;
+    assert!(failures >= 1.0 && retries >= 1.0, "{failures} {retries}");
+
+    // Writers finish (w0's tokens resent until acknowledged).
+    stop_writers.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_observer.store(true, Ordering::SeqCst);
+    let seen = tokens_of(&seen.await.expect("observer"));
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    let logs = server.logs();
+    let reopened = logs
+        .iter()
+        .filter(|l| l.contains("store file reopened"))
+        .count();
+    eprintln!(
+        "filler {filler} B; 5 store_failed {first_failed:?} after the fill, readyz 503 after \
+         {unready:?}; by the end of 1 s more: {} acked / {} store_failed; ready \
+         {ready_after:?} after freeing; append failures {failures}, retries {retries}, \
+         file reopened {reopened}×; {} written, {} acked, observer saw {}",
+        during.0,
+        during.1,
+        tally.written.len(),
+        tally.acked,
+        seen.len()
+    );
+    assert!(reopened >= 1, "redb was reopened after the I/O error");
+    server.kill();
+
+    // Everything anyone was shown is stored.
+    let server = start(&data, &flags);
+    let mut c = Client::connect(server.addr).await;
+    let doc = TestDoc::new();
+    c.try_join(ROOM, &doc).await.expect("room loads");
+    let stored: std::collections::HashSet<String> = tokens_of(&doc.text()).into_iter().collect();
+    let lost_seen: Vec<&String> = seen.iter().filter(|t| !stored.contains(*t)).collect();
+    assert!(
+        lost_seen.is_empty(),
+        "{} updates the observer was shown are lost, e.g. {:?}",
+        lost_seen.len(),
+        &lost_seen[..lost_seen.len().min(5)]
+    );
+    let lost: Vec<&String> = tally
+        .written
+        .iter()
+        .filter(|t| !stored.contains(*t))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} updates the server applied are lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    c.close().await;
+    server.terminate();
+}
+
+/// At shutdown a room tries to store what it kept until the shutdown
+/// timeout, then says (error, room id, bytes) what it could not store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_shutdown_on_a_full_disk_logs_what_it_could_not_store() {
+    const ROOM: &str = "shutdown-full";
+    let disk = SmallDisk::mount("4m");
+    let server = start(
+        &disk.path().join("data"),
+        &[
+            "--store-retry-min-ms",
+            "50",
+            "--store-retry-max-ms",
+            "200",
+            "--shutdown-timeout-ms",
+            "1500",
+        ],
+    );
+    let mut c = Client::connect(server.addr).await;
+    let doc = TestDoc::new();
+    c.join(ROOM, &doc).await;
+    c.update_acked(ROOM, doc.push("stored")).await;
+    disk.fill();
+    let mut refused = false;
+    for i in 0..200 {
+        let rid = c
+            .send_update(ROOM, doc.push(&format!("<{i}>{}", ".".repeat(1500))))
+            .await;
+        let reply = c
+            .expect(|m| {
+                matches!(m, ServerMessage::Ack { rid: r, .. } if *r == rid)
+                    || matches!(m, ServerMessage::Error { rid: r, .. } if *r == Some(rid))
+            })
+            .await;
+        if matches!(
+            reply,
+            ServerMessage::Error {
+                code: ErrorCode::StoreFailed,
+                ..
+            }
+        ) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "an update was refused with store_failed");
+    let began = Instant::now();
+    let logs = server.terminate();
+    let took = began.elapsed();
+    let lost: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.contains("could not be stored") && l.contains("ERROR"))
+        .collect();
+    eprintln!("shutdown took {took:?}; {lost:?}");
+    assert_eq!(
+        lost.len(),
+        1,
+        "one error line for the room:\n{}",
+        logs.join("\n")
+    );
+    assert!(
+        lost[0].contains(ROOM) && lost[0].contains("\"bytes\""),
+        "{}",
+        lost[0]
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown timeout held: {took:?}"
     );
 }
