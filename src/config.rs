@@ -29,6 +29,49 @@ pub enum Command {
     Serve(Config),
     /// Mint a signed token for development; prints it alone on the last line.
     Token(TokenArgs),
+    /// Work on a store offline (`chorus store copy`).
+    Store(StoreArgs),
+}
+
+/// `chorus store …`.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+/// Subcommands of `chorus store`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum StoreCommand {
+    /// Copy every room (snapshot and log, sequence numbers kept) from one
+    /// store to another: a redb data directory or a PostgreSQL URL, either
+    /// way. Rooms already identical in the target are skipped, so a rerun
+    /// resumes an interrupted copy.
+    Copy(CopyArgs),
+}
+
+/// `chorus store copy`; see `store::copy`.
+#[derive(Debug, Clone, Args)]
+pub struct CopyArgs {
+    /// Source: a `postgres://` / `postgresql://` URL, or the data directory
+    /// of a redb store (the one holding `chorus.redb`).
+    #[arg(long)]
+    pub from: String,
+    /// Target, in the same forms as `--from`; a redb directory is created
+    /// if missing.
+    #[arg(long)]
+    pub to: String,
+    /// Rooms read, compared and written per transaction.
+    #[arg(long, default_value_t = 100)]
+    pub batch_rooms: usize,
+    /// Pause between two batches, in ms, to spare a database in use.
+    #[arg(long, default_value_t = 0)]
+    pub pause_ms: u64,
+    /// PEM file of extra root certificates for a PostgreSQL server's
+    /// certificate (as the server's `--postgres-ca-file`).
+    #[arg(long, env = "CHORUS_POSTGRES_CA_FILE")]
+    pub postgres_ca_file: Option<PathBuf>,
 }
 
 /// `chorus token`: mints an HS256 token (see `auth` for the claims).
@@ -66,7 +109,7 @@ impl Cli {
     pub fn into_config(self) -> Config {
         match self.command {
             Some(Command::Serve(config)) => config,
-            Some(Command::Token(_)) | None => self.serve,
+            Some(Command::Token(_) | Command::Store(_)) | None => self.serve,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The `chorus` binary: parses the command line, sets up logging, runs the
 //! server until SIGINT / SIGTERM, then shuts down gracefully. `chorus token`
-//! mints a development token instead.
+//! mints a development token instead; `chorus store copy` copies a store.
 
 use std::io::IsTerminal as _;
 
@@ -9,7 +9,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use chorus::auth::{mint, now_secs, Claims, GrantClaim, Rights};
-use chorus::config::{Cli, Command, LogFormat, TokenArgs};
+use chorus::config::{Cli, Command, LogFormat, StoreCommand, TokenArgs};
 use chorus::http::Server;
 
 fn main() -> anyhow::Result<()> {
@@ -23,6 +23,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Token(args)) = &cli.command {
         return token(args);
+    }
+    if let Some(Command::Store(args)) = &cli.command {
+        let StoreCommand::Copy(args) = &args.command;
+        // Only warnings, on stderr with the progress line.
+        tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("warn"))
+            .with_writer(std::io::stderr)
+            .init();
+        chorus::store::copy::run(args).context("chorus store copy failed")?;
+        return Ok(());
     }
     let config = cli.into_config();
     let filter = EnvFilter::try_new(&config.log_level)

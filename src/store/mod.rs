@@ -6,8 +6,10 @@
 //! Implementations: [`redb::RedbStore`] (the default: durable, embedded,
 //! group-committed), [`postgres::PostgresStore`] (durable, shared by the
 //! nodes of a cluster) and [`memory::MemoryStore`] (tests and `--store
-//! memory`).
+//! memory`). [`copy`] is `chorus store copy`: every room, exactly, from
+//! one durable store to another.
 
+pub mod copy;
 pub mod memory;
 pub mod postgres;
 pub mod redb;

@@ -82,6 +82,7 @@ use ::redb::{
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::copy::{LogEntry, RoomDump};
 use super::{DocStore, StoreError, StoreFuture, StoredDoc};
 use crate::config::Config;
 
@@ -935,6 +936,324 @@ fn compact(
     Ok(())
 }
 
+/// The database file opened directly, without the writer and reader
+/// threads, for `chorus store copy` (see [`super::copy`]): lists rooms,
+/// reads a room's stored entries as they are (sequence numbers included)
+/// and replaces rooms wholesale. Never used while serving.
+pub struct RedbFile {
+    path: PathBuf,
+    db: FileHandle,
+}
+
+/// How the file is open.
+enum FileHandle {
+    /// A source that needed no repair: never written to.
+    Read(::redb::ReadOnlyDatabase),
+    /// A target, or a source that redb had to repair first.
+    Write(Database),
+}
+
+impl RedbFile {
+    /// Opens the existing `dir/chorus.redb` to read it. A file left by a
+    /// crash is repaired first (as the server would at start); a file held
+    /// by a running server is refused, naming it.
+    pub fn open_source(dir: &Path) -> Result<RedbFile, StoreError> {
+        let path = dir.join(FILE_NAME);
+        if !path.is_file() {
+            return Err(StoreError::Open {
+                path,
+                detail: "no such file (is this the data directory of a chorus server?)".into(),
+            });
+        }
+        let opened = catch_unwind(|| ::redb::ReadOnlyDatabase::open(&path)).map_err(|p| {
+            StoreError::Open {
+                path: path.clone(),
+                detail: format!("redb panicked opening it: {}", panic_message(&*p)),
+            }
+        })?;
+        let db = match opened {
+            Ok(db) => FileHandle::Read(db),
+            Err(::redb::DatabaseError::RepairAborted) => {
+                eprintln!(
+                    "{} was not closed cleanly; repairing it first (as the server would)",
+                    path.display()
+                );
+                FileHandle::Write(Self::open_writable(&path, false)?)
+            }
+            Err(e) => return Err(file_error(&path, e)),
+        };
+        Ok(RedbFile { path, db })
+    }
+
+    /// Opens (creating if needed) `dir/chorus.redb` to write rooms into it;
+    /// refused, naming the file, while a server holds it.
+    pub fn open_target(dir: &Path) -> Result<RedbFile, StoreError> {
+        let path = dir.join(FILE_NAME);
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            detail: format!("cannot create data dir {}: {e}", dir.display()),
+        })?;
+        let db = Self::open_writable(&path, true)?;
+        Ok(RedbFile {
+            path,
+            db: FileHandle::Write(db),
+        })
+    }
+
+    fn open_writable(path: &Path, create: bool) -> Result<Database, StoreError> {
+        let open_err = |detail: String| StoreError::Open {
+            path: path.to_owned(),
+            detail,
+        };
+        let opened = catch_unwind(|| {
+            if create {
+                Database::builder().create(path)
+            } else {
+                Database::builder().open(path)
+            }
+        })
+        .map_err(|p| open_err(format!("redb panicked opening it: {}", panic_message(&*p))))?;
+        let db = opened.map_err(|e| file_error(path, e))?;
+        let init = || -> Result<(), ::redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(LOG)?;
+            txn.open_table(SNAPSHOT)?;
+            txn.open_table(DAMAGED)?;
+            txn.commit()?;
+            Ok(())
+        };
+        init().map_err(|e| open_err(format!("cannot initialise tables: {e}")))?;
+        Ok(db)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn begin_read(&self) -> Result<::redb::ReadTransaction, StoreError> {
+        match &self.db {
+            FileHandle::Read(db) => db.begin_read(),
+            FileHandle::Write(db) => db.begin_read(),
+        }
+        .map_err(io)
+    }
+
+    /// Up to `limit` rooms with a snapshot or a log entry, in id order
+    /// (bytewise), after `after` (`""`: from the first).
+    pub fn rooms(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let txn = self.begin_read()?;
+        let mut out = Vec::new();
+        let (Some(log), Some(snapshots)) =
+            (open_or_none(&txn, LOG)?, open_or_none(&txn, SNAPSHOT)?)
+        else {
+            return Ok(out);
+        };
+        let (mut a, mut b) = (next_room(&log, after)?, next_room(&snapshots, after)?);
+        while out.len() < limit {
+            let room = match (&a, &b) {
+                (None, None) => break,
+                (Some(x), None) => x.clone(),
+                (None, Some(y)) => y.clone(),
+                (Some(x), Some(y)) => x.min(y).clone(),
+            };
+            if a.as_deref() == Some(room.as_str()) {
+                a = next_room(&log, &room)?;
+            }
+            if b.as_deref() == Some(room.as_str()) {
+                b = next_room(&snapshots, &room)?;
+            }
+            out.push(room);
+        }
+        Ok(out)
+    }
+
+    /// How many rooms [`RedbFile::rooms`] lists in all.
+    pub fn count_rooms(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        let mut after = String::new();
+        loop {
+            let page = self.rooms(&after, 10_000)?;
+            n += page.len() as u64;
+            match page.last() {
+                Some(last) if page.len() == 10_000 => after = last.clone(),
+                _ => return Ok(n),
+            }
+        }
+    }
+
+    /// Reads `rooms` as stored, in one read transaction. A room with a
+    /// damaged snapshot or log entry is an error of its own
+    /// ([`StoreError::Corrupt`]): a copy is exact or it is not made.
+    pub fn dump(&self, rooms: &[String]) -> Result<Vec<Result<RoomDump, StoreError>>, StoreError> {
+        let txn = self.begin_read()?;
+        let (Some(log), Some(snapshots)) =
+            (open_or_none(&txn, LOG)?, open_or_none(&txn, SNAPSHOT)?)
+        else {
+            return Ok(rooms.iter().map(|r| Ok(RoomDump::empty(r))).collect());
+        };
+        Ok(rooms
+            .iter()
+            .map(|room| {
+                catch_unwind(AssertUnwindSafe(|| dump_room(&log, &snapshots, room))).unwrap_or_else(
+                    |p| {
+                        Err(StoreError::Corrupt {
+                            room: room.clone(),
+                            detail: format!("reading it panicked: {}", panic_message(&*p)),
+                        })
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Whether `dump` can be stored exactly: redb keeps no counter apart
+    /// from its keys, so a room's `last_seq` must be its last entry's.
+    pub fn check(dump: &RoomDump) -> Result<(), StoreError> {
+        let last = dump
+            .updates
+            .last()
+            .map(|e| e.seq)
+            .or(dump.snapshot.as_ref().map(|s| s.0))
+            .unwrap_or(0);
+        if last == dump.last_seq {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt {
+            room: dump.room.clone(),
+            detail: format!(
+                "its last sequence number is {} but its last stored entry is #{last}; \
+                 redb numbers from its entries, so it cannot keep that counter",
+                dump.last_seq
+            ),
+        })
+    }
+
+    /// Replaces each room of `dumps` (snapshot, log, damaged records) with
+    /// the dump, sequence numbers as given, in one durable transaction.
+    /// Only an exact copy is written: see [`RedbFile::check`].
+    pub fn import(&self, dumps: &[RoomDump]) -> Result<(), StoreError> {
+        let FileHandle::Write(db) = &self.db else {
+            return Err(io("the file is open read-only"));
+        };
+        for d in dumps {
+            Self::check(d)?;
+        }
+        let mut txn = db.begin_write().map_err(io)?;
+        txn.set_durability(Durability::Immediate).map_err(io)?;
+        {
+            let mut log = txn.open_table(LOG).map_err(io)?;
+            let mut snapshots = txn.open_table(SNAPSHOT).map_err(io)?;
+            let mut damaged = txn.open_table(DAMAGED).map_err(io)?;
+            for d in dumps {
+                let room = d.room.as_str();
+                for table in [&mut log, &mut snapshots, &mut damaged] {
+                    clear(table, room, u64::MAX)?;
+                }
+                if let Some((upto, doc)) = &d.snapshot {
+                    snapshots
+                        .insert((room, *upto), frame(room, *upto, doc)?.as_slice())
+                        .map_err(io)?;
+                }
+                for e in &d.updates {
+                    log.insert((room, e.seq), frame(room, e.seq, &e.data)?.as_slice())
+                        .map_err(io)?;
+                }
+            }
+        }
+        txn.commit().map_err(io)
+    }
+
+    /// Closes the file cleanly.
+    pub fn close(self) -> Result<(), StoreError> {
+        match self.db {
+            FileHandle::Read(db) => db.close().map_err(io),
+            FileHandle::Write(db) => db.close().map_err(io),
+        }
+    }
+}
+
+/// An error of redb opening `path`, said plainly.
+fn file_error(path: &Path, e: ::redb::DatabaseError) -> StoreError {
+    StoreError::Open {
+        path: path.to_owned(),
+        detail: match e {
+            ::redb::DatabaseError::DatabaseAlreadyOpen => "it is in use by another process \
+                 (a running chorus server?): stop it first, or copy a backup of the file"
+                .into(),
+            other => other.to_string(),
+        },
+    }
+}
+
+type ReadTable = ::redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>;
+
+/// The table, or `None` when the file has never had it.
+fn open_or_none(
+    txn: &::redb::ReadTransaction,
+    table: TableDefinition<(&str, u64), &[u8]>,
+) -> Result<Option<ReadTable>, StoreError> {
+    match txn.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(::redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// The first room of `table` after `after` (skipping the rest of a room's
+/// keys in one seek).
+fn next_room(table: &ReadTable, after: &str) -> Result<Option<String>, StoreError> {
+    use std::ops::Bound;
+    let from: (&str, u64) = (after, u64::MAX);
+    let first = if after.is_empty() {
+        table.first().map_err(io)?
+    } else {
+        table
+            .range::<(&str, u64)>((Bound::Excluded(from), Bound::Unbounded))
+            .map_err(io)?
+            .next()
+            .transpose()
+            .map_err(io)?
+    };
+    Ok(first.map(|(k, _)| k.value().0.to_owned()))
+}
+
+/// One room as stored; see [`RedbFile::dump`].
+fn dump_room(log: &ReadTable, snapshots: &ReadTable, room: &str) -> Result<RoomDump, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        room: room.to_owned(),
+        detail,
+    };
+    let all = (room, 0u64)..=(room, u64::MAX);
+    let mut dump = RoomDump::empty(room);
+    if let Some(entry) = snapshots.range(all.clone()).map_err(io)?.next_back() {
+        let (key, value) = entry.map_err(io)?;
+        let upto = key.value().1;
+        let doc = unframe(room, upto, value.value())
+            .map_err(|e| corrupt(format!("its snapshot (up to #{upto}) is damaged: {e}")))?;
+        dump.snapshot = Some((upto, Bytes::copy_from_slice(doc)));
+        dump.last_seq = upto;
+    }
+    let covered = dump.last_seq;
+    for entry in log.range(all).map_err(io)? {
+        let (key, value) = entry.map_err(io)?;
+        let seq = key.value().1;
+        if seq <= covered {
+            continue;
+        }
+        let data = unframe(room, seq, value.value())
+            .map_err(|e| corrupt(format!("its log entry #{seq} is damaged: {e}")))?;
+        dump.updates.push(LogEntry {
+            seq,
+            data: Bytes::copy_from_slice(data),
+            author: None,
+            created_at: None,
+        });
+        dump.last_seq = seq;
+    }
+    Ok(dump)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1138,6 +1457,69 @@ mod tests {
         }
         store.close().await.unwrap();
         assert!(store.append("r", b("x"), None).await.is_err(), "closed");
+    }
+
+    #[tokio::test]
+    async fn the_raw_file_lists_dumps_and_replaces_rooms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for (room, n) in [("a", 2), ("b", 1), ("c", 3)] {
+            for i in 1..=n {
+                store
+                    .append(room, b(&format!("{room}{i}")), None)
+                    .await
+                    .unwrap();
+            }
+        }
+        store.compact("b", b("sb"), 1).await.unwrap(); // a snapshot alone
+        store.close().await.unwrap();
+        damage(dir.path(), LOG, "c", 2);
+
+        let file = RedbFile::open_source(dir.path()).unwrap();
+        assert_eq!(file.rooms("", 10).unwrap(), ["a", "b", "c"]);
+        assert_eq!(file.rooms("a", 1).unwrap(), ["b"]);
+        assert!(file.rooms("c", 10).unwrap().is_empty());
+        assert_eq!(file.count_rooms().unwrap(), 3);
+        let rooms: Vec<String> = ["a", "b", "c", "zz"].map(String::from).to_vec();
+        let mut dumps = file.dump(&rooms).unwrap().into_iter();
+        let a = dumps.next().unwrap().unwrap();
+        assert_eq!(a.updates.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!((a.snapshot.clone(), a.last_seq), (None, 2));
+        let bd = dumps.next().unwrap().unwrap();
+        assert_eq!((bd.snapshot.clone(), bd.last_seq), (Some((1, b("sb"))), 1));
+        assert!(bd.updates.is_empty());
+        match dumps.next().unwrap() {
+            Err(StoreError::Corrupt { room, detail }) => {
+                assert_eq!(room, "c");
+                assert!(detail.contains("#2"), "{detail}");
+            }
+            other => panic!("a damaged room must not be copied: {other:?}"),
+        }
+        assert_eq!(dumps.next().unwrap().unwrap(), RoomDump::empty("zz"));
+        file.close().unwrap();
+
+        let other = tempfile::tempdir().unwrap();
+        let target = RedbFile::open_target(other.path()).unwrap();
+        target.import(&[a.clone(), bd.clone()]).unwrap();
+        // Importing replaces what the room had.
+        let mut a2 = a.clone();
+        a2.updates.truncate(1);
+        a2.updates[0].seq = 7;
+        a2.last_seq = 7;
+        target.import(&[a2.clone()]).unwrap();
+        let back = target.dump(&rooms[..2]).unwrap();
+        assert_eq!(back[0].as_ref().unwrap(), &a2);
+        assert_eq!(back[1].as_ref().unwrap(), &bd);
+        // A counter past the last entry cannot be kept: refused.
+        let mut past = a.clone();
+        past.last_seq = 9;
+        assert!(RedbFile::check(&past).is_err());
+        assert!(target.import(&[past]).is_err());
+        target.close().unwrap();
+        let store = open(other.path());
+        assert_eq!(store.load("a").await.unwrap().last_seq, 7);
+        assert_eq!(store.append("a", b("next"), None).await.unwrap(), 8);
+        store.close().await.unwrap();
     }
 
     #[tokio::test]

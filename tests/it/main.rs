@@ -4,6 +4,7 @@
 mod abuse;
 mod cluster;
 mod common;
+mod copy;
 mod core;
 mod docs;
 mod http;

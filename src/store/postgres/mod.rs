@@ -43,6 +43,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::IsolationLevel;
 
+use super::copy::{LogEntry, RoomDump};
 use super::{DocStore, LogRead, StoreError, StoreFuture, StoredDoc};
 use crate::config::Config;
 
@@ -118,7 +119,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));
@@ -244,6 +245,172 @@ impl PostgresStore {
                 .await
                 .map_err(io_chain)?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+}
+
+/// Raw access for `chorus store copy` (see [`super::copy`]).
+impl PostgresStore {
+    /// How many rooms [`PostgresStore::rooms`] lists in all.
+    pub fn count_rooms(&self) -> StoreFuture<u64> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(io)?;
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM (SELECT room FROM chorus_rooms WHERE last_seq > 0 \
+                     UNION SELECT room FROM chorus_snapshots) AS t",
+                    &[],
+                )
+                .await
+                .map_err(io)?;
+            Ok(row.get::<_, i64>(0).max(0) as u64)
+        })
+    }
+
+    /// Reads `rooms` as stored (snapshot, the log after it with sequence
+    /// numbers, authors and times, the room's counter), all in one
+    /// repeatable-read transaction. A room with nothing stored comes back
+    /// empty.
+    pub fn dump(&self, rooms: &[String]) -> StoreFuture<Vec<RoomDump>> {
+        let (pool, rooms) = (self.pool.clone(), rooms.to_vec());
+        self.run(async move {
+            let mut client = pool.get().await.map_err(io)?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(io)?;
+            let heads = tx
+                .query(
+                    "SELECT room, last_seq FROM chorus_rooms WHERE room = ANY($1)",
+                    &[&rooms],
+                )
+                .await
+                .map_err(io)?;
+            let snapshots = tx
+                .query(
+                    "SELECT room, upto, doc FROM chorus_snapshots WHERE room = ANY($1)",
+                    &[&rooms],
+                )
+                .await
+                .map_err(io)?;
+            let log = tx
+                .query(
+                    "SELECT u.room, u.seq, u.data, u.author, u.created_at \
+                     FROM chorus_updates u LEFT JOIN chorus_snapshots s ON s.room = u.room \
+                     WHERE u.room = ANY($1) AND u.seq > coalesce(s.upto, 0) \
+                     ORDER BY u.room, u.seq",
+                    &[&rooms],
+                )
+                .await
+                .map_err(io)?;
+            tx.commit().await.map_err(io)?;
+            let mut dumps: BTreeMap<String, RoomDump> = rooms
+                .iter()
+                .map(|r| (r.clone(), RoomDump::empty(r)))
+                .collect();
+            for row in heads {
+                if let Some(d) = dumps.get_mut(row.get::<_, &str>(0)) {
+                    d.last_seq = row.get::<_, i64>(1).max(0) as u64;
+                }
+            }
+            for row in snapshots {
+                if let Some(d) = dumps.get_mut(row.get::<_, &str>(0)) {
+                    let upto = row.get::<_, i64>(1).max(0) as u64;
+                    d.snapshot = Some((upto, Bytes::from(row.get::<_, Vec<u8>>(2))));
+                }
+            }
+            for row in log {
+                if let Some(d) = dumps.get_mut(row.get::<_, &str>(0)) {
+                    d.updates.push(LogEntry {
+                        seq: row.get::<_, i64>(1).max(0) as u64,
+                        data: Bytes::from(row.get::<_, Vec<u8>>(2)),
+                        author: row.get(3),
+                        created_at: Some(row.get(4)),
+                    });
+                }
+            }
+            Ok(rooms
+                .iter()
+                .filter_map(|r| dumps.remove(r.as_str()))
+                .collect())
+        })
+    }
+
+    /// Replaces each room of `dumps` with the dump (sequence numbers,
+    /// authors and times as given; the time of writing where the dump has
+    /// none), in one transaction under the rooms' advisory locks. A room
+    /// that existed gets a new incarnation, as on delete, so that nodes
+    /// holding positions in its old log read it again.
+    pub fn import(&self, dumps: Vec<RoomDump>) -> StoreFuture<()> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut dumps = dumps;
+            dumps.sort_by(|a, b| a.room.cmp(&b.room));
+            let rooms: Vec<&str> = dumps.iter().map(|d| d.room.as_str()).collect();
+            let keys: Vec<i64> = rooms.iter().map(|r| lock_key(r)).collect();
+            let counters: Vec<i64> = dumps.iter().map(|d| d.last_seq as i64).collect();
+            let (mut s_rooms, mut s_upto, mut s_docs) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut u_rooms, mut u_seqs, mut u_data, mut u_authors, mut u_times) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for d in &dumps {
+                if let Some((upto, doc)) = &d.snapshot {
+                    s_rooms.push(d.room.as_str());
+                    s_upto.push(*upto as i64);
+                    s_docs.push(doc.as_ref());
+                }
+                for e in &d.updates {
+                    u_rooms.push(d.room.as_str());
+                    u_seqs.push(e.seq as i64);
+                    u_data.push(e.data.as_ref());
+                    // PostgreSQL text cannot hold NUL.
+                    u_authors.push(e.author.as_ref().map(|a| a.replace('\0', "")));
+                    u_times.push(e.created_at);
+                }
+            }
+            let mut client = pool.get().await.map_err(io)?;
+            let tx = client.transaction().await.map_err(io)?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS t(k)",
+                &[&keys],
+            )
+            .await
+            .map_err(io)?;
+            tx.execute(
+                "INSERT INTO chorus_rooms AS r (room, last_seq) \
+                 SELECT * FROM unnest($1::text[], $2::int8[]) \
+                 ON CONFLICT (room) DO UPDATE \
+                 SET incarnation = r.incarnation + 1, last_seq = EXCLUDED.last_seq, updated_at = now()",
+                &[&rooms, &counters],
+            )
+            .await
+            .map_err(io)?;
+            tx.execute("DELETE FROM chorus_updates WHERE room = ANY($1)", &[&rooms])
+                .await
+                .map_err(io)?;
+            tx.execute("DELETE FROM chorus_snapshots WHERE room = ANY($1)", &[&rooms])
+                .await
+                .map_err(io)?;
+            tx.execute(
+                "INSERT INTO chorus_snapshots (room, upto, doc) \
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])",
+                &[&s_rooms, &s_upto, &s_docs],
+            )
+            .await
+            .map_err(io)?;
+            tx.execute(
+                "INSERT INTO chorus_updates (room, seq, data, author, created_at) \
+                 SELECT room, seq, data, author, coalesce(at, now()) \
+                 FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::text[], $5::timestamptz[]) \
+                 AS t(room, seq, data, author, at)",
+                &[&u_rooms, &u_seqs, &u_data, &u_authors, &u_times],
+            )
+            .await
+            .map_err(io)?;
+            tx.commit().await.map_err(io)
         })
     }
 }
