@@ -33,7 +33,7 @@ fn room(i: usize) -> String {
 /// a log only, a quarter compacted into a snapshot alone, half with a
 /// snapshot and a log tail (one compacted twice). Returns each room's text.
 async fn fill(dir: &Path) -> Vec<String> {
-    let store = RedbStore::open_at(dir, WriterOptions { max_batch: 1024 }).expect("redb opens");
+    let store = RedbStore::open_at(dir, WriterOptions::batch(1024)).expect("redb opens");
     let mut pending: Vec<chorus::store::StoreFuture<()>> = Vec::new();
     let mut texts = Vec::new();
     for i in 0..ROOMS {
@@ -147,7 +147,7 @@ async fn load_all(store: &dyn DocStore) -> Vec<StoredDoc> {
 }
 
 async fn load_redb(dir: &Path) -> Vec<StoredDoc> {
-    let store = RedbStore::open_at(dir, WriterOptions { max_batch: 1 }).expect("redb opens");
+    let store = RedbStore::open_at(dir, WriterOptions::batch(1)).expect("redb opens");
     let docs = load_all(&store).await;
     store.close().await.expect("closed");
     docs
@@ -359,7 +359,7 @@ fn copy_refuses_held_files_and_damaged_rooms_clearly() {
     // A store to copy from, with one room.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let store = RedbStore::open_at(other.path(), WriterOptions { max_batch: 1 }).unwrap();
+        let store = RedbStore::open_at(other.path(), WriterOptions::batch(1)).unwrap();
         store
             .append("r", Bytes::from(TestDoc::independent_insert("x")), None)
             .await
