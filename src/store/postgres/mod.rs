@@ -23,11 +23,12 @@
 //!   transaction, so a compaction never slips between the snapshot and
 //!   the log.
 //! - **Compaction** takes the room's transaction-scoped advisory lock
-//!   (`pg_try_advisory_xact_lock`; a node that does not get it skips this
-//!   compaction), merges the previous snapshot, the log up to `upto` and
-//!   the node's snapshot (which may lack entries of other nodes not yet
-//!   delivered to it), writes the merge and deletes the rows it covers, in
-//!   one transaction.
+//!   (`pg_advisory_xact_lock`: one node at a time, a second waits), merges
+//!   the previous snapshot, the log up to `upto` and the node's snapshot
+//!   (which may lack entries of other nodes not yet delivered to it, and
+//!   may hold updates whose appends failed), writes the merge and deletes
+//!   the rows it covers, in one transaction. It resolves `Ok` only once
+//!   the node's document is in the stored snapshot.
 //! - **Delete** removes the room's log and snapshot and bumps its
 //!   incarnation, in one transaction under the same lock.
 //!
@@ -685,15 +686,12 @@ async fn read(
 async fn compact(pool: &Pool, room: &str, snapshot: Bytes, upto: u64) -> Result<(), StoreError> {
     let mut client = pool.get().await.map_err(io_chain)?;
     let tx = client.transaction().await.map_err(io_chain)?;
-    let locked: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&lock_key(room)])
+    // One node at a time: a second waits for the first, then merges on top
+    // of its snapshot (an `Ok` must mean this node's document is stored:
+    // it may hold updates whose own appends failed).
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(room)])
         .await
-        .map_err(io_chain)?
-        .get(0);
-    if !locked {
-        tracing::debug!(room, "another node is compacting; skipped");
-        return Ok(());
-    }
+        .map_err(io_chain)?;
     let old = tx
         .query_opt(
             "SELECT upto, doc FROM chorus_snapshots WHERE room = $1",
@@ -704,10 +702,8 @@ async fn compact(pool: &Pool, room: &str, snapshot: Bytes, upto: u64) -> Result<
     let (old_upto, old_doc) = old
         .map(|r| (r.get::<_, i64>(0), Some(r.get::<_, Vec<u8>>(1))))
         .unwrap_or((0, None));
-    let upto = upto as i64;
-    if upto <= old_upto {
-        return Ok(());
-    }
+    // Entries up to `old_upto` are in the old snapshot already.
+    let upto = (upto as i64).max(old_upto);
     let rows = tx
         .query(
             "SELECT data FROM chorus_updates WHERE room = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
@@ -722,14 +718,9 @@ async fn compact(pool: &Pool, room: &str, snapshot: Bytes, upto: u64) -> Result<
         snapshot.to_vec()
     } else {
         parts.push(snapshot.to_vec());
-        match yrs::merge_updates_v1(parts.iter().map(Vec::as_slice)) {
-            Ok(m) => m,
-            Err(e) => {
-                // Keep the log as it is: nothing is lost.
-                tracing::warn!(room, "compaction merge failed, log kept: {e}");
-                return Ok(());
-            }
-        }
+        // On failure the log stays as it is: nothing is lost.
+        yrs::merge_updates_v1(parts.iter().map(Vec::as_slice))
+            .map_err(|e| io(format!("compaction merge failed, log kept: {e}")))?
     };
     tx.execute(
         "INSERT INTO chorus_snapshots (room, upto, doc) VALUES ($1, $2, $3) \
