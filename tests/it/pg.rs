@@ -17,6 +17,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     port: u16,
     bin: PathBuf,
+    /// `fsync` setting of the server (off for tests; the benches run both).
+    fsync: bool,
 }
 
 /// The directory of `initdb`/`pg_ctl`, installing PostgreSQL when missing.
@@ -62,8 +64,16 @@ fn is_root() -> bool {
 }
 
 impl Postgres {
-    /// A new, empty server on a free port.
+    /// A new, empty server on a free port, with `fsync=off` (commits do
+    /// not wait for the disk: quick tests, not a durable server).
     pub fn start() -> Postgres {
+        Postgres::start_with_fsync(false)
+    }
+
+    /// A new, empty server on a free port; `fsync` on makes every commit
+    /// wait for its WAL flush (`synchronous_commit` is left at its default,
+    /// `on`), as a production server does.
+    pub fn start_with_fsync(fsync: bool) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("chorus-pg-")
@@ -81,7 +91,12 @@ impl Postgres {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let pg = Postgres { dir, port, bin };
+        let pg = Postgres {
+            dir,
+            port,
+            bin,
+            fsync,
+        };
         let data = pg.data();
         pg.run(
             "initdb",
@@ -134,9 +149,10 @@ impl Postgres {
         let data = self.data();
         let log = self.dir.path().join("server.log");
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=200",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.fsync { "on" } else { "off" }
         );
         self.run(
             "pg_ctl",
