@@ -214,6 +214,11 @@ fn run(s: &Scenario, secs: f64) -> Outcome {
     let addr = server.addr;
     let pg_pid = pg.as_ref().map(common::postmaster_pid);
     let pg_cpu_before = pg_pid.map(common::tree_cpu_secs);
+    let thread = match s.backend {
+        Backend::Postgres { .. } => "chorus-postgres",
+        _ => "chorus-store-wr",
+    };
+    let writer_before = cpu_secs(thread);
     let commits_before = pg.as_ref().map(pg_commits);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -248,11 +253,7 @@ fn run(s: &Scenario, secs: f64) -> Outcome {
         (acked, all_acked, latencies)
     });
     let wall = began.elapsed().as_secs_f64();
-    let thread = match s.backend {
-        Backend::Postgres { .. } => "chorus-postgres",
-        _ => "chorus-store-wr",
-    };
-    let writer_busy = cpu_secs(thread) / wall;
+    let writer_busy = (cpu_secs(thread) - writer_before) / wall;
     let pg_busy = pg_pid
         .zip(pg_cpu_before)
         .map(|(pid, before)| (common::tree_cpu_secs(pid) - before) / wall);
@@ -379,7 +380,7 @@ fn main() {
         }
         rates.push((s.rooms, s.backend, rate));
         println!(
-            "{:<26} {:<12} {:>5} {:>7} {:>6} {:>9.0} {:>8.2} {:>8.2} {:>7} {:>7} {:>10}   ({:.2}x memory)",
+            "{:<26} {:<12} {:>5} {:>7} {:>6} {:>9.0} {:>8.2} {:>8.2} {:>7} {:>7} {:>10}   {}",
             s.name,
             s.backend.durability(),
             s.rooms,
@@ -391,7 +392,11 @@ fn main() {
             share((s.backend != Backend::Memory).then_some(o.writer_busy)),
             share(o.pg_busy),
             o.per_commit.map_or("–".into(), |x| format!("{x:.1}")),
-            memory_rate / rate,
+            if memory_rate > 0.0 {
+                format!("({:.2}x memory)", memory_rate / rate)
+            } else {
+                String::new()
+            },
         );
     }
     let rate_of = |rooms: usize, backend: Backend| {
