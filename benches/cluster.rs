@@ -1,13 +1,18 @@
-//! Cross-node delivery in cluster mode: a real `redis-server` (free port,
+//! Cross-node delivery in cluster mode: a real PostgreSQL (the document
+//! store every node shares: the tests' fixture server, `initdb` on a free
+//! port in a temp directory, run once with `fsync=off` and once with
+//! `fsync=on`), a real `redis-server` (pub/sub only; free port,
 //! `appendonly yes`, `appendfsync everysec`) and real Chorus nodes (child
-//! processes of the release binary), one room, writers on node 0 and
-//! subscribers spread over every node. Latency is measured from the
+//! processes of the release binary, `--redis-url` + `--postgres-url`), one
+//! room, writers on node 0 and subscribers spread over every node. Latency is measured from the
 //! writer's send to each subscriber's receipt, split into subscribers on
 //! the writers' node ("same node") and on the others ("cross node"); CPU is
 //! each process's utime + stime over the measured window (from `/proc`),
-//! divided by the updates written.
+//! divided by the updates written (PostgreSQL: its postmaster and every
+//! backend).
 //!
-//! A single node without Redis runs the same load first, as the baseline.
+//! A single node without Redis (memory store) runs the same load first, as
+//! the baseline.
 //!
 //! `cargo bench --bench cluster` prints a table. Env: `CHORUS_BENCH_SECS`
 //! (measured seconds, default 10), `CHORUS_BENCH_SUBS` (subscribers per
@@ -27,6 +32,9 @@ use yrs::{Doc, Options, ReadTxn, Text, Transact, Update};
 
 mod common;
 use common::{connect, Ws};
+#[allow(dead_code)]
+#[path = "../tests/it/pg.rs"]
+mod pg;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -91,7 +99,9 @@ fn start_redis(dir: &std::path::Path) -> (Proc, u16) {
     (Proc(child), port)
 }
 
-fn start_node(redis: Option<u16>) -> (Proc, SocketAddr) {
+/// A node: cluster mode on Redis `redis` and PostgreSQL `postgres_url`,
+/// or a single node on the memory store.
+fn start_node(cluster: Option<(u16, &str)>) -> (Proc, SocketAddr) {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chorus"));
     cmd.args(["--port", &port.to_string(), "--log-level", "warn"])
@@ -102,8 +112,10 @@ fn start_node(redis: Option<u16>) -> (Proc, SocketAddr) {
             "0",
         ])
         .args(["--max-messages-per-sec", "0", "--max-bytes-per-sec", "0"]);
-    match redis {
-        Some(p) => cmd.args(["--redis-url", &format!("redis://127.0.0.1:{p}")]),
+    match cluster {
+        Some((redis, postgres_url)) => cmd
+            .args(["--redis-url", &format!("redis://127.0.0.1:{redis}")])
+            .args(["--postgres-url", postgres_url]),
         None => cmd.args(["--store", "memory"]),
     };
     let child = cmd
@@ -212,15 +224,20 @@ struct Row {
     cpu: Vec<(String, f64)>,
 }
 
-async fn run(nodes: usize, cluster: bool) -> Row {
+/// `nodes` nodes; `pg_fsync` is `None` for a single node without Redis
+/// (memory store), else cluster mode on Redis and a PostgreSQL with that
+/// `fsync` setting.
+async fn run(nodes: usize, pg_fsync: Option<bool>) -> Row {
     let secs = env_or("CHORUS_BENCH_SECS", 10);
     let subs = env_or("CHORUS_BENCH_SUBS", 100) as usize;
     let writers = env_or("CHORUS_BENCH_WRITERS", 4) as usize;
     let rate = env_or("CHORUS_BENCH_RATE", 25);
     let dir = tempfile::tempdir().expect("temp dir");
-    let redis = cluster.then(|| start_redis(dir.path()));
+    let pg = pg_fsync.map(pg::Postgres::start_with_fsync);
+    let redis = pg.is_some().then(|| start_redis(dir.path()));
+    let pg_url = pg.as_ref().map(pg::Postgres::url);
     let procs: Vec<(Proc, SocketAddr)> = (0..nodes)
-        .map(|_| start_node(redis.as_ref().map(|r| r.1)))
+        .map(|_| start_node(redis.as_ref().map(|r| r.1).zip(pg_url.as_deref())))
         .collect();
     let room = format!("bench-{}", std::process::id());
     let sent: Sent = Arc::new((0..writers).map(|_| Mutex::new(Vec::new())).collect());
@@ -244,6 +261,9 @@ async fn run(nodes: usize, cluster: bool) -> Row {
     if let Some((r, _)) = &redis {
         pids.push(("redis".into(), r.0.id()));
     }
+    // The PostgreSQL server is a process tree; its CPU is counted apart.
+    let pg_pid = pg.as_ref().map(common::postmaster_pid);
+    let pg_before = pg_pid.map(common::tree_cpu_secs);
     let before: Vec<f64> = pids.iter().map(|(_, p)| cpu_secs(*p)).collect();
     let end = Instant::now() + Duration::from_secs(secs);
     let tasks: Vec<_> = receivers
@@ -277,19 +297,30 @@ async fn run(nodes: usize, cluster: bool) -> Row {
         }
     }
     let after: Vec<f64> = pids.iter().map(|(_, p)| cpu_secs(*p)).collect();
+    let pg_after = pg_pid.map(common::tree_cpu_secs);
     let updates: usize = sent.iter().map(|s| s.lock().expect("sent").len()).sum();
     same.sort_unstable();
     cross.sort_unstable();
-    let cpu = pids
+    let per_update = |secs: f64| secs * 1e6 / updates.max(1) as f64;
+    let mut cpu: Vec<(String, f64)> = pids
         .iter()
         .zip(before.iter().zip(&after))
-        .map(|((name, _), (b, a))| (name.clone(), (a - b) * 1e6 / updates.max(1) as f64))
+        .map(|((name, _), (b, a))| (name.clone(), per_update(a - b)))
         .collect();
+    if let (Some(b), Some(a)) = (pg_before, pg_after) {
+        cpu.push(("postgres".into(), per_update(a - b)));
+    }
+    // Nodes first, then the servers they use.
+    drop(procs);
+    drop(redis);
+    drop(pg);
     Row {
-        setup: if cluster {
-            format!("{nodes} nodes + Redis")
-        } else {
-            "1 node, no Redis".into()
+        setup: match pg_fsync {
+            Some(fsync) => format!(
+                "{nodes} nodes + Redis + Postgres fsync={}",
+                if fsync { "on" } else { "off" }
+            ),
+            None => "1 node, no Redis (memory store)".into(),
         },
         same,
         cross,
@@ -304,7 +335,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let rows = [rt.block_on(run(1, false)), rt.block_on(run(3, true))];
+    let load = || {
+        let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    };
+    println!("load average before: {}", load());
+    let rows = [
+        rt.block_on(run(1, None)),
+        rt.block_on(run(3, Some(false))),
+        rt.block_on(run(3, Some(true))),
+    ];
     println!(
         "\n| setup | updates | same-node p50 ms | p99 ms | cross-node p50 ms | p99 ms | µs CPU / update |"
     );
@@ -322,12 +362,17 @@ fn main() {
             cpu.join(", ")
         );
     }
-    let (base, cl) = (&rows[0], &rows[1]);
-    println!(
-        "\ncross-node − same-node (3 nodes): p50 +{:.1} ms, p99 +{:.1} ms; \
-         node 0 CPU per update vs single node: {:.2}×",
-        pct(&cl.cross, 0.5) - pct(&cl.same, 0.5),
-        pct(&cl.cross, 0.99) - pct(&cl.same, 0.99),
-        cl.cpu[0].1 / base.cpu[0].1
-    );
+    let base = &rows[0];
+    println!();
+    for cl in &rows[1..] {
+        println!(
+            "{}: cross-node − same-node p50 +{:.1} ms, p99 +{:.1} ms (target ≤ 10 ms); \
+             node 0 CPU per update vs single node: {:.2}×",
+            cl.setup,
+            pct(&cl.cross, 0.5) - pct(&cl.same, 0.5),
+            pct(&cl.cross, 0.99) - pct(&cl.same, 0.99),
+            cl.cpu[0].1 / base.cpu[0].1
+        );
+    }
+    println!("load average after: {}", load());
 }

@@ -64,19 +64,28 @@ fn is_root() -> bool {
 }
 
 impl Postgres {
-    /// A new, empty server on a free port.
+    /// A new, empty server on a free port, with `fsync=off` (commits do
+    /// not wait for the disk: quick tests, not a durable server).
     pub fn start() -> Postgres {
-        Postgres::start_with(None)
+        Postgres::start_with(None, false)
+    }
+
+    /// A new, empty server on a free port; `fsync` on makes every commit
+    /// wait for its WAL flush (`synchronous_commit` is left at its default,
+    /// `on`), as a production server does.
+    #[allow(dead_code)]
+    pub fn start_with_fsync(fsync: bool) -> Postgres {
+        Postgres::start_with(None, fsync)
     }
 
     /// A new, empty server on a free port that also accepts TLS with the
     /// given PEM certificate and key.
     #[allow(dead_code)]
     pub fn start_tls(cert_pem: &str, key_pem: &str) -> Postgres {
-        Postgres::start_with(Some((cert_pem, key_pem)))
+        Postgres::start_with(Some((cert_pem, key_pem)), false)
     }
 
-    fn start_with(tls: Option<(&str, &str)>) -> Postgres {
+    fn start_with(tls: Option<(&str, &str)>, fsync: bool) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("chorus-pg-")
@@ -94,7 +103,7 @@ impl Postgres {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let mut extra = String::new();
+        let mut extra = format!(" -c fsync={}", if fsync { "on" } else { "off" });
         if let Some((cert, key)) = tls {
             let cert_path = dir.path().join("server.crt");
             let key_path = dir.path().join("server.key");
@@ -113,7 +122,7 @@ impl Postgres {
                     assert!(status.success());
                 }
             }
-            extra = format!(
+            extra += &format!(
                 " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
                 cert_path.display(),
                 key_path.display()
@@ -177,7 +186,7 @@ impl Postgres {
         let data = self.data();
         let log = self.dir.path().join("server.log");
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200{}",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200{}",
             self.port,
             self.dir.path().display(),
             self.extra

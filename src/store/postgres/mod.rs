@@ -566,16 +566,18 @@ async fn write_batch(pool: &Pool, batch: &[Append]) -> Result<Vec<u64>, WriteErr
     let ns: Vec<i64> = counts.values().copied().collect();
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let rows = tx
-        .query(
+    // Statements prepared once per connection (deadpool caches them): one
+    // round trip per statement instead of two (parse, then execute).
+    let advance = tx
+        .prepare_cached(
             "INSERT INTO chorus_rooms AS r (room, last_seq) \
              SELECT room, n FROM unnest($1::text[], $2::int8[]) AS t(room, n) ORDER BY room \
              ON CONFLICT (room) DO UPDATE \
              SET last_seq = r.last_seq + EXCLUDED.last_seq, updated_at = now() \
              RETURNING room, last_seq",
-            &[&rooms, &ns],
         )
         .await?;
+    let rows = tx.query(&advance, &[&rooms, &ns]).await?;
     // The first seq of each room's appends in this batch.
     let mut next: BTreeMap<String, i64> = BTreeMap::new();
     for row in rows {
@@ -596,12 +598,13 @@ async fn write_batch(pool: &Pool, batch: &[Append]) -> Result<Vec<u64>, WriteErr
         seqs.push(*seq as u64);
         *seq += 1;
     }
-    tx.execute(
-        "INSERT INTO chorus_updates (room, seq, data, author) \
-         SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::text[])",
-        &[&rs, &ss, &ds, &aus],
-    )
-    .await?;
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO chorus_updates (room, seq, data, author) \
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::text[])",
+        )
+        .await?;
+    tx.execute(&insert, &[&rs, &ss, &ds, &aus]).await?;
     tx.commit().await?;
     Ok(seqs)
 }
