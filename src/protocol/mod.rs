@@ -6,6 +6,7 @@
 //! `proto/vectors/` are checked against this code by `tests/it/vectors.rs`.
 
 pub mod lib0;
+pub mod hocuspocus;
 pub mod native;
 pub mod yjs;
 pub mod yupdate;

@@ -352,9 +352,10 @@ impl Handler<Resync> for Room {
                     };
                     self.members.send_to(link, &update, Class::Control);
                 }
-                Protocol::Yjs => {
-                    let frame = Frame::binary(&yjs::sync_step2(diff.to_vec()));
-                    self.members.send_frame(link, &frame, Class::Control);
+                Protocol::Yjs | Protocol::Hocuspocus => {
+                    if let Some(frame) = self.members.y_step2(link.protocol, diff) {
+                        self.members.send_frame(link, &frame, Class::Control);
+                    }
                 }
             }
         }
@@ -372,10 +373,9 @@ impl Handler<Resync> for Room {
                         self.members.send_to(link, &msg, Class::Control);
                     }
                 }
-                Protocol::Yjs => {
+                Protocol::Yjs | Protocol::Hocuspocus => {
                     if let Some(frame) = self.awareness.snapshot_frame() {
-                        self.members
-                            .send_frame(link, &Frame::binary(&frame), Class::Control);
+                        self.members.send_y(link, &frame, Class::Control);
                     }
                 }
             }

@@ -100,12 +100,20 @@ impl Room {
             }
         }
         if let Some(frame) = self.awareness.table.take_frame() {
-            let frame = Frame::binary(&frame);
             let base = &self.fanout;
-            self.members.fan_out_with(
+            let members = &mut self.members;
+            let framed: [Option<Frame>; 2] = [
+                members.y_frame(Protocol::Yjs, &frame),
+                members.y_frame(Protocol::Hocuspocus, &frame),
+            ];
+            members.fan_out_with(
                 Class::Presence,
                 None,
-                |p| (p == Protocol::Yjs).then(|| frame.clone()),
+                |p| match p {
+                    Protocol::Native => None,
+                    Protocol::Yjs => framed[0].clone(),
+                    Protocol::Hocuspocus => framed[1].clone(),
+                },
                 || base.base(),
             );
         }
@@ -160,7 +168,7 @@ impl Room {
         for owner in &owners {
             self.sync_yjs_presence(owner);
         }
-        let has_yjs = self.members.any(Protocol::Yjs);
+        let has_yjs = self.members.any(Protocol::Yjs) || self.members.any(Protocol::Hocuspocus);
         if has_yjs
             && self.awareness.table.has_native()
             && now.duration_since(self.awareness.renewed) >= ttl / 2
@@ -193,11 +201,10 @@ impl Room {
             let every = (self.config.limits.presence_ttl() / 10).max(Duration::from_millis(10));
             ctx.run_interval(every, |room, ctx| room.sweep_awareness(ctx));
         }
-        let step1 = Frame::binary(&yjs::sync_step1(&self.document.state_vector()));
-        self.members.send_frame(&link, &step1, Class::Control);
+        let step1 = yjs::sync_step1(&self.document.state_vector());
+        self.members.send_y(&link, &step1, Class::Control);
         if let Some(frame) = self.awareness.table.snapshot_frame() {
-            self.members
-                .send_frame(&link, &Frame::binary(&frame), Class::Control);
+            self.members.send_y(&link, &frame, Class::Control);
         }
         self.member_added(link, ctx);
     }
@@ -264,9 +271,10 @@ impl Handler<SyncStep1> for Room {
         // The diff brings a lagging member up to date as well.
         self.members.forget_dropped_deltas(&msg.member);
         let diff = self.document.diff_from(&msg.sv);
-        let frame = Frame::binary_parts(&yjs::sync_step2_head(diff.len()), diff, &[]);
         if let Some(link) = self.members.link(&msg.member) {
-            self.members.send_frame(link, &frame, Class::Control);
+            if let Some(frame) = self.members.y_step2(link.protocol, diff) {
+                self.members.send_frame(link, &frame, Class::Control);
+            }
         }
     }
 }
@@ -303,7 +311,6 @@ impl Handler<QueryAwareness> for Room {
             .awareness
             .snapshot_frame()
             .unwrap_or_else(|| yjs::awareness([]));
-        self.members
-            .send_frame(link, &Frame::binary(&frame), Class::Control);
+        self.members.send_y(link, &frame, Class::Control);
     }
 }
