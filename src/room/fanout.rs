@@ -18,9 +18,9 @@ use super::messages::{Broadcast, Protocol, Resync};
 use super::Room;
 use crate::config::Limits;
 use crate::ids::MemberId;
-use crate::outbox::{Class, Frame};
+use crate::outbox::Class;
 use crate::protocol::native::{Bin, ServerMessage};
-use crate::protocol::{yjs, ErrorCode};
+use crate::protocol::ErrorCode;
 
 /// Longest update window, in ticks ([`Fanout::update_window`]): updates of
 /// even the biggest room reach its members within four ticks.
