@@ -25,7 +25,7 @@
 //! - **open**: "authenticated" is sent, the room is joined (it sends its
 //!   step 1 and the awareness states), the queued frames are replayed.
 //!   Step 1 → step 2 (the room); step 2 / update → applied, and SyncStatus 1
-//!   once stored (the room's ack), at once for an empty one; without the
+//!   once stored (the room's ack; an empty one too, in turn); without the
 //!   write right SyncStatus 0 and nothing applied. Stateless and
 //!   BroadcastStateless → a native event `stateless` (data: the payload
 //!   string); BroadcastStateless is also echoed to the sender. Close (the
@@ -318,8 +318,12 @@ impl HocuspocusSession {
                 let is_write = matches!(y, YjsMessage::SyncStep2(_) | YjsMessage::Update(_));
                 match sync.take(y) {
                     Ok(Some(action)) => Work::Sync(action),
-                    // An empty step 2 or update: nothing to apply, applied.
-                    Ok(None) if is_write => return self.send(&hocuspocus::sync_status(name, true)),
+                    // An empty step 2 or update: the room acks it in turn,
+                    // after the step 2 it owes the client (the provider
+                    // counts itself synced at the SyncStatus).
+                    Ok(None) if is_write => {
+                        Work::Sync(Action::Update(Bytes::from_static(yjs::EMPTY_UPDATE)))
+                    }
                     Ok(None) => return,
                     Err(Refusal::ReadOnly) => {
                         return self.send(&hocuspocus::sync_status(name, false));
