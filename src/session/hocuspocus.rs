@@ -266,8 +266,15 @@ impl HocuspocusSession {
         if let Some(exp) = grants.exp {
             expire_at(ctx, exp);
         }
-        self.core
-            .join_as(ctx, room, Protocol::Hocuspocus, grants.user, None, None, None);
+        self.core.join_as(
+            ctx,
+            room,
+            Protocol::Hocuspocus,
+            grants.user,
+            None,
+            None,
+            None,
+        );
         for frame in queued {
             if let Ok(Inbound::Doc { msg, .. }) = hocuspocus::decode(&frame) {
                 self.doc_message(name, msg, ctx);
@@ -280,9 +287,9 @@ impl HocuspocusSession {
     fn grants_for(&self, token: Option<&str>) -> Result<Grants, String> {
         let shared = &self.core.shared;
         match (token.filter(|t| !t.is_empty()), &shared.auth) {
-            (Some(token), Some(verifier)) => {
-                verifier.verify(token, now_secs()).map_err(|e| e.to_string())
-            }
+            (Some(token), Some(verifier)) => verifier
+                .verify(token, now_secs())
+                .map_err(|e| e.to_string()),
             // An open server ignores tokens, as `/yjs` does.
             _ => self
                 .core
@@ -485,7 +492,13 @@ impl Actor for HocuspocusSession {
         if let Some((code, reason)) = self.refusal.take() {
             return self.core.close(ctx, code, &reason);
         }
-        let every = self.core.shared.config.limits.heartbeat().min(KEEPALIVE / 2);
+        let every = self
+            .core
+            .shared
+            .config
+            .limits
+            .heartbeat()
+            .min(KEEPALIVE / 2);
         ctx.run_interval(every, |act, _| act.keepalive());
     }
 

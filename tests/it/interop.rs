@@ -256,7 +256,10 @@ async fn hocuspocus_y_websocket_and_native_clients_converge_and_see_each_other()
             assert!(text.contains(tag), "{tag} missing from {text}");
         }
     }
-    assert_eq!(seen["nat"]["user"], json!({"name": "nat", "color": "#123456"}));
+    assert_eq!(
+        seen["nat"]["user"],
+        json!({"name": "nat", "color": "#123456"})
+    );
     let mut stdin = peer.stdin.take().expect("stdin");
     stdin.write_all(b"bye\n").await.expect("write");
     let status = tokio::time::timeout(Duration::from_secs(10), peer.wait())

@@ -6,6 +6,7 @@ mod cluster;
 mod common;
 mod core;
 mod docs;
+mod hocuspocus;
 mod http;
 mod interop;
 mod rest_abuse;
