@@ -121,6 +121,8 @@ async fn frames_before_auth_are_bounded_and_replayed_after_it() {
         ))
         .await;
     }
-    assert_eq!(c.closed().await, Some(close::YJS_TOO_LARGE));
+    // Bounded: pings every heartbeat would keep `closed` reading forever.
+    let code = tokio::time::timeout(Duration::from_secs(10), c.closed()).await;
+    assert_eq!(code, Ok(Some(close::YJS_TOO_LARGE)), "closed 4413 in time");
     assert!(c.maybe(Duration::from_millis(50)).await.is_none());
 }
