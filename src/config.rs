@@ -467,7 +467,8 @@ pub struct Limits {
     /// Messages one session may have queued on its rooms, not yet handled
     /// (the rest of a frame waits in the session); past it (or past
     /// `max_frame_bytes` of them) the session stops reading its socket
-    /// until its rooms catch up.
+    /// until its rooms catch up. On `/hocuspocus` also: frames one socket may
+    /// send for documents whose Auth has not come yet (past it: close 4413).
     #[arg(long, env = "CHORUS_MAX_QUEUED_MESSAGES", default_value_t = 64)]
     pub max_queued_messages: usize,
     /// Rooms one connection may have joined at once.

@@ -1,7 +1,8 @@
 //! Chorus: a real-time collaboration engine. Every room is an actor holding
 //! one Yjs document (`yrs`) and a presence map; every WebSocket connection is
-//! a session actor speaking the native MessagePack protocol (`/ws`) or
-//! y-protocols (`/yjs/{room}`, for stock `y-websocket` editors).
+//! a session actor speaking the native MessagePack protocol (`/ws`),
+//! y-protocols (`/yjs/{room}`, for stock `y-websocket` editors) or the
+//! Hocuspocus protocol (`/hocuspocus`, many documents per socket).
 //!
 //! # Layout
 //!
@@ -24,6 +25,7 @@
 //! - [`protocol`]: wire types and codecs, pure and free of I/O. `native` is
 //!   the MessagePack protocol v1 specified in `proto/PROTOCOL.md`; `yjs` is
 //!   y-protocols (sync, awareness, auth) with bounds-checked decoding;
+//!   `hocuspocus` is the Hocuspocus frame (document name, type, body);
 //!   `yupdate` walks a Yjs v1 update or state vector without allocating and
 //!   refuses counts the bytes cannot hold, before yrs decodes it; `lib0` is
 //!   the var-uint codec they share.
@@ -57,7 +59,9 @@
 //!   fresh one loaded from the store). `room::api` is what the HTTP API
 //!   asks of a room.
 //! - [`session`]: one actor per WebSocket (`NativeSession` on `/ws`,
-//!   `yjs::YjsSession` on `/yjs/{room}`, a thin adapter over [`sync`]), each
+//!   `yjs::YjsSession` on `/yjs/{room}`, a thin adapter over [`sync`],
+//!   `hocuspocus::HocuspocusSession` on `/hocuspocus`, one [`sync`] per
+//!   document), each
 //!   embedding a `session::core::SessionCore` (registration, heartbeat and
 //!   resync, stream intake, per-session rate, close, rooms joined, token
 //!   expiry; `session::flow` pauses reading a socket over the rate or while

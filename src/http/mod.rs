@@ -33,6 +33,7 @@ use crate::outbox::{Outbox, OutboxBody};
 use crate::protocol::close;
 use crate::room::{Registry, RoomServices};
 use crate::session::flow::{Gate, GatedPayload};
+use crate::session::hocuspocus::HocuspocusSession;
 use crate::session::yjs::YjsSession;
 use crate::session::{Admission, NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
@@ -374,6 +375,7 @@ impl Drop for BackgroundServer {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(native_ws))
         .route("/yjs/{room:[^/]*}", web::get().to(yjs_ws))
+        .route("/hocuspocus", web::get().to(hocuspocus_ws))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
@@ -615,6 +617,32 @@ async fn yjs_ws(
         shared.get_ref().clone(),
         conn.outbox.clone(),
         room,
+        admission,
+        conn.gate.clone(),
+    );
+    Ok(conn.serve(&mut response, session, payload, limits))
+}
+
+/// `GET /hocuspocus`: upgrade to a Hocuspocus session (many documents on
+/// one socket, each authorized by its own Auth frame; a `?token=` or
+/// `Authorization` token is the default for documents sent without one).
+/// Refusals of the connection itself are close codes after the upgrade.
+async fn hocuspocus_ws(
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+) -> actix_web::Result<HttpResponse> {
+    let limits = &shared.config.limits;
+    let mut response = ws::handshake(&req)?;
+    let admission = match admit(&req, &shared, Route::Yjs) {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
+    let conn = Connection::new(limits);
+    let admission = admission.with_socket(connection_socket(&req));
+    let session = HocuspocusSession::new(
+        shared.get_ref().clone(),
+        conn.outbox.clone(),
         admission,
         conn.gate.clone(),
     );

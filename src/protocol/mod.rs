@@ -5,6 +5,7 @@
 //! codes, room ids). `proto/PROTOCOL.md` is the specification; the vectors in
 //! `proto/vectors/` are checked against this code by `tests/it/vectors.rs`.
 
+pub mod hocuspocus;
 pub mod lib0;
 pub mod native;
 pub mod yjs;

@@ -18,9 +18,9 @@ use super::messages::{Broadcast, Protocol, Resync};
 use super::Room;
 use crate::config::Limits;
 use crate::ids::MemberId;
-use crate::outbox::{Class, Frame};
+use crate::outbox::Class;
 use crate::protocol::native::{Bin, ServerMessage};
-use crate::protocol::{yjs, ErrorCode};
+use crate::protocol::ErrorCode;
 
 /// Longest update window, in ticks ([`Fanout::update_window`]): updates of
 /// even the biggest room reach its members within four ticks.
@@ -352,9 +352,10 @@ impl Handler<Resync> for Room {
                     };
                     self.members.send_to(link, &update, Class::Control);
                 }
-                Protocol::Yjs => {
-                    let frame = Frame::binary(&yjs::sync_step2(diff.to_vec()));
-                    self.members.send_frame(link, &frame, Class::Control);
+                Protocol::Yjs | Protocol::Hocuspocus => {
+                    if let Some(frame) = self.members.y_step2(link.protocol, diff) {
+                        self.members.send_frame(link, &frame, Class::Control);
+                    }
                 }
             }
         }
@@ -372,10 +373,9 @@ impl Handler<Resync> for Room {
                         self.members.send_to(link, &msg, Class::Control);
                     }
                 }
-                Protocol::Yjs => {
+                Protocol::Yjs | Protocol::Hocuspocus => {
                     if let Some(frame) = self.awareness.snapshot_frame() {
-                        self.members
-                            .send_frame(link, &Frame::binary(&frame), Class::Control);
+                        self.members.send_y(link, &frame, Class::Control);
                     }
                 }
             }

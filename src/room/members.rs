@@ -12,7 +12,7 @@ use crate::ids::{MemberId, RoomId};
 use crate::metrics::Metrics;
 use crate::outbox::{close_reason, Class, Frame, Offer, Outbound};
 use crate::protocol::native::{encode_server, ServerMessage};
-use crate::protocol::{yjs, ErrorCode};
+use crate::protocol::{hocuspocus, yjs, ErrorCode};
 
 /// A member as the room tracks it.
 struct Member {
@@ -37,6 +37,8 @@ pub(super) struct Owed {
 /// Every member of one room.
 pub(super) struct Members {
     room: RoomId,
+    /// `varString(room)`: what every Hocuspocus frame of this room starts with.
+    hocus_prefix: Vec<u8>,
     map: HashMap<MemberId, Member>,
     metrics: Arc<Metrics>,
 }
@@ -45,6 +47,7 @@ impl Members {
     /// No members yet.
     pub(super) fn new(room: RoomId, metrics: Arc<Metrics>) -> Self {
         Members {
+            hocus_prefix: hocuspocus::name_prefix(&room),
             room,
             map: HashMap::new(),
             metrics,
@@ -129,6 +132,44 @@ impl Members {
     ) -> Option<Offer> {
         let frame = encode(link.protocol, msg)?;
         Some(self.send_frame(link, &frame, class))
+    }
+
+    /// A y-protocols message (sync, awareness) framed for `protocol`:
+    /// as is on `/yjs`, after the room name on `/hocuspocus`; `None` for
+    /// the native protocol.
+    pub(super) fn y_frame(&self, protocol: Protocol, msg: &[u8]) -> Option<Frame> {
+        match protocol {
+            Protocol::Native => None,
+            Protocol::Yjs => Some(Frame::binary(msg)),
+            Protocol::Hocuspocus => Some(Frame::binary_parts(
+                &self.hocus_prefix,
+                bytes::Bytes::copy_from_slice(msg),
+                &[],
+            )),
+        }
+    }
+
+    /// A y-protocols sync step 2 of `diff` framed for `protocol`, the
+    /// shared diff not copied (`None` for the native protocol).
+    pub(super) fn y_step2(&self, protocol: Protocol, diff: bytes::Bytes) -> Option<Frame> {
+        let step2 = yjs::sync_step2_head(diff.len());
+        match protocol {
+            Protocol::Native => None,
+            Protocol::Yjs => Some(Frame::binary_parts(&step2, diff, &[])),
+            Protocol::Hocuspocus => {
+                let mut head = self.hocus_prefix.clone();
+                head.extend_from_slice(&step2);
+                Some(Frame::binary_parts(&head, diff, &[]))
+            }
+        }
+    }
+
+    /// Sends a y-protocols message to one `/yjs` or `/hocuspocus` member
+    /// (nothing to a native one).
+    pub(super) fn send_y(&self, link: &MemberLink, msg: &[u8], class: Class) {
+        if let Some(frame) = self.y_frame(link.protocol, msg) {
+            self.send_frame(link, &frame, class);
+        }
     }
 
     /// Offers an encoded frame to one member.
@@ -218,14 +259,17 @@ impl Members {
     ) {
         let message = message.into();
         self.metrics.error(code.as_str());
-        if link.protocol == Protocol::Yjs {
+        if link.protocol.speaks_yjs() {
             let Some(close) = yjs::close_for(code) else {
                 tracing::debug!(room = %self.room, member = %link.id, "dropped for /yjs: {message}");
                 return;
             };
             if code == ErrorCode::Forbidden {
-                let frame = Frame::binary(&yjs::auth_denied(&message));
-                self.send_frame(link, &frame, Class::Control);
+                let denied = match link.protocol {
+                    Protocol::Hocuspocus => hocuspocus::permission_denied(&self.room, &message),
+                    _ => yjs::auth_denied(&message),
+                };
+                self.send_frame(link, &Frame::binary(&denied), Class::Control);
             }
             link.recipient.do_send(Outbound::Close {
                 code: close,
@@ -274,7 +318,9 @@ impl Members {
 /// Encodes `msg` for `protocol`; `None` when the protocol has no such
 /// message. On `/yjs` only document updates have an equivalent (a sync
 /// update); presence, cursors and typing travel as awareness instead, and
-/// acks, events and the rest have none.
+/// acks, events and the rest have none. `/hocuspocus` has updates, acks
+/// (SyncStatus 1: the update is stored) and events (Stateless, see
+/// [`hocuspocus::event_payload`]).
 pub(super) fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Frame> {
     match protocol {
         Protocol::Native => Some(Frame::binary(&encode_server(msg))),
@@ -284,5 +330,21 @@ pub(super) fn encode(protocol: Protocol, msg: &ServerMessage) -> Option<Frame> {
             }
             _ => None,
         },
+        Protocol::Hocuspocus => {
+            let frame = match msg {
+                ServerMessage::Update { room, data, .. } => {
+                    hocuspocus::prefixed(room, &yjs::sync_update(data.0.clone()))
+                }
+                ServerMessage::Ack { room, .. } => hocuspocus::sync_status(room, true),
+                ServerMessage::Event {
+                    room,
+                    from,
+                    name,
+                    data,
+                } => hocuspocus::stateless(room, &hocuspocus::event_payload(from, name, data)),
+                _ => return None,
+            };
+            Some(Frame::binary(&frame))
+        }
     }
 }

@@ -21,18 +21,29 @@ pub enum Protocol {
     Native,
     /// y-protocols, as stock `y-websocket` clients speak it on `/yjs/{room}`.
     Yjs,
+    /// Hocuspocus (`/hocuspocus`): y-protocols messages prefixed with the
+    /// document (room) name, plus SyncStatus acks and Stateless events.
+    Hocuspocus,
 }
 
 impl Protocol {
     /// Number of protocols (size of per-protocol caches).
-    pub(super) const COUNT: usize = 2;
+    pub(super) const COUNT: usize = 3;
 
     /// Index of the protocol in per-protocol caches.
     pub(super) fn index(self) -> usize {
         match self {
             Protocol::Native => 0,
             Protocol::Yjs => 1,
+            Protocol::Hocuspocus => 2,
         }
+    }
+
+    /// True for the protocols that carry y-protocols sync and awareness
+    /// (`/yjs` and `/hocuspocus`): the room syncs them with sync steps and
+    /// shows them presence as awareness.
+    pub fn speaks_yjs(self) -> bool {
+        matches!(self, Protocol::Yjs | Protocol::Hocuspocus)
     }
 }
 

@@ -373,7 +373,7 @@ impl Handler<Join> for Room {
                 msg.rid,
             );
         }
-        if link.protocol == Protocol::Yjs {
+        if link.protocol.speaks_yjs() {
             return self.join_yjs(link, ctx);
         }
         let sv = match msg.sv.as_deref().map(decode_state_vector) {

@@ -83,7 +83,8 @@ impl Room {
     /// `yjs::derived_client_id(member id)`; its state is its presence map,
     /// plus `cursor: {anchor, head}` (each a Yjs `RelativePosition` as JSON,
     /// converted from the binary native cursor) when it has a cursor, plus
-    /// `typing: true` while typing. Awareness → native: see
+    /// `typing: true` while typing, plus `user: {name, color}` from its
+    /// `name` / `color` when it has no `user` of its own. Awareness → native: see
     /// [`Room::sync_yjs_presence`].
     pub(super) fn flush_awareness(&mut self) {
         let now = Instant::now();
@@ -100,12 +101,20 @@ impl Room {
             }
         }
         if let Some(frame) = self.awareness.table.take_frame() {
-            let frame = Frame::binary(&frame);
             let base = &self.fanout;
-            self.members.fan_out_with(
+            let members = &mut self.members;
+            let framed: [Option<Frame>; 2] = [
+                members.y_frame(Protocol::Yjs, &frame),
+                members.y_frame(Protocol::Hocuspocus, &frame),
+            ];
+            members.fan_out_with(
                 Class::Presence,
                 None,
-                |p| (p == Protocol::Yjs).then(|| frame.clone()),
+                |p| match p {
+                    Protocol::Native => None,
+                    Protocol::Yjs => framed[0].clone(),
+                    Protocol::Hocuspocus => framed[1].clone(),
+                },
                 || base.base(),
             );
         }
@@ -115,7 +124,8 @@ impl Room {
     /// connection is a presence member while it has a live awareness state
     /// (its most recently renewed one if it uses several client ids); the
     /// member's presence map is that state without `cursor` (a non-object
-    /// state appears as `{"state": …}`), and a `cursor: {anchor, head}` of
+    /// state appears as `{"state": …}`), with `name` / `color` copied from
+    /// `user.name` / `user.color` when it has none at the top level, and a `cursor: {anchor, head}` of
     /// Yjs `RelativePosition` JSON becomes its native cursor (binary). A
     /// `null` or expired state, or a closed connection, removes the member.
     pub(super) fn sync_yjs_presence(&mut self, owner: &MemberId) {
@@ -160,7 +170,7 @@ impl Room {
         for owner in &owners {
             self.sync_yjs_presence(owner);
         }
-        let has_yjs = self.members.any(Protocol::Yjs);
+        let has_yjs = self.members.any(Protocol::Yjs) || self.members.any(Protocol::Hocuspocus);
         if has_yjs
             && self.awareness.table.has_native()
             && now.duration_since(self.awareness.renewed) >= ttl / 2
@@ -193,11 +203,10 @@ impl Room {
             let every = (self.config.limits.presence_ttl() / 10).max(Duration::from_millis(10));
             ctx.run_interval(every, |room, ctx| room.sweep_awareness(ctx));
         }
-        let step1 = Frame::binary(&yjs::sync_step1(&self.document.state_vector()));
-        self.members.send_frame(&link, &step1, Class::Control);
+        let step1 = yjs::sync_step1(&self.document.state_vector());
+        self.members.send_y(&link, &step1, Class::Control);
         if let Some(frame) = self.awareness.table.snapshot_frame() {
-            self.members
-                .send_frame(&link, &Frame::binary(&frame), Class::Control);
+            self.members.send_y(&link, &frame, Class::Control);
         }
         self.member_added(link, ctx);
     }
@@ -226,6 +235,16 @@ pub(super) fn native_awareness_json(shown: Shown<'_>) -> String {
     if shown.typing {
         obj.insert("typing".into(), Value::Bool(true));
     }
+    // One presence model: editor bindings read `user: {name, color}`.
+    if !obj.contains_key("user") {
+        let user: Map<String, Value> = ["name", "color"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_owned(), obj.get(k)?.clone())))
+            .collect();
+        if !user.is_empty() {
+            obj.insert("user".into(), Value::Object(user));
+        }
+    }
     // unwrap_or: a map of JSON values always serializes.
     serde_json::to_string(&Value::Object(obj)).unwrap_or_else(|_| "{}".into())
 }
@@ -241,6 +260,16 @@ pub(super) fn split_yjs_state(state: Value) -> (Value, Option<NativeCursor>) {
             return (Value::Object(m), None);
         }
     };
+    // One presence model: `user.name` / `user.color` (editor bindings)
+    // are the native member's `name` / `color`, unless it set its own.
+    if let Some(Value::Object(user)) = map.get("user") {
+        let copied: Vec<(String, Value)> = ["name", "color"]
+            .into_iter()
+            .filter(|k| !map.contains_key(*k))
+            .filter_map(|k| Some((k.to_owned(), user.get(k)?.clone())))
+            .collect();
+        map.extend(copied);
+    }
     let cursor = match map.remove("cursor") {
         Some(Value::Object(c)) => {
             let anchor = c.get("anchor").and_then(yjs::position_from_json);
@@ -264,9 +293,10 @@ impl Handler<SyncStep1> for Room {
         // The diff brings a lagging member up to date as well.
         self.members.forget_dropped_deltas(&msg.member);
         let diff = self.document.diff_from(&msg.sv);
-        let frame = Frame::binary_parts(&yjs::sync_step2_head(diff.len()), diff, &[]);
         if let Some(link) = self.members.link(&msg.member) {
-            self.members.send_frame(link, &frame, Class::Control);
+            if let Some(frame) = self.members.y_step2(link.protocol, diff) {
+                self.members.send_frame(link, &frame, Class::Control);
+            }
         }
     }
 }
@@ -303,7 +333,53 @@ impl Handler<QueryAwareness> for Room {
             .awareness
             .snapshot_frame()
             .unwrap_or_else(|| yjs::awareness([]));
-        self.members
-            .send_frame(link, &Frame::binary(&frame), Class::Control);
+        self.members.send_y(link, &frame, Class::Control);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn shown(state: &Value) -> Shown<'_> {
+        Shown {
+            state,
+            anchor: None,
+            head: None,
+            has_cursor: false,
+            typing: false,
+        }
+    }
+
+    #[test]
+    fn native_name_and_color_appear_as_awareness_user() {
+        let state = json!({"name": "Ada", "color": "#ff0000", "role": "x"});
+        let json: Value = serde_json::from_str(&native_awareness_json(shown(&state))).unwrap();
+        assert_eq!(json["user"], json!({"name": "Ada", "color": "#ff0000"}));
+        assert_eq!(json["name"], "Ada");
+        // A member that set its own `user` keeps it.
+        let own = json!({"name": "Ada", "user": {"name": "A."}});
+        let json: Value = serde_json::from_str(&native_awareness_json(shown(&own))).unwrap();
+        assert_eq!(json["user"], json!({"name": "A."}));
+        // Nothing to map: no `user`.
+        let none = json!({"role": "x"});
+        let json: Value = serde_json::from_str(&native_awareness_json(shown(&none))).unwrap();
+        assert!(json.get("user").is_none());
+    }
+
+    #[test]
+    fn awareness_user_becomes_native_name_and_color() {
+        let (map, cursor) =
+            split_yjs_state(json!({"user": {"name": "Bo", "color": "#00ff00"}, "x": 1}));
+        assert_eq!(map["name"], "Bo");
+        assert_eq!(map["color"], "#00ff00");
+        assert_eq!(map["user"]["name"], "Bo");
+        assert!(cursor.is_none());
+        // Top-level ones win.
+        let (map, _) = split_yjs_state(json!({"name": "top", "user": {"name": "Bo"}}));
+        assert_eq!(map["name"], "top");
+        assert!(map.get("color").is_none());
     }
 }

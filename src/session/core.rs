@@ -404,10 +404,26 @@ impl SessionCore {
         presence: Option<serde_json::Value>,
         rid: Option<u64>,
     ) {
+        let user = self.grants.as_ref().and_then(|g| g.user.clone());
+        self.join_as(ctx, room, protocol, user, sv, presence, rid);
+    }
+
+    /// [`SessionCore::join`] as `user` (a protocol with a token per room).
+    #[allow(clippy::too_many_arguments)]
+    pub fn join_as<A: Session>(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<A>,
+        room: RoomId,
+        protocol: Protocol,
+        user: Option<Arc<str>>,
+        sv: Option<Vec<u8>>,
+        presence: Option<serde_json::Value>,
+        rid: Option<u64>,
+    ) {
         let join = Join {
             member: MemberLink {
                 id: self.id.clone(),
-                user: self.grants.as_ref().and_then(|g| g.user.clone()),
+                user,
                 protocol,
                 recipient: ctx.address().recipient(),
                 outbox: self.outbox.clone(),
@@ -434,6 +450,13 @@ impl SessionCore {
             }
             Err(full) => act.join_refused(ctx, &room, rid, full.to_string()),
         }));
+    }
+
+    /// Names the protocol in the log line at close (`native` and `yjs` are
+    /// told apart by their `too_big` code).
+    pub fn named(mut self, protocol: &'static str) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Schedules the close of the session when its token expires (`exp`,

@@ -15,13 +15,17 @@
 //!   connection's socket, since its session cannot run;
 //! - [`native`]: [`NativeSession`], the MessagePack protocol on `/ws`;
 //! - [`yjs`]: [`yjs::YjsSession`], y-protocols on `/yjs/{room}`, a thin
-//!   adapter over the sans-I/O sync logic in [`crate::sync`].
+//!   adapter over the sans-I/O sync logic in [`crate::sync`];
+//! - [`hocuspocus`]: [`hocuspocus::HocuspocusSession`], the Hocuspocus
+//!   protocol on `/hocuspocus`: many documents per socket, each a room,
+//!   each with its own [`crate::sync::DocSync`].
 //!
-//! Both talk to the same room actors. This file keeps what the HTTP layer
+//! All talk to the same room actors. This file keeps what the HTTP layer
 //! hands a session: [`Shared`], [`Sessions`] and [`Admission`].
 
 pub mod core;
 pub mod flow;
+pub mod hocuspocus;
 pub mod intake;
 pub mod native;
 pub mod watchdog;

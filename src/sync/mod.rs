@@ -191,7 +191,7 @@ impl DocSync {
     pub fn receive(&self, messages: impl IntoIterator<Item = YjsMessage>) -> Outcome {
         let mut outcome = Outcome::default();
         for msg in messages {
-            match self.message(msg) {
+            match self.take(msg) {
                 Ok(Some(action)) => outcome.actions.push(action),
                 Ok(None) => {}
                 Err(refusal) => {
@@ -204,7 +204,9 @@ impl DocSync {
     }
 
     /// One message: an action, nothing (skipped or ignored), or a refusal.
-    fn message(&self, msg: YjsMessage) -> Result<Option<Action>, Refusal> {
+    /// A protocol that answers each message by itself (Hocuspocus acks
+    /// every update, even a skipped empty one) takes them one by one.
+    pub fn take(&self, msg: YjsMessage) -> Result<Option<Action>, Refusal> {
         Ok(match msg {
             YjsMessage::SyncStep1(sv) => Some(Action::SyncStep1(sv)),
             YjsMessage::SyncStep2(update) | YjsMessage::Update(update) => {

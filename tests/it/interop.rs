@@ -59,7 +59,11 @@ async fn stock_yjs_clients_interop_suite() {
             "--test-concurrency=1",
             "--test-timeout=60000",
         ])
-        .args(test_files(&dir))
+        .args(
+            test_files(&dir)
+                .into_iter()
+                .filter(|f| !f.starts_with("hocuspocus")),
+        )
         .current_dir(&dir)
         .env("CHORUS_BIN", env!("CARGO_BIN_EXE_chorus"))
         // The servers it starts stop at once on SIGTERM (no load balancer
@@ -147,6 +151,121 @@ async fn y_websocket_and_native_clients_converge_and_see_each_other() {
     native
         .expect(|m| matches!(m, ServerMessage::Presence { left, .. } if left.contains(&js)))
         .await;
+    let status = tokio::time::timeout(Duration::from_secs(10), peer.wait())
+        .await
+        .expect("peer exits")
+        .expect("status");
+    assert!(status.success());
+}
+
+/// The Hocuspocus suite (`tests/interop/hocuspocus.test.mjs`): the real
+/// `@hocuspocus/provider` v2, v3 and v4 on `/hocuspocus`, several documents
+/// per socket, with y-websocket clients on the same rooms; tokens per
+/// document (read-only → SyncStatus 0, bad token → permission denied, the
+/// other documents unaffected), `hasUnsyncedChanges`, restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hocuspocus_providers_interop_suite() {
+    let dir = ensure_node_modules();
+    let run = Command::new("node")
+        .args([
+            "--test",
+            "--test-reporter=tap",
+            "--test-concurrency=1",
+            "--test-timeout=60000",
+            "hocuspocus.test.mjs",
+        ])
+        .current_dir(&dir)
+        .env("CHORUS_BIN", env!("CARGO_BIN_EXE_chorus"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the hocuspocus suite finishes within 180 s")
+        .expect("node runs");
+    assert_tap_green(
+        "hocuspocus suite",
+        out.status.success(),
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    );
+}
+
+/// Two Hocuspocus providers (v2 and v4, one socket each carrying three
+/// documents), a y-websocket client per room (`tests/interop/hocus-peer.mjs`)
+/// and the native Rust test client converge on the same three rooms, and
+/// presence crosses every protocol: the native member's `name` / `color`
+/// appear as awareness `user`, and the providers' `user.name` as native
+/// presence `name`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hocuspocus_y_websocket_and_native_clients_converge_and_see_each_other() {
+    let dir = ensure_node_modules();
+    let srv = server(|_| {});
+    let rooms = ["hx-0", "hx-1", "hx-2"];
+    let mut native = Client::connect(srv.addr).await;
+    let docs: Vec<TestDoc> = rooms.iter().map(|_| TestDoc::new()).collect();
+    for (room, doc) in rooms.iter().zip(&docs) {
+        native
+            .join_with(room, doc, Some(json!({"name": "nat", "color": "#123456"})))
+            .await;
+        native.update_acked(room, doc.push("native ")).await;
+    }
+    let mut peer = Command::new("node")
+        .arg("hocus-peer.mjs")
+        .arg(srv.addr.to_string())
+        .args(rooms)
+        .current_dir(&dir)
+        .env("CHORUS_BIN", env!("CARGO_BIN_EXE_chorus"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    // Every peer's edit reaches the native client, in every room.
+    for (room, doc) in rooms.iter().zip(&docs) {
+        while !["[v2]", "[v4]", "[yws]"]
+            .iter()
+            .all(|t| doc.text().contains(t))
+        {
+            let m = native
+                .expect(|m| matches!(m, ServerMessage::Update { room: r, .. } if r == room))
+                .await;
+            if let ServerMessage::Update { data, .. } = m {
+                doc.apply(&data.0);
+            }
+        }
+    }
+    // The providers' awareness `user.name` is their native presence `name`.
+    let me = native.session.clone();
+    for who in ["v2", "v4", "yws"] {
+        native
+            .expect(|m| {
+                matches!(m, ServerMessage::Presence { joined, updated, .. }
+                    if joined.iter().chain(updated).any(|j| j.id != me && j.state["name"] == who
+                        && j.state["user"]["name"] == who))
+            })
+            .await;
+    }
+    // The peers saw everything, and the native member as `user`.
+    let stdout = peer.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(40), lines.next_line())
+        .await
+        .expect("peer reports in time")
+        .expect("peer output")
+        .expect("a line");
+    let seen: serde_json::Value = serde_json::from_str(&line).expect("json line");
+    for text in seen["texts"].as_array().expect("texts") {
+        let text = text.as_str().expect("text");
+        for tag in ["native", "[v2]", "[v4]", "[yws]"] {
+            assert!(text.contains(tag), "{tag} missing from {text}");
+        }
+    }
+    assert_eq!(
+        seen["nat"]["user"],
+        json!({"name": "nat", "color": "#123456"})
+    );
+    let mut stdin = peer.stdin.take().expect("stdin");
+    stdin.write_all(b"bye\n").await.expect("write");
     let status = tokio::time::timeout(Duration::from_secs(10), peer.wait())
         .await
         .expect("peer exits")

@@ -7,6 +7,7 @@ mod common;
 mod copy;
 mod core;
 mod docs;
+mod hocuspocus;
 mod http;
 mod interop;
 mod pg;
