@@ -30,7 +30,9 @@ pub(crate) fn ensure_node_modules() -> PathBuf {
 }
 
 /// `dir` (a folder with a package-lock.json) with its npm packages
-/// installed (`npm ci` when `node_modules/{marker}` is missing).
+/// installed: `npm ci` when `node_modules/{marker}` is missing or the lock
+/// file changed since the last install (a copy of it is kept in
+/// `node_modules/.chorus-installed-lock`).
 pub(crate) fn npm_ci(dir: PathBuf, marker: &str) -> PathBuf {
     let _guard = NPM.lock().unwrap_or_else(|e| e.into_inner());
     let node = std::process::Command::new("node").arg("--version").output();
@@ -38,13 +40,17 @@ pub(crate) fn npm_ci(dir: PathBuf, marker: &str) -> PathBuf {
         matches!(&node, Ok(o) if o.status.success()),
         "these tests need Node.js 20+ on PATH (`node --version` failed: {node:?})"
     );
-    if !dir.join("node_modules").join(marker).exists() {
+    let lock = std::fs::read(dir.join("package-lock.json")).expect("package-lock.json");
+    let stamp = dir.join("node_modules").join(".chorus-installed-lock");
+    let current = std::fs::read(&stamp).is_ok_and(|s| s == lock);
+    if !current || !dir.join("node_modules").join(marker).exists() {
         let status = std::process::Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&dir)
             .status()
             .expect("these tests need npm on PATH to install the package-lock.json");
         assert!(status.success(), "npm ci failed in {}", dir.display());
+        std::fs::write(&stamp, &lock).expect("install stamp written");
     }
     dir
 }
