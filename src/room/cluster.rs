@@ -49,6 +49,9 @@ pub(super) struct ClusterState {
     ahead: BTreeSet<u64>,
     /// A check of the hole is scheduled.
     gap_check_due: bool,
+    /// Times the room's log was reset (deleted) here: a read of the log
+    /// that started before a reset describes the old log and is dropped.
+    resets: u64,
     /// Last `(epoch, seq)` received from each other node, for gap detection.
     remote_seq: HashMap<String, (u64, u64)>,
 }
@@ -80,6 +83,7 @@ impl ClusterState {
             seen_while_reading: Vec::new(),
             ahead: BTreeSet::new(),
             gap_check_due: false,
+            resets: 0,
             remote_seq: HashMap::new(),
         }
     }
@@ -94,6 +98,7 @@ impl ClusterState {
     pub(super) fn clear(&mut self) {
         self.log_seq = 0;
         self.ahead.clear();
+        self.resets += 1;
     }
 
     /// The log generation to publish entries under.
@@ -217,6 +222,7 @@ impl ClusterState {
         self.log_seq = 0;
         self.seen_while_reading.clear();
         self.ahead.clear();
+        self.resets += 1;
     }
 }
 
@@ -348,15 +354,18 @@ impl Room {
         let Some((after, generation)) = c.begin_catch_up() else {
             return;
         };
+        let resets = c.resets;
         let read = self
             .persist
             .read_since(&self.id, after, generation.as_deref());
-        ctx.spawn(read.into_actor(self).map(|res, room, ctx| {
-            let again = room
-                .cluster
-                .as_mut()
-                .is_some_and(ClusterState::end_catch_up);
+        ctx.spawn(read.into_actor(self).map(move |res, room, ctx| {
+            let (again, stale) = match room.cluster.as_mut() {
+                Some(c) => (c.end_catch_up(), c.resets != resets),
+                None => return,
+            };
             match res {
+                // Read before the room was deleted here: the old log.
+                Ok(_) if stale => return room.catch_up(ctx),
                 Ok(read) => room.caught_up(read, ctx),
                 // Redis is away: the reconnection (`Resubscribed`) reads again.
                 Err(e) => tracing::warn!(room = %room.id, "reading missed log entries failed: {e}"),
@@ -676,6 +685,16 @@ impl Handler<Log> for Room {
             LogFrame::Entry {
                 epoch, seq, update, ..
             } => {
+                let other_log = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.log_generation.as_ref())
+                    .is_some_and(|g| *g != epoch);
+                if other_log {
+                    // Not this room's log (deleted since, or recreated):
+                    // read the current one instead of applying it.
+                    return self.log_position(epoch, seq, ctx);
+                }
                 match self.apply_accepted(&update, None, ctx) {
                     Ok(_) => self.log_position(epoch, seq, ctx),
                     // Not noted as seen: the hole it leaves is read back.

@@ -276,14 +276,8 @@ impl PostgresStore {
     pub fn dump(&self, rooms: &[String]) -> StoreFuture<Vec<RoomDump>> {
         let (pool, rooms) = (self.pool.clone(), rooms.to_vec());
         self.run(async move {
-            let mut client = pool.get().await.map_err(io)?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(io)?;
+            let mut client = pool.get().await.map_err(io_chain)?;
+            let tx = consistent_read(&mut client).await?;
             let heads = tx
                 .query(
                     "SELECT room, last_seq FROM chorus_rooms WHERE room = ANY($1)",
@@ -618,6 +612,20 @@ fn lock_key(room: &str) -> i64 {
     i64::from_be_bytes(b)
 }
 
+/// A read-only repeatable-read transaction: one consistent view of the
+/// tables for all its queries.
+async fn consistent_read(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(io_chain)
+}
+
 /// Reads the room's log after `after` of incarnation `generation` (the
 /// whole document when `None`, another incarnation, or compacted).
 async fn read(
@@ -627,13 +635,7 @@ async fn read(
     generation: Option<&str>,
 ) -> Result<LogRead, StoreError> {
     let mut client = pool.get().await.map_err(io_chain)?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(io_chain)?;
+    let tx = consistent_read(&mut client).await?;
     let head = tx
         .query_opt(
             "SELECT incarnation, last_seq FROM chorus_rooms WHERE room = $1",
