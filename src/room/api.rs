@@ -256,11 +256,14 @@ impl Handler<DeleteRoom> for Room {
     type Result = ResponseActFuture<Self, Result<(), RoomError>>;
 
     fn handle(&mut self, _: DeleteRoom, ctx: &mut Context<Self>) -> Self::Result {
+        self.cluster_deleting();
         self.reset(ctx);
         let delete = self.persist.delete(&self.id);
         Box::pin(delete.into_actor(self).map(|res, room, ctx| {
             if res.is_ok() {
                 room.cluster_deleted(ctx);
+            } else {
+                room.cluster_delete_failed(ctx);
             }
             res.map_err(|e| {
                 tracing::error!(room = %room.id, "delete failed: {e}");

@@ -52,6 +52,9 @@ pub(super) struct ClusterState {
     /// Times the room's log was reset (deleted) here: a read of the log
     /// that started before a reset describes the old log and is dropped.
     resets: u64,
+    /// This node is deleting the room: no log read until the store's
+    /// delete is done (it would read the old log back into the reset room).
+    deleting: bool,
     /// Last `(epoch, seq)` received from each other node, for gap detection.
     remote_seq: HashMap<String, (u64, u64)>,
 }
@@ -84,6 +87,7 @@ impl ClusterState {
             ahead: BTreeSet::new(),
             gap_check_due: false,
             resets: 0,
+            deleting: false,
             remote_seq: HashMap::new(),
         }
     }
@@ -174,7 +178,7 @@ impl ClusterState {
     /// Starts a read of missed entries: `(after, generation)`, or `None`
     /// when one is in flight already (another follows it).
     fn begin_catch_up(&mut self) -> Option<(u64, Option<String>)> {
-        if self.catching_up {
+        if self.catching_up || self.deleting {
             self.catch_up_again = true;
             return None;
         }
@@ -434,13 +438,18 @@ impl Room {
         ctx.spawn(read.into_actor(self).map(|res, room, ctx| {
             let read = match res {
                 Ok(read) => read,
-                Err(e) => return tracing::warn!(room = %room.id, "reading the log after a delete failed: {e}"),
+                Err(e) => {
+                    tracing::warn!(room = %room.id, "reading the log after a delete failed: {e}");
+                    return room.cluster_delete_failed(ctx);
+                }
             };
             let Some(c) = &mut room.cluster else {
                 return;
             };
             let generation = read.epoch.clone().unwrap_or_else(|| "0".to_owned());
             c.log_deleted(generation.clone());
+            c.deleting = false;
+            let again = std::mem::take(&mut c.catch_up_again);
             c.bridge.publish_log(
                 &room.id,
                 &LogFrame::Deleted {
@@ -449,7 +458,28 @@ impl Room {
                 },
             );
             room.caught_up(read, ctx);
+            if again {
+                room.catch_up(ctx);
+            }
         }));
+    }
+
+    /// This node starts deleting the room (before its reset): log reads
+    /// wait for [`Room::cluster_deleted`].
+    pub(super) fn cluster_deleting(&mut self) {
+        if let Some(c) = &mut self.cluster {
+            c.deleting = true;
+        }
+    }
+
+    /// The delete failed: log reads may run again.
+    pub(super) fn cluster_delete_failed(&mut self, ctx: &mut Context<Self>) {
+        if let Some(c) = &mut self.cluster {
+            c.deleting = false;
+            if std::mem::take(&mut c.catch_up_again) {
+                self.catch_up(ctx);
+            }
+        }
     }
 
     /// The hole in the log is still there after `--cluster-gap-wait-ms`:
