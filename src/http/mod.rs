@@ -568,21 +568,19 @@ async fn native_ws(
     payload: web::Payload,
     shared: web::Data<Shared>,
 ) -> actix_web::Result<HttpResponse> {
-    let limits = &shared.config.limits;
     let mut response = ws::handshake(&req)?;
     let admission = match admit(&req, &shared, Route::Native) {
         Ok(a) => a,
         Err(refused) => return Ok(refused),
     };
-    let conn = Connection::new(limits);
-    let admission = admission.with_socket(connection_socket(&req));
-    let session = NativeSession::new(
-        shared.get_ref().clone(),
-        conn.outbox.clone(),
+    Ok(Connection::start(
+        &req,
+        &mut response,
+        payload,
+        &shared,
         admission,
-        conn.gate.clone(),
-    );
-    Ok(conn.serve(&mut response, session, payload, limits))
+        NativeSession::new,
+    ))
 }
 
 /// `GET /yjs/{room}`: upgrade to a y-websocket session in `room` (the last
@@ -595,7 +593,6 @@ async fn yjs_ws(
     payload: web::Payload,
     shared: web::Data<Shared>,
 ) -> actix_web::Result<HttpResponse> {
-    let limits = &shared.config.limits;
     let mut response = ws::handshake(&req)?;
     let mut admission = match admit(&req, &shared, Route::Yjs) {
         Ok(a) => a,
@@ -611,16 +608,14 @@ async fn yjs_ws(
             String::new()
         }
     };
-    let conn = Connection::new(limits);
-    let admission = admission.with_socket(connection_socket(&req));
-    let session = YjsSession::new(
-        shared.get_ref().clone(),
-        conn.outbox.clone(),
-        room,
+    Ok(Connection::start(
+        &req,
+        &mut response,
+        payload,
+        &shared,
         admission,
-        conn.gate.clone(),
-    );
-    Ok(conn.serve(&mut response, session, payload, limits))
+        |shared, outbox, admission, gate| YjsSession::new(shared, outbox, room, admission, gate),
+    ))
 }
 
 /// `GET /hocuspocus`: upgrade to a Hocuspocus session (many documents on
@@ -632,21 +627,19 @@ async fn hocuspocus_ws(
     payload: web::Payload,
     shared: web::Data<Shared>,
 ) -> actix_web::Result<HttpResponse> {
-    let limits = &shared.config.limits;
     let mut response = ws::handshake(&req)?;
     let admission = match admit(&req, &shared, Route::Yjs) {
         Ok(a) => a,
         Err(refused) => return Ok(refused),
     };
-    let conn = Connection::new(limits);
-    let admission = admission.with_socket(connection_socket(&req));
-    let session = HocuspocusSession::new(
-        shared.get_ref().clone(),
-        conn.outbox.clone(),
+    Ok(Connection::start(
+        &req,
+        &mut response,
+        payload,
+        &shared,
         admission,
-        conn.gate.clone(),
-    );
-    Ok(conn.serve(&mut response, session, payload, limits))
+        HocuspocusSession::new,
+    ))
 }
 
 /// What every upgraded connection has besides its session: the outbox its
@@ -657,6 +650,32 @@ struct Connection {
 }
 
 impl Connection {
+    /// The upgrade response of an admitted connection: its outbox and gate,
+    /// the socket watched, and the session `make` builds from them.
+    fn start<A>(
+        req: &HttpRequest,
+        response: &mut actix_web::HttpResponseBuilder,
+        payload: web::Payload,
+        shared: &web::Data<Shared>,
+        admission: Admission,
+        make: impl FnOnce(Shared, Arc<Outbox>, Admission, Arc<Gate>) -> A,
+    ) -> HttpResponse
+    where
+        A: actix::Actor<Context = ws::WebsocketContext<A>>
+            + actix::StreamHandler<Result<ws::Message, ws::ProtocolError>>,
+    {
+        let limits = &shared.config.limits;
+        let conn = Connection::new(limits);
+        let admission = admission.with_socket(connection_socket(req));
+        let session = make(
+            shared.get_ref().clone(),
+            conn.outbox.clone(),
+            admission,
+            conn.gate.clone(),
+        );
+        conn.serve(response, session, payload, limits)
+    }
+
     fn new(limits: &crate::config::Limits) -> Connection {
         Connection {
             outbox: Arc::new(Outbox::new(
