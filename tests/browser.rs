@@ -5,10 +5,15 @@
 //! - `browser_e2e`: builds the demo, starts a server on a free port serving
 //!   it, and runs `node --test demo/test/e2e/` (Playwright driving Debian's
 //!   headless Chromium) against it. Screenshots land in `artifacts/e2e/`.
+//! - `editors_e2e`: stock editors beside the demo, as their own docs set them
+//!   up (`tests/editors/`): TipTap 3 with `@hocuspocus/provider` on
+//!   `/hocuspocus` in two pages, and CodeMirror 6 with y-codemirror.next on
+//!   `/yjs/{room}` in the demo's room; asserts on the text and the named,
+//!   coloured carets and presence list each page shows.
 //!
-//! What they need is installed when missing: the demo's npm packages
-//! (`npm ci` from the committed lockfile) and `/usr/bin/chromium`
-//! (`apt-get install -y chromium`; needs root, as on CI).
+//! What they need is installed when missing: the npm packages of `demo/` and
+//! `tests/editors/` (`npm ci` from the committed lockfiles) and
+//! `/usr/bin/chromium` (`apt-get install -y chromium`; needs root, as on CI).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -24,12 +29,20 @@ use chorus::http::BackgroundServer;
 /// Setup steps (npm ci, build, apt) must not run twice at once.
 static SETUP: Mutex<()> = Mutex::new(());
 
+/// The demo is built once per run: a second build would empty `demo/dist`
+/// under a test that serves it.
+static DEMO_BUILT: std::sync::Once = std::sync::Once::new();
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn demo() -> PathBuf {
     repo().join("demo")
+}
+
+fn editors() -> PathBuf {
+    repo().join("tests").join("editors")
 }
 
 fn have(program: &str) -> bool {
@@ -85,18 +98,36 @@ fn apt_install(packages: &[&str]) {
 
 /// Node and the demo's npm packages.
 fn ensure_node_deps() {
+    ensure_npm_packages(&demo());
+}
+
+/// Node and the npm packages of `dir` (from its committed lockfile).
+fn ensure_npm_packages(dir: &Path) {
     if !have("node") || !have("npm") {
         apt_install(&["nodejs", "npm"]);
     }
-    if !demo().join("node_modules/.package-lock.json").is_file() {
+    if !dir.join("node_modules/.package-lock.json").is_file() {
         run(
-            "npm ci (demo)",
+            &format!("npm ci ({})", dir.display()),
             Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(demo()),
+                .current_dir(dir),
             Duration::from_secs(900),
         );
     }
+}
+
+/// Builds the demo into `demo/dist` (once per run; call under `SETUP`).
+fn build_demo() {
+    DEMO_BUILT.call_once(|| {
+        run(
+            "demo build",
+            Command::new("node")
+                .arg(Path::new("scripts").join("build.mjs"))
+                .current_dir(demo()),
+            Duration::from_secs(300),
+        );
+    });
 }
 
 fn ensure_chromium() -> PathBuf {
@@ -114,16 +145,16 @@ fn ensure_chromium() -> PathBuf {
     path
 }
 
-/// Runs `node --test` on the test files of `dir` (under `demo/`) with the
+/// Runs `node --test` on the test files of `dir` (under `base`) with the
 /// TAP reporter, and judges it by its counts: at least one test passed,
 /// none failed or was cancelled (an exit code alone passes with no tests).
-fn node_test(dir: &str, envs: &[(&str, &str)], limit: Duration) {
+fn node_test(base: &Path, dir: &str, envs: &[(&str, &str)], limit: Duration) {
     use std::io::Read;
-    let files = tap::test_files(&demo().join(dir));
+    let files = tap::test_files(&base.join(dir));
     let mut cmd = Command::new("node");
     cmd.args(["--test", "--test-reporter=tap", "--test-concurrency=1"])
         .args(files.iter().map(|f| format!("{dir}{f}")))
-        .current_dir(demo())
+        .current_dir(base)
         .envs(envs.iter().copied())
         .stdout(Stdio::piped());
     let what = format!("node --test {dir}");
@@ -149,7 +180,7 @@ fn js_unit_tests() {
         let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
         ensure_node_deps();
     }
-    node_test("test/unit/", &[], Duration::from_secs(300));
+    node_test(&demo(), "test/unit/", &[], Duration::from_secs(300));
 }
 
 #[test]
@@ -157,15 +188,16 @@ fn browser_e2e() {
     let chromium = {
         let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
         ensure_node_deps();
-        run(
-            "demo build",
-            Command::new("node")
-                .arg(Path::new("scripts").join("build.mjs"))
-                .current_dir(demo()),
-            Duration::from_secs(300),
-        );
+        build_demo();
         ensure_chromium()
     };
+    e2e_against_demo_server(&demo(), "test/e2e/", &chromium);
+}
+
+/// Starts a server with an in-memory store serving the built demo and runs
+/// the browser tests in `dir` (under `base`) against it: `CHORUS_URL` is
+/// its address, screenshots go to `artifacts/e2e/`.
+fn e2e_against_demo_server(base: &Path, dir: &str, chromium: &Path) {
     let mut config = Config::ephemeral();
     config.workers = 2;
     config.room_threads = 2;
@@ -175,7 +207,8 @@ fn browser_e2e() {
     let url = format!("http://{}", server.addr);
     let artifacts = repo().join("artifacts").join("e2e");
     node_test(
-        "test/e2e/",
+        base,
+        dir,
         &[
             ("CHORUS_URL", url.as_str()),
             ("CHORUS_ARTIFACTS", &artifacts.to_string_lossy()),
@@ -184,6 +217,23 @@ fn browser_e2e() {
         Duration::from_secs(600),
     );
     server.shutdown();
+}
+
+#[test]
+fn editors_e2e() {
+    let chromium = {
+        let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
+        ensure_node_deps();
+        build_demo();
+        ensure_npm_packages(&editors());
+        run(
+            "editor pages build",
+            Command::new("node").arg("build.mjs").current_dir(editors()),
+            Duration::from_secs(300),
+        );
+        ensure_chromium()
+    };
+    e2e_against_demo_server(&editors(), "./", &chromium);
 }
 
 #[test]
