@@ -286,6 +286,21 @@ impl Members {
         self.send_to(link, &msg, Class::Control);
     }
 
+    /// `/hocuspocus`: an update with missing dependencies is refused for
+    /// its document only, and the socket (which carries other documents)
+    /// stays open: SyncStatus 0 (not applied), then this room's sync step 1
+    /// (`sv`), which the provider answers with a step 2 holding everything
+    /// the room lacks, the refused update's structs included. Nothing is
+    /// lost and nothing pending is kept.
+    pub(super) fn ask_for_missing(&self, link: &MemberLink, message: &str, sv: &StateVector) {
+        self.metrics.error(ErrorCode::MissingDependencies.as_str());
+        tracing::debug!(room = %self.room, member = %link.id, "asking for the missing updates: {message}");
+        let refused = hocuspocus::sync_status(&self.room, false);
+        self.send_frame(link, &Frame::binary(&refused), Class::Control);
+        let step1 = hocuspocus::prefixed(&self.room, &yjs::sync_step1(sv));
+        self.send_frame(link, &Frame::binary(&step1), Class::Control);
+    }
+
     /// Sends an error to member `id`, if it is one.
     pub(super) fn error_to_member(
         &self,

@@ -459,6 +459,13 @@ impl Handler<ClientUpdate> for Room {
         };
         let applied = match self.apply_update(&msg.data, Some(&link.id), ctx) {
             Ok(applied) => applied,
+            // A provider flushing edits that follow updates this room never
+            // got (it reconnected to a server that lost the document): ask
+            // for them, for this document only (see `ask_for_missing`).
+            Err((ErrorCode::MissingDependencies, e)) if link.protocol == Protocol::Hocuspocus => {
+                let sv = self.document.state_vector();
+                return self.members.ask_for_missing(&link, &e, &sv);
+            }
             Err((code, e)) => return self.members.error_to(&link, code, e, msg.rid),
         };
         let rid = msg.rid;

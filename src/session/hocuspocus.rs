@@ -26,7 +26,9 @@
 //!   step 1 and the awareness states), the queued frames are replayed.
 //!   Step 1 → step 2 (the room); step 2 / update → applied, and SyncStatus 1
 //!   once stored (the room's ack; an empty one too, in turn); without the
-//!   write right SyncStatus 0 and nothing applied. Stateless and
+//!   write right SyncStatus 0 and nothing applied; an update with missing
+//!   dependencies gets SyncStatus 0 and the room's step 1 (the provider's
+//!   step 2 then brings everything), the socket stays open. Stateless and
 //!   BroadcastStateless → a native event `stateless` (data: the payload
 //!   string); BroadcastStateless is also echoed to the sender. Close (the
 //!   provider detached) → the room is left.

@@ -22,13 +22,18 @@ export const token = (secret, room, rights = 'rw', user = 'u', name = null) => {
 /**
  * One socket of provider version `v` ('v2' | 'v3' | 'v4') to `url`
  * (ws://host:port/hocuspocus), with one provider per entry of `docs`:
- * {name, token?, user?}. Returns {socket, docs: [{name, doc, provider,
- * statuses, failed, scope}]}; `statuses` collects the SyncStatus values the
+ * {name, token?, user?}. Returns {socket, closes, docs: [{name, doc,
+ * provider, statuses, failed, scope}]} (`closes`: the close codes the socket saw); `statuses` collects the SyncStatus values the
  * server sent for that document, `failed` the permission-denied reasons.
  */
 export const open = (v, url, docs) => {
   const lib = versions[v]
   const socket = new lib.HocuspocusProviderWebsocket({ url, WebSocketPolyfill: WebSocket, minDelay: 100, maxDelay: 500, delay: 100 })
+  // Close codes the socket saw. (A socket destroyed between a close and its
+  // delayed reconnect keeps retrying forever, a provider bug that keeps node
+  // alive: tests check that the server closed nothing it should not have.)
+  const closes = []
+  socket.on('close', ({ event }) => closes.push(event?.code))
   const out = docs.map(({ name, token = null, user = null }) => {
     const doc = new Y.Doc()
     const entry = { name, doc, statuses: [], failed: [], scope: null }
@@ -50,7 +55,7 @@ export const open = (v, url, docs) => {
     entry.provider = provider
     return entry
   })
-  return { socket, docs: out }
+  return { socket, docs: out, closes }
 }
 
 /** Destroys every provider and the socket. */

@@ -105,6 +105,16 @@ for (const v of ['v2', 'v3', 'v4']) {
         await waitFor(() => c.docs[0].doc.getText('t').toString() === 'before offline' &&
           c.docs[1].doc.getMap('m').get('k') === 'v', 'offline edits arrive', 20000)
         await waitFor(() => a.docs.every((d) => !d.provider.hasUnsyncedChanges), 'acked after restart', 10000)
+        // One more edit, acked and seen: whatever the server answered the
+        // flushed offline edit has arrived by now.
+        a.docs[0].doc.getText('t').insert(0, '>')
+        await waitFor(() => !a.docs[0].provider.hasUnsyncedChanges &&
+          c.docs[0].doc.getText('t').toString() === '>before offline', 'a later edit acked and seen', 10000)
+        // The offline edit follows state the restarted server lost: the
+        // server asks for it (SyncStatus 0, then its sync step 1) instead of
+        // closing the socket; only the shutdown closed it.
+        assert.deepEqual(a.closes.filter((code) => code !== 1001 && code !== 1006), [], `closes: ${a.closes}`)
+        assert.ok(a.closes.length >= 1, 'the shutdown closed the socket')
       } finally {
         close(c)
       }

@@ -126,3 +126,53 @@ async fn frames_before_auth_are_bounded_and_replayed_after_it() {
     assert_eq!(code, Ok(Some(close::YJS_TOO_LARGE)), "closed 4413 in time");
     assert!(c.maybe(Duration::from_millis(50)).await.is_none());
 }
+
+/// An update that follows updates the room never got (a provider flushing
+/// its offline edits to a server that lost the document, as after a restart
+/// with the memory store) is refused for its document only: SyncStatus 0,
+/// then the room's sync step 1, which the provider answers with a step 2
+/// holding everything. The socket and its other documents stay open (it
+/// used to close 4422 with every document on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_with_missing_dependencies_asks_for_them_and_keeps_the_socket() {
+    let srv = server(|_| {});
+    let mut c = connect(srv.addr).await;
+    for name in ["gap", "beside"] {
+        c.send(hp::auth_token(name, "")).await;
+        expect_frame(&mut c, &hp::authenticated(name, false)).await;
+    }
+    let doc = TestDoc::new();
+    let _never_sent = doc.push("before ");
+    let offline = doc.push("offline");
+    c.send(hp::prefixed("gap", &yjs::sync_update(offline)))
+        .await;
+    expect_frame(&mut c, &hp::sync_status("gap", false)).await;
+    let step1 = hp::prefixed("gap", &yjs::sync_step1(&StateVector::default()));
+    assert_eq!(c.recv().await, step1, "the room asks for its missing state");
+    // The provider's answer: a step 2 with everything the room lacks.
+    let state = {
+        use yrs::{ReadTxn, Transact};
+        doc.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    };
+    c.send(hp::prefixed("gap", &yjs::sync_step2(state))).await;
+    expect_frame(&mut c, &hp::sync_status("gap", true)).await;
+    // The other document on the socket was never disturbed.
+    let other = TestDoc::new();
+    c.send(hp::prefixed("beside", &yjs::sync_update(other.push("ok"))))
+        .await;
+    expect_frame(&mut c, &hp::sync_status("beside", true)).await;
+    // The room holds the whole text, as a y-websocket client sees it.
+    let mut y = YClient::connect(srv.addr, "gap").await;
+    y.send(yjs::sync_step1(&StateVector::default())).await;
+    let yjs::YjsMessage::SyncStep2(update) = y
+        .expect(|m| matches!(m, yjs::YjsMessage::SyncStep2(_)))
+        .await
+    else {
+        unreachable!("expect returns what matched");
+    };
+    let seen = TestDoc::new();
+    seen.apply(&update);
+    assert_eq!(seen.text(), "before offline");
+}
