@@ -23,7 +23,11 @@ use crate::ids::{MemberId, RoomId};
 use crate::limit::{IpSlot, SessionRate};
 use crate::outbox::{echo_close, Drained, Frame, Outbound, Outbox};
 use crate::protocol::close;
-use crate::room::{Join, Leave, MemberLink, Protocol, Resync, Room};
+use crate::room::{
+    AwarenessUpdate, ClientUpdate, Join, Leave, MemberLink, Protocol, QueryAwareness, Resync, Room,
+    SyncStep1,
+};
+use crate::sync::Action;
 
 /// A session actor built on a [`SessionCore`]: the heartbeat timer and the
 /// outbox's drain signal reach the core through it, and whole messages
@@ -42,23 +46,41 @@ pub trait Session:
     fn text(&mut self, len: usize, ctx: &mut ws::WebsocketContext<Self>);
 
     /// A join could not be sent: the registry is full of busy rooms
-    /// (`max_live_rooms`). Tell the client it may retry later.
+    /// (`max_live_rooms`). Tell the client it may retry later; by default
+    /// close 1013 (try again later), which y-websocket and the Hocuspocus
+    /// provider retry with backoff.
     fn join_refused(
         &mut self,
         ctx: &mut ws::WebsocketContext<Self>,
-        room: &RoomId,
-        rid: Option<u64>,
+        _room: &RoomId,
+        _rid: Option<u64>,
         reason: String,
-    );
+    ) {
+        self.core().close(ctx, close::TRY_AGAIN_LATER, &reason);
+    }
 }
 
 /// Implements for a [`Session`] the actix handlers every session has:
 /// messages from rooms ([`Outbound`]) and the drain signal ([`Drained`])
 /// go to its core, and the WebSocket stream goes through
 /// [`SessionCore::feed`], whole messages on to [`Session::binary`] /
-/// [`Session::text`]. (A macro: actix's traits cannot be implemented for
-/// every `Session` at once.)
+/// [`Session::text`]. `session_handlers!(S, pumped)` also hands
+/// [`super::flow::Pump`] to `S::pump(ctx)`, for a session that holds work
+/// back while its rooms are busy. (A macro: actix's traits cannot be
+/// implemented for every `Session` at once.)
 macro_rules! session_handlers {
+    ($session:ty, pumped) => {
+        $crate::session::core::session_handlers!($session);
+
+        /// Held work goes on to the rooms as they make room for it.
+        impl actix::Handler<$crate::session::flow::Pump> for $session {
+            type Result = ();
+
+            fn handle(&mut self, _: $crate::session::flow::Pump, ctx: &mut Self::Context) {
+                self.pump(ctx);
+            }
+        }
+    };
     ($session:ty) => {
         impl actix::Handler<$crate::outbox::Outbound> for $session {
             type Result = ();
@@ -327,6 +349,48 @@ impl SessionCore {
         Ok(())
     }
 
+    /// [`SessionCore::charge`] for a protocol with no error message of its
+    /// own: past the grace, closes with 1013 (try again later; clients
+    /// retry it) and returns false.
+    pub fn charge_or_close<A>(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<A>,
+        messages: usize,
+        len: usize,
+    ) -> bool
+    where
+        A: Actor<Context = ws::WebsocketContext<A>>,
+    {
+        match self.charge(messages, len) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.close(ctx, close::TRY_AGAIN_LATER, &reason);
+                false
+            }
+        }
+    }
+
+    /// Sends `room` what the y-protocols sync logic decided
+    /// ([`crate::sync::Action`]), counted as queued work: step 1 (the room
+    /// answers with step 2), an update (acked to `rid` when given),
+    /// awareness, or a query of the awareness states.
+    pub fn send_action(&self, room: &Addr<Room>, action: Action, rid: Option<u64>) {
+        let member = self.id.clone();
+        match action {
+            Action::SyncStep1(sv) => room.do_send(self.track(SyncStep1 { member, sv }, 0)),
+            Action::Update(data) => {
+                let len = data.len();
+                let update = ClientUpdate { member, data, rid };
+                room.do_send(self.track(update, len));
+            }
+            Action::Awareness(entries) => {
+                let len = entries.iter().map(|(e, _)| e.json.len()).sum();
+                room.do_send(self.track(AwarenessUpdate { member, entries }, len));
+            }
+            Action::QueryAwareness => room.do_send(self.track(QueryAwareness { member }, 0)),
+        }
+    }
+
     /// `msg` for a room, counted as this session's queued work until the
     /// room has handled it (`bytes`: its payload size).
     pub fn track<M>(&self, msg: M, bytes: usize) -> Tracked<M> {
@@ -462,9 +526,15 @@ impl SessionCore {
     /// Schedules the close of the session when its token expires (`exp`,
     /// in seconds since the epoch), with [`close::TOKEN_EXPIRED`].
     pub fn schedule_expiry<A: Session>(&self, ctx: &mut ws::WebsocketContext<A>) {
-        let Some(exp) = self.grants.as_ref().and_then(|g| g.exp) else {
-            return;
-        };
+        if let Some(exp) = self.grants.as_ref().and_then(|g| g.exp) {
+            Self::expire_at(ctx, exp);
+        }
+    }
+
+    /// Schedules the close of the session at `exp` (seconds since the
+    /// epoch), with [`close::TOKEN_EXPIRED`]: for a token other than the
+    /// connection's (a Hocuspocus document's).
+    pub fn expire_at<A: Session>(ctx: &mut ws::WebsocketContext<A>, exp: u64) {
         let at = UNIX_EPOCH + Duration::from_secs(exp);
         let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
         ctx.run_later(wait, |_, ctx| {

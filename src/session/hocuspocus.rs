@@ -43,7 +43,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
@@ -51,16 +51,14 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::core::{session_handlers, Session, SessionCore};
-use super::flow::{Gate, Pump};
+use super::flow::Gate;
 use super::{Admission, Shared};
 use crate::auth::{now_secs, Grants};
 use crate::outbox::{Frame, Outbox};
 use crate::protocol::hocuspocus::{self, DocMessage, Inbound};
 use crate::protocol::yjs::{self, YjsMessage};
 use crate::protocol::{close, validate_room_id};
-use crate::room::{
-    AwarenessUpdate, Broadcast, ClientUpdate, Leave, Protocol, QueryAwareness, RoomId, SyncStep1,
-};
+use crate::room::{Broadcast, Leave, Protocol, RoomId};
 use crate::sync::{Action, DocSync, Refusal, SyncLimits};
 
 /// A socket that was sent nothing for this long gets a keep-alive frame
@@ -144,8 +142,8 @@ impl HocuspocusSession {
     }
 
     fn handle_frame(&mut self, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
-        if let Err(reason) = self.core.charge(1, bytes.len()) {
-            return self.core.close(ctx, close::TRY_AGAIN_LATER, &reason);
+        if !self.core.charge_or_close(ctx, 1, bytes.len()) {
+            return;
         }
         let (name, msg) = match hocuspocus::decode(bytes) {
             Ok(Inbound::Ping) => return self.send(&hocuspocus::PONG_FRAME),
@@ -265,8 +263,10 @@ impl HocuspocusSession {
                 last_query: None,
             },
         );
+        // A document's token that expires closes the socket (4440): the
+        // provider reconnects with a fresh one.
         if let Some(exp) = grants.exp {
-            expire_at(ctx, exp);
+            SessionCore::expire_at(ctx, exp);
         }
         self.core.join_as(
             ctx,
@@ -370,12 +370,12 @@ impl HocuspocusSession {
             }
         };
         self.held.push_back((room, work));
-        self.pump();
+        self.pump(ctx);
     }
 
     /// Sends held work to rooms while they have room for it; holds the
     /// socket closed while some is left.
-    fn pump(&mut self) {
+    fn pump(&mut self, _: &mut ws::WebsocketContext<Self>) {
         self.core.gate.hold(true);
         while self.core.gate.has_room() {
             let Some((room_id, work)) = self.held.pop_front() else {
@@ -385,38 +385,23 @@ impl HocuspocusSession {
             let Some(room) = self.core.rooms.get(&room_id) else {
                 continue;
             };
-            let member = self.core.id.clone();
-            let core = &self.core;
             match work {
-                Work::Sync(Action::SyncStep1(sv)) => {
-                    room.do_send(core.track(SyncStep1 { member, sv }, 0));
-                }
-                Work::Sync(Action::Update(data)) => {
-                    self.next_rid += 1;
-                    let len = data.len();
-                    let update = ClientUpdate {
-                        member,
-                        data,
-                        rid: Some(self.next_rid),
-                    };
-                    room.do_send(core.track(update, len));
-                }
-                Work::Sync(Action::Awareness(entries)) => {
-                    let len = entries.iter().map(|(e, _)| e.json.len()).sum();
-                    room.do_send(core.track(AwarenessUpdate { member, entries }, len));
-                }
-                Work::Sync(Action::QueryAwareness) => {
-                    room.do_send(core.track(QueryAwareness { member }, 0));
+                Work::Sync(action) => {
+                    let rid = matches!(action, Action::Update(_)).then(|| {
+                        self.next_rid += 1;
+                        self.next_rid
+                    });
+                    self.core.send_action(room, action, rid);
                 }
                 Work::Event(payload) => {
                     let len = payload.len();
                     let event = Broadcast {
-                        member,
+                        member: self.core.id.clone(),
                         name: hocuspocus::STATELESS_EVENT.to_owned(),
                         data: Value::String(payload),
                         rid: None,
                     };
-                    room.do_send(core.track(event, len));
+                    room.do_send(self.core.track(event, len));
                 }
             }
         }
@@ -446,30 +431,9 @@ impl HocuspocusSession {
     }
 }
 
-/// Closes the session with 4440 when a document's token expires (`exp`, in
-/// seconds since the epoch): the provider reconnects with a fresh token.
-fn expire_at(ctx: &mut ws::WebsocketContext<HocuspocusSession>, exp: u64) {
-    let at = UNIX_EPOCH + Duration::from_secs(exp);
-    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-    ctx.run_later(wait, |act, ctx| {
-        act.core.close(ctx, close::TOKEN_EXPIRED, "token expired");
-    });
-}
-
 impl Session for HocuspocusSession {
     fn core(&mut self) -> &mut SessionCore {
         &mut self.core
-    }
-
-    /// Close 1013 (try again later): the provider reconnects.
-    fn join_refused(
-        &mut self,
-        ctx: &mut Self::Context,
-        _: &RoomId,
-        _: Option<u64>,
-        reason: String,
-    ) {
-        self.core.close(ctx, close::TRY_AGAIN_LATER, &reason);
     }
 
     fn binary(&mut self, bytes: &[u8], ctx: &mut Self::Context) {
@@ -510,12 +474,4 @@ impl Actor for HocuspocusSession {
     }
 }
 
-session_handlers!(HocuspocusSession);
-
-impl Handler<Pump> for HocuspocusSession {
-    type Result = ();
-
-    fn handle(&mut self, _: Pump, _: &mut Self::Context) {
-        self.pump();
-    }
-}
+session_handlers!(HocuspocusSession, pumped);

@@ -40,13 +40,11 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 
 use super::core::{session_handlers, Session, SessionCore};
-use super::flow::{Gate, Pump};
+use super::flow::Gate;
 use super::{Admission, Shared};
 use crate::outbox::{Frame, Outbox};
 use crate::protocol::{close, validate_room_id};
-use crate::room::{
-    AwarenessUpdate, ClientUpdate, Protocol, QueryAwareness, Room, RoomId, SyncStep1,
-};
+use crate::room::{Protocol, QueryAwareness, Room, RoomId};
 use crate::sync::{self, Action, DocSync, Refusal, SyncLimits};
 
 /// The y-websocket session actor.
@@ -68,7 +66,7 @@ pub struct YjsSession {
     query_deferred: bool,
     /// Actions of the last frame not sent yet: at most `max_queued_messages`
     /// wait in the room at once; the rest are sent as the room handles
-    /// earlier ones ([`Pump`]), and the socket is not read meanwhile.
+    /// earlier ones ([`super::flow::Pump`]), and the socket is not read meanwhile.
     held: VecDeque<Action>,
 }
 
@@ -173,8 +171,8 @@ impl YjsSession {
             Ok(messages) => messages,
             Err(refusal) => return self.refuse(ctx, &refusal),
         };
-        if let Err(reason) = self.core.charge(messages.len(), bytes.len()) {
-            return self.core.close(ctx, close::TRY_AGAIN_LATER, &reason);
+        if !self.core.charge_or_close(ctx, messages.len(), bytes.len()) {
+            return;
         }
         let Some(sync) = &self.sync else {
             return;
@@ -203,24 +201,10 @@ impl YjsSession {
             let Some(action) = self.held.pop_front() else {
                 break;
             };
-            let member = self.core.id.clone();
-            let core = &self.core;
             match action {
-                Action::SyncStep1(sv) => room.do_send(core.track(SyncStep1 { member, sv }, 0)),
-                Action::Update(data) => {
-                    let len = data.len();
-                    let update = ClientUpdate {
-                        member,
-                        data,
-                        rid: None,
-                    };
-                    room.do_send(core.track(update, len));
-                }
-                Action::Awareness(entries) => {
-                    let len = entries.iter().map(|(e, _)| e.json.len()).sum();
-                    room.do_send(core.track(AwarenessUpdate { member, entries }, len));
-                }
+                // At most one per tick (see `query_awareness`).
                 Action::QueryAwareness => query = true,
+                action => self.core.send_action(&room, action, None),
             }
         }
         if query {
@@ -235,17 +219,6 @@ impl YjsSession {
 impl Session for YjsSession {
     fn core(&mut self) -> &mut SessionCore {
         &mut self.core
-    }
-
-    /// Close 1013 (try again later): y-websocket reconnects with backoff.
-    fn join_refused(
-        &mut self,
-        ctx: &mut Self::Context,
-        _: &RoomId,
-        _: Option<u64>,
-        reason: String,
-    ) {
-        self.core.close(ctx, close::TRY_AGAIN_LATER, &reason);
     }
 
     fn binary(&mut self, bytes: &[u8], ctx: &mut Self::Context) {
@@ -276,12 +249,4 @@ impl Actor for YjsSession {
     }
 }
 
-session_handlers!(YjsSession);
-
-impl Handler<Pump> for YjsSession {
-    type Result = ();
-
-    fn handle(&mut self, _: Pump, ctx: &mut Self::Context) {
-        self.pump(ctx);
-    }
-}
+session_handlers!(YjsSession, pumped);

@@ -55,8 +55,10 @@ pub(crate) fn npm_ci(dir: PathBuf, marker: &str) -> PathBuf {
     dir
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stock_yjs_clients_interop_suite() {
+/// Runs `node --test` (TAP reporter, one file at a time, 60 s per file) on
+/// `files` of `tests/interop` against this build's `chorus` binary, and
+/// judges the run by its TAP counts (`what` names it in failures).
+async fn node_suite(what: &str, files: impl IntoIterator<Item = String>) {
     let dir = ensure_node_modules();
     let run = Command::new("node")
         .args([
@@ -65,11 +67,7 @@ async fn stock_yjs_clients_interop_suite() {
             "--test-concurrency=1",
             "--test-timeout=60000",
         ])
-        .args(
-            test_files(&dir)
-                .into_iter()
-                .filter(|f| !f.starts_with("hocuspocus")),
-        )
+        .args(files)
         .current_dir(&dir)
         .env("CHORUS_BIN", env!("CARGO_BIN_EXE_chorus"))
         // The servers it starts stop at once on SIGTERM (no load balancer
@@ -80,14 +78,22 @@ async fn stock_yjs_clients_interop_suite() {
         .output();
     let out = tokio::time::timeout(Duration::from_secs(180), run)
         .await
-        .expect("the interop suite finishes within 180 s")
+        .unwrap_or_else(|_| panic!("the {what} finishes within 180 s"))
         .expect("node runs");
     assert_tap_green(
-        "interop suite",
+        what,
         out.status.success(),
         &String::from_utf8_lossy(&out.stdout),
         &String::from_utf8_lossy(&out.stderr),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_yjs_clients_interop_suite() {
+    let files = test_files(&ensure_node_modules())
+        .into_iter()
+        .filter(|f| !f.starts_with("hocuspocus"));
+    node_suite("interop suite", files).await;
 }
 
 /// A stock y-websocket client (`tests/interop/peer.mjs`) and the native
@@ -171,29 +177,7 @@ async fn y_websocket_and_native_clients_converge_and_see_each_other() {
 /// other documents unaffected), `hasUnsyncedChanges`, restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hocuspocus_providers_interop_suite() {
-    let dir = ensure_node_modules();
-    let run = Command::new("node")
-        .args([
-            "--test",
-            "--test-reporter=tap",
-            "--test-concurrency=1",
-            "--test-timeout=60000",
-            "hocuspocus.test.mjs",
-        ])
-        .current_dir(&dir)
-        .env("CHORUS_BIN", env!("CARGO_BIN_EXE_chorus"))
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the hocuspocus suite finishes within 180 s")
-        .expect("node runs");
-    assert_tap_green(
-        "hocuspocus suite",
-        out.status.success(),
-        &String::from_utf8_lossy(&out.stdout),
-        &String::from_utf8_lossy(&out.stderr),
-    );
+    node_suite("hocuspocus suite", ["hocuspocus.test.mjs".to_owned()]).await;
 }
 
 /// Two Hocuspocus providers (v2 and v4, one socket each carrying three
