@@ -22,7 +22,7 @@ mkdir -p "$PEERS/node"
 cd "$ROOT"
 
 SCENARIOS="${SCENARIOS:-fanout idle rooms join-storm presence}"
-SERVERS="${SERVERS:-chorus chorus-yjs chorus-redb y-websocket hocuspocus hocuspocus-nomerge y-sweet}"
+SERVERS="${SERVERS:-chorus chorus-yjs chorus-hocuspocus chorus-redb y-websocket hocuspocus hocuspocus-nomerge y-sweet}"
 OUT="${OUT:-$PEERS/results-$(date +%Y%m%d-%H%M%S).jsonl}"
 PORT="${PORT:-18400}"
 
@@ -61,6 +61,7 @@ run() { # server scenario args...
   case "$server" in
     chorus)      proto=native; url="ws://127.0.0.1:$p"; cmd="$CHORUS --store memory --port $p --log-level warn $NOLIMITS" ;;
     chorus-yjs)  proto=yws; url="ws://127.0.0.1:$p/yjs"; cmd="$CHORUS --store memory --port $p --log-level warn $NOLIMITS" ;;
+    chorus-hocuspocus) proto=hocuspocus; url="ws://127.0.0.1:$p/hocuspocus"; cmd="$CHORUS --store memory --port $p --log-level warn $NOLIMITS" ;;
     chorus-redb) proto=native; url="ws://127.0.0.1:$p"; cmd="$CHORUS --data-dir $data --port $p --log-level warn $NOLIMITS" ;;
     y-websocket) proto=yws; url="ws://127.0.0.1:$p"; cmd="env HOST=127.0.0.1 PORT=$p node $PEERS/node/node_modules/@y/websocket-server/src/server.js" ;;
     hocuspocus)  proto=hocuspocus; url="ws://127.0.0.1:$p"; cmd="env PORT=$p node $PEERS/node/hocuspocus.mjs" ;;
