@@ -6,6 +6,7 @@ mod cluster;
 mod common;
 mod copy;
 mod core;
+mod demo;
 mod docs;
 mod hocuspocus;
 mod http;
