@@ -207,6 +207,9 @@ export class ChorusRoom extends Emitter<RoomEvents> {
   leave(): void;
 }
 
+/** Rights a JWT grants in `room`, read without verifying (for UI only); null without a readable token. */
+export function tokenRights(token: string | undefined, room: string): 'r' | 'rp' | 'rw' | null;
+
 /** Equal-jitter exponential backoff delay for attempt `attempt` (0-based). */
 export function backoffDelay(attempt: number, backoff: Required<BackoffOptions>, random?: () => number): number;
 /** A selection in `ytext` as protocol cursor bytes (Yjs relative positions). */

@@ -29,6 +29,34 @@ export class ChorusRequestError extends Error {
   }
 }
 
+/**
+ * The rights (`r`, `rp`, `rw`) a JWT `token` grants in `room`, read from
+ * its payload without checking the signature (the server does that): for
+ * showing or hiding controls only. null: no token, or not a JWT.
+ */
+export function tokenRights(token, room) {
+  if (typeof token !== 'string') return null;
+  const part = token.split('.')[1];
+  if (!part) return null;
+  let claims;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+    claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(bin, (c) => c.charCodeAt(0))));
+  } catch {
+    return null;
+  }
+  if (!claims || !Array.isArray(claims.grants)) return null;
+  const order = ['r', 'rp', 'rw'];
+  let best = -1;
+  for (const g of claims.grants) {
+    const pattern = String(g && g.room);
+    const matches = pattern.endsWith('*') ? String(room).startsWith(pattern.slice(0, -1)) : pattern === room;
+    if (matches) best = Math.max(best, order.indexOf(g.rights));
+  }
+  return best < 0 ? null : order[best];
+}
+
 /** Answers of the request/response messages of a room, by request type. */
 const ANSWERS = Object.freeze({
   versions: 'versions',

@@ -15,7 +15,8 @@ import { defaultKeymap, indentWithTab } from '@codemirror/commands';
 import { markdown } from '@codemirror/lang-markdown';
 import { syntaxHighlighting, defaultHighlightStyle } from '@codemirror/language';
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next';
-import { ChorusClient, relativeCursor } from '../client/index.js';
+import { ChorusClient, relativeCursor, tokenRights } from '../client/index.js';
+import { createHistory } from './history.js';
 import { remoteCursors, attachRemoteCursors } from './cursors.js';
 import css from './style.css';
 
@@ -193,13 +194,16 @@ export function mount(target, options = {}) {
     h('div', { class: 'chorus-header-right' }, saved, badge, avatars, h('label', { class: 'chorus-you' }, h('span', { class: 'chorus-you-dot', style: `background:${color}` }), nameInput), shareBtn),
   );
   const editorHost = h('div', { class: 'chorus-editor', 'aria-label': 'Shared document' });
-  const editorCard = h('section', { class: 'chorus-card chorus-doc', 'aria-label': 'Document' }, h('div', { class: 'chorus-card-title' }, 'Document'), editorHost);
+  const previewEl = h('div', { class: 'chorus-preview' });
+  const historyBtn = h('button', { class: 'chorus-btn chorus-history-btn', type: 'button', 'aria-pressed': 'false', title: 'Versions of this document' }, 'History');
+  const editorCard = h('section', { class: 'chorus-card chorus-doc', 'aria-label': 'Document' }, h('div', { class: 'chorus-card-title' }, 'Document', historyBtn), editorHost, previewEl);
   const onlineList = h('ul', { class: 'chorus-online', 'aria-label': 'Online' });
   // Narrow screens show one card at a time, picked by these tabs.
   const docTab = h('button', { class: 'chorus-tab', type: 'button', role: 'tab', 'aria-selected': 'true', 'data-tab': 'doc' }, 'Document');
   const unreadEl = h('span', { class: 'chorus-unread', hidden: true }, '');
   const chatTab = h('button', { class: 'chorus-tab', type: 'button', role: 'tab', 'aria-selected': 'false', 'data-tab': 'chat' }, 'Chat', unreadEl);
-  const tabs = h('nav', { class: 'chorus-tabs', role: 'tablist', 'aria-label': 'Show' }, docTab, chatTab);
+  const historyTab = h('button', { class: 'chorus-tab', type: 'button', role: 'tab', 'aria-selected': 'false', 'data-tab': 'history' }, 'History');
+  const tabs = h('nav', { class: 'chorus-tabs', role: 'tablist', 'aria-label': 'Show' }, docTab, chatTab, historyTab);
   const messages = h('ol', { class: 'chorus-messages', 'aria-label': 'Messages', 'aria-live': 'polite' });
   const empty = h('div', { class: 'chorus-empty' }, 'No messages yet. Say hello!');
   const typingLine = h('div', { class: 'chorus-typing', 'aria-live': 'polite' });
@@ -215,7 +219,27 @@ export function mount(target, options = {}) {
     typingLine,
     form,
   );
-  const root = h('div', { class: `chorus-root${options.compact ? ' chorus-compact' : ''}`, 'data-tab': 'doc' }, header, tabs, h('main', { class: 'chorus-main' }, editorCard, chatCard));
+  // Rights: from the token's grants when it has any (a JWT), else assume
+  // writing is allowed until the server says `forbidden`.
+  const granted = tokenRights(options.token, roomId);
+  let writable = granted ? granted === 'rw' : true;
+  const history = createHistory({
+    room,
+    ytext,
+    editorHost,
+    preview: previewEl,
+    writable: () => writable,
+    colorOf: (who, user) => {
+      const present = [...room.members.values()].find((m) => (user && m.user === user) || m.state.name === who);
+      return present && validColor(present.state.color) ? present.state.color : colorFor(who);
+    },
+    h,
+    avatar,
+    onPreview: () => {
+      if (narrow()) showTab('doc');
+    },
+  });
+  const root = h('div', { class: `chorus-root${options.compact ? ' chorus-compact' : ''}`, 'data-tab': 'doc', 'data-side': 'chat' }, header, tabs, h('main', { class: 'chorus-main' }, editorCard, chatCard, history.card));
   target.replaceChildren(root);
   const scroller = chatCard.querySelector('.chorus-scroll');
   const countEl = chatCard.querySelector('.chorus-count');
@@ -265,6 +289,12 @@ export function mount(target, options = {}) {
   const offs = [client.on('status', onStatus)];
 
   offs.push(
+    room.on('error', (e) => {
+      if (e.code === 'forbidden' && writable) {
+        writable = false;
+        history.refreshControls();
+      }
+    }),
     room.on('saved', (ok) => {
       saved.textContent = ok ? 'Saved' : 'Saving…';
       saved.dataset.saved = String(ok);
@@ -449,7 +479,7 @@ export function mount(target, options = {}) {
   const narrow = () => Boolean(narrowQuery?.matches);
   function showTab(which) {
     root.dataset.tab = which;
-    for (const t of [docTab, chatTab]) t.setAttribute('aria-selected', String(t.dataset.tab === which));
+    for (const t of [docTab, chatTab, historyTab]) t.setAttribute('aria-selected', String(t.dataset.tab === which));
     if (which === 'chat') {
       chatSeenCount = chat.length;
       unreadEl.hidden = true;
@@ -459,6 +489,15 @@ export function mount(target, options = {}) {
   }
   docTab.addEventListener('click', () => showTab('doc'));
   chatTab.addEventListener('click', () => showTab('chat'));
+  historyTab.addEventListener('click', () => showTab('history'));
+  /** Wide screens: the history panel takes the chat's place while open. */
+  function showHistory(open) {
+    root.dataset.side = open ? 'history' : 'chat';
+    historyBtn.setAttribute('aria-pressed', String(open));
+    if (open) history.refresh();
+    else history.closePreview();
+  }
+  historyBtn.addEventListener('click', () => showHistory(root.dataset.side !== 'history'));
 
   function markSeen() {
     const last = chat.length ? chat.get(chat.length - 1) : null;
@@ -482,6 +521,8 @@ export function mount(target, options = {}) {
     view,
     setName,
     showTab,
+    showHistory,
+    history,
     get name() {
       return name;
     },
@@ -490,6 +531,7 @@ export function mount(target, options = {}) {
     },
     destroy() {
       offs.forEach((off) => off());
+      history.destroy();
       stopCursors();
       chat.unobserve(renderMessages);
       target.ownerDocument.removeEventListener('visibilitychange', onVisible);
