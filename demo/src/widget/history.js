@@ -28,7 +28,7 @@ const dateFmt =
  * @returns {{card: HTMLElement, refresh(): void, refreshControls(): void, closePreview(): void, destroy(): void}}
  */
 export function createHistory({ room, ytext, editorHost, preview, writable, colorOf, h, avatar, onPreview }) {
-  const nameInput = h('input', { class: 'chorus-input chorus-version-name', type: 'text', placeholder: 'Name this version…', 'aria-label': 'Version name', maxlength: '200', autocomplete: 'off' });
+  const nameInput = h('input', { class: 'chorus-field chorus-version-name', type: 'text', placeholder: 'Name this version…', 'aria-label': 'Version name', maxlength: '200', autocomplete: 'off' });
   const nameBtn = h('button', { class: 'chorus-send', type: 'submit' }, 'Save');
   const nameForm = h('form', { class: 'chorus-compose chorus-name-version' }, nameInput, nameBtn);
   const list = h('ol', { class: 'chorus-versions', 'aria-label': 'Versions' });
