@@ -7,6 +7,7 @@ mod common;
 mod copy;
 mod core;
 mod docs;
+mod history;
 mod hocuspocus;
 mod http;
 mod interop;
