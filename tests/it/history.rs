@@ -737,3 +737,54 @@ async fn history_survives_a_restart_on_redb() {
     c.sync_until(room, &doc, "first").await;
     srv.terminate();
 }
+
+/// History survives a restart of a server on PostgreSQL (migration V2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_survives_a_restart_on_postgres() {
+    let pg = crate::pg::Postgres::start();
+    let url = pg.url();
+    let room = "hist-pg";
+    let args = ["--postgres-url", url.as_str()];
+    let srv = ChildServer::start(&args);
+    let mut c = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    c.update_acked(room, doc.push("first")).await;
+    let v1 = create(&mut c, room, "one").await;
+    c.update_acked(room, doc.push(" second")).await;
+    let v2 = create(&mut c, room, "two").await;
+    // Deleting the first merges it into the second, which stays readable.
+    match ask(&mut c, |rid| ClientMessage::VersionDelete {
+        room: room.into(),
+        id: v1.id.clone(),
+        rid,
+    })
+    .await
+    {
+        ServerMessage::VersionDeleted { id, .. } => assert_eq!(id, v1.id),
+        other => panic!("delete refused: {other:?}"),
+    }
+    c.close().await;
+    srv.terminate();
+
+    let srv = ChildServer::start(&args);
+    let mut c = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    let versions = list(&mut c, room).await;
+    let ids: Vec<&str> = versions.iter().map(|v| v.id.as_str()).collect();
+    assert_eq!(ids, vec![v2.id.as_str()]);
+    assert_eq!(versions[0].name.as_deref(), Some("two"));
+    let r = request(
+        srv.addr,
+        "GET",
+        &format!("/api/v1/rooms/{room}/versions/{}/doc", v2.id),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.json()["doc"]["t"], "first second");
+    let v3 = create(&mut c, room, "three").await;
+    assert!(v3.id.parse::<u64>().unwrap() > v2.id.parse::<u64>().unwrap());
+    srv.terminate();
+}
