@@ -8,6 +8,7 @@ mod copy;
 mod core;
 mod demo;
 mod docs;
+mod history;
 mod hocuspocus;
 mod http;
 mod interop;
