@@ -5,6 +5,8 @@
 //! - `browser_e2e`: builds the demo, starts a server on a free port serving
 //!   it, and runs `node --test demo/test/e2e/` (Playwright driving Debian's
 //!   headless Chromium) against it. Screenshots land in `artifacts/e2e/`.
+//! - `browser_history_panel`: the same against a server that checks tokens
+//!   (`demo/test/e2e-auth/`: the history panel, with authors and a reader).
 //!
 //! What they need is installed when missing: the demo's npm packages
 //! (`npm ci` from the committed lockfile) and `/usr/bin/chromium`
@@ -23,6 +25,10 @@ use chorus::http::BackgroundServer;
 
 /// Setup steps (npm ci, build, apt) must not run twice at once.
 static SETUP: Mutex<()> = Mutex::new(());
+
+/// The demo is built once per run: a second build would replace the files
+/// a running test is being served.
+static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -152,38 +158,61 @@ fn js_unit_tests() {
     node_test("test/unit/", &[], Duration::from_secs(300));
 }
 
-#[test]
-fn browser_e2e() {
-    let chromium = {
-        let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-        ensure_node_deps();
-        run(
-            "demo build",
-            Command::new("node")
-                .arg(Path::new("scripts").join("build.mjs"))
-                .current_dir(demo()),
-            Duration::from_secs(300),
-        );
-        ensure_chromium()
-    };
+/// npm packages, the demo build and Chromium (its path), once.
+fn browser_setup() -> PathBuf {
+    let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
+    BUILT
+        .get_or_init(|| {
+            ensure_node_deps();
+            run(
+                "demo build",
+                Command::new("node")
+                    .arg(Path::new("scripts").join("build.mjs"))
+                    .current_dir(demo()),
+                Duration::from_secs(300),
+            );
+            ensure_chromium()
+        })
+        .clone()
+}
+
+/// Serves the built demo (`tweak` adjusts the config) and runs the
+/// browser tests of `dir` against it.
+fn run_browser_tests(dir: &str, tweak: impl FnOnce(&mut Config), envs: &[(&str, &str)]) {
+    let chromium = browser_setup();
     let mut config = Config::ephemeral();
     config.workers = 2;
     config.room_threads = 2;
     config.log_level = "warn".into();
     config.demo_dir = demo().join("dist");
+    tweak(&mut config);
     let server = BackgroundServer::spawn(config).expect("server starts");
     let url = format!("http://{}", server.addr);
     let artifacts = repo().join("artifacts").join("e2e");
-    node_test(
-        "test/e2e/",
-        &[
-            ("CHORUS_URL", url.as_str()),
-            ("CHORUS_ARTIFACTS", &artifacts.to_string_lossy()),
-            ("CHROMIUM_PATH", &chromium.to_string_lossy()),
-        ],
-        Duration::from_secs(600),
-    );
+    let mut all = vec![
+        ("CHORUS_URL", url.as_str()),
+        ("CHROMIUM_PATH", chromium.to_str().expect("utf-8 path")),
+    ];
+    let artifacts = artifacts.to_string_lossy();
+    all.push(("CHORUS_ARTIFACTS", &artifacts));
+    all.extend_from_slice(envs);
+    node_test(dir, &all, Duration::from_secs(600));
     server.shutdown();
+}
+
+#[test]
+fn browser_e2e() {
+    run_browser_tests("test/e2e/", |_| {}, &[]);
+}
+
+#[test]
+fn browser_history_panel() {
+    const SECRET: &str = "browser-history-test-secret";
+    run_browser_tests(
+        "test/e2e-auth/",
+        |c| c.auth_secret = Some(SECRET.into()),
+        &[("CHORUS_AUTH_SECRET", SECRET)],
+    );
 }
 
 #[test]

@@ -424,7 +424,8 @@ export class ChorusRoom extends Emitter {
     this.id = id;
     /** @type {Y.Doc} */
     this.doc = doc || new Y.Doc();
-    this.presence = presence ? { ...presence } : {};
+    /** Own presence state; null: none (joins without one, as `r` tokens must). */
+    this.presence = presence ? { ...presence } : null;
     /** @type {'joining'|'synced'|'disconnected'|'failed'|'left'} */
     this.state = 'disconnected';
     /** @type {Map<string, {id: string, user?: string, state: object}>} */
@@ -616,7 +617,7 @@ export class ChorusRoom extends Emitter {
       t: 'join',
       room: this.id,
       sv: Y.encodeStateVector(this.doc),
-      presence: this.presence,
+      presence: this.presence ?? undefined,
       rid: this.joinRid,
     });
   }

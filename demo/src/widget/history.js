@@ -100,7 +100,7 @@ export function createHistory({ room, ytext, editorHost, preview, writable, colo
           h(
             'div',
             { class: 'chorus-version-main' },
-            h('div', { class: 'chorus-version-title' }, label(v)),
+            h('div', { class: 'chorus-version-title', title: label(v) }, label(v)),
             h('time', { datetime: new Date(v.time).toISOString() }, when(v)),
           ),
           h(

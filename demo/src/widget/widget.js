@@ -175,7 +175,13 @@ export function mount(target, options = {}) {
   const authorId = options.authorId || storedAuthorId();
   const url = options.server || wsUrlFor(import.meta.url);
   const client = options.client || new ChorusClient(url, { token: options.token, clientName: 'chorus-widget/0.1' });
-  const room = client.join(roomId, { presence: { name, color } });
+  // Rights: from the token's grants when it has any (a JWT), else assume
+  // everything is allowed (the server says `forbidden` otherwise). A reader
+  // (`r`) joins without presence and cannot edit; `rp` shows presence.
+  const granted = tokenRights(options.token, roomId);
+  const mayPresence = granted !== 'r';
+  const mayEdit = !granted || granted === 'rw';
+  const room = client.join(roomId, mayPresence ? { presence: { name, color } } : {});
   const doc = room.doc;
   const ytext = doc.getText('editor');
   /** @type {Y.Array<{id: string, user: string, color: string, text: string, ts: number}>} */
@@ -210,6 +216,11 @@ export function mount(target, options = {}) {
   const input = h('input', { class: 'chorus-input', type: 'text', placeholder: 'Message…', 'aria-label': 'Message', maxlength: '2000', autocomplete: 'off' });
   const sendBtn = h('button', { class: 'chorus-send', type: 'submit', 'aria-label': 'Send' }, 'Send');
   const form = h('form', { class: 'chorus-compose' }, input, sendBtn);
+  if (!mayEdit) {
+    // The chat lives in the document: without `rw` it is read-only too.
+    input.disabled = sendBtn.disabled = true;
+    input.placeholder = 'Read-only';
+  }
   const chatCard = h(
     'section',
     { class: 'chorus-card chorus-chat', 'aria-label': 'Chat' },
@@ -219,10 +230,7 @@ export function mount(target, options = {}) {
     typingLine,
     form,
   );
-  // Rights: from the token's grants when it has any (a JWT), else assume
-  // writing is allowed until the server says `forbidden`.
-  const granted = tokenRights(options.token, roomId);
-  let writable = granted ? granted === 'rw' : true;
+  let writable = mayEdit;
   const history = createHistory({
     room,
     ytext,
@@ -258,6 +266,8 @@ export function mount(target, options = {}) {
         syntaxHighlighting(defaultHighlightStyle, { fallback: true }),
         placeholder('Start writing together… (Markdown works)'),
         yCollab(ytext, null, { undoManager }),
+        EditorView.editable.of(mayEdit),
+        EditorState.readOnly.of(!mayEdit),
         remoteCursors,
         EditorView.contentAttributes.of({ 'aria-label': 'Shared document editor' }),
         EditorView.updateListener.of((u) => {
@@ -270,7 +280,7 @@ export function mount(target, options = {}) {
 
   let cursorTimer = null;
   function scheduleCursor() {
-    if (cursorTimer) return;
+    if (cursorTimer || !mayPresence) return;
     cursorTimer = setTimeout(() => {
       cursorTimer = null;
       const sel = view.state.selection.main;
@@ -312,7 +322,7 @@ export function mount(target, options = {}) {
    * person keeps their colour while present and newcomers adapt.
    */
   function claimColor() {
-    if (fixedColor || !room.self || !room.members.has(room.self)) return;
+    if (fixedColor || !mayPresence || !room.self || !room.members.has(room.self)) return;
     const others = [...room.members.values()].filter((m) => m.id !== room.self);
     const yieldTo = others.some((m) => norm(m.state.color) === norm(color) && compareMemberIds(m.id, room.self) < 0);
     if (!yieldTo) return;
@@ -324,7 +334,7 @@ export function mount(target, options = {}) {
     if (next === color) return;
     color = next;
     header.querySelector('.chorus-you-dot').style.background = color;
-    room.setPresence({ name, color });
+    if (mayPresence) room.setPresence({ name, color });
     renderMessages();
   }
 
@@ -353,7 +363,7 @@ export function mount(target, options = {}) {
     if (!n || n === name) return;
     name = n;
     // The colour stays: it is how the others recognise this person.
-    room.setPresence({ name, color });
+    if (mayPresence) room.setPresence({ name, color });
     options.onNameChange?.(name);
   }
   nameInput.addEventListener('change', () => setName(nameInput.value));
@@ -389,6 +399,7 @@ export function mount(target, options = {}) {
   let typingSentAt = 0;
   let typingIdle = null;
   function typingPulse() {
+    if (!mayPresence) return;
     const now = Date.now();
     if (!input.value.trim()) return typingStop();
     // Renew well inside the server's TTL (5 s by default).
@@ -500,6 +511,7 @@ export function mount(target, options = {}) {
   historyBtn.addEventListener('click', () => showHistory(root.dataset.side !== 'history'));
 
   function markSeen() {
+    if (!mayPresence) return;
     const last = chat.length ? chat.get(chat.length - 1) : null;
     if (!last || last.id === lastSeenSent) return;
     if (target.ownerDocument.visibilityState === 'hidden') return;
