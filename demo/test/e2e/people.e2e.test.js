@@ -61,12 +61,17 @@ test('three people whose names hash alike get three distinct colours, the same o
   const names = ['Erin', 'Frank', 'Ivan'];
   const pages = [];
   for (const n of names) pages.push(await open(room, n));
+  // Generous wait: presence is batched per room, and the machine may be busy.
+  let seen;
   const agreed = await until(async () => {
     const views = await Promise.all(pages.map(colours));
+    seen = views;
     const first = JSON.stringify(views[0]);
     const ok = views.every((v) => Object.keys(v).length === 3 && JSON.stringify(v) === first) && new Set(Object.values(views[0])).size === 3;
     return ok && views[0];
-  }, 'three distinct colours, agreed by all pages');
+  }, 'three distinct colours, agreed by all pages', 30_000).catch((e) => {
+    throw new Error(`${e.message}; pages see ${JSON.stringify(seen)}`);
+  });
   console.log(`colours: ${JSON.stringify(agreed)}`);
   // What is drawn matches: three distinct dots in every online list.
   for (const p of pages) {
