@@ -9,7 +9,8 @@
 //!   (`demo/test/e2e-auth/`: the history panel, with authors and a reader).
 //!
 //! What they need is installed when missing: the demo's npm packages
-//! (`npm ci` from the committed lockfile) and `/usr/bin/chromium`
+//! (`npm ci` from the committed lockfile; tests/interop's too, for the
+//! y-websocket editor of `people.e2e.test.js`) and `/usr/bin/chromium`
 //! (`apt-get install -y chromium`; needs root, as on CI).
 
 use std::path::{Path, PathBuf};
@@ -164,6 +165,17 @@ fn browser_setup() -> PathBuf {
     BUILT
         .get_or_init(|| {
             ensure_node_deps();
+            // people.e2e.test.js drives a stock y-websocket editor too.
+            let interop = repo().join("tests").join("interop");
+            if !interop.join("node_modules/y-websocket").is_dir() {
+                run(
+                    "npm ci (tests/interop)",
+                    Command::new("npm")
+                        .args(["ci", "--no-audit", "--no-fund"])
+                        .current_dir(&interop),
+                    Duration::from_secs(900),
+                );
+            }
             run(
                 "demo build",
                 Command::new("node")

@@ -1,7 +1,9 @@
 // Browser tests of the demo's people-facing polish: three people in a room
 // get three distinct colours (their names hash to the same palette entry),
 // one's own chat bubble has no member's hue, and on a 390 px wide phone the
-// chat is one tap away (tabs) with an unread count.
+// chat is one tap away (tabs) with an unread count. A stock y-websocket
+// editor (tests/interop's packages) sees the widgets' colours as
+// awareness `user.color`, and a widget joining after it avoids its colour.
 // Run by `cargo test --test browser` (see demo.e2e.test.js).
 
 import { test, before, after } from 'node:test';
@@ -146,4 +148,39 @@ test('on a 390 px phone the chat is one tap away, with an unread count', async (
   assert.ok(!(await desk.isVisible('.chorus-tabs')));
   assert.ok(await desk.isVisible('.chorus-input'));
   for (const p of [phone, desk]) await p.context().close();
+});
+
+/** The widget's first choice for `name` (its hash into the 10-colour palette). */
+function hashColour(name) {
+  const PALETTE = ['#e11d48', '#2563eb', '#059669', '#d97706', '#9333ea', '#0891b2', '#65a30d', '#db2777', '#92400e', '#0f766e'];
+  let h = 0;
+  for (const ch of name) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  return PALETTE[h % PALETTE.length];
+}
+
+test('a y-websocket editor sees the widgets\' colours as user.color; a widget joining after it avoids its colour', async () => {
+  // tests/interop's y-websocket helpers (cargo test --test browser installs them).
+  const { connect, synced, waitFor, destroy } = await import('../../../tests/interop/helpers.mjs');
+  const room = `yjs-colours-${Date.now().toString(36)}`;
+  const ws = `${BASE.replace(/^http/, 'ws')}/yjs`;
+  // The editor took the colour the widget named Zoe would pick first.
+  const taken = hashColour('Zoe');
+  const editor = connect(ws, room);
+  await synced(editor.provider);
+  editor.awareness.setLocalStateField('user', { name: 'Yuri', color: taken });
+  const a = await open(room, 'Zoe');
+  const b = await open(room, 'Erin');
+  const seen = await until(async () => {
+    const v = await colours(a);
+    return Object.keys(v).length === 3 && new Set(Object.values(v)).size === 3 && v;
+  }, 'three distinct colours with the editor');
+  assert.equal(seen.Yuri, taken, 'the editor keeps its own colour');
+  assert.notEqual(seen.Zoe, taken, 'Zoe avoided the editor\'s colour');
+  // The editor sees each widget's colour as user.color, the same the pages show.
+  await waitFor(() => {
+    const users = [...editor.awareness.getStates().values()].map((st) => st.user).filter(Boolean);
+    return ['Zoe', 'Erin'].every((n) => users.some((u) => u.name === n && String(u.color).toLowerCase() === seen[n]));
+  }, 'user.color of both widgets in the editor\'s awareness', WAIT);
+  destroy(editor);
+  for (const p of [a, b]) await p.context().close();
 });
