@@ -207,3 +207,16 @@ test('the codec writes the history messages in the contract\'s field order', () 
   assert.deepEqual(Object.keys(one.version), ['id', 'time', 'name', 'kind', 'restored_from', 'authors', 'bytes']);
   assert.throws(() => decodeServer(encodeServer({ t: 'version_doc', room: 'r', id: '1', update: 'not bytes' })), /Uint8Array|bin/);
 });
+
+test('tokenRights reads the widest matching grant from a JWT payload, null for anything else', async () => {
+  const { tokenRights } = await import('../../src/client/index.js');
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const jwt = (claims) => `${b64({ alg: 'HS256' })}.${b64(claims)}.sig`;
+  const t = jwt({ sub: 'u', grants: [{ room: 'doc:*', rights: 'r' }, { room: 'doc:a', rights: 'rw' }, { room: 'lobby', rights: 'rp' }] });
+  assert.equal(tokenRights(t, 'doc:a'), 'rw');
+  assert.equal(tokenRights(t, 'doc:b'), 'r');
+  assert.equal(tokenRights(t, 'lobby'), 'rp');
+  assert.equal(tokenRights(t, 'lobby2'), null);
+  assert.equal(tokenRights(jwt({ grants: [{ room: '*', rights: 'rw' }] }), 'anything'), 'rw');
+  for (const bad of [undefined, '', 'secret', 'a.b.c', `${b64({})}.${b64([1])}.x`, `x.${b64({ grants: 'all' })}.y`, 'a.%%%.b']) assert.equal(tokenRights(bad, 'doc:a'), null, String(bad));
+});
