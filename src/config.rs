@@ -264,6 +264,9 @@ pub struct Config {
     /// HTTP API, event streams and webhooks.
     #[command(flatten)]
     pub api: ApiConfig,
+    /// Version history: automatic versions and retention.
+    #[command(flatten)]
+    pub history: HistoryConfig,
     /// TEST ONLY: makes a room panic, to prove that rooms are supervised
     /// (see `room::supervise`). `apply:N:ROOM` panics inside the yrs
     /// transaction of the Nth non-empty update applied to room `ROOM` (after
@@ -428,6 +431,41 @@ impl ApiConfig {
             None => Ok(Vec::new()),
         }
     }
+}
+
+/// Version history (see `store::history` and the README's "History"):
+/// when automatic versions are made, how many are kept, how they are stored.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryConfig {
+    /// An automatic version is made once a room's document has been quiet
+    /// this long after edits, in ms. 0: no automatic versions.
+    #[arg(long, env = "CHORUS_VERSION_IDLE_MS", default_value_t = 30_000)]
+    pub version_idle_ms: u64,
+    /// During continuous editing, an automatic version is made at least
+    /// this often, in ms (counted from the first edit after a version).
+    #[arg(long, env = "CHORUS_VERSION_EVERY_MS", default_value_t = 600_000)]
+    pub version_every_ms: u64,
+    /// Versions other than named ones kept per room (automatic and restore
+    /// versions; the oldest go first). Named versions are kept until deleted.
+    #[arg(long, env = "CHORUS_VERSION_KEEP", default_value_t = 200)]
+    pub version_keep: usize,
+    /// Versions other than named ones older than this are deleted, in ms.
+    /// 0: no age limit. The default is 30 days.
+    #[arg(
+        long,
+        env = "CHORUS_VERSION_MAX_AGE_MS",
+        default_value_t = 2_592_000_000
+    )]
+    pub version_max_age_ms: u64,
+    /// A version is stored as the whole document every this many versions
+    /// (the ones between are deltas), or sooner when the deltas since the
+    /// last whole document outweigh it: a rebuild reads at most this many
+    /// updates.
+    #[arg(long, env = "CHORUS_VERSION_SNAPSHOT_EVERY", default_value_t = 50)]
+    pub version_snapshot_every: u64,
+    /// Longest version name, in bytes (UTF-8).
+    #[arg(long, env = "CHORUS_MAX_VERSION_NAME_BYTES", default_value_t = 200)]
+    pub max_version_name_bytes: usize,
 }
 
 /// Every limit and timing the server enforces. Each is a named flag and env
@@ -651,6 +689,16 @@ impl Config {
                 "store retry delays must be at least 1 ms, the longest ({}) at least the first ({})",
                 self.store_retry_max_ms, self.store_retry_min_ms
             ));
+        }
+        let h = &self.history;
+        if h.version_keep == 0 || h.version_snapshot_every == 0 || h.max_version_name_bytes == 0 {
+            return Err(
+                "version keep, version snapshot every and max version name bytes must be at least 1"
+                    .into(),
+            );
+        }
+        if h.version_idle_ms > 0 && h.version_every_ms == 0 {
+            return Err("version every must be at least 1 ms when version idle is on".into());
         }
         if l.compact_every == 0 || l.compact_bytes == 0 {
             return Err("compact_every and compact_bytes must be at least 1".into());

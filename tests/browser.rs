@@ -5,6 +5,8 @@
 //! - `browser_e2e`: builds the demo, starts a server on a free port serving
 //!   it, and runs `node --test demo/test/e2e/` (Playwright driving Debian's
 //!   headless Chromium) against it. Screenshots land in `artifacts/e2e/`.
+//! - `browser_history_panel`: the same against a server that checks tokens
+//!   (`demo/test/e2e-auth/`: the history panel, with authors and a reader).
 //! - `editors_e2e`: stock editors beside the demo, as their own docs set them
 //!   up (`tests/editors/`): TipTap 3 with `@hocuspocus/provider` on
 //!   `/hocuspocus` in two pages, and CodeMirror 6 with y-codemirror.next on
@@ -12,7 +14,8 @@
 //!   coloured carets and presence list each page shows.
 //!
 //! What they need is installed when missing: the npm packages of `demo/` and
-//! `tests/editors/` (`npm ci` from the committed lockfiles) and
+//! `tests/editors/` (`npm ci` from the committed lockfiles; tests/interop's
+//! too, for the y-websocket editor of `people.e2e.test.js`) and
 //! `/usr/bin/chromium` (`apt-get install -y chromium`; needs root, as on CI).
 
 use std::path::{Path, PathBuf};
@@ -29,9 +32,9 @@ use chorus::http::BackgroundServer;
 /// Setup steps (npm ci, build, apt) must not run twice at once.
 static SETUP: Mutex<()> = Mutex::new(());
 
-/// The demo is built once per run: a second build would empty `demo/dist`
-/// under a test that serves it.
-static DEMO_BUILT: std::sync::Once = std::sync::Once::new();
+/// The demo is built once per run: a second build would replace the files
+/// a running test is being served.
+static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -98,14 +101,14 @@ fn apt_install(packages: &[&str]) {
 
 /// Node and the demo's npm packages.
 fn ensure_node_deps() {
-    ensure_npm_packages(&demo());
-}
-
-/// Node and the npm packages of `dir` (from its committed lockfile).
-fn ensure_npm_packages(dir: &Path) {
     if !have("node") || !have("npm") {
         apt_install(&["nodejs", "npm"]);
     }
+    ensure_npm_packages(&demo());
+}
+
+/// The npm packages of `dir` (from its committed lockfile).
+fn ensure_npm_packages(dir: &Path) {
     if !dir.join("node_modules/.package-lock.json").is_file() {
         run(
             &format!("npm ci ({})", dir.display()),
@@ -115,19 +118,6 @@ fn ensure_npm_packages(dir: &Path) {
             Duration::from_secs(900),
         );
     }
-}
-
-/// Builds the demo into `demo/dist` (once per run; call under `SETUP`).
-fn build_demo() {
-    DEMO_BUILT.call_once(|| {
-        run(
-            "demo build",
-            Command::new("node")
-                .arg(Path::new("scripts").join("build.mjs"))
-                .current_dir(demo()),
-            Duration::from_secs(300),
-        );
-    });
 }
 
 fn ensure_chromium() -> PathBuf {
@@ -183,57 +173,88 @@ fn js_unit_tests() {
     node_test(&demo(), "test/unit/", &[], Duration::from_secs(300));
 }
 
-#[test]
-fn browser_e2e() {
-    let chromium = {
-        let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-        ensure_node_deps();
-        build_demo();
-        ensure_chromium()
-    };
-    e2e_against_demo_server(&demo(), "test/e2e/", &chromium);
+/// npm packages, the demo build and Chromium (its path), once.
+fn browser_setup() -> PathBuf {
+    let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
+    BUILT
+        .get_or_init(|| {
+            ensure_node_deps();
+            // people.e2e.test.js drives a stock y-websocket editor too.
+            let interop = repo().join("tests").join("interop");
+            if !interop.join("node_modules/y-websocket").is_dir() {
+                run(
+                    "npm ci (tests/interop)",
+                    Command::new("npm")
+                        .args(["ci", "--no-audit", "--no-fund"])
+                        .current_dir(&interop),
+                    Duration::from_secs(900),
+                );
+            }
+            run(
+                "demo build",
+                Command::new("node")
+                    .arg(Path::new("scripts").join("build.mjs"))
+                    .current_dir(demo()),
+                Duration::from_secs(300),
+            );
+            ensure_chromium()
+        })
+        .clone()
 }
 
-/// Starts a server with an in-memory store serving the built demo and runs
-/// the browser tests in `dir` (under `base`) against it: `CHORUS_URL` is
-/// its address, screenshots go to `artifacts/e2e/`.
-fn e2e_against_demo_server(base: &Path, dir: &str, chromium: &Path) {
+/// Serves the built demo (`tweak` adjusts the config) and runs the
+/// browser tests of `dir` (under `base`) against it.
+fn run_browser_tests(base: &Path, dir: &str, tweak: impl FnOnce(&mut Config), envs: &[(&str, &str)]) {
+    let chromium = browser_setup();
     let mut config = Config::ephemeral();
     config.workers = 2;
     config.room_threads = 2;
     config.log_level = "warn".into();
     config.demo_dir = demo().join("dist");
+    tweak(&mut config);
     let server = BackgroundServer::spawn(config).expect("server starts");
     let url = format!("http://{}", server.addr);
     let artifacts = repo().join("artifacts").join("e2e");
-    node_test(
-        base,
-        dir,
-        &[
-            ("CHORUS_URL", url.as_str()),
-            ("CHORUS_ARTIFACTS", &artifacts.to_string_lossy()),
-            ("CHROMIUM_PATH", &chromium.to_string_lossy()),
-        ],
-        Duration::from_secs(600),
-    );
+    let mut all = vec![
+        ("CHORUS_URL", url.as_str()),
+        ("CHROMIUM_PATH", chromium.to_str().expect("utf-8 path")),
+    ];
+    let artifacts = artifacts.to_string_lossy();
+    all.push(("CHORUS_ARTIFACTS", &artifacts));
+    all.extend_from_slice(envs);
+    node_test(base, dir, &all, Duration::from_secs(600));
     server.shutdown();
 }
 
 #[test]
+fn browser_e2e() {
+    run_browser_tests(&demo(), "test/e2e/", |_| {}, &[]);
+}
+
+#[test]
+fn browser_history_panel() {
+    const SECRET: &str = "browser-history-test-secret";
+    run_browser_tests(
+        &demo(),
+        "test/e2e-auth/",
+        |c| c.auth_secret = Some(SECRET.into()),
+        &[("CHORUS_AUTH_SECRET", SECRET)],
+    );
+}
+
+#[test]
 fn editors_e2e() {
-    let chromium = {
+    browser_setup();
+    {
         let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-        ensure_node_deps();
-        build_demo();
         ensure_npm_packages(&editors());
         run(
             "editor pages build",
             Command::new("node").arg("build.mjs").current_dir(editors()),
             Duration::from_secs(300),
         );
-        ensure_chromium()
-    };
-    e2e_against_demo_server(&editors(), "./", &chromium);
+    }
+    run_browser_tests(&editors(), "./", |_| {}, &[]);
 }
 
 #[test]

@@ -26,7 +26,7 @@ export class MockServer {
 
   room(id) {
     let r = this.rooms.get(id);
-    if (!r) this.rooms.set(id, (r = { doc: new Y.Doc(), members: new Map(), presence: new Map() }));
+    if (!r) this.rooms.set(id, (r = { doc: new Y.Doc(), members: new Map(), presence: new Map(), versions: [], nextVersion: 1 }));
     return r;
   }
 
@@ -47,6 +47,8 @@ export class MockServer {
       case 'hello':
         if (msg.v !== 1) return sock._serverClose(4002, 'unsupported protocol version');
         sock.id = `mock-${++this.next}`;
+        // Token "read-only" stands for a token with `r` rights only.
+        sock.readOnly = msg.token === 'read-only';
         return sock._deliver({ t: 'welcome', v: 1, session: sock.id, server: 'mock', limits: { max_frame_bytes: 1 << 20, max_rooms: 10, max_doc_bytes: 1 << 24, max_presence_bytes: 8192, typing_ttl_ms: 5000, heartbeat_ms: 5000 } });
       case 'join': {
         const room = this.room(msg.room);
@@ -75,11 +77,80 @@ export class MockServer {
         return this.fanOut(r, { t: 'event', room: msg.room, from: sock.id, name: msg.name, data: msg.data }, sock.id);
       case 'leave':
         return this.leave(sock, msg.room);
+      case 'versions':
+      case 'version_create':
+      case 'version_view':
+      case 'version_restore':
+      case 'version_delete':
+        return this.history(sock, r, msg);
       case 'ping':
         if (this.answerPings) sock._deliver({ t: 'pong', rid: msg.rid });
         return;
       default:
         return sock._deliver({ t: 'error', code: 'unknown_type', message: `unknown ${msg.t}` });
+    }
+  }
+
+  /** Adds a version of `room`'s current state; tells every member. */
+  addVersion(roomId, kind, { name = null, restoredFrom = null, authors = [] } = {}) {
+    const room = this.room(roomId);
+    const update = Y.encodeStateAsUpdate(room.doc);
+    const version = { id: String(room.nextVersion++), time: Date.now(), name, kind, restored_from: restoredFrom, authors, bytes: update.length, update };
+    room.versions.push(version);
+    this.fanOut(room, { t: 'versions_changed', room: roomId });
+    return version;
+  }
+
+  /** The version history messages, as the contract (notes/history-contract.md) has them. */
+  history(sock, r, msg) {
+    const err = (code, message) => sock._deliver({ t: 'error', code, message, rid: msg.rid, room: msg.room });
+    if (!r || !r.members.has(sock.id)) return err('not_joined', 'join first');
+    const pub = ({ update, ...v }) => v;
+    const find = () => r.versions.find((v) => v.id === msg.id);
+    if (msg.t !== 'versions' && msg.t !== 'version_view' && sock.readOnly) return err('forbidden', 'read-only token');
+    switch (msg.t) {
+      case 'versions': {
+        const limit = Math.min(msg.limit ?? 50, 200);
+        const older = r.versions.filter((v) => msg.before == null || Number(v.id) < Number(msg.before)).reverse();
+        const page = older.slice(0, limit);
+        return sock._deliver({ t: 'versions', room: msg.room, versions: page.map(pub), next: older.length > limit ? page.at(-1).id : null, rid: msg.rid });
+      }
+      case 'version_create': {
+        const state = r.presence.get(sock.id) || {};
+        const v = this.addVersion(msg.room, 'named', { name: msg.name, authors: [{ user: sock.id, name: state.name ?? null }] });
+        return sock._deliver({ t: 'version', room: msg.room, version: pub(v), rid: msg.rid });
+      }
+      case 'version_view': {
+        const v = find();
+        if (!v) return err('not_found', `no version ${msg.id}`);
+        return sock._deliver({ t: 'version_doc', room: msg.room, id: v.id, update: v.update, rid: msg.rid });
+      }
+      case 'version_restore': {
+        const v = find();
+        if (!v) return err('not_found', `no version ${msg.id}`);
+        // A forward change: every text root gets the version's content.
+        const old = new Y.Doc();
+        Y.applyUpdate(old, v.update);
+        const before = Y.encodeStateVector(r.doc);
+        r.doc.transact(() => {
+          for (const key of new Set([...r.doc.share.keys(), ...old.share.keys()])) {
+            const now = r.doc.getText(key);
+            now.delete(0, now.length);
+            now.insert(0, old.getText(key).toString());
+          }
+        });
+        const data = Y.encodeStateAsUpdate(r.doc, before);
+        this.fanOut(r, { t: 'update', room: msg.room, data, origin: sock.id });
+        const created = this.addVersion(msg.room, 'restore', { restoredFrom: v.id });
+        return sock._deliver({ t: 'version', room: msg.room, version: pub(created), rid: msg.rid });
+      }
+      case 'version_delete': {
+        const i = r.versions.findIndex((v) => v.id === msg.id);
+        if (i < 0) return err('not_found', `no version ${msg.id}`);
+        r.versions.splice(i, 1);
+        sock._deliver({ t: 'version_deleted', room: msg.room, id: msg.id, rid: msg.rid });
+        return this.fanOut(r, { t: 'versions_changed', room: msg.room });
+      }
     }
   }
 

@@ -151,6 +151,9 @@ pub enum Item {
         /// Their cursors.
         cursors: Vec<CursorView>,
     },
+    /// The room's version list changed on the origin (a version added or
+    /// deleted there): members re-list.
+    VersionsChanged,
     /// Answer to a `Hello` from node `to`.
     State {
         /// The node that asked.

@@ -39,6 +39,10 @@ use crate::room::api::{
     ApiUpdate, DeleteRoom, DocBody, DocFormat, ReadDoc, ReadPresence, ReadStats, RoomError,
     Trigger, SERVER,
 };
+use crate::room::history::{
+    parse_version_id, version_view, VersionAsk, VersionReply, VersionRequest,
+    DEFAULT_VERSIONS_PAGE, MAX_VERSIONS_PAGE,
+};
 use crate::room::{RoomId, RoomsFull};
 use crate::session::Shared;
 
@@ -58,6 +62,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/rooms/{room}/events"),
     ("GET", "/rooms/{room}/poll"),
     ("GET", "/rooms/{room}/stream"),
+    ("GET", "/rooms/{room}/versions"),
+    ("POST", "/rooms/{room}/versions"),
+    ("GET", "/rooms/{room}/versions/{id}/doc"),
+    ("GET", "/rooms/{room}/versions/{id}/update"),
+    ("POST", "/rooms/{room}/versions/{id}/restore"),
+    ("DELETE", "/rooms/{room}/versions/{id}"),
     ("POST", "/events"),
 ];
 
@@ -131,6 +141,7 @@ impl ApiError {
                     }
                     ErrorCode::BadRoom | ErrorCode::BadMessage => StatusCode::BAD_REQUEST,
                     ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+                    ErrorCode::NotFound => StatusCode::NOT_FOUND,
                     ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
                     ErrorCode::RoomUnavailable | ErrorCode::StoreFailed | ErrorCode::GoingAway => {
                         StatusCode::SERVICE_UNAVAILABLE
@@ -363,6 +374,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             ("POST", "/rooms/{room}/events") => web::post().to(trigger_room),
             ("GET", "/rooms/{room}/poll") => web::get().to(super::stream::poll),
             ("GET", "/rooms/{room}/stream") => web::get().to(super::stream::ndjson),
+            ("GET", "/rooms/{room}/versions") => web::get().to(list_versions),
+            ("POST", "/rooms/{room}/versions") => web::post().to(create_version),
+            ("GET", "/rooms/{room}/versions/{id}/doc") => web::get().to(version_doc),
+            ("GET", "/rooms/{room}/versions/{id}/update") => web::get().to(version_update),
+            ("POST", "/rooms/{room}/versions/{id}/restore") => web::post().to(restore_version),
+            ("DELETE", "/rooms/{room}/versions/{id}") => web::delete().to(delete_version),
             ("POST", "/events") => web::post().to(trigger_many),
             _ => web::route().to(no_route),
         };
@@ -703,6 +720,185 @@ async fn trigger_many(
             rooms.push(RoomId::from(r));
         }
         trigger(&shared, rooms, body.name, body.data).await
+    };
+    respond(&shared, res.await)
+}
+
+/// The user id of the request's token, when it carries one (an API key
+/// names nobody).
+fn request_user(req: &HttpRequest, shared: &Shared) -> Option<String> {
+    let token = crate::http::request_token(req)?;
+    let grants = shared.auth.as_ref()?.verify(&token, now_secs()).ok()?;
+    grants.user.as_deref().map(str::to_owned)
+}
+
+/// The `{id}` path segment of a version route (segment 6).
+fn version_of(req: &HttpRequest) -> Result<u64, ApiError> {
+    parse_version_id(crate::http::raw_path_segment(req, 6)).map_err(ApiError::BadRequest)
+}
+
+/// Sends a history request to the room, after the checks of every room
+/// route (`rights` in the room).
+async fn ask_versions(
+    req: &HttpRequest,
+    shared: &Shared,
+    rights: Rights,
+    ask: impl FnOnce() -> Result<VersionAsk, ApiError>,
+) -> Result<(RoomId, VersionReply), ApiError> {
+    let room = room_of(req, shared)?;
+    authorize(req, shared, Need::Room(&room, rights))?;
+    let ask = ask()?;
+    let request = VersionRequest {
+        ask,
+        user: request_user(req, shared),
+        member: None,
+        counted: true,
+    };
+    let reply = shared
+        .registry
+        .request(&room, request)
+        .await?
+        .await
+        .map_err(mailbox)??;
+    Ok((room, reply))
+}
+
+/// Query of `GET /rooms/{room}/versions`.
+#[derive(Deserialize)]
+struct VersionsQuery {
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+async fn list_versions(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let res = async {
+        let (_, reply) = ask_versions(&req, &shared, Rights::Read, || {
+            let q = web::Query::<VersionsQuery>::from_query(req.query_string())
+                .map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
+            let limit = q.limit.unwrap_or(DEFAULT_VERSIONS_PAGE);
+            if limit == 0 || limit > MAX_VERSIONS_PAGE {
+                return Err(ApiError::BadRequest(format!(
+                    "limit must be 1 to {MAX_VERSIONS_PAGE}"
+                )));
+            }
+            let before = q
+                .before
+                .as_deref()
+                .map(parse_version_id)
+                .transpose()
+                .map_err(ApiError::BadRequest)?;
+            Ok(VersionAsk::List { before, limit })
+        })
+        .await?;
+        let VersionReply::Page(page) = reply else {
+            return Err(ApiError::Unavailable("unexpected answer".into()));
+        };
+        let versions: Vec<_> = page.versions.iter().map(version_view).collect();
+        Ok(HttpResponse::Ok().json(json!({
+            "versions": versions,
+            "next": page.next.map(|n| n.to_string()),
+        })))
+    };
+    respond(&shared, res.await)
+}
+
+/// Body of `POST /rooms/{room}/versions`.
+#[derive(Deserialize)]
+struct CreateVersionBody {
+    name: String,
+}
+
+async fn create_version(
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    let res = async {
+        let (room, body) = room_and_body(&req, payload, &shared, Rights::Write).await?;
+        let body: CreateVersionBody = parse_json(&body)?;
+        let max = shared.config.history.max_version_name_bytes;
+        crate::room::history::check_version_name(&body.name, max).map_err(ApiError::BadRequest)?;
+        let request = VersionRequest {
+            ask: VersionAsk::Create { name: body.name },
+            user: request_user(&req, &shared),
+            member: None,
+            counted: true,
+        };
+        let reply = shared
+            .registry
+            .request(&room, request)
+            .await?
+            .await
+            .map_err(mailbox)??;
+        let VersionReply::Version(meta) = reply else {
+            return Err(ApiError::Unavailable("unexpected answer".into()));
+        };
+        Ok(HttpResponse::Created().json(json!({ "version": version_view(&meta) })))
+    };
+    respond(&shared, res.await)
+}
+
+async fn version_doc(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let res = async {
+        let (room, reply) = ask_versions(&req, &shared, Rights::Read, || {
+            Ok(VersionAsk::View {
+                id: version_of(&req)?,
+                json: true,
+            })
+        })
+        .await?;
+        let VersionReply::Json(doc) = reply else {
+            return Err(ApiError::Unavailable("unexpected answer".into()));
+        };
+        Ok(HttpResponse::Ok().json(json!({ "room": &*room, "doc": doc })))
+    };
+    respond(&shared, res.await)
+}
+
+async fn version_update(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let res = async {
+        let (_, reply) = ask_versions(&req, &shared, Rights::Read, || {
+            Ok(VersionAsk::View {
+                id: version_of(&req)?,
+                json: false,
+            })
+        })
+        .await?;
+        let VersionReply::Update(bytes) = reply else {
+            return Err(ApiError::Unavailable("unexpected answer".into()));
+        };
+        Ok(HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(bytes))
+    };
+    respond(&shared, res.await)
+}
+
+async fn restore_version(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let res = async {
+        let (_, reply) = ask_versions(&req, &shared, Rights::Write, || {
+            Ok(VersionAsk::Restore {
+                id: version_of(&req)?,
+            })
+        })
+        .await?;
+        let VersionReply::Version(meta) = reply else {
+            return Err(ApiError::Unavailable("unexpected answer".into()));
+        };
+        Ok(HttpResponse::Ok().json(json!({ "version": version_view(&meta) })))
+    };
+    respond(&shared, res.await)
+}
+
+async fn delete_version(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let res = async {
+        ask_versions(&req, &shared, Rights::Write, || {
+            Ok(VersionAsk::Delete {
+                id: version_of(&req)?,
+            })
+        })
+        .await?;
+        Ok(HttpResponse::NoContent().finish())
     };
     respond(&shared, res.await)
 }

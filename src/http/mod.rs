@@ -380,7 +380,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/", web::get().to(demo::index))
+        .route("/", web::head().to(demo::index))
+        .route("/favicon.ico", web::get().to(demo::favicon))
+        .route("/favicon.ico", web::head().to(demo::favicon))
+        .route("/favicon.svg", web::get().to(demo::favicon))
+        .route("/favicon.svg", web::head().to(demo::favicon))
         .route("/assets/{path:.*}", web::get().to(demo::asset))
+        .route("/assets/{path:.*}", web::head().to(demo::asset))
         .configure(api::configure);
 }
 

@@ -58,6 +58,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The server is shutting down.
     GoingAway,
+    /// The named thing (a version) does not exist.
+    NotFound,
 }
 
 impl ErrorCode {
@@ -82,6 +84,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::GoingAway => "going_away",
+            ErrorCode::NotFound => "not_found",
         }
     }
 }

@@ -155,12 +155,109 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rid: Option<u64>,
     },
+    /// List a joined room's versions, newest first; answered by `versions`.
+    Versions {
+        /// Room id.
+        room: String,
+        /// Page size (default 50, at most 200).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+        /// Only versions older than this id (the previous page's `next`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<String>,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Make a named version of the current state (`rw`); answered by
+    /// `version`.
+    VersionCreate {
+        /// Room id.
+        room: String,
+        /// Its name.
+        name: String,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Read a version's whole document; answered by `version_doc`.
+    VersionView {
+        /// Room id.
+        room: String,
+        /// Version id.
+        id: String,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Make the document's content that of a version, as a new change
+    /// (`rw`); answered by `version` (the restore's own version).
+    VersionRestore {
+        /// Room id.
+        room: String,
+        /// Version id.
+        id: String,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Delete a version (`rw`); answered by `version_deleted`.
+    VersionDelete {
+        /// Room id.
+        room: String,
+        /// Version id.
+        id: String,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
 }
 
 /// The `t` values of [`ClientMessage`].
 pub const CLIENT_TYPES: &[&str] = &[
-    "hello", "join", "leave", "update", "presence", "cursor", "typing", "event", "ping",
+    "hello",
+    "join",
+    "leave",
+    "update",
+    "presence",
+    "cursor",
+    "typing",
+    "event",
+    "ping",
+    "versions",
+    "version_create",
+    "version_view",
+    "version_restore",
+    "version_delete",
 ];
+
+/// Someone who changed the document between two versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionAuthorView {
+    /// User id (from the token).
+    pub user: String,
+    /// Display name, when known from presence.
+    pub name: Option<String>,
+}
+
+/// A version, as clients see it (REST: the same fields in JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionView {
+    /// Decimal id, unique in the room; newer versions have larger numbers.
+    pub id: String,
+    /// When it was made, ms since the Unix epoch.
+    pub time: u64,
+    /// Name, for named versions.
+    pub name: Option<String>,
+    /// `auto`, `named` or `restore`.
+    pub kind: String,
+    /// Restores: the id of the version restored.
+    pub restored_from: Option<String>,
+    /// Who changed the document since the previous version.
+    pub authors: Vec<VersionAuthorView>,
+    /// Bytes stored for this version.
+    pub bytes: u64,
+}
 
 /// Limits announced in `welcome`, so clients can stay inside them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -316,11 +413,74 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rid: Option<u64>,
     },
+    /// Answer to `versions`: a page of versions, newest first.
+    Versions {
+        /// Room id.
+        room: String,
+        /// The versions.
+        versions: Vec<VersionView>,
+        /// The `before` of the next page; nil on the last page.
+        next: Option<String>,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Answer to `version_create` and `version_restore`: the new version.
+    Version {
+        /// Room id.
+        room: String,
+        /// The version.
+        version: VersionView,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Answer to `version_view`: the version's whole document.
+    VersionDoc {
+        /// Room id.
+        room: String,
+        /// Version id.
+        id: String,
+        /// Yjs v1 update that rebuilds the version from an empty document.
+        update: Bin,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Answer to `version_delete`.
+    VersionDeleted {
+        /// Room id.
+        room: String,
+        /// Version id.
+        id: String,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// A version of the room was added or deleted (on any node): list again.
+    VersionsChanged {
+        /// Room id.
+        room: String,
+    },
 }
 
 /// The `t` values of [`ServerMessage`].
 pub const SERVER_TYPES: &[&str] = &[
-    "welcome", "synced", "update", "ack", "presence", "cursor", "typing", "event", "error", "pong",
+    "welcome",
+    "synced",
+    "update",
+    "ack",
+    "presence",
+    "cursor",
+    "typing",
+    "event",
+    "error",
+    "pong",
+    "versions",
+    "version",
+    "version_doc",
+    "version_deleted",
+    "versions_changed",
 ];
 
 /// Why a frame could not be decoded, ready to become an `error` message.
@@ -508,6 +668,11 @@ impl ClientMessage {
             | ClientMessage::Cursor { rid, .. }
             | ClientMessage::Typing { rid, .. }
             | ClientMessage::Event { rid, .. }
+            | ClientMessage::Versions { rid, .. }
+            | ClientMessage::VersionCreate { rid, .. }
+            | ClientMessage::VersionView { rid, .. }
+            | ClientMessage::VersionRestore { rid, .. }
+            | ClientMessage::VersionDelete { rid, .. }
             | ClientMessage::Ping { rid } => *rid,
         }
     }

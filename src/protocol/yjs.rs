@@ -78,6 +78,7 @@ pub fn close_for(code: ErrorCode) -> Option<u16> {
         | ErrorCode::RateLimited
         | ErrorCode::AlreadyJoined
         | ErrorCode::NotJoined
+        | ErrorCode::NotFound
         | ErrorCode::TooManyRooms
         | ErrorCode::HelloRequired
         | ErrorCode::UnsupportedVersion => return None,

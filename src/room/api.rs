@@ -154,7 +154,7 @@ impl Room {
         self.arm_idle_timer(ctx);
     }
 
-    fn check_loaded(&self) -> Result<(), RoomError> {
+    pub(super) fn check_loaded(&self) -> Result<(), RoomError> {
         match &self.broken {
             Some(reason) => Err(RoomError::new(
                 ErrorCode::RoomUnavailable,

@@ -279,6 +279,13 @@ impl Room {
         }
     }
 
+    /// Tells the other nodes that the room's version list changed.
+    pub(super) fn share_versions_changed(&mut self) {
+        if self.cluster.is_some() {
+            self.share(Item::VersionsChanged);
+        }
+    }
+
     /// Shares the local members' part of a presence diff.
     pub(super) fn share_presence(&mut self, msg: &ServerMessage) {
         let Some(bridge) = self.bridge() else {
@@ -654,6 +661,7 @@ impl Handler<Remote> for Room {
             Item::Event { from, name, data } => {
                 self.deliver_event(from, name, data, None);
             }
+            Item::VersionsChanged => self.versions_changed(false),
             Item::Hello {
                 members: theirs,
                 cursors: their_cursors,

@@ -55,7 +55,9 @@ impl Document {
     /// An empty document.
     pub(super) fn new() -> Self {
         Document {
-            doc: Doc::new(),
+            // A 32-bit client id, as Yjs clients use: the server writes with
+            // it when it restores a version.
+            doc: Doc::with_client_id(u64::from(rand::random::<u32>())),
             bytes: 0,
             full_state: None,
         }
@@ -184,37 +186,59 @@ impl Document {
         *self = Document::new();
     }
 
-    /// Each root type by name, as JSON. Roots created by remote updates
-    /// have no declared type on the server, so it is inferred: keyed
-    /// entries → map, text content → string, sequence → array; empty → null.
-    pub(super) fn to_json(&self) -> Value {
-        let txn = self.doc.transact();
-        let mut out = serde_json::Map::new();
-        for (name, value) in txn.root_refs() {
-            let any = match value {
-                Out::UndefinedRef(ptr) => {
-                    let map = MapRef::from(ptr);
-                    let text = TextRef::from(ptr);
-                    let array = ArrayRef::from(ptr);
-                    if yrs::Map::len(&map, &txn) > 0 {
-                        map.to_json(&txn)
-                    } else if !text.get_string(&txn).is_empty() {
-                        yrs::Any::from(text.get_string(&txn))
-                    } else if yrs::Array::len(&array, &txn) > 0 {
-                        array.to_json(&txn)
-                    } else {
-                        yrs::Any::Null
-                    }
-                }
-                other => other.to_json(&txn),
-            };
-            out.insert(
-                name.to_owned(),
-                serde_json::to_value(&any).unwrap_or(Value::Null),
-            );
-        }
-        Value::Object(out)
+    /// The `yrs` document (restores write to it through [`super::restore`]).
+    pub(super) fn doc(&self) -> &Doc {
+        &self.doc
     }
+
+    /// The document was changed in place by `len` bytes of update (a
+    /// restore): the cached full state is stale, the size bound grows.
+    pub(super) fn changed_in_place(&mut self, len: usize) {
+        self.full_state = None;
+        self.bytes += len;
+    }
+
+    /// The whole document minus what state vector `sv` covers (Yjs v1).
+    pub(super) fn encode_from(&self, sv: &StateVector) -> Bytes {
+        exact_bytes(self.doc.transact().encode_state_as_update_v1(sv))
+    }
+
+    /// Each root type by name, as JSON (see [`doc_json`]).
+    pub(super) fn to_json(&self) -> Value {
+        doc_json(&self.doc)
+    }
+}
+
+/// Each root type of `doc` by name, as JSON. Roots created by remote
+/// updates have no declared type on the server, so it is inferred: keyed
+/// entries → map, text content → string, sequence → array; empty → null.
+pub(super) fn doc_json(doc: &Doc) -> Value {
+    let txn = doc.transact();
+    let mut out = serde_json::Map::new();
+    for (name, value) in txn.root_refs() {
+        let any = match value {
+            Out::UndefinedRef(ptr) => {
+                let map = MapRef::from(ptr);
+                let text = TextRef::from(ptr);
+                let array = ArrayRef::from(ptr);
+                if yrs::Map::len(&map, &txn) > 0 {
+                    map.to_json(&txn)
+                } else if !text.get_string(&txn).is_empty() {
+                    yrs::Any::from(text.get_string(&txn))
+                } else if yrs::Array::len(&array, &txn) > 0 {
+                    array.to_json(&txn)
+                } else {
+                    yrs::Any::Null
+                }
+            }
+            other => other.to_json(&txn),
+        };
+        out.insert(
+            name.to_owned(),
+            serde_json::to_value(&any).unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(out)
 }
 
 /// Why an update was not applied.

@@ -24,6 +24,8 @@
 //! - [`events`]: the event window that HTTP followers stream from;
 //! - `cluster.rs`: cluster mode (log positions, shared items, gaps);
 //! - [`api`]: what the HTTP API asks of a room;
+//! - [`history`]: versions (automatic, named, restores) for the API and
+//!   the native protocol; [`restore`]: the pure part of a restore;
 //! - [`messages`]: what sessions send a room; [`registry`]: finds or
 //!   starts rooms on a pool of arbiters;
 //! - `supervise.rs`: a room that panics is dropped, its members are told
@@ -40,11 +42,13 @@ mod cluster;
 mod document;
 pub mod events;
 mod fanout;
+pub mod history;
 mod members;
 pub mod messages;
 mod persist;
 mod presence;
 pub mod registry;
+pub mod restore;
 mod supervise;
 mod yjs_bridge;
 
@@ -102,6 +106,8 @@ pub struct Room {
     events: EventWindow,
     /// Cluster mode only.
     cluster: Option<ClusterState>,
+    /// Version history: authors and timers of automatic versions.
+    history: history::History,
     metrics: Arc<Metrics>,
     hooks: Webhooks,
     /// Joins (and counted API requests) handled; compared with the
@@ -140,6 +146,7 @@ impl Room {
         );
         Room {
             cluster: bridge.map(ClusterState::new),
+            history: history::History::default(),
             hooks,
             members: Members::new(id.clone(), metrics.clone()),
             persist: Persistence::new(
@@ -223,6 +230,7 @@ impl Room {
             Ok(Applied::Changed) => {
                 self.fanout.push(data.clone(), author, base);
                 self.schedule_flush(ctx);
+                self.version_edited(author, ctx);
                 Ok(true)
             }
             Err(ApplyError::TooLarge(max)) => Err((

@@ -165,6 +165,11 @@ impl Persistence {
         self.store.read_since(room, after, generation)
     }
 
+    /// The store (version history goes to it directly).
+    pub(super) fn store(&self) -> Arc<dyn DocStore> {
+        self.store.clone()
+    }
+
     /// Deletes everything stored for the room.
     pub(super) fn delete(&self, room: &str) -> StoreFuture<()> {
         self.store.delete(room)

@@ -17,9 +17,13 @@ use crate::auth::{now_secs, Rights};
 use crate::ids::MemberId;
 use crate::outbox::{Frame, Outbox};
 use crate::protocol::native::{
-    decode_client, encode_server, ClientMessage, ServerMessage, WireLimits,
+    decode_client, encode_server, Bin, ClientMessage, ServerMessage, WireLimits,
 };
 use crate::protocol::{close, validate_room_id, ErrorCode, PROTOCOL_VERSION};
+use crate::room::history::{
+    check_version_name, parse_version_id, version_view, VersionAsk, VersionReply, VersionRequest,
+    DEFAULT_VERSIONS_PAGE, MAX_VERSIONS_PAGE,
+};
 use crate::room::{
     Broadcast, ClientUpdate, Leave, Protocol, Room, RoomId, SetCursor, SetPresence, SetTyping,
 };
@@ -350,8 +354,162 @@ impl NativeSession {
                 self.forward(ctx, &room, rid, Rights::can_presence, "event", event);
             }
             ClientMessage::Ping { rid } => self.send(ctx, &ServerMessage::Pong { rid }),
+            ClientMessage::Versions {
+                room,
+                limit,
+                before,
+                rid,
+            } => {
+                let limit = limit.map_or(DEFAULT_VERSIONS_PAGE as u64, |l| l);
+                if limit == 0 || limit > MAX_VERSIONS_PAGE as u64 {
+                    let text = format!("limit must be 1 to {MAX_VERSIONS_PAGE}");
+                    return self.error(ctx, ErrorCode::BadMessage, text, rid, Some(&room));
+                }
+                let before = match before.as_deref().map(parse_version_id).transpose() {
+                    Ok(b) => b,
+                    Err(e) => return self.error(ctx, ErrorCode::BadMessage, e, rid, Some(&room)),
+                };
+                let ask = VersionAsk::List {
+                    before,
+                    limit: limit as usize,
+                };
+                self.version(ctx, room, rid, ask, |_| true, "versions");
+            }
+            ClientMessage::VersionCreate { room, name, rid } => {
+                let max = limits_history_name(&config);
+                if let Err(e) = check_version_name(&name, max) {
+                    return self.error(ctx, ErrorCode::BadMessage, e, rid, Some(&room));
+                }
+                let ask = VersionAsk::Create { name };
+                self.version(ctx, room, rid, ask, Rights::can_write, "version_create");
+            }
+            ClientMessage::VersionView { room, id, rid } => {
+                let Some(id) = self.version_id(ctx, &room, &id, rid) else {
+                    return;
+                };
+                let ask = VersionAsk::View { id, json: false };
+                self.version(ctx, room, rid, ask, |_| true, "version_view");
+            }
+            ClientMessage::VersionRestore { room, id, rid } => {
+                let Some(id) = self.version_id(ctx, &room, &id, rid) else {
+                    return;
+                };
+                let ask = VersionAsk::Restore { id };
+                self.version(ctx, room, rid, ask, Rights::can_write, "version_restore");
+            }
+            ClientMessage::VersionDelete { room, id, rid } => {
+                let Some(id) = self.version_id(ctx, &room, &id, rid) else {
+                    return;
+                };
+                let ask = VersionAsk::Delete { id };
+                self.version(ctx, room, rid, ask, Rights::can_write, "version_delete");
+            }
         }
     }
+
+    /// Parses a version id, or answers `bad_message`.
+    fn version_id(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        room: &str,
+        id: &str,
+        rid: Option<u64>,
+    ) -> Option<u64> {
+        match parse_version_id(id) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.error(ctx, ErrorCode::BadMessage, e, rid, Some(room));
+                None
+            }
+        }
+    }
+
+    /// Asks a joined room's history, when the rights allow (`needs`), and
+    /// answers with the room's reply or an `error`.
+    fn version(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        room: String,
+        rid: Option<u64>,
+        ask: VersionAsk,
+        needs: fn(Rights) -> bool,
+        what: &str,
+    ) {
+        if let Err(text) = self.may(&room, needs, what) {
+            return self.error(ctx, ErrorCode::Forbidden, text, rid, Some(&room));
+        }
+        let Some(addr) = self.joined(ctx, &room, rid) else {
+            return;
+        };
+        let id_of = match &ask {
+            VersionAsk::View { id, .. } | VersionAsk::Delete { id } => id.to_string(),
+            _ => String::new(),
+        };
+        let request = VersionRequest {
+            ask,
+            user: self
+                .core
+                .grants
+                .as_ref()
+                .and_then(|g| g.user.as_deref().map(str::to_owned)),
+            member: Some(self.core.id.clone()),
+            counted: false,
+        };
+        let answer = addr
+            .send(request)
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let msg = match res {
+                    Ok(Ok(VersionReply::Page(page))) => ServerMessage::Versions {
+                        room,
+                        versions: page.versions.iter().map(version_view).collect(),
+                        next: page.next.map(|n| n.to_string()),
+                        rid,
+                    },
+                    Ok(Ok(VersionReply::Version(meta))) => ServerMessage::Version {
+                        room,
+                        version: version_view(&meta),
+                        rid,
+                    },
+                    Ok(Ok(VersionReply::Update(update))) => ServerMessage::VersionDoc {
+                        room,
+                        id: id_of,
+                        update: Bin(update.to_vec()),
+                        rid,
+                    },
+                    Ok(Ok(VersionReply::Deleted)) => ServerMessage::VersionDeleted {
+                        room,
+                        id: id_of,
+                        rid,
+                    },
+                    Ok(Ok(VersionReply::Json(_))) => ServerMessage::Error {
+                        code: ErrorCode::BadMessage,
+                        message: "unexpected answer".into(),
+                        rid,
+                        room: Some(room),
+                    },
+                    Ok(Err(e)) => ServerMessage::Error {
+                        code: e.code,
+                        message: e.message,
+                        rid,
+                        room: Some(room),
+                    },
+                    Err(e) => ServerMessage::Error {
+                        code: ErrorCode::RoomUnavailable,
+                        message: format!("the room did not answer: {e}"),
+                        rid,
+                        room: Some(room),
+                    },
+                };
+                act.send(ctx, &msg);
+            });
+        ctx.spawn(answer);
+    }
+}
+
+/// Longest version name in `config`.
+fn limits_history_name(config: &crate::config::Config) -> usize {
+    config.history.max_version_name_bytes
 }
 
 impl Session for NativeSession {

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
+use super::history::{self, MemRows, VersionOp, VersionOut};
 use super::{DocStore, StoreFuture, StoredDoc};
 
 /// One room's data.
@@ -21,6 +22,8 @@ struct Entry {
 #[derive(Default)]
 pub struct MemoryStore {
     rooms: Mutex<HashMap<String, Entry>>,
+    /// Each room's version history.
+    versions: Mutex<HashMap<String, MemRows>>,
 }
 
 impl MemoryStore {
@@ -75,7 +78,24 @@ impl DocStore for MemoryStore {
 
     fn delete(&self, room: &str) -> StoreFuture<()> {
         self.with(|rooms| rooms.remove(room));
+        self.versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room);
         Box::pin(async { Ok(()) })
+    }
+
+    fn versions(&self, room: &str, op: VersionOp) -> StoreFuture<VersionOut> {
+        let out = {
+            let mut all = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+            let rows = all.entry(room.to_owned()).or_default();
+            let out = history::now(history::run(rows, room, op));
+            if rows.rows.is_empty() && rows.last_id == 0 {
+                all.remove(room);
+            }
+            out
+        };
+        Box::pin(async move { out })
     }
 
     fn name(&self) -> &'static str {

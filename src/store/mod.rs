@@ -3,6 +3,9 @@
 //! update and acknowledges it only once `append` resolves; it compacts the
 //! log into a new snapshot from time to time and on eviction.
 //!
+//! Every durable store also keeps each room's version history
+//! ([`history`]: deltas between versions, full states now and then).
+//!
 //! Implementations: [`redb::RedbStore`] (the default: durable, embedded,
 //! group-committed), [`postgres::PostgresStore`] (durable, shared by the
 //! nodes of a cluster) and [`memory::MemoryStore`] (tests and `--store
@@ -10,6 +13,7 @@
 //! one durable store to another.
 
 pub mod copy;
+pub mod history;
 pub mod memory;
 pub mod postgres;
 pub mod redb;
@@ -146,6 +150,13 @@ pub trait DocStore: Send + Sync + 'static {
     /// cannot write, this node cannot serve (503).
     fn shared(&self) -> bool {
         false
+    }
+    /// Runs one version-history operation on the room's versions, in one
+    /// store transaction (see [`history`]). Stores without history answer
+    /// with an error.
+    fn versions(&self, room: &str, op: history::VersionOp) -> StoreFuture<history::VersionOut> {
+        let _ = (room, op);
+        Box::pin(async { Err(StoreError::Io("this store keeps no version history".into())) })
     }
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;

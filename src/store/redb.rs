@@ -83,6 +83,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::copy::{LogEntry, RoomDump};
+use super::history::{self, Rows, VersionOp, VersionOut, VersionRow};
 use super::{DocStore, StoreError, StoreFuture, StoredDoc};
 use crate::config::Config;
 
@@ -95,6 +96,14 @@ const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
 const SNAPSHOT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("snapshot");
 /// Log records that failed their checksum, moved aside by compaction.
 const DAMAGED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("damaged");
+
+/// Version history rows: `(room, version id)` → encoded
+/// [`VersionRow`](super::history::VersionRow).
+const VERSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("versions");
+/// Version history updates: `(room, version id)` → framed update.
+const VERSION_DATA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("version_data");
+/// The last version id handed out per room (never lowered by deletions).
+const VERSION_IDS: TableDefinition<&str, u64> = TableDefinition::new("version_ids");
 
 /// Version byte of the value frame.
 const FRAME_VERSION: u8 = 1;
@@ -194,16 +203,32 @@ enum WriteOp {
         room: String,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// A version-history operation that writes, in a transaction of its
+    /// own (its failure fails nothing else).
+    Versions {
+        room: String,
+        op: VersionOp,
+        reply: oneshot::Sender<Result<VersionOut, StoreError>>,
+    },
     /// Stop after the operations queued before this one; close the file.
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
 
-/// A load for the reader thread.
-struct ReadOp {
-    room: String,
-    reply: oneshot::Sender<Result<StoredDoc, StoreError>>,
+/// A read for the reader thread.
+enum ReadOp {
+    /// Load a room.
+    Load {
+        room: String,
+        reply: oneshot::Sender<Result<StoredDoc, StoreError>>,
+    },
+    /// A version-history operation that only reads.
+    Versions {
+        room: String,
+        op: VersionOp,
+        reply: oneshot::Sender<Result<VersionOut, StoreError>>,
+    },
 }
 
 /// What an operation of a batch produced, before the commit decides.
@@ -368,21 +393,31 @@ impl RedbStore {
 impl DocStore for RedbStore {
     fn load(&self, room: &str) -> StoreFuture<StoredDoc> {
         let (tx, rx) = oneshot::channel();
-        let op = ReadOp {
+        let op = ReadOp::Load {
             room: room.to_owned(),
             reply: tx,
         };
-        let sent = self
-            .reads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .ok_or_else(closed)
-            .and_then(|reads| reads.send(op).map_err(|_| closed()));
-        Box::pin(async move {
-            sent?;
-            rx.await.map_err(|_| closed())?
-        })
+        self.read(op, rx)
+    }
+
+    fn versions(&self, room: &str, op: VersionOp) -> StoreFuture<VersionOut> {
+        let room = room.to_owned();
+        let reads_only = matches!(
+            op,
+            VersionOp::Head | VersionOp::List { .. } | VersionOp::Chain(_)
+        );
+        if !reads_only {
+            return self.write(|reply| WriteOp::Versions { room, op, reply });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.read(
+            ReadOp::Versions {
+                room,
+                op,
+                reply: tx,
+            },
+            rx,
+        )
     }
 
     fn append(&self, room: &str, update: Bytes, _author: Option<&str>) -> StoreFuture<u64> {
@@ -432,6 +467,27 @@ impl DocStore for RedbStore {
     }
 }
 
+impl RedbStore {
+    /// Sends `op` to the reader thread; resolves to what `rx` receives.
+    fn read<T: Send + 'static>(
+        &self,
+        op: ReadOp,
+        rx: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> StoreFuture<T> {
+        let sent = self
+            .reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .ok_or_else(closed)
+            .and_then(|reads| reads.send(op).map_err(|_| closed()));
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| closed())?
+        })
+    }
+}
+
 /// Opens (creating if needed) the database file and its tables; the error
 /// says why not.
 fn open_file(path: &Path) -> Result<Database, String> {
@@ -449,6 +505,9 @@ fn open_file(path: &Path) -> Result<Database, String> {
         txn.open_table(LOG)?;
         txn.open_table(SNAPSHOT)?;
         txn.open_table(DAMAGED)?;
+        txn.open_table(VERSIONS)?;
+        txn.open_table(VERSION_DATA)?;
+        txn.open_table(VERSION_IDS)?;
         txn.commit()?;
         Ok(())
     };
@@ -458,7 +517,27 @@ fn open_file(path: &Path) -> Result<Database, String> {
 
 /// Serves loads until the channel closes.
 fn reader_loop(slot: &Slot, rx: &mpsc::Receiver<ReadOp>) {
-    while let Ok(ReadOp { room, reply }) = rx.recv() {
+    while let Ok(op) = rx.recv() {
+        let (room, reply) = match op {
+            ReadOp::Load { room, reply } => (room, reply),
+            ReadOp::Versions { room, op, reply } => {
+                let result = match slot.get() {
+                    Some(db) => catch_unwind(AssertUnwindSafe(|| read_versions(&db, &room, op)))
+                        .unwrap_or_else(|p| {
+                            Err(StoreError::Corrupt {
+                                room: room.clone(),
+                                detail: format!(
+                                    "reading its versions panicked: {}",
+                                    panic_message(&*p)
+                                ),
+                            })
+                        }),
+                    None => Err(io("the store is reopening its file after an I/O error")),
+                };
+                let _ = reply.send(result);
+                continue;
+            }
+        };
         let result = match slot.get() {
             Some(db) => catch_unwind(AssertUnwindSafe(|| load(&db, &room))).unwrap_or_else(|p| {
                 Err(StoreError::Corrupt {
@@ -567,10 +646,15 @@ impl Writer {
                 }
             };
             let mut batch = Vec::with_capacity(self.options.max_batch.min(64));
+            let mut versions = Vec::new();
             let mut push = |op: WriteOp, batch: &mut Vec<WriteOp>| match op {
                 WriteOp::Close { reply } => {
                     close_reply = Some(reply);
                     false
+                }
+                op @ WriteOp::Versions { .. } => {
+                    versions.push(op);
+                    true
                 }
                 op => {
                     batch.push(op);
@@ -587,6 +671,11 @@ impl Writer {
             if !batch.is_empty() {
                 let result = self.write(&batch);
                 answer(batch, result);
+            }
+            for op in versions {
+                if let WriteOp::Versions { room, op, reply } = op {
+                    let _ = reply.send(self.write_versions(&room, op));
+                }
             }
             if close_reply.is_some() {
                 break;
@@ -655,6 +744,57 @@ impl Writer {
                     tracing::error!("the store refuses writes after the failed commit ({e}); reopening its file");
                     self.reopen = true;
                 }
+            }
+        }
+        result
+    }
+
+    /// Runs a version-history operation that writes in a transaction of
+    /// its own; a failed commit counts as any failed write.
+    fn write_versions(&mut self, room: &str, op: VersionOp) -> Result<VersionOut, StoreError> {
+        if self.reopen && Instant::now() >= self.next_try {
+            self.recover();
+        }
+        let db = match (self.reopen, self.slot.get()) {
+            (false, Some(db)) => db,
+            _ => {
+                let why = self
+                    .failing
+                    .get()
+                    .unwrap_or_else(|| "the store is not open".into());
+                return Err(StoreError::Io(why));
+            }
+        };
+        let run = || -> Result<VersionOut, StoreError> {
+            let mut txn = db.begin_write().map_err(io)?;
+            txn.set_durability(Durability::Immediate).map_err(io)?;
+            let out = {
+                let mut rows = RedbRows {
+                    room,
+                    meta: txn.open_table(VERSIONS).map_err(io)?,
+                    data: txn.open_table(VERSION_DATA).map_err(io)?,
+                    ids: Some(txn.open_table(VERSION_IDS).map_err(io)?),
+                };
+                history::now(history::run(&mut rows, room, op))?
+            };
+            txn.commit().map_err(io)?;
+            Ok(out)
+        };
+        let result = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| {
+            Err(io(format!(
+                "the store writer panicked: {}",
+                panic_message(&*p)
+            )))
+        });
+        if let Err(e @ StoreError::Io(_)) = &result {
+            tracing::error!(room, "version history commit failed: {e}");
+            self.seqs.rooms.clear();
+            self.failed(detail(e));
+            if let Err(e) = probe(&db) {
+                tracing::error!(
+                    "the store refuses writes after the failed commit ({e}); reopening its file"
+                );
+                self.reopen = true;
             }
         }
         result
@@ -760,7 +900,7 @@ fn answer(batch: Vec<WriteOp>, result: Result<Vec<Outcome>, StoreError>) {
                     (WriteOp::Append { reply, .. }, Outcome::Done) => {
                         let _ = reply.send(Err(io("append produced no sequence number")));
                     }
-                    (WriteOp::Close { .. }, _) => {}
+                    (WriteOp::Close { .. } | WriteOp::Versions { .. }, _) => {}
                 }
             }
         }
@@ -774,7 +914,7 @@ fn answer(batch: Vec<WriteOp>, result: Result<Vec<Outcome>, StoreError>) {
                     WriteOp::Compact { reply, .. } | WriteOp::Delete { reply, .. } => {
                         let _ = reply.send(Err(StoreError::Io(msg.clone())));
                     }
-                    WriteOp::Close { .. } => {}
+                    WriteOp::Close { .. } | WriteOp::Versions { .. } => {}
                 }
             }
         }
@@ -782,6 +922,142 @@ fn answer(batch: Vec<WriteOp>, result: Result<Vec<Outcome>, StoreError>) {
 }
 
 type RoomTable<'t> = Table<'t, (&'static str, u64), &'static [u8]>;
+
+/// Runs a version-history operation that only reads, in a read
+/// transaction.
+fn read_versions(db: &Database, room: &str, op: VersionOp) -> Result<VersionOut, StoreError> {
+    let txn = db.begin_read().map_err(io)?;
+    let mut rows = RedbRows {
+        room,
+        meta: txn.open_table(VERSIONS).map_err(io)?,
+        data: txn.open_table(VERSION_DATA).map_err(io)?,
+        ids: None::<Table<'_, &str, u64>>,
+    };
+    history::now(history::run(&mut rows, room, op))
+}
+
+/// A table of version rows or updates: readable always, writable in the
+/// writer's transaction.
+trait VersionTable: ReadableTable<(&'static str, u64), &'static [u8]> {
+    fn put(&mut self, key: (&str, u64), value: &[u8]) -> Result<(), StoreError>;
+    fn del(&mut self, key: (&str, u64)) -> Result<(), StoreError>;
+}
+
+impl VersionTable for Table<'_, (&'static str, u64), &'static [u8]> {
+    fn put(&mut self, key: (&str, u64), value: &[u8]) -> Result<(), StoreError> {
+        self.insert(key, value).map(|_| ()).map_err(io)
+    }
+    fn del(&mut self, key: (&str, u64)) -> Result<(), StoreError> {
+        self.remove(key).map(|_| ()).map_err(io)
+    }
+}
+
+impl VersionTable for ::redb::ReadOnlyTable<(&'static str, u64), &'static [u8]> {
+    fn put(&mut self, _: (&str, u64), _: &[u8]) -> Result<(), StoreError> {
+        Err(io("version history written in a read transaction"))
+    }
+    fn del(&mut self, _: (&str, u64)) -> Result<(), StoreError> {
+        Err(io("version history written in a read transaction"))
+    }
+}
+
+/// One room's versions in redb tables ([`history::Rows`]).
+struct RedbRows<'r, M, D, I> {
+    room: &'r str,
+    meta: M,
+    data: D,
+    /// The id counters; `None` in a read transaction.
+    ids: Option<I>,
+}
+
+impl<M: VersionTable, D: VersionTable> RedbRows<'_, M, D, Table<'_, &'static str, u64>> {
+    fn decode(&self, value: &[u8]) -> Result<VersionRow, StoreError> {
+        history::decode_row(self.room, value)
+    }
+}
+
+impl<M: VersionTable, D: VersionTable> Rows for RedbRows<'_, M, D, Table<'_, &'static str, u64>> {
+    async fn last(&mut self) -> Result<Option<VersionRow>, StoreError> {
+        let all = (self.room, 0u64)..=(self.room, u64::MAX);
+        match self.meta.range(all).map_err(io)?.next_back() {
+            Some(entry) => {
+                let (_, v) = entry.map_err(io)?;
+                self.decode(v.value()).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+    async fn get(&mut self, id: u64) -> Result<Option<VersionRow>, StoreError> {
+        match self.meta.get((self.room, id)).map_err(io)? {
+            Some(v) => self.decode(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+    async fn before(
+        &mut self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<VersionRow>, StoreError> {
+        let end = before.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for entry in self
+            .meta
+            .range((self.room, 0u64)..(self.room, end))
+            .map_err(io)?
+            .rev()
+            .take(limit)
+        {
+            let (_, v) = entry.map_err(io)?;
+            out.push(self.decode(v.value())?);
+        }
+        Ok(out)
+    }
+    async fn next_after(&mut self, id: u64) -> Result<Option<VersionRow>, StoreError> {
+        if id == u64::MAX {
+            return Ok(None);
+        }
+        let range = (self.room, id + 1)..=(self.room, u64::MAX);
+        match self.meta.range(range).map_err(io)?.next() {
+            Some(entry) => {
+                let (_, v) = entry.map_err(io)?;
+                self.decode(v.value()).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+    async fn data(&mut self, id: u64) -> Result<Option<Bytes>, StoreError> {
+        match self.data.get((self.room, id)).map_err(io)? {
+            Some(v) => unframe(self.room, id, v.value())
+                .map(|p| Some(Bytes::copy_from_slice(p)))
+                .map_err(|e| StoreError::Corrupt {
+                    room: self.room.to_owned(),
+                    detail: format!("the update of version {id} is damaged: {e}"),
+                }),
+            None => Ok(None),
+        }
+    }
+    async fn put(&mut self, row: &VersionRow, data: Option<&[u8]>) -> Result<(), StoreError> {
+        let id = row.meta.id;
+        self.meta.put((self.room, id), &history::encode_row(row)?)?;
+        if let Some(data) = data {
+            self.data
+                .put((self.room, id), &frame(self.room, id, data)?)?;
+        }
+        Ok(())
+    }
+    async fn remove(&mut self, id: u64) -> Result<(), StoreError> {
+        self.meta.del((self.room, id))?;
+        self.data.del((self.room, id))
+    }
+    async fn next_id(&mut self) -> Result<u64, StoreError> {
+        let Some(ids) = self.ids.as_mut() else {
+            return Err(io("version ids taken in a read transaction"));
+        };
+        let last = ids.get(self.room).map_err(io)?.map_or(0, |v| v.value());
+        ids.insert(self.room, last + 1).map_err(io)?;
+        Ok(last + 1)
+    }
+}
 
 /// The writer's memory of each room's last sequence number, so an append
 /// does not look it up in the tables. Only the writer thread writes, so it
@@ -863,10 +1139,15 @@ fn write_batch(
                     for table in [&mut log, &mut snapshots, &mut damaged] {
                         clear(table, room, u64::MAX)?;
                     }
+                    let mut versions = txn.open_table(VERSIONS).map_err(io)?;
+                    let mut version_data = txn.open_table(VERSION_DATA).map_err(io)?;
+                    for table in [&mut versions, &mut version_data] {
+                        clear(table, room, u64::MAX)?;
+                    }
                     seqs.rooms.remove(room.as_str());
                     outcomes.push(Outcome::Done);
                 }
-                WriteOp::Close { .. } => outcomes.push(Outcome::Done),
+                WriteOp::Close { .. } | WriteOp::Versions { .. } => outcomes.push(Outcome::Done),
             }
         }
     }

@@ -1352,3 +1352,137 @@ async fn killing_a_node_mid_edit_loses_no_acked_update() {
         snapshot.len()
     );
 }
+
+/// Version history in cluster mode: the same list from every node, no
+/// duplicate automatic versions although every node holding the room runs
+/// the idle timer, `versions_changed` on every node, and a restore made on
+/// one node reaches the members of the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_history_is_the_same_from_every_node() {
+    let redis = Redis::start();
+    let nodes: Vec<ChildServer> = (0..3)
+        .map(|_| redis.node_with(&["--version-idle-ms", "300"]))
+        .collect();
+    let room = "cluster-history";
+    let mut clients = Vec::new();
+    let mut docs = Vec::new();
+    for node in &nodes {
+        let mut c = Client::connect(node.addr).await;
+        let doc = TestDoc::new();
+        c.join(room, &doc).await;
+        clients.push(c);
+        docs.push(doc);
+    }
+    clients[0].update_acked(room, docs[0].push("alpha ")).await;
+    clients[1].update_acked(room, docs[1].push("beta ")).await;
+    clients[2].update_acked(room, docs[2].push("gamma ")).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let lists = |addrs: Vec<SocketAddr>| async move {
+        let mut out = Vec::new();
+        for a in addrs {
+            let r = request(
+                a,
+                "GET",
+                &format!("/api/v1/rooms/{room}/versions"),
+                &[],
+                b"",
+            )
+            .await;
+            out.push(r.json()["versions"].clone());
+        }
+        out
+    };
+    eventually("an automatic version, the same list on every node", || {
+        let addrs = addrs.clone();
+        async move {
+            let l = lists(addrs).await;
+            l[0].as_array().is_some_and(|v| !v.is_empty()) && l.iter().all(|x| *x == l[0])
+        }
+    })
+    .await;
+    // Let every node's idle timer fire, then compare again.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let l = lists(addrs.clone()).await;
+    assert!(l.iter().all(|x| *x == l[0]), "{l:?}");
+    let versions = l[0].as_array().unwrap().clone();
+    // No two versions hold the same document: no duplicates.
+    let mut texts = Vec::new();
+    for v in &versions {
+        let id = v["id"].as_str().unwrap();
+        let r = request(
+            addrs[0],
+            "GET",
+            &format!("/api/v1/rooms/{room}/versions/{id}/doc"),
+            &[],
+            b"",
+        )
+        .await;
+        texts.push(r.json()["doc"]["t"].as_str().unwrap_or("").to_owned());
+    }
+    for pair in texts.windows(2) {
+        assert_ne!(pair[0], pair[1], "duplicate versions: {versions:?}");
+    }
+    let full = texts[0].clone();
+    for word in ["alpha", "beta", "gamma"] {
+        assert!(full.contains(word), "{full:?}");
+    }
+    // A named version made on node 1 is listed on every node, and every
+    // node's member hears `versions_changed`.
+    let rid = clients[1].rid();
+    clients[1]
+        .send(&ClientMessage::VersionCreate {
+            room: room.into(),
+            name: "checkpoint".into(),
+            rid: Some(rid),
+        })
+        .await;
+    let named = match clients[1]
+        .expect(|m| matches!(m, ServerMessage::Version { rid: r, .. } if *r == Some(rid)))
+        .await
+    {
+        ServerMessage::Version { version, .. } => version,
+        _ => unreachable!(),
+    };
+    for c in clients.iter_mut() {
+        c.expect(|m| matches!(m, ServerMessage::VersionsChanged { room: r } if r == room))
+            .await;
+    }
+    let l = lists(addrs.clone()).await;
+    for x in &l {
+        assert_eq!(x[0]["id"], named.id.as_str(), "{l:?}");
+    }
+    // Edit on node 0, restore the checkpoint on node 2: every member, on
+    // every node, converges to it.
+    clients[0].update_acked(room, docs[0].push("delta")).await;
+    let rid = clients[2].rid();
+    clients[2]
+        .send(&ClientMessage::VersionRestore {
+            room: room.into(),
+            id: named.id.clone(),
+            rid: Some(rid),
+        })
+        .await;
+    let restored = clients[2].expect(|m| rid_matches(m, rid)).await;
+    assert!(
+        matches!(&restored, ServerMessage::Version { version, .. } if version.kind == "restore"),
+        "{restored:?}"
+    );
+    for (c, doc) in clients.iter_mut().zip(&docs) {
+        while doc.text() != full {
+            let m = c
+                .expect(|m| matches!(m, ServerMessage::Update { room: r, .. } if r == room))
+                .await;
+            if let ServerMessage::Update { data, .. } = m {
+                doc.apply(&data.0);
+            }
+        }
+    }
+    for a in &addrs {
+        let r = request(*a, "GET", &format!("/api/v1/rooms/{room}/doc"), &[], b"").await;
+        assert_eq!(r.json()["doc"]["t"], full.as_str());
+    }
+}
+
+fn rid_matches(m: &ServerMessage, rid: u64) -> bool {
+    matches!(m, ServerMessage::Version { rid: r, .. } | ServerMessage::Error { rid: r, .. } if *r == Some(rid))
+}

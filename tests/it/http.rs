@@ -824,8 +824,23 @@ async fn openapi_document_matches_the_routes() {
     let srv = api_server(|c| c.api.poll_timeout_ms = 50);
     let mut ws = Client::connect(srv.addr).await;
     ws.join("doc-1", &TestDoc::new()).await;
+    // A version for the version routes.
+    let r = request(
+        srv.addr,
+        "POST",
+        "/api/v1/rooms/doc-1/versions",
+        &[],
+        br#"{"name":"first"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let version: Value = serde_json::from_slice(&r.body).unwrap();
+    let version = version["version"]["id"].as_str().unwrap().to_owned();
     for (method, path) in &served {
-        let url = format!("/api/v1{}", path.replace("{room}", "doc-1"));
+        let url = format!(
+            "/api/v1{}",
+            path.replace("{room}", "doc-1").replace("{id}", &version)
+        );
         let item = &doc["paths"][path.as_str()][method.to_ascii_lowercase()];
         let body = match item.pointer("/requestBody/content/application~1json/example") {
             Some(v) => v.to_string().into_bytes(),

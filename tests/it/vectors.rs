@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use chorus::protocol::native::{
     decode_client, decode_server, encode_client, encode_server, Bin, ClientMessage, CursorView,
-    MemberView, ServerMessage, WireLimits, CLIENT_TYPES, SERVER_TYPES,
+    MemberView, ServerMessage, VersionAuthorView, VersionView, WireLimits, CLIENT_TYPES,
+    SERVER_TYPES,
 };
 use chorus::protocol::{close, ErrorCode};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -368,7 +369,7 @@ async fn invalid_vectors_over_a_live_socket() {
 
 /// Every `ErrorCode`. The match below stops compiling when a variant is
 /// added, and indexes past the list if it is not added here too.
-const ERROR_CODES: [ErrorCode; 18] = [
+const ERROR_CODES: [ErrorCode; 19] = [
     ErrorCode::BadMessage,
     ErrorCode::UnknownType,
     ErrorCode::HelloRequired,
@@ -387,6 +388,7 @@ const ERROR_CODES: [ErrorCode; 18] = [
     ErrorCode::RateLimited,
     ErrorCode::GoingAway,
     ErrorCode::MissingDependencies,
+    ErrorCode::NotFound,
 ];
 
 fn error_code_index(code: ErrorCode) -> usize {
@@ -409,6 +411,7 @@ fn error_code_index(code: ErrorCode) -> usize {
         ErrorCode::RateLimited => 15,
         ErrorCode::GoingAway => 16,
         ErrorCode::MissingDependencies => 17,
+        ErrorCode::NotFound => 18,
     }
 }
 
@@ -865,6 +868,62 @@ fn cases() -> Vec<Case> {
             "Application-level ping; answered by `pong` with the same rid.",
             ClientMessage::Ping { rid: Some(7) },
         ),
+        client(
+            "client-versions",
+            "List a joined room's versions, newest first: 20 older than version 31.",
+            ClientMessage::Versions {
+                room: room(),
+                limit: Some(20),
+                before: Some("31".into()),
+                rid: Some(8),
+            },
+        ),
+        client(
+            "client-versions-minimal",
+            "List versions with the defaults (50, from the newest).",
+            ClientMessage::Versions {
+                room: room(),
+                limit: None,
+                before: None,
+                rid: None,
+            },
+        ),
+        client(
+            "client-version-create",
+            "Make a named version of the current state (needs rw).",
+            ClientMessage::VersionCreate {
+                room: room(),
+                name: "Before the rewrite".into(),
+                rid: Some(9),
+            },
+        ),
+        client(
+            "client-version-view",
+            "Read a version's whole document (answered by version_doc).",
+            ClientMessage::VersionView {
+                room: room(),
+                id: "12".into(),
+                rid: Some(10),
+            },
+        ),
+        client(
+            "client-version-restore",
+            "Restore a version as a new change (needs rw; answered by version).",
+            ClientMessage::VersionRestore {
+                room: room(),
+                id: "12".into(),
+                rid: Some(11),
+            },
+        ),
+        client(
+            "client-version-delete",
+            "Delete a version (needs rw; answered by version_deleted).",
+            ClientMessage::VersionDelete {
+                room: room(),
+                id: "12".into(),
+                rid: Some(12),
+            },
+        ),
         // Server messages.
         server(
             "server-welcome",
@@ -1035,6 +1094,98 @@ fn cases() -> Vec<Case> {
             "server-pong",
             "Answer to client-ping.",
             ServerMessage::Pong { rid: Some(7) },
+        ),
+        server(
+            "server-versions",
+            "Answer to client-versions: a page, newest first; next is the before of the next page.",
+            ServerMessage::Versions {
+                room: room(),
+                versions: vec![
+                    VersionView {
+                        id: "30".into(),
+                        time: 1_764_633_600_000,
+                        name: None,
+                        kind: "restore".into(),
+                        restored_from: Some("12".into()),
+                        authors: vec![VersionAuthorView {
+                            user: "ada".into(),
+                            name: Some("Ada".into()),
+                        }],
+                        bytes: 96,
+                    },
+                    VersionView {
+                        id: "12".into(),
+                        time: 1_764_630_000_000,
+                        name: Some("Before the rewrite".into()),
+                        kind: "named".into(),
+                        restored_from: None,
+                        authors: vec![
+                            VersionAuthorView {
+                                user: "ada".into(),
+                                name: Some("Ada".into()),
+                            },
+                            VersionAuthorView {
+                                user: "bob".into(),
+                                name: None,
+                            },
+                        ],
+                        bytes: 431,
+                    },
+                ],
+                next: Some("12".into()),
+                rid: Some(8),
+            },
+        ),
+        server(
+            "server-versions-last-page",
+            "The last page: next is nil.",
+            ServerMessage::Versions {
+                room: room(),
+                versions: vec![],
+                next: None,
+                rid: None,
+            },
+        ),
+        server(
+            "server-version",
+            "Answer to client-version-create (and version_restore): the new version.",
+            ServerMessage::Version {
+                room: room(),
+                version: VersionView {
+                    id: "31".into(),
+                    time: 1_764_634_000_000,
+                    name: Some("Before the rewrite".into()),
+                    kind: "named".into(),
+                    restored_from: None,
+                    authors: vec![],
+                    bytes: 12,
+                },
+                rid: Some(9),
+            },
+        ),
+        server(
+            "server-version-doc",
+            "Answer to client-version-view: a Yjs v1 update that rebuilds the version from empty.",
+            ServerMessage::VersionDoc {
+                room: room(),
+                id: "12".into(),
+                update: Bin(y.synced_diff.clone()),
+                rid: Some(10),
+            },
+        ),
+        server(
+            "server-version-deleted",
+            "Answer to client-version-delete.",
+            ServerMessage::VersionDeleted {
+                room: room(),
+                id: "12".into(),
+                rid: Some(12),
+            },
+        ),
+        server(
+            "server-versions-changed",
+            "To every member, on every node, when a version is added or deleted: list again.",
+            ServerMessage::VersionsChanged { room: room() },
         ),
     ];
     // Edge cases: decode-only.

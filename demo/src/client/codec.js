@@ -20,6 +20,11 @@ export const CLIENT_FIELDS = Object.freeze({
   typing: ['room', 'on', 'rid?'],
   event: ['room', 'name', 'data', 'rid?'],
   ping: ['rid?'],
+  versions: ['room', 'limit?', 'before?', 'rid?'],
+  version_create: ['room', 'name', 'rid?'],
+  version_view: ['room', 'id', 'rid?'],
+  version_restore: ['room', 'id', 'rid?'],
+  version_delete: ['room', 'id', 'rid?'],
 });
 
 /** Field order of every server message type (used by tests and tools). */
@@ -34,10 +39,15 @@ export const SERVER_FIELDS = Object.freeze({
   event: ['room', 'from', 'name', 'data'],
   error: ['code', 'message', 'rid?', 'room?'],
   pong: ['rid?'],
+  versions: ['room', 'versions', 'next', 'rid?'],
+  version: ['room', 'version', 'rid?'],
+  version_doc: ['room', 'id', 'update', 'rid?'],
+  version_deleted: ['room', 'id', 'rid?'],
+  versions_changed: ['room'],
 });
 
 /** Fields that must be MessagePack `bin` (a Uint8Array) when present. */
-const BIN_FIELDS = new Set(['sv', 'data', 'anchor', 'head', 'diff']);
+const BIN_FIELDS = new Set(['sv', 'data', 'anchor', 'head', 'diff', 'update']);
 /** Fields that carry free JSON (their `data` is not bin). */
 const JSON_DATA_TYPES = new Set(['event']);
 
@@ -69,7 +79,10 @@ const NESTED = {
   joined: ['id', 'user?', 'state'],
   updated: ['id', 'user?', 'state'],
   cursors: ['id', 'anchor', 'head'],
+  versions: ['id', 'time', 'name', 'kind', 'restored_from', 'authors', 'bytes'],
+  authors: ['user', 'name'],
 };
+NESTED.version = NESTED.versions;
 const LIMIT_FIELDS = [
   'max_frame_bytes', 'max_rooms', 'max_doc_bytes', 'max_presence_bytes', 'typing_ttl_ms', 'heartbeat_ms',
   'client_timeout_ms', 'max_event_bytes', 'max_room_id_bytes',
@@ -85,7 +98,9 @@ function orderStruct(value, fields) {
       if (!optional) out[name] = null;
       continue;
     }
-    out[name] = name === 'state' ? canonicalJson(v) : v;
+    if (name === 'state') out[name] = canonicalJson(v);
+    else if (NESTED[name] && Array.isArray(v)) out[name] = v.map((x) => orderStruct(x, NESTED[name]));
+    else out[name] = v;
   }
   return out;
 }
@@ -108,6 +123,7 @@ function ordered(msg, fields, isBin) {
       value = canonicalJson(value);
     }
     if (NESTED[name] && Array.isArray(value)) value = value.map((v) => orderStruct(v, NESTED[name]));
+    else if (name === 'version' && value) value = orderStruct(value, NESTED.version);
     if (name === 'limits' && value) value = orderStruct(value, LIMIT_FIELDS);
     out[name] = value;
   }

@@ -37,6 +37,8 @@ export interface ClientOptions {
   network?: { onLine: boolean; addEventListener(type: string, fn: () => void): void; removeEventListener(type: string, fn: () => void): void };
   /** Connect in the constructor. Default true. */
   autoConnect?: boolean;
+  /** Requests (versions, …) reject with code `timeout` after this long; 0: never. Default 30000. */
+  requestTimeoutMs?: number;
   /** WebSocket constructor (defaults to globalThis.WebSocket). */
   WebSocket?: new (url: string) => WebSocket;
   /** Random source for the backoff jitter (tests). */
@@ -70,6 +72,33 @@ export interface ServerError {
   message: string;
   rid?: number;
   room?: string;
+}
+
+/** One version of a room's document (see proto/PROTOCOL.md). */
+export interface Version {
+  /** Decimal string of a per-room counter: newer versions compare greater as numbers. */
+  id: string;
+  /** Milliseconds since the Unix epoch. */
+  time: number;
+  name: string | null;
+  kind: 'auto' | 'named' | 'restore';
+  /** For kind `restore`: the id of the version restored. */
+  restored_from: string | null;
+  /** Who changed the document since the previous version. */
+  authors: { user: string; name: string | null }[];
+  /** Bytes stored for this version. */
+  bytes: number;
+}
+
+/** A page of versions, newest first; `next` is the `before` of the next page. */
+export interface VersionPage {
+  versions: Version[];
+  next: string | null;
+}
+
+/** A refused or failed request: the server's error code, or `not_joined`, `disconnected`, `timeout`, `left`. */
+export class ChorusRequestError extends Error {
+  readonly code: string;
 }
 
 export interface Member {
@@ -139,6 +168,8 @@ export interface RoomEvents {
   event: (e: RoomEvent) => void;
   saved: (saved: boolean) => void;
   error: (err: ServerError) => void;
+  /** A version was added or deleted (by anyone): list again. */
+  versions: (room: ChorusRoom) => void;
   [name: string]: (...args: any[]) => void;
 }
 
@@ -163,8 +194,21 @@ export class ChorusRoom extends Emitter<RoomEvents> {
   setCursor(anchor: Uint8Array | null, head?: Uint8Array | null): void;
   setTyping(on: boolean): void;
   sendEvent(name: string, data?: Json): boolean;
+  /** Versions, newest first (`limit` default 50, max 200). Rejects with a ChorusRequestError. */
+  versions(options?: { limit?: number; before?: string }): Promise<VersionPage>;
+  /** Names the current state (`rw` only, else `forbidden`). */
+  createVersion(name: string): Promise<Version>;
+  /** A Yjs v1 update that rebuilds the version's document from empty. */
+  viewVersion(id: string): Promise<Uint8Array>;
+  /** Makes the version's content current, as a new change (`rw` only); resolves to the `restore` version. */
+  restoreVersion(id: string): Promise<Version>;
+  /** Deletes a version (`rw` only). */
+  deleteVersion(id: string): Promise<void>;
   leave(): void;
 }
+
+/** Rights a JWT grants in `room`, read without verifying (for UI only); null without a readable token. */
+export function tokenRights(token: string | undefined, room: string): 'r' | 'rp' | 'rw' | null;
 
 /** Equal-jitter exponential backoff delay for attempt `attempt` (0-based). */
 export function backoffDelay(attempt: number, backoff: Required<BackoffOptions>, random?: () => number): number;

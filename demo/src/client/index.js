@@ -16,6 +16,56 @@ export { Emitter } from './emitter.js';
 /** Protocol version this client speaks. */
 export const PROTOCOL_VERSION = 1;
 
+/**
+ * A request the server refused (`code` from its `error` message, e.g.
+ * `forbidden`, `not_found`, `not_joined`), or that could not complete
+ * (`disconnected`, `timeout`, `left`).
+ */
+export class ChorusRequestError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.name = 'ChorusRequestError';
+    this.code = code;
+  }
+}
+
+/**
+ * The rights (`r`, `rp`, `rw`) a JWT `token` grants in `room`, read from
+ * its payload without checking the signature (the server does that): for
+ * showing or hiding controls only. null: no token, or not a JWT.
+ */
+export function tokenRights(token, room) {
+  if (typeof token !== 'string') return null;
+  const part = token.split('.')[1];
+  if (!part) return null;
+  let claims;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+    claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(bin, (c) => c.charCodeAt(0))));
+  } catch {
+    return null;
+  }
+  if (!claims || !Array.isArray(claims.grants)) return null;
+  const order = ['r', 'rp', 'rw'];
+  let best = -1;
+  for (const g of claims.grants) {
+    const pattern = String(g && g.room);
+    const matches = pattern.endsWith('*') ? String(room).startsWith(pattern.slice(0, -1)) : pattern === room;
+    if (matches) best = Math.max(best, order.indexOf(g.rights));
+  }
+  return best < 0 ? null : order[best];
+}
+
+/** Answers of the request/response messages of a room, by request type. */
+const ANSWERS = Object.freeze({
+  versions: 'versions',
+  version_create: 'version',
+  version_view: 'version_doc',
+  version_restore: 'version',
+  version_delete: 'version_deleted',
+});
+
 /** Close codes after which reconnecting cannot help. */
 export const FATAL_CLOSE_CODES = Object.freeze([1008, 4001, 4002, 4003]);
 
@@ -27,6 +77,7 @@ const DEFAULTS = {
   pongTimeoutMs: 5_000,
   watchNetwork: true,
   autoConnect: true,
+  requestTimeoutMs: 30_000,
 };
 
 /**
@@ -373,7 +424,8 @@ export class ChorusRoom extends Emitter {
     this.id = id;
     /** @type {Y.Doc} */
     this.doc = doc || new Y.Doc();
-    this.presence = presence ? { ...presence } : {};
+    /** Own presence state; null: none (joins without one, as `r` tokens must). */
+    this.presence = presence ? { ...presence } : null;
     /** @type {'joining'|'synced'|'disconnected'|'failed'|'left'} */
     this.state = 'disconnected';
     /** @type {Map<string, {id: string, user?: string, state: object}>} */
@@ -390,6 +442,8 @@ export class ChorusRoom extends Emitter {
     this.localCursor = undefined;
     this.presenceDirty = false;
     this.typingOn = false;
+    /** Requests waiting for their answer, by rid. */
+    this.pending = new Map();
     /** Origin of transactions applied from the server. */
     this.origin = { chorusRoom: id };
     this.onDocUpdate = (update, origin) => {
@@ -454,9 +508,70 @@ export class ChorusRoom extends Emitter {
     return this.client._send({ t: 'event', room: this.id, name, data, rid: this.client.rid() });
   }
 
+  /**
+   * Lists the room's versions, newest first: `{versions, next}`, where
+   * `next` (when not null) is the `before` of the next page.
+   * @param {{limit?: number, before?: string}} [options]
+   */
+  async versions({ limit, before } = {}) {
+    const msg = await this.#request({ t: 'versions', limit, before });
+    return { versions: msg.versions || [], next: msg.next ?? null };
+  }
+
+  /** Names the current state (needs write rights): the new version. */
+  async createVersion(name) {
+    return (await this.#request({ t: 'version_create', name: String(name) })).version;
+  }
+
+  /** A Yjs update that rebuilds version `id`'s whole document from empty. */
+  async viewVersion(id) {
+    return (await this.#request({ t: 'version_view', id: String(id) })).update;
+  }
+
+  /**
+   * Makes version `id`'s content the current content (a new change that
+   * reaches everyone as ordinary updates; needs write rights). Resolves to
+   * the new version of kind `restore`.
+   */
+  async restoreVersion(id) {
+    return (await this.#request({ t: 'version_restore', id: String(id) })).version;
+  }
+
+  /** Deletes version `id` (needs write rights). */
+  async deleteVersion(id) {
+    await this.#request({ t: 'version_delete', id: String(id) });
+  }
+
+  #request(fields) {
+    if (this.state !== 'synced') return Promise.reject(new ChorusRequestError('not_joined', `room ${this.id} is not joined (${this.state})`));
+    const rid = this.client.rid();
+    return new Promise((resolve, reject) => {
+      const timeoutMs = this.client.options.requestTimeoutMs;
+      const timer = timeoutMs ? this.client.timers.setTimeout(() => this.#settle(rid, null, new ChorusRequestError('timeout', `no answer to ${fields.t} within ${timeoutMs} ms`)), timeoutMs) : null;
+      this.pending.set(rid, { answer: ANSWERS[fields.t], resolve, reject, timer });
+      if (!this.client._send({ ...fields, room: this.id, rid })) this.#settle(rid, null, new ChorusRequestError('disconnected', 'not connected'));
+    });
+  }
+
+  /** Resolves (`msg`) or rejects (`error`) request `rid`; false if unknown. */
+  #settle(rid, msg, error) {
+    const p = this.pending.get(rid);
+    if (!p) return false;
+    this.pending.delete(rid);
+    if (p.timer != null) this.client.timers.clearTimeout(p.timer);
+    if (error) p.reject(error);
+    else p.resolve(msg);
+    return true;
+  }
+
+  #failPending(code, message) {
+    for (const rid of [...this.pending.keys()]) this.#settle(rid, null, new ChorusRequestError(code, message));
+  }
+
   /** Leaves the room; the document stays usable locally. */
   leave() {
     if (this.state === 'left') return;
+    this.#failPending('left', `left room ${this.id}`);
     this.client._send({ t: 'leave', room: this.id });
     this.client.rooms.delete(this.id);
     this.doc.off('update', this.onDocUpdate);
@@ -502,7 +617,7 @@ export class ChorusRoom extends Emitter {
       t: 'join',
       room: this.id,
       sv: Y.encodeStateVector(this.doc),
-      presence: this.presence,
+      presence: this.presence ?? undefined,
       rid: this.joinRid,
     });
   }
@@ -510,6 +625,7 @@ export class ChorusRoom extends Emitter {
   /** @internal The socket is gone: everything ephemeral is stale. */
   _disconnected() {
     if (this.state === 'left') return;
+    this.#failPending('disconnected', 'the connection was lost');
     this.members.clear();
     this.cursors.clear();
     this.typing.clear();
@@ -565,7 +681,20 @@ export class ChorusRoom extends Emitter {
       case 'event':
         this.emit('event', { from: msg.from, name: msg.name, data: msg.data });
         return;
+      case 'versions':
+      case 'version':
+      case 'version_doc':
+      case 'version_deleted': {
+        const p = msg.rid != null ? this.pending.get(msg.rid) : null;
+        if (p && p.answer === msg.t) this.#settle(msg.rid, msg);
+        return;
+      }
+      case 'versions_changed':
+        this.emit('versions', this);
+        return;
       case 'error':
+        // The error of a request rejects its promise (and is not emitted).
+        if (msg.rid != null && this.#settle(msg.rid, null, new ChorusRequestError(msg.code, msg.message))) return;
         if (msg.rid != null && msg.rid === this.joinRid && this.state === 'joining') this.#setState('failed');
         if (msg.rid != null) this.unacked.delete(msg.rid);
         this.emit('error', msg);

@@ -15,23 +15,88 @@ import { defaultKeymap, indentWithTab } from '@codemirror/commands';
 import { markdown } from '@codemirror/lang-markdown';
 import { syntaxHighlighting, defaultHighlightStyle } from '@codemirror/language';
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next';
-import { ChorusClient, relativeCursor } from '../client/index.js';
+import { ChorusClient, relativeCursor, tokenRights } from '../client/index.js';
+import { createHistory } from './history.js';
 import { remoteCursors, attachRemoteCursors } from './cursors.js';
 import css from './style.css';
 
 export { ChorusClient } from '../client/index.js';
 
-/** Colours for members that did not choose one (readable on white). */
-export const PALETTE = ['#e11d48', '#2563eb', '#059669', '#d97706', '#7c3aed', '#0891b2', '#65a30d', '#c026d3'];
+/**
+ * Colours for members that did not choose one: readable on white, far apart
+ * in hue, none close to the widget's indigo accent (one's own chat bubble is
+ * neutral dark, so no member's colour is mistaken for "me").
+ */
+export const PALETTE = ['#e11d48', '#2563eb', '#059669', '#d97706', '#9333ea', '#0891b2', '#65a30d', '#db2777', '#92400e', '#0f766e'];
 
 const ADJECTIVES = ['Quick', 'Calm', 'Bright', 'Brave', 'Clever', 'Gentle', 'Lucky', 'Sunny'];
 const ANIMALS = ['Otter', 'Falcon', 'Panda', 'Lynx', 'Heron', 'Koala', 'Fox', 'Orca'];
 
-/** A colour picked from the palette by hashing `s`. */
-export function colorFor(s) {
+function hash(s) {
   let h = 0;
   for (const ch of String(s)) h = (h * 31 + ch.codePointAt(0)) >>> 0;
-  return PALETTE[h % PALETTE.length];
+  return h;
+}
+
+/** A colour picked from the palette by hashing `s` (the first choice of `pickColor`). */
+export function colorFor(s) {
+  return PALETTE[hash(s) % PALETTE.length];
+}
+
+/** `#rrggbb` of an HSL colour (h in degrees, s and l in 0..1). */
+function hslHex(h, s, l) {
+  const f = (n) => {
+    const k = (n + h / 30) % 12;
+    const c = l - s * Math.min(l, 1 - l) * Math.max(-1, Math.min(k - 3, 9 - k, 1));
+    return Math.round(c * 255).toString(16).padStart(2, '0');
+  };
+  return `#${f(0)}${f(8)}${f(4)}`;
+}
+
+/**
+ * The colour for `name` that no one in `taken` (lower-case `#rrggbb`) has:
+ * the free palette colour nearest the name's hash (going round the
+ * palette), or, once the palette is used up, golden-angle hues from the
+ * hash (137.5° apart: each new one far from the previous ones).
+ */
+export function pickColor(name, taken) {
+  const h = hash(name);
+  for (let i = 0; i < PALETTE.length; i++) {
+    const c = PALETTE[(h + i) % PALETTE.length];
+    if (!taken.has(c)) return c;
+  }
+  for (let k = 0; ; k++) {
+    const c = hslHex((h + k * 137.508) % 360, 0.7, 0.4);
+    if (!taken.has(c)) return c;
+  }
+}
+
+/**
+ * Orders member ids `{node}-{n}` by node, then by `n` as a number (on one
+ * node, the earlier connection first).
+ */
+export function compareMemberIds(a, b) {
+  const split = (id) => {
+    const i = String(id).lastIndexOf('-');
+    return i < 0 ? [String(id), 0] : [String(id).slice(0, i), Number(String(id).slice(i + 1)) || 0];
+  };
+  const [na, ia] = split(a);
+  const [nb, ib] = split(b);
+  return na < nb ? -1 : na > nb ? 1 : ia - ib;
+}
+
+const norm = (c) => String(c || '').toLowerCase();
+const validColor = (c) => /^#[0-9a-fA-F]{3,8}$/.test(c || '');
+
+function storedAuthorId() {
+  const fresh = () => Math.random().toString(36).slice(2, 12);
+  try {
+    let id = localStorage.getItem('chorus:author');
+    if (!id) localStorage.setItem('chorus:author', (id = fresh()));
+    return id;
+  } catch {
+    return fresh();
+  }
 }
 
 function randomName() {
@@ -102,10 +167,21 @@ export function mount(target, options = {}) {
   injectStyles(target.ownerDocument);
   const roomId = options.room || 'lobby';
   let name = (options.name || '').trim() || randomName();
-  let color = /^#[0-9a-fA-F]{3,8}$/.test(options.color || '') ? options.color : colorFor(name);
+  // A colour given by the embedder is kept as is; else the widget claims one
+  // that no one present has (see `claimColor`).
+  const fixedColor = validColor(options.color) ? options.color : null;
+  let color = fixedColor || colorFor(name);
+  /** Who wrote a chat message: stable for this browser (when it has storage). */
+  const authorId = options.authorId || storedAuthorId();
   const url = options.server || wsUrlFor(import.meta.url);
   const client = options.client || new ChorusClient(url, { token: options.token, clientName: 'chorus-widget/0.1' });
-  const room = client.join(roomId, { presence: { name, color } });
+  // Rights: from the token's grants when it has any (a JWT), else assume
+  // everything is allowed (the server says `forbidden` otherwise). A reader
+  // (`r`) joins without presence and cannot edit; `rp` shows presence.
+  const granted = tokenRights(options.token, roomId);
+  const mayPresence = granted !== 'r';
+  const mayEdit = !granted || granted === 'rw';
+  const room = client.join(roomId, mayPresence ? { presence: { name, color } } : {});
   const doc = room.doc;
   const ytext = doc.getText('editor');
   /** @type {Y.Array<{id: string, user: string, color: string, text: string, ts: number}>} */
@@ -124,14 +200,27 @@ export function mount(target, options = {}) {
     h('div', { class: 'chorus-header-right' }, saved, badge, avatars, h('label', { class: 'chorus-you' }, h('span', { class: 'chorus-you-dot', style: `background:${color}` }), nameInput), shareBtn),
   );
   const editorHost = h('div', { class: 'chorus-editor', 'aria-label': 'Shared document' });
-  const editorCard = h('section', { class: 'chorus-card chorus-doc', 'aria-label': 'Document' }, h('div', { class: 'chorus-card-title' }, 'Document'), editorHost);
+  const previewEl = h('div', { class: 'chorus-preview' });
+  const historyBtn = h('button', { class: 'chorus-btn chorus-history-btn', type: 'button', 'aria-pressed': 'false', title: 'Versions of this document' }, 'History');
+  const editorCard = h('section', { class: 'chorus-card chorus-doc', 'aria-label': 'Document' }, h('div', { class: 'chorus-card-title' }, 'Document', historyBtn), editorHost, previewEl);
   const onlineList = h('ul', { class: 'chorus-online', 'aria-label': 'Online' });
+  // Narrow screens show one card at a time, picked by these tabs.
+  const docTab = h('button', { class: 'chorus-tab', type: 'button', role: 'tab', 'aria-selected': 'true', 'data-tab': 'doc' }, 'Document');
+  const unreadEl = h('span', { class: 'chorus-unread', hidden: true }, '');
+  const chatTab = h('button', { class: 'chorus-tab', type: 'button', role: 'tab', 'aria-selected': 'false', 'data-tab': 'chat' }, 'Chat', unreadEl);
+  const historyTab = h('button', { class: 'chorus-tab', type: 'button', role: 'tab', 'aria-selected': 'false', 'data-tab': 'history' }, 'History');
+  const tabs = h('nav', { class: 'chorus-tabs', role: 'tablist', 'aria-label': 'Show' }, docTab, chatTab, historyTab);
   const messages = h('ol', { class: 'chorus-messages', 'aria-label': 'Messages', 'aria-live': 'polite' });
   const empty = h('div', { class: 'chorus-empty' }, 'No messages yet. Say hello!');
   const typingLine = h('div', { class: 'chorus-typing', 'aria-live': 'polite' });
   const input = h('input', { class: 'chorus-input', type: 'text', placeholder: 'Message…', 'aria-label': 'Message', maxlength: '2000', autocomplete: 'off' });
   const sendBtn = h('button', { class: 'chorus-send', type: 'submit', 'aria-label': 'Send' }, 'Send');
   const form = h('form', { class: 'chorus-compose' }, input, sendBtn);
+  if (!mayEdit) {
+    // The chat lives in the document: without `rw` it is read-only too.
+    input.disabled = sendBtn.disabled = true;
+    input.placeholder = 'Read-only';
+  }
   const chatCard = h(
     'section',
     { class: 'chorus-card chorus-chat', 'aria-label': 'Chat' },
@@ -141,7 +230,24 @@ export function mount(target, options = {}) {
     typingLine,
     form,
   );
-  const root = h('div', { class: `chorus-root${options.compact ? ' chorus-compact' : ''}` }, header, h('main', { class: 'chorus-main' }, editorCard, chatCard));
+  let writable = mayEdit;
+  const history = createHistory({
+    room,
+    ytext,
+    editorHost,
+    preview: previewEl,
+    writable: () => writable,
+    colorOf: (who, user) => {
+      const present = [...room.members.values()].find((m) => (user && m.user === user) || m.state.name === who);
+      return present && validColor(present.state.color) ? present.state.color : colorFor(who);
+    },
+    h,
+    avatar,
+    onPreview: () => {
+      if (narrow()) showTab('doc');
+    },
+  });
+  const root = h('div', { class: `chorus-root${options.compact ? ' chorus-compact' : ''}`, 'data-tab': 'doc', 'data-side': 'chat' }, header, tabs, h('main', { class: 'chorus-main' }, editorCard, chatCard, history.card));
   target.replaceChildren(root);
   const scroller = chatCard.querySelector('.chorus-scroll');
   const countEl = chatCard.querySelector('.chorus-count');
@@ -160,6 +266,8 @@ export function mount(target, options = {}) {
         syntaxHighlighting(defaultHighlightStyle, { fallback: true }),
         placeholder('Start writing together… (Markdown works)'),
         yCollab(ytext, null, { undoManager }),
+        EditorView.editable.of(mayEdit),
+        EditorState.readOnly.of(!mayEdit),
         remoteCursors,
         EditorView.contentAttributes.of({ 'aria-label': 'Shared document editor' }),
         EditorView.updateListener.of((u) => {
@@ -172,7 +280,7 @@ export function mount(target, options = {}) {
 
   let cursorTimer = null;
   function scheduleCursor() {
-    if (cursorTimer) return;
+    if (cursorTimer || !mayPresence) return;
     cursorTimer = setTimeout(() => {
       cursorTimer = null;
       const sel = view.state.selection.main;
@@ -191,6 +299,12 @@ export function mount(target, options = {}) {
   const offs = [client.on('status', onStatus)];
 
   offs.push(
+    room.on('error', (e) => {
+      if (e.code === 'forbidden' && writable) {
+        writable = false;
+        history.refreshControls();
+      }
+    }),
     room.on('saved', (ok) => {
       saved.textContent = ok ? 'Saved' : 'Saving…';
       saved.dataset.saved = String(ok);
@@ -199,6 +313,30 @@ export function mount(target, options = {}) {
 
   const memberName = (id) => String(room.members.get(id)?.state.name || 'Someone');
   const memberColor = (id) => room.members.get(id)?.state.color || '#64748b';
+
+  /**
+   * Gives this member a colour no one else present has. Two members with
+   * the same colour: the one with the smaller id keeps it (on one node, the
+   * one who came first), the other takes the free colour nearest its
+   * name's hash. Everyone applies the same rule to the same presence, so a
+   * person keeps their colour while present and newcomers adapt.
+   */
+  function claimColor() {
+    if (fixedColor || !mayPresence || !room.self || !room.members.has(room.self)) return;
+    const others = [...room.members.values()].filter((m) => m.id !== room.self);
+    const yieldTo = others.some((m) => norm(m.state.color) === norm(color) && compareMemberIds(m.id, room.self) < 0);
+    if (!yieldTo) return;
+    const taken = new Set(others.map((m) => norm(m.state.color)).filter(Boolean));
+    setColor(pickColor(name, taken));
+  }
+
+  function setColor(next) {
+    if (next === color) return;
+    color = next;
+    header.querySelector('.chorus-you-dot').style.background = color;
+    if (mayPresence) room.setPresence({ name, color });
+    renderMessages();
+  }
 
   function renderMembers() {
     const list = [...room.members.values()];
@@ -212,6 +350,7 @@ export function mount(target, options = {}) {
     countEl.textContent = list.length ? `${list.length} online` : '';
   }
   offs.push(room.on('members', (_, change) => {
+    claimColor();
     renderMembers();
     renderMessages();
     // Newcomers have not seen our receipts: repeat the last one.
@@ -223,9 +362,8 @@ export function mount(target, options = {}) {
     const n = String(next).trim().slice(0, 40);
     if (!n || n === name) return;
     name = n;
-    if (!options.color) color = colorFor(name);
-    header.querySelector('.chorus-you-dot').style.background = color;
-    room.setPresence({ name, color });
+    // The colour stays: it is how the others recognise this person.
+    if (mayPresence) room.setPresence({ name, color });
     options.onNameChange?.(name);
   }
   nameInput.addEventListener('change', () => setName(nameInput.value));
@@ -261,6 +399,7 @@ export function mount(target, options = {}) {
   let typingSentAt = 0;
   let typingIdle = null;
   function typingPulse() {
+    if (!mayPresence) return;
     const now = Date.now();
     if (!input.value.trim()) return typingStop();
     // Renew well inside the server's TTL (5 s by default).
@@ -286,7 +425,7 @@ export function mount(target, options = {}) {
     e.preventDefault();
     const text = input.value.trim();
     if (!text) return;
-    chat.push([{ id: `${doc.clientID.toString(36)}-${Date.now().toString(36)}-${(counter++).toString(36)}`, user: name, color, text, ts: Date.now() }]);
+    chat.push([{ id: `${doc.clientID.toString(36)}-${Date.now().toString(36)}-${(counter++).toString(36)}`, user: name, color, author: authorId, text, ts: Date.now() }]);
     input.value = '';
     typingStop();
     input.focus();
@@ -320,7 +459,7 @@ export function mount(target, options = {}) {
     }
     messages.replaceChildren(
       ...items.map((m) => {
-        const mine = m.user === name && m.color === color;
+        const mine = m.author ? m.author === authorId : m.user === name && m.color === color;
         const seen = (receipts.get(m.id) || []).filter((id) => memberName(id) !== m.user);
         return h(
           'li',
@@ -329,7 +468,7 @@ export function mount(target, options = {}) {
           h(
             'div',
             { class: 'chorus-bubble' },
-            h('div', { class: 'chorus-meta' }, h('span', { class: 'chorus-author', style: `color:${m.color}` }, m.user), h('time', { datetime: new Date(m.ts).toISOString() }, timeFmt ? timeFmt.format(new Date(m.ts)) : '')),
+            h('div', { class: 'chorus-meta' }, h('span', { class: 'chorus-author', style: mine ? null : `color:${m.color}` }, mine ? 'You' : m.user), h('time', { datetime: new Date(m.ts).toISOString() }, timeFmt ? timeFmt.format(new Date(m.ts)) : '')),
             h('div', { class: 'chorus-text' }, m.text),
             seen.length ? h('div', { class: 'chorus-receipt', title: 'Read receipts' }, `Seen by ${seen.map(memberName).join(', ')}`) : null,
           ),
@@ -337,13 +476,46 @@ export function mount(target, options = {}) {
       }),
     );
     if (nearBottom) scroller.scrollTop = scroller.scrollHeight;
+    if (root.dataset.tab !== 'chat' && items.length > chatSeenCount) {
+      unreadEl.textContent = String(items.length - chatSeenCount);
+      unreadEl.hidden = false;
+    }
+    if (root.dataset.tab === 'chat' || !narrow()) chatSeenCount = items.length;
     markSeen();
   }
 
+  // ---- Tabs (narrow screens) ------------------------------------------
+  let chatSeenCount = chat.length;
+  const narrowQuery = target.ownerDocument.defaultView?.matchMedia?.('(max-width: 760px)');
+  const narrow = () => Boolean(narrowQuery?.matches);
+  function showTab(which) {
+    root.dataset.tab = which;
+    for (const t of [docTab, chatTab, historyTab]) t.setAttribute('aria-selected', String(t.dataset.tab === which));
+    if (which === 'chat') {
+      chatSeenCount = chat.length;
+      unreadEl.hidden = true;
+      scroller.scrollTop = scroller.scrollHeight;
+      markSeen();
+    } else view.requestMeasure();
+  }
+  docTab.addEventListener('click', () => showTab('doc'));
+  chatTab.addEventListener('click', () => showTab('chat'));
+  historyTab.addEventListener('click', () => showTab('history'));
+  /** Wide screens: the history panel takes the chat's place while open. */
+  function showHistory(open) {
+    root.dataset.side = open ? 'history' : 'chat';
+    historyBtn.setAttribute('aria-pressed', String(open));
+    if (open) history.refresh();
+    else history.closePreview();
+  }
+  historyBtn.addEventListener('click', () => showHistory(root.dataset.side !== 'history'));
+
   function markSeen() {
+    if (!mayPresence) return;
     const last = chat.length ? chat.get(chat.length - 1) : null;
     if (!last || last.id === lastSeenSent) return;
     if (target.ownerDocument.visibilityState === 'hidden') return;
+    if (narrow() && root.dataset.tab !== 'chat') return;
     if (room.sendEvent('seen', { id: last.id })) lastSeenSent = last.id;
   }
   const onVisible = () => markSeen();
@@ -360,11 +532,18 @@ export function mount(target, options = {}) {
     room,
     view,
     setName,
+    showTab,
+    showHistory,
+    history,
     get name() {
       return name;
     },
+    get color() {
+      return color;
+    },
     destroy() {
       offs.forEach((off) => off());
+      history.destroy();
       stopCursors();
       chat.unobserve(renderMessages);
       target.ownerDocument.removeEventListener('visibilitychange', onVisible);

@@ -130,7 +130,11 @@ test('chat: a message from A appears in B; "A is typing…" shows while A types 
   await alice.page.keyboard.press('Enter');
   await until(async () => (await bob.page.$$eval('.chorus-msg .chorus-text', (els) => els.map((e) => e.textContent))).includes('Hello from Alice'), 'the message in B');
 
-  // Read receipt: B saw it, A's page says so.
+  // Read receipt: B (on a phone: the document tab is showing) has not seen
+  // it until B opens the chat tab; then A's page says so.
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal((await alice.page.locator('.chorus-msg.chorus-mine .chorus-receipt').allTextContents()).filter((t) => t.includes('Bob')).length, 0, 'no receipt while Bob\'s chat tab is closed');
+  await bob.page.click('.chorus-tab[data-tab="chat"]');
   await until(async () => (await alice.page.locator('.chorus-msg.chorus-mine .chorus-receipt').allTextContents()).some((t) => t.includes('Seen by Bob')), 'the read receipt in A');
 
   // Typing for longer than the server's 5 s typing TTL: the indicator is
@@ -157,6 +161,7 @@ test('B goes offline, edits, comes back: both converge', async () => {
   await bob.context.setOffline(true);
   await bob.page.waitForSelector('.chorus-badge[data-status="offline"]', { timeout: WAIT });
   assert.equal(await bob.page.locator('.chorus-badge').textContent(), 'Offline');
+  await bob.page.click('.chorus-tab[data-tab="doc"]');
   await bob.page.click('.cm-content');
   await bob.page.keyboard.press('Control+End');
   await bob.page.keyboard.type(' [bob offline]', { delay: 10 });
@@ -165,10 +170,12 @@ test('B goes offline, edits, comes back: both converge', async () => {
   await alice.page.keyboard.type('[alice online] ', { delay: 10 });
   // Alice must not have Bob's offline edit yet.
   assert.ok(!(await docText(alice.page)).includes('[bob offline]'));
+  await bob.page.click('.chorus-tab[data-tab="chat"]');
   await bob.page.locator('.chorus-input').fill('');
   await bob.page.click('.chorus-input');
   await bob.page.keyboard.type('sent while offline');
   await bob.page.keyboard.press('Enter');
+  await bob.page.click('.chorus-tab[data-tab="doc"]');
   await bob.context.setOffline(false);
   await synced(bob.page);
   await converged(alice, bob, '[bob offline]', '[alice online]');
@@ -191,6 +198,7 @@ test('reloading a page shows the same document and chat history', async () => {
 });
 
 test('screenshots of both pages are saved', async () => {
+  await bob.page.click('.chorus-tab[data-tab="chat"]');
   await bob.page.click('.chorus-input');
   await bob.page.keyboard.type('Looks good');
   await until(async () => (await alice.page.locator('.chorus-typing').textContent()) === 'Bob is typing…', 'typing before the screenshot');

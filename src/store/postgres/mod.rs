@@ -29,8 +29,13 @@
 //!   may hold updates whose appends failed), writes the merge and deletes
 //!   the rows it covers, in one transaction. It resolves `Ok` only once
 //!   the node's document is in the stored snapshot.
-//! - **Delete** removes the room's log and snapshot and bumps its
-//!   incarnation, in one transaction under the same lock.
+//! - **Delete** removes the room's log, snapshot and versions and bumps
+//!   its incarnation, in one transaction under the same lock.
+//! - **Versions** (`chorus_versions`, `chorus_version_ids`; see
+//!   [`super::history`]): operations that write run in one transaction
+//!   holding the room's version lock (another advisory key), so two nodes
+//!   adding a version at once are ordered and the second sees the first
+//!   (`Added::Stale`); reads run in a repeatable-read transaction.
 //!
 //! All of it runs on a runtime of its own (one thread), so database I/O
 //! never runs on a room's arbiter, and connections outlive any arbiter.
@@ -45,6 +50,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::IsolationLevel;
 
 use super::copy::{LogEntry, RoomDump};
+use super::history::{self, Rows, VersionMeta, VersionOp, VersionOut, VersionRow};
 use super::{DocStore, LogRead, StoreError, StoreFuture, StoredDoc};
 use crate::config::Config;
 
@@ -763,7 +769,197 @@ async fn delete(pool: &Pool, room: &str) -> Result<(), StoreError> {
     tx.execute("DELETE FROM chorus_snapshots WHERE room = $1", &[&room])
         .await
         .map_err(io_chain)?;
+    tx.execute("DELETE FROM chorus_versions WHERE room = $1", &[&room])
+        .await
+        .map_err(io_chain)?;
     tx.commit().await.map_err(io_chain)
+}
+
+/// Runs a version-history operation: under the room's version lock when it
+/// writes, in a consistent read otherwise.
+async fn versions(pool: &Pool, room: &str, op: VersionOp) -> Result<VersionOut, StoreError> {
+    let mut client = pool.get().await.map_err(io_chain)?;
+    let reads_only = matches!(
+        op,
+        VersionOp::Head | VersionOp::List { .. } | VersionOp::Chain(_)
+    );
+    let tx = if reads_only {
+        consistent_read(&mut client).await?
+    } else {
+        let tx = client.transaction().await.map_err(io_chain)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&lock_key(&format!("\u{0}versions\u{0}{room}"))],
+        )
+        .await
+        .map_err(io_chain)?;
+        tx
+    };
+    let out = {
+        let mut rows = PgRows { tx: &tx, room };
+        history::run(&mut rows, room, op).await?
+    };
+    tx.commit().await.map_err(io_chain)?;
+    Ok(out)
+}
+
+/// One room's versions inside a transaction ([`history::Rows`]).
+struct PgRows<'a> {
+    tx: &'a deadpool_postgres::Transaction<'a>,
+    room: &'a str,
+}
+
+/// The columns of a version row, its update's length in place of the update.
+const VERSION_COLUMNS: &str =
+    "id, created_ms, name, kind, restored_from, authors, sv, full_state, \
+     octet_length(data)::bigint";
+
+impl PgRows<'_> {
+    fn row(&self, r: &tokio_postgres::Row) -> Result<VersionRow, StoreError> {
+        let authors: String = r.get(5);
+        let authors = serde_json::from_str(&authors).map_err(|e| StoreError::Corrupt {
+            room: self.room.to_owned(),
+            detail: format!("authors of a version: {e}"),
+        })?;
+        Ok(VersionRow {
+            meta: VersionMeta {
+                id: r.get::<_, i64>(0) as u64,
+                time: r.get::<_, i64>(1) as u64,
+                name: r.get(2),
+                kind: history::kind_of(r.get(3)),
+                restored_from: r.get::<_, Option<i64>>(4).map(|v| v as u64),
+                authors,
+                bytes: r.get::<_, i64>(8) as u64,
+            },
+            sv: r.get(6),
+            full: r.get(7),
+        })
+    }
+
+    async fn one(&self, sql: &str, id: i64) -> Result<Option<VersionRow>, StoreError> {
+        let row = self
+            .tx
+            .query_opt(sql, &[&self.room, &id])
+            .await
+            .map_err(io_chain)?;
+        row.map(|r| self.row(&r)).transpose()
+    }
+}
+
+impl Rows for PgRows<'_> {
+    async fn last(&mut self) -> Result<Option<VersionRow>, StoreError> {
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM chorus_versions WHERE room = $1 AND id < $2 \
+             ORDER BY id DESC LIMIT 1"
+        );
+        self.one(&sql, i64::MAX).await
+    }
+    async fn get(&mut self, id: u64) -> Result<Option<VersionRow>, StoreError> {
+        let sql =
+            format!("SELECT {VERSION_COLUMNS} FROM chorus_versions WHERE room = $1 AND id = $2");
+        self.one(&sql, id.min(i64::MAX as u64) as i64).await
+    }
+    async fn before(
+        &mut self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<VersionRow>, StoreError> {
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM chorus_versions WHERE room = $1 AND id < $2 \
+             ORDER BY id DESC LIMIT $3"
+        );
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let rows = self
+            .tx
+            .query(&sql, &[&self.room, &before, &(limit as i64)])
+            .await
+            .map_err(io_chain)?;
+        rows.iter().map(|r| self.row(r)).collect()
+    }
+    async fn next_after(&mut self, id: u64) -> Result<Option<VersionRow>, StoreError> {
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM chorus_versions WHERE room = $1 AND id > $2 \
+             ORDER BY id LIMIT 1"
+        );
+        self.one(&sql, id.min(i64::MAX as u64) as i64).await
+    }
+    async fn data(&mut self, id: u64) -> Result<Option<Bytes>, StoreError> {
+        let row = self
+            .tx
+            .query_opt(
+                "SELECT data FROM chorus_versions WHERE room = $1 AND id = $2",
+                &[&self.room, &(id.min(i64::MAX as u64) as i64)],
+            )
+            .await
+            .map_err(io_chain)?;
+        Ok(row.map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+    }
+    async fn put(&mut self, row: &VersionRow, data: Option<&[u8]>) -> Result<(), StoreError> {
+        let m = &row.meta;
+        let authors =
+            serde_json::to_string(&m.authors).map_err(|e| io(format!("encoding authors: {e}")))?;
+        // PostgreSQL text cannot hold NUL.
+        let name = m.name.as_ref().map(|n| n.replace('\0', ""));
+        let authors = authors.replace("\\u0000", "");
+        let (id, time) = (m.id as i64, m.time as i64);
+        let kind = history::kind_code(m.kind);
+        let from = m.restored_from.map(|v| v as i64);
+        match data {
+            Some(data) => self
+                .tx
+                .execute(
+                    "INSERT INTO chorus_versions \
+                     (room, id, created_ms, name, kind, restored_from, authors, sv, full_state, data) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT (room, id) DO UPDATE SET created_ms = EXCLUDED.created_ms, \
+                     name = EXCLUDED.name, kind = EXCLUDED.kind, restored_from = EXCLUDED.restored_from, \
+                     authors = EXCLUDED.authors, sv = EXCLUDED.sv, full_state = EXCLUDED.full_state, \
+                     data = EXCLUDED.data",
+                    &[
+                        &self.room, &id, &time, &name, &kind, &from, &authors, &row.sv,
+                        &row.full, &data,
+                    ],
+                )
+                .await
+                .map_err(io_chain)?,
+            None => self
+                .tx
+                .execute(
+                    "UPDATE chorus_versions SET created_ms = $3, name = $4, kind = $5, \
+                     restored_from = $6, authors = $7, sv = $8, full_state = $9 \
+                     WHERE room = $1 AND id = $2",
+                    &[
+                        &self.room, &id, &time, &name, &kind, &from, &authors, &row.sv,
+                        &row.full,
+                    ],
+                )
+                .await
+                .map_err(io_chain)?,
+        };
+        Ok(())
+    }
+    async fn remove(&mut self, id: u64) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "DELETE FROM chorus_versions WHERE room = $1 AND id = $2",
+                &[&self.room, &(id as i64)],
+            )
+            .await
+            .map_err(io_chain)?;
+        Ok(())
+    }
+    async fn next_id(&mut self) -> Result<u64, StoreError> {
+        let row = self
+            .tx
+            .query_one(
+                "INSERT INTO chorus_version_ids AS v (room, last_id) VALUES ($1, 1) \
+                 ON CONFLICT (room) DO UPDATE SET last_id = v.last_id + 1 RETURNING last_id",
+                &[&self.room],
+            )
+            .await
+            .map_err(io_chain)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
 }
 
 impl DocStore for PostgresStore {
@@ -854,6 +1050,11 @@ impl DocStore for PostgresStore {
             pool.close();
             Ok(())
         })
+    }
+
+    fn versions(&self, room: &str, op: VersionOp) -> StoreFuture<VersionOut> {
+        let (pool, room) = (self.pool.clone(), room.to_owned());
+        self.run(async move { versions(&pool, &room, op).await })
     }
 
     fn shared(&self) -> bool {
