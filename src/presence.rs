@@ -43,6 +43,10 @@ pub struct Presence {
     /// Diffs taken so far: a view cached at one generation is covered,
     /// from then on, by the next diff.
     generation: u64,
+    /// Bumped whenever a member's cursor is set or a member with a cursor
+    /// leaves: a joiner's copy of the cursors cached at one version is
+    /// current until the next.
+    cursor_version: u64,
 }
 
 /// What one member shows others (see [`Presence::shown`]).
@@ -131,8 +135,11 @@ impl Presence {
 
     /// Removes a member; true when it was present.
     pub fn leave(&mut self, id: &MemberId) -> bool {
-        if self.members.remove(id).is_none() {
+        let Some(entry) = self.members.remove(id) else {
             return false;
+        };
+        if entry.cursor.is_some() {
+            self.cursor_version += 1;
         }
         self.moved.remove(id);
         self.updated.remove(id);
@@ -149,6 +156,7 @@ impl Presence {
         if let Some(entry) = self.members.get_mut(id) {
             entry.cursor = Some((anchor, head));
             self.moved.insert(id.clone());
+            self.cursor_version += 1;
         }
     }
 
@@ -236,6 +244,11 @@ impl Presence {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// Changes of the set of cursors so far (see [`Presence::cursors`]).
+    pub fn cursor_version(&self) -> u64 {
+        self.cursor_version
     }
 
     /// Diffs taken so far (see [`Presence::take_diff`]).

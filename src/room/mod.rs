@@ -412,13 +412,8 @@ impl Handler<Join> for Room {
             let snapshot = Frame::binary_parts(&head, base, &tail);
             self.members.send_frame(&link, &snapshot, Class::Control);
         }
-        let cursors = self.presence.cursors();
-        if !cursors.is_empty() {
-            let msg = ServerMessage::Cursor {
-                room: self.id.to_string(),
-                cursors,
-            };
-            self.members.send_to(&link, &msg, Class::Presence);
+        if let Some(cursors) = self.joiner_cursors() {
+            self.members.send_frame(&link, &cursors, Class::Presence);
         }
         self.member_added(link, ctx);
         self.schedule_flush(ctx);
