@@ -362,6 +362,10 @@ impl Handler<FlightDone> for Room {
     /// goes out now.
     fn handle(&mut self, msg: FlightDone, ctx: &mut Context<Self>) {
         if msg.seq == self.fanout.flight_seq {
+            if self.fanout.flight_idle() {
+                // Not kept while the room is quiet.
+                self.fanout.flight = None;
+            }
             self.flush_updates_when_idle(ctx);
         }
     }

@@ -20,7 +20,9 @@ struct Member {
     link: MemberLink,
     /// Set when deltas were dropped: the room's state vector before the
     /// first dropped delta. The resync sends the diff against it.
-    resync_from: Option<StateVector>,
+    /// Boxed: rarely set, and every slot of the member map pays for the
+    /// inline size.
+    resync_from: Option<Box<StateVector>>,
     /// Set when presence frames were dropped: the resync sends a snapshot.
     presence_stale: bool,
 }
@@ -111,7 +113,7 @@ impl Members {
         let member = self.map.get_mut(id)?;
         Some(Owed {
             link: member.link.clone(),
-            diff_from: member.resync_from.take(),
+            diff_from: member.resync_from.take().map(|sv| *sv),
             presence: std::mem::take(&mut member.presence_stale),
         })
     }
@@ -278,7 +280,7 @@ impl Members {
                     if let Some(make) = base.take() {
                         from = Some(make());
                     }
-                    member.resync_from = from.clone();
+                    member.resync_from = from.clone().map(Box::new);
                 }
                 Class::Presence => member.presence_stale = true,
                 Class::Delta | Class::Ephemeral | Class::Control => {}
