@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix::WeakRecipient;
 use bytes::Bytes;
 use serde_json::Value;
 use yrs::StateVector;
@@ -71,8 +72,10 @@ pub(super) struct Fanout {
     flight: Option<Arc<Flight>>,
     /// Number of the last update broadcast.
     flight_seq: u64,
-    /// Where a flight reports that it is done (set when the room starts).
-    notify: Option<Recipient<FlightDone>>,
+    /// Where a flight reports that it is done (set when the room starts;
+    /// weak: the room holds no address of its own, and a stopped room is
+    /// not kept reachable by frames still in outboxes).
+    notify: Option<WeakRecipient<FlightDone>>,
     /// A flush of pending updates is queued for the end of this turn of
     /// the room's mailbox (so updates handled together go out together).
     queued: bool,
@@ -104,7 +107,7 @@ impl Fanout {
     }
 
     /// Where flights report (the room's own address).
-    pub(super) fn set_notify(&mut self, to: Recipient<FlightDone>) {
+    pub(super) fn set_notify(&mut self, to: WeakRecipient<FlightDone>) {
         self.notify = Some(to);
     }
 
@@ -159,7 +162,11 @@ impl Fanout {
         self.flight_seq += 1;
         let seq = self.flight_seq;
         let notify = self.notify.clone()?;
-        Some(Flight::new(move || notify.do_send(FlightDone { seq })))
+        Some(Flight::new(move || {
+            if let Some(room) = notify.upgrade() {
+                room.do_send(FlightDone { seq });
+            }
+        }))
     }
 
     /// How often presence (diffs, cursors, awareness) is broadcast: every

@@ -323,7 +323,8 @@ impl Actor for Room {
         // Nothing else is handled until the stored document is loaded, and
         // a room replacing one that died loads once the dead one's appends
         // have landed (see `supervise`).
-        self.fanout.set_notify(ctx.address().recipient());
+        self.fanout
+            .set_notify(ctx.address().downgrade().recipient());
         let load = self.persist.load(&self.id, self.predecessor.take());
         ctx.wait(load.into_actor(self).map(|res, room, ctx| {
             match res {
