@@ -96,9 +96,9 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
             "probe saw all {seen} members after {:.2} s",
             d.as_secs_f64()
         )),
-        None => r
-            .notes
-            .push(format!("probe saw only {seen} of {n} members within 300 s")),
+        None => r.notes.push(format!(
+            "failed: probe saw only {seen} of {n} members within 300 s"
+        )),
     }
     let secs = done.unwrap_or(t0.elapsed()).as_secs_f64();
     finish(&mut r, before, after, secs);
