@@ -553,9 +553,10 @@ pub struct Limits {
     /// A room with no members is evicted from memory after this many ms.
     #[arg(long, env = "CHORUS_ROOM_IDLE_MS", default_value_t = 30_000)]
     pub room_idle_ms: u64,
-    /// Window in which document updates, presence diffs and cursor moves are
-    /// merged into one broadcast, in ms. The first message after a quiet
-    /// window goes out at once.
+    /// Window in which presence diffs and cursor moves are merged into one
+    /// broadcast, in ms; also the longest a document update waits for the
+    /// room's previous update broadcast to be written. The first message
+    /// after a quiet window goes out at once.
     #[arg(long, env = "CHORUS_TICK_MS", default_value_t = 10)]
     pub tick_ms: u64,
     /// Presence (diffs, cursors, awareness) of a room is broadcast every
@@ -563,12 +564,6 @@ pub struct Limits {
     /// its members, not their square.
     #[arg(long, env = "CHORUS_PRESENCE_MEMBERS_PER_TICK", default_value_t = 1000)]
     pub presence_members_per_tick: usize,
-    /// Document updates of a room are merged over tick × members / this
-    /// (at least one tick, at most four): in a big room every broadcast is
-    /// one send per member, so fewer, fuller broadcasts save most of the
-    /// fan-out's CPU.
-    #[arg(long, env = "CHORUS_UPDATE_MEMBERS_PER_TICK", default_value_t = 500)]
-    pub update_members_per_tick: usize,
     /// Interval between server pings, in ms. At most half the client timeout.
     #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = 5_000)]
     pub heartbeat_ms: u64,
@@ -711,9 +706,6 @@ impl Config {
         }
         if l.presence_members_per_tick == 0 {
             return Err("presence members per tick must be at least 1".into());
-        }
-        if l.update_members_per_tick == 0 {
-            return Err("update members per tick must be at least 1".into());
         }
         let a = &self.api;
         if a.event_window == 0 || a.subscriber_buffer == 0 || a.sse_heartbeat_ms == 0 {

@@ -22,8 +22,10 @@ struct Entry {
     user: Option<Arc<str>>,
     /// Presence map as sent by the client (a JSON object).
     state: Value,
-    /// Last cursor: encoded Yjs relative positions (anchor, head).
-    cursor: Option<Cursor>,
+    /// Last cursor: encoded Yjs relative positions (anchor, head). Boxed:
+    /// most members of a room never send one, and every slot of the
+    /// members map pays for the inline size.
+    cursor: Option<Box<Cursor>>,
     /// When `typing: on` lapses unless renewed; `None` when not typing.
     typing_until: Option<Instant>,
 }
@@ -43,6 +45,10 @@ pub struct Presence {
     /// Diffs taken so far: a view cached at one generation is covered,
     /// from then on, by the next diff.
     generation: u64,
+    /// Bumped whenever a member's cursor is set or a member with a cursor
+    /// leaves: a joiner's copy of the cursors cached at one version is
+    /// current until the next.
+    cursor_version: u64,
 }
 
 /// What one member shows others (see [`Presence::shown`]).
@@ -88,7 +94,7 @@ impl Presence {
     /// view of native members on `/yjs`).
     pub fn shown(&self, id: &MemberId) -> Option<Shown<'_>> {
         let e = self.members.get(id)?;
-        let (anchor, head) = match &e.cursor {
+        let (anchor, head) = match e.cursor.as_deref() {
             Some((a, h)) => (a.as_deref(), h.as_deref()),
             None => (None, None),
         };
@@ -131,8 +137,11 @@ impl Presence {
 
     /// Removes a member; true when it was present.
     pub fn leave(&mut self, id: &MemberId) -> bool {
-        if self.members.remove(id).is_none() {
+        let Some(entry) = self.members.remove(id) else {
             return false;
+        };
+        if entry.cursor.is_some() {
+            self.cursor_version += 1;
         }
         self.moved.remove(id);
         self.updated.remove(id);
@@ -147,8 +156,9 @@ impl Presence {
     /// Records a cursor move, broadcast at the next tick.
     pub fn set_cursor(&mut self, id: &MemberId, anchor: Option<Vec<u8>>, head: Option<Vec<u8>>) {
         if let Some(entry) = self.members.get_mut(id) {
-            entry.cursor = Some((anchor, head));
+            entry.cursor = Some(Box::new((anchor, head)));
             self.moved.insert(id.clone());
+            self.cursor_version += 1;
         }
     }
 
@@ -203,7 +213,7 @@ impl Presence {
         moved
             .iter()
             .filter_map(|id| {
-                let (anchor, head) = self.members.get(id)?.cursor.clone()?;
+                let (anchor, head) = *self.members.get(id)?.cursor.clone()?;
                 Some(CursorView {
                     id: id.to_string(),
                     anchor: anchor.map(Bin),
@@ -226,7 +236,7 @@ impl Presence {
             .members
             .iter()
             .filter_map(|(id, e)| {
-                let (anchor, head) = e.cursor.clone()?;
+                let (anchor, head) = *e.cursor.clone()?;
                 Some(CursorView {
                     id: id.to_string(),
                     anchor: anchor.map(Bin),
@@ -236,6 +246,11 @@ impl Presence {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// Changes of the set of cursors so far (see [`Presence::cursors`]).
+    pub fn cursor_version(&self) -> u64 {
+        self.cursor_version
     }
 
     /// Diffs taken so far (see [`Presence::take_diff`]).
@@ -285,6 +300,17 @@ mod tests {
         assert_eq!(joined.len(), 1);
         assert_eq!(joined[0].state, json!({"n": 2}));
         assert!(updated.is_empty() && left.is_empty());
+    }
+
+    /// Every slot of a room's member map pays for an entry's inline size,
+    /// members or not: the rarely set cursor stays behind a pointer.
+    #[test]
+    fn an_entry_stays_small() {
+        assert!(
+            std::mem::size_of::<Entry>() <= 72,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 
     #[test]

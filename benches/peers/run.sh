@@ -8,6 +8,7 @@
 #
 #   benches/peers/run.sh                      # every scenario, every server
 #   SCENARIOS="fanout idle" SERVERS="chorus y-websocket" benches/peers/run.sh
+#   SCENARIOS=crowd SERVERS=chorus benches/peers/run.sh   # 15 000 members join one room
 #   QUICK=1 benches/peers/run.sh              # small sizes, a smoke test
 #
 # Peers are installed on first use into .peers/ (git-ignored): npm packages
@@ -43,10 +44,10 @@ CHORUS="$ROOT/target/release/chorus"
 # --- scenario sizes ------------------------------------------------------
 if [ -n "${QUICK:-}" ]; then
   FANOUT="--subscribers 100 --writers 2 --rate 10 --secs 3"
-  IDLE="--conns 1000"; ROOMS="--rooms 200 --secs 3"; STORM="--clients 20 --doc-mb 1"; PRES="--clients 50 --secs 3"
+  IDLE="--conns 1000"; ROOMS="--rooms 200 --secs 3"; STORM="--clients 20 --doc-mb 1"; PRES="--clients 50 --secs 3"; CROWD="--conns 1000"
 else
   FANOUT="--subscribers 1000 --writers 10 --rate 10 --secs 10"
-  IDLE="--conns 15000"; ROOMS="--rooms 5000 --per-room 1 --secs 10"; STORM="--clients 200 --doc-mb 10"; PRES="--clients 500 --secs 10"
+  IDLE="--conns 15000"; ROOMS="--rooms 5000 --per-room 1 --secs 10"; STORM="--clients 200 --doc-mb 10"; PRES="--clients 500 --secs 10"; CROWD="--conns 15000"
 fi
 
 # The load generator is many clients behind four loopback addresses: the
@@ -78,12 +79,14 @@ run() { # server scenario args...
 
 for scenario in $SCENARIOS; do
   case "$scenario" in
-    fanout) args=$FANOUT ;; idle) args=$IDLE ;; rooms) args=$ROOMS ;; join-storm) args=$STORM ;; presence) args=$PRES ;;
+    fanout) args=$FANOUT ;; idle) args=$IDLE ;; rooms) args=$ROOMS ;; join-storm) args=$STORM ;; presence) args=$PRES ;; crowd) args=$CROWD ;;
     *) echo "unknown scenario $scenario" >&2; exit 1 ;;
   esac
   for server in $SERVERS; do
     # The durable store only matters where documents change.
     if [ "$server" = chorus-redb ] && [ "$scenario" != fanout ] && [ "$scenario" != join-storm ]; then continue; fi
+    # crowd speaks the native protocol only.
+    if [ "$scenario" = crowd ] && [ "$server" != chorus ]; then continue; fi
     # shellcheck disable=SC2086
     run "$server" "$scenario" $args
     if [ "$scenario" = idle ] && [ "$server" = chorus ]; then

@@ -28,6 +28,10 @@ for (const [scenario, list] of byScenario) {
     head = ['server', 'clients', 'failed', 'sync p50 ms', 'sync p99 ms', 'all synced s', 'cpu s', 'peak RSS MB', 'time vs chorus']
     cells = (r) => [r.server, r.clients, r.failed_connects, f(r.sync_ms?.p50, 0), f(r.sync_ms?.p99, 0), f(r.secs, 2), f(r.server_cpu_secs, 2),
       f(r.server_peak_rss_kb / 1024), ratio(r.secs, base.secs)]
+  } else if (scenario === 'crowd') {
+    head = ['server', 'members', 'failed', 's until the probe saw all (or gave up)', 'cpu s', 'RSS growth KB per member', 'peak RSS MB']
+    cells = (r) => [r.server, r.clients, r.failed_connects, f(r.secs, 2), f(r.server_cpu_secs, 2), f(r.rss_per_unit_kb, 2),
+      f(r.server_peak_rss_kb / 1024)]
   } else {
     head = ['server', 'clients', 'frames in/s', 'MB in', 'cpu cores', 'peak RSS MB', 'cpu vs chorus']
     cells = (r) => [r.server, r.clients, f(r.delivered_per_sec, 0), f(r.bytes_in / 1e6), f(r.server_cpu_cores, 2), f(r.server_peak_rss_kb / 1024),

@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -200,6 +200,95 @@ impl Frame {
     /// The wire bytes as one buffer (tests).
     pub fn to_vec(&self) -> Vec<u8> {
         self.parts.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+}
+
+/// One broadcast on its way to the sockets: how many of its recipients
+/// still hold it in their outbox. A room sends its next update at once
+/// while the last one is out of every (or almost every) outbox, and merges
+/// what arrives while it is still being written, so merging grows with the
+/// load by itself instead of following a fixed window.
+///
+/// Each tracked recipient gets the frame with a token on its last chunk
+/// ([`Flight::track`]; the bytes stay shared); the token counts down when
+/// the body has handed that chunk to actix-http (or the frame was dropped
+/// or discarded), and the `done` callback runs when the count reaches the
+/// threshold given to [`Flight::arm`].
+pub struct Flight {
+    /// Tracked recipients still holding the frame, plus one while the
+    /// fan-out runs (released by [`Flight::arm`]).
+    remaining: AtomicUsize,
+    /// Done at or below this many; `usize::MAX` until armed (no callback
+    /// while the fan-out runs).
+    threshold: AtomicUsize,
+    /// Called (from whichever thread dropped the token) when the count
+    /// reaches the threshold.
+    done: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Flight {
+    /// A broadcast about to be fanned out; `done` is called at most once
+    /// after [`Flight::arm`] (possibly more than once in a race with it:
+    /// make it idempotent).
+    pub fn new(done: impl Fn() + Send + Sync + 'static) -> Arc<Flight> {
+        Arc::new(Flight {
+            remaining: AtomicUsize::new(1),
+            threshold: AtomicUsize::new(usize::MAX),
+            done: Box::new(done),
+        })
+    }
+
+    /// `frame` for one more recipient, counted until its last chunk is
+    /// written. The bytes are shared, not copied.
+    pub fn track(self: &Arc<Self>, frame: &Frame) -> Frame {
+        let mut parts = frame.parts.clone();
+        let Some(last) = parts.pop() else {
+            return frame.clone();
+        };
+        self.remaining.fetch_add(1, Ordering::SeqCst);
+        parts.push(Bytes::from_owner(Token {
+            bytes: last,
+            flight: self.clone(),
+        }));
+        Frame {
+            parts,
+            payload: frame.payload,
+        }
+    }
+
+    /// The fan-out is over: the flight is done once at most `threshold`
+    /// tracked recipients still hold the frame. True when it already is
+    /// (then `done` may not be called).
+    pub fn arm(&self, threshold: usize) -> bool {
+        self.threshold.store(threshold, Ordering::SeqCst);
+        self.remaining.fetch_sub(1, Ordering::SeqCst) - 1 <= threshold
+    }
+
+    /// True once armed and at most the threshold still hold the frame.
+    pub fn is_done(&self) -> bool {
+        self.remaining.load(Ordering::SeqCst) <= self.threshold.load(Ordering::SeqCst)
+    }
+}
+
+/// The owner of a tracked chunk: counts its flight down when the last
+/// handle on the chunk is dropped.
+struct Token {
+    bytes: Bytes,
+    flight: Arc<Flight>,
+}
+
+impl AsRef<[u8]> for Token {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        let left = self.flight.remaining.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == self.flight.threshold.load(Ordering::SeqCst) {
+            (self.flight.done)();
+        }
     }
 }
 
@@ -686,6 +775,54 @@ mod tests {
         ]
         .concat();
         assert_eq!(queued, expected);
+    }
+
+    /// A flight is done when the recipients' bodies have yielded its
+    /// frame (or dropped it), at the threshold, and calls back once.
+    #[test]
+    fn a_flight_is_done_when_its_frames_are_written() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let flight = Flight::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        let frame = Frame::binary_parts(b"h", Bytes::from(vec![3u8; 20_000]), b"t");
+        let outboxes: Vec<Arc<Outbox>> = (0..3)
+            .map(|_| Arc::new(Outbox::new(1 << 20, 1 << 21)))
+            .collect();
+        for o in &outboxes {
+            assert!(o.push(&flight.track(&frame)));
+        }
+        assert!(!flight.arm(0), "three outboxes hold it");
+        assert!(!flight.is_done());
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut bodies: Vec<_> = outboxes
+            .iter()
+            .map(|o| {
+                let actor = futures_util::stream::pending::<Result<Bytes, ()>>();
+                OutboxBody::new(actor, o.clone())
+            })
+            .collect();
+        let mut drain = |body: &mut OutboxBody<_>| {
+            let mut out = Vec::new();
+            while let Poll::Ready(Some(Ok(b))) = Pin::new(&mut *body).poll_next(&mut cx) {
+                out.extend_from_slice(&b);
+            }
+            out
+        };
+        // Written in slices: not done until the last slice is gone.
+        assert_eq!(drain(&mut bodies[0]), frame.to_vec(), "bytes unchanged");
+        assert_eq!(drain(&mut bodies[1]), frame.to_vec());
+        assert!(!flight.is_done(), "one outbox still holds it");
+        outboxes[2].close_lane();
+        assert!(flight.is_done());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Untracked recipients and an immediate arm.
+        let quick = Flight::new(|| panic!("nobody to wait for"));
+        drop(quick.track(&frame));
+        assert!(quick.arm(0));
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! Fan-out and the tick: how a room's changes reach its members.
 //!
-//! Updates applied within one window are merged and sent as one frame per
-//! protocol present; presence diffs and cursors go out once per presence
-//! interval. Each frame is encoded once and its bytes shared by every
+//! Updates go out at once when the room's last update broadcast has been
+//! written; those applied while it is still being written are merged and
+//! sent as one frame per protocol present ([`Fanout`]). Presence diffs and
+//! cursors go out once per presence interval. Each frame is encoded once and its bytes shared by every
 //! recipient's outbox ([`Members::fan_out_with`](super::members::Members)).
 //! A member whose outbox is behind is marked owed a resync, and gets one
 //! ([`Resync`]) once it drains.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix::WeakRecipient;
 use bytes::Bytes;
 use serde_json::Value;
 use yrs::StateVector;
@@ -18,13 +21,9 @@ use super::messages::{Broadcast, Protocol, Resync};
 use super::Room;
 use crate::config::Limits;
 use crate::ids::MemberId;
-use crate::outbox::Class;
+use crate::outbox::{Class, Flight};
 use crate::protocol::native::{Bin, ServerMessage};
 use crate::protocol::ErrorCode;
-
-/// Longest update window, in ticks ([`Fanout::update_window`]): updates of
-/// even the biggest room reach its members within four ticks.
-const MAX_UPDATE_TICKS: usize = 4;
 
 /// Who wrote the updates of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,8 +36,28 @@ enum Origin {
     Many,
 }
 
-/// Updates waiting for the end of their window, and the clocks of the
-/// room's broadcasts.
+/// A room's last update broadcast counts as written once at most one in
+/// this many of the recipients it was tracked for still hold it: a few
+/// stragglers do not hold back everyone's next update.
+const FLIGHT_STRAGGLERS: usize = 32;
+
+/// The room's last update broadcast is out of every idle recipient's outbox.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct FlightDone {
+    /// Which broadcast ([`Fanout::flight_seq`]).
+    seq: u64,
+}
+
+/// Updates waiting to be sent, the last update broadcast on its way to the
+/// sockets, and the clock of presence broadcasts.
+///
+/// Document updates are sent at once when the room's last update broadcast
+/// has been handed to the sockets of the members that were idle when it was
+/// sent (the [`Flight`]); what is applied while it is still being written is
+/// merged and goes out when it is, or after one tick at the latest. A quiet
+/// room's update is one hop; a busy room's broadcasts grow fuller with the
+/// load, instead of following a fixed window.
 pub(super) struct Fanout {
     /// Updates applied since the last broadcast, in order.
     pending: Vec<Bytes>,
@@ -49,15 +68,23 @@ pub(super) struct Fanout {
     base: Option<StateVector>,
     /// When the oldest pending update was applied (fan-out latency).
     pending_since: Option<Instant>,
-    /// Last broadcast of updates.
-    last_flush: Instant,
-    /// A broadcast is scheduled for the end of the current window.
-    scheduled: bool,
+    /// The last update broadcast, while it may still be in outboxes.
+    flight: Option<Arc<Flight>>,
+    /// Number of the last update broadcast.
+    flight_seq: u64,
+    /// Where a flight reports that it is done (set when the room starts;
+    /// weak: the room holds no address of its own, and a stopped room is
+    /// not kept reachable by frames still in outboxes).
+    notify: Option<WeakRecipient<FlightDone>>,
+    /// A flush of pending updates is queued for the end of this turn of
+    /// the room's mailbox (so updates handled together go out together).
+    queued: bool,
+    /// A timer bounds the wait for a flight that is not done.
+    fallback: bool,
     /// Last broadcast of presence (diff, cursors, awareness).
     last_presence: Instant,
-    /// Presence changes wait for the room's presence interval, longer than
-    /// a tick in large rooms.
-    presence_deferred: bool,
+    /// A presence broadcast is scheduled.
+    presence_scheduled: bool,
 }
 
 impl Fanout {
@@ -69,11 +96,19 @@ impl Fanout {
             origin: Origin::None,
             base: None,
             pending_since: None,
-            last_flush: long_ago,
-            scheduled: false,
+            flight: None,
+            flight_seq: 0,
+            notify: None,
+            queued: false,
+            fallback: false,
             last_presence: long_ago,
-            presence_deferred: false,
+            presence_scheduled: false,
         }
+    }
+
+    /// Where flights report (the room's own address).
+    pub(super) fn set_notify(&mut self, to: WeakRecipient<FlightDone>) {
+        self.notify = Some(to);
     }
 
     /// True when the next applied update starts a batch: the caller must
@@ -117,6 +152,23 @@ impl Fanout {
         self.origin = Origin::None;
     }
 
+    /// True when no update broadcast is still being written.
+    fn flight_idle(&self) -> bool {
+        self.flight.as_ref().is_none_or(|f| f.is_done())
+    }
+
+    /// A flight for the next update broadcast, reporting to the room.
+    fn new_flight(&mut self) -> Option<Arc<Flight>> {
+        self.flight_seq += 1;
+        let seq = self.flight_seq;
+        let notify = self.notify.clone()?;
+        Some(Flight::new(move || {
+            if let Some(room) = notify.upgrade() {
+                room.do_send(FlightDone { seq });
+            }
+        }))
+    }
+
     /// How often presence (diffs, cursors, awareness) is broadcast: every
     /// tick × max(1, members / `presence_members_per_tick`), so a room's
     /// presence traffic while N members join grows as N, not N² (every diff
@@ -125,91 +177,97 @@ impl Fanout {
         let ticks = (members / limits.presence_members_per_tick).max(1);
         limits.tick() * ticks as u32
     }
-
-    /// The window over which document updates are merged: tick × members /
-    /// `update_members_per_tick`, at least one tick and at most
-    /// [`MAX_UPDATE_TICKS`]. Each broadcast costs one send per member, so a
-    /// big room under steady editing sends fewer, fuller frames; a quiet
-    /// room's first update still goes out at once.
-    fn update_window(limits: &Limits, members: usize) -> Duration {
-        let ticks = (members / limits.update_members_per_tick).clamp(1, MAX_UPDATE_TICKS);
-        limits.tick() * ticks as u32
-    }
 }
 
 impl Room {
-    /// Schedules a broadcast of what is pending: at once after a quiet
-    /// window, else at the end of the current one; deferred presence goes
-    /// out once its interval has passed.
+    /// Schedules what changed: pending updates at the end of this mailbox
+    /// turn (sent then if the last update broadcast is written, else when
+    /// it is), presence at once after a quiet interval, else at its end.
     pub(super) fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.fanout.scheduled {
+        if !self.fanout.pending.is_empty() && !self.fanout.queued {
+            self.fanout.queued = true;
+            ctx.spawn(fut::ready(()).map(|(), room: &mut Room, ctx| {
+                room.fanout.queued = false;
+                room.flush_updates_when_idle(ctx);
+            }));
+        }
+        if !self.fanout.presence_scheduled {
+            self.fanout.presence_scheduled = true;
+            let interval = Fanout::presence_interval(&self.config.limits, self.members.len());
+            let wait = interval.saturating_sub(self.fanout.last_presence.elapsed());
+            ctx.run_later(wait, |room, _| {
+                room.fanout.presence_scheduled = false;
+                room.fanout.last_presence = Instant::now();
+                room.flush_presence();
+            });
+        }
+    }
+
+    /// Sends pending updates if the last update broadcast is written;
+    /// else they wait for it ([`FlightDone`]), one tick at most.
+    fn flush_updates_when_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.fanout.pending.is_empty() {
             return;
         }
-        let limits = &self.config.limits;
-        let window = Fanout::update_window(limits, self.members.len());
-        let since = self.fanout.last_flush.elapsed();
-        let wait = if since >= window {
-            self.flush();
-            if !self.fanout.presence_deferred {
-                return;
-            }
-            Fanout::presence_interval(&self.config.limits, self.members.len())
-                .saturating_sub(self.fanout.last_presence.elapsed())
-                .max(Duration::from_millis(1))
-        } else {
-            window - since
-        };
-        self.fanout.scheduled = true;
-        ctx.run_later(wait, |room, ctx| {
-            room.fanout.scheduled = false;
-            room.flush();
-            if room.fanout.presence_deferred {
-                room.schedule_flush(ctx);
+        if self.fanout.flight_idle() {
+            return self.flush_updates();
+        }
+        if self.fanout.fallback {
+            return;
+        }
+        self.fanout.fallback = true;
+        let seq = self.fanout.flight_seq;
+        ctx.run_later(self.config.limits.tick(), move |room, ctx| {
+            room.fanout.fallback = false;
+            if room.fanout.flight_seq == seq {
+                // Still the same flight: stragglers do not hold the room.
+                room.flush_updates();
+            } else {
+                room.flush_updates_when_idle(ctx);
             }
         });
     }
 
-    /// Broadcasts pending updates (merged), then presence if it is due.
+    /// Broadcasts pending updates now (merged), then presence unless the
+    /// room is big enough for a presence interval longer than a tick and
+    /// that has not passed (a joiner's snapshot then shows everyone who
+    /// joined before it, in small rooms at least).
     pub(super) fn flush(&mut self) {
-        self.fanout.last_flush = Instant::now();
-        if !self.fanout.pending.is_empty() {
-            let pending = std::mem::take(&mut self.fanout.pending);
-            let origin = std::mem::replace(&mut self.fanout.origin, Origin::None);
-            if pending.len() == 1 {
-                self.send_update(pending[0].to_vec(), &origin);
-            } else {
-                match yrs::merge_updates_v1(pending.iter().map(|b| b.as_ref())) {
-                    Ok(merged) => self.send_update(merged, &origin),
-                    Err(e) => {
-                        // Every part was applied, so this is not expected;
-                        // fall back to one frame per update.
-                        tracing::warn!(room = %self.id, "merging updates failed: {e}");
-                        for part in &pending {
-                            self.send_update(part.to_vec(), &Origin::Many);
-                        }
+        self.flush_updates();
+        let limits = &self.config.limits;
+        let interval = Fanout::presence_interval(limits, self.members.len());
+        if interval <= limits.tick() || self.fanout.last_presence.elapsed() >= interval {
+            self.fanout.last_presence = Instant::now();
+            self.flush_presence();
+        }
+    }
+
+    /// Broadcasts pending updates now, merged into one message.
+    fn flush_updates(&mut self) {
+        if self.fanout.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.fanout.pending);
+        let origin = std::mem::replace(&mut self.fanout.origin, Origin::None);
+        if pending.len() == 1 {
+            self.send_update(pending[0].to_vec(), &origin);
+        } else {
+            match yrs::merge_updates_v1(pending.iter().map(|b| b.as_ref())) {
+                Ok(merged) => self.send_update(merged, &origin),
+                Err(e) => {
+                    // Every part was applied, so this is not expected;
+                    // fall back to one frame per update.
+                    tracing::warn!(room = %self.id, "merging updates failed: {e}");
+                    for part in &pending {
+                        self.send_update(part.to_vec(), &Origin::Many);
                     }
                 }
             }
-            self.fanout.base = None;
-            if let Some(since) = self.fanout.pending_since.take() {
-                self.metrics.fanout_latency.observe(since.elapsed());
-            }
         }
-        self.flush_presence_when_due();
-    }
-
-    /// Broadcasts presence if its interval has passed, else defers it (the
-    /// next scheduled flush sends it).
-    fn flush_presence_when_due(&mut self) {
-        let limits = &self.config.limits;
-        let interval = Fanout::presence_interval(limits, self.members.len());
-        if interval > limits.tick() && self.fanout.last_presence.elapsed() < interval {
-            self.fanout.presence_deferred = true;
-            return;
+        self.fanout.base = None;
+        if let Some(since) = self.fanout.pending_since.take() {
+            self.metrics.fanout_latency.observe(since.elapsed());
         }
-        self.fanout.presence_deferred = false;
-        self.fanout.last_presence = Instant::now();
-        self.flush_presence();
     }
 
     /// Sends one (merged) update to every member but its author, and
@@ -225,9 +283,12 @@ impl Room {
             data: Bin(data),
             origin,
         };
+        let flight = self.fanout.new_flight();
         let base = &self.fanout;
-        self.members
-            .fan_out(&msg, Class::Delta, except.as_ref(), || base.base());
+        let tracked = self
+            .members
+            .fan_out_tracked(&msg, except.as_ref(), flight.as_ref(), || base.base());
+        self.fanout.flight = flight.filter(|f| !f.arm(tracked / FLIGHT_STRAGGLERS));
     }
 
     /// Sends every member the presence diff and cursors collected since the
@@ -298,6 +359,22 @@ impl Room {
             on,
         };
         self.fan_out(&msg, Class::Ephemeral, Some(id));
+    }
+}
+
+impl Handler<FlightDone> for Room {
+    type Result = ();
+
+    /// The last update broadcast is written: what accumulated meanwhile
+    /// goes out now.
+    fn handle(&mut self, msg: FlightDone, ctx: &mut Context<Self>) {
+        if msg.seq == self.fanout.flight_seq {
+            if self.fanout.flight_idle() {
+                // Not kept while the room is quiet.
+                self.fanout.flight = None;
+            }
+            self.flush_updates_when_idle(ctx);
+        }
     }
 }
 

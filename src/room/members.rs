@@ -2,6 +2,7 @@
 //! outboxes, errors and refusals to one, and who is owed a resync because
 //! frames were dropped for them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use yrs::StateVector;
 use super::messages::{MemberLink, Protocol};
 use crate::ids::{MemberId, RoomId};
 use crate::metrics::Metrics;
-use crate::outbox::{close_reason, Class, Frame, Offer, Outbound};
+use crate::outbox::{close_reason, Class, Flight, Frame, Offer, Outbound, Outbox};
 use crate::protocol::native::{encode_server, ServerMessage};
 use crate::protocol::{hocuspocus, yjs, ErrorCode};
 
@@ -19,7 +20,9 @@ struct Member {
     link: MemberLink,
     /// Set when deltas were dropped: the room's state vector before the
     /// first dropped delta. The resync sends the diff against it.
-    resync_from: Option<StateVector>,
+    /// Boxed: rarely set, and every slot of the member map pays for the
+    /// inline size.
+    resync_from: Option<Box<StateVector>>,
     /// Set when presence frames were dropped: the resync sends a snapshot.
     presence_stale: bool,
 }
@@ -110,7 +113,7 @@ impl Members {
         let member = self.map.get_mut(id)?;
         Some(Owed {
             link: member.link.clone(),
-            diff_from: member.resync_from.take(),
+            diff_from: member.resync_from.take().map(|sv| *sv),
             presence: std::mem::take(&mut member.presence_stale),
         })
     }
@@ -189,6 +192,34 @@ impl Members {
         self.fan_out_with(class, except, |protocol| encode(protocol, msg), base);
     }
 
+    /// [`Members::fan_out`] of a document update whose progress `flight`
+    /// follows: members whose outbox was empty get the frame tracked (see
+    /// [`Flight::track`]), busy ones plain (they are not waited for).
+    /// Returns how many were tracked.
+    pub(super) fn fan_out_tracked(
+        &mut self,
+        msg: &ServerMessage,
+        except: Option<&MemberId>,
+        flight: Option<&Arc<Flight>>,
+        base: impl FnOnce() -> StateVector,
+    ) -> usize {
+        let mut tracked = 0;
+        self.fan_out_each(
+            Class::Delta,
+            except,
+            |protocol| encode(protocol, msg),
+            |outbox, frame| match flight {
+                Some(flight) if outbox.backlog() == 0 => {
+                    tracked += 1;
+                    Cow::Owned(flight.track(frame))
+                }
+                _ => Cow::Borrowed(frame),
+            },
+            base,
+        );
+        tracked
+    }
+
     /// Offers to every member but `except` the frame `encode` makes for its
     /// protocol (called at most once per protocol; `None`: nothing to send
     /// to that protocol's members). A member that is behind gets nothing
@@ -198,7 +229,20 @@ impl Members {
         &mut self,
         class: Class,
         except: Option<&MemberId>,
+        encode: impl FnMut(Protocol) -> Option<Frame>,
+        base: impl FnOnce() -> StateVector,
+    ) {
+        self.fan_out_each(class, except, encode, |_, f| Cow::Borrowed(f), base);
+    }
+
+    /// [`Members::fan_out_with`], the frame passed through `each` (given
+    /// the recipient's outbox) before it is offered.
+    fn fan_out_each(
+        &mut self,
+        class: Class,
+        except: Option<&MemberId>,
         mut encode: impl FnMut(Protocol) -> Option<Frame>,
+        mut each: impl for<'f> FnMut(&Outbox, &'f Frame) -> Cow<'f, Frame>,
         base: impl FnOnce() -> StateVector,
     ) {
         let mut frames: [Option<Option<Frame>>; Protocol::COUNT] = Default::default();
@@ -212,11 +256,8 @@ impl Members {
             let Some(frame) = slot.get_or_insert_with(|| encode(protocol)) else {
                 continue;
             };
-            match member
-                .link
-                .outbox
-                .offer(&member.link.recipient, frame, class)
-            {
+            let outbox = &member.link.outbox;
+            match outbox.offer(&member.link.recipient, &each(outbox, frame), class) {
                 Offer::Sent => self.metrics.sent(frame.payload_len()),
                 Offer::Dropped => {
                     self.metrics.frames_dropped.inc();
@@ -239,7 +280,7 @@ impl Members {
                     if let Some(make) = base.take() {
                         from = Some(make());
                     }
-                    member.resync_from = from.clone();
+                    member.resync_from = from.clone().map(Box::new);
                 }
                 Class::Presence => member.presence_stale = true,
                 Class::Delta | Class::Ephemeral | Class::Control => {}

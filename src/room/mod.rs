@@ -2,11 +2,11 @@
 //!
 //! Path of an update: decode and apply in one transaction (a bad update is
 //! refused and the document stays as it was) → append to the store, `ack`
-//! to the sender once durable → merged with the other updates of the same
-//! window (a tick; longer in big rooms), encoded once per protocol, and
-//! offered to every other member's outbox. A member too far behind gets no
-//! deltas; once it drains it is resynced from the state vector the room had
-//! when it started dropping.
+//! to the sender once durable → sent at once if the room's last update
+//! broadcast has been written, else merged with what arrives until it is,
+//! encoded once per protocol, and offered to every other member's outbox.
+//! A member too far behind gets no deltas; once it drains it is resynced
+//! from the state vector the room had when it started dropping.
 //!
 //! [`Room`] is the actor and its message handlers; it owns parts that keep
 //! their own state behind small APIs:
@@ -15,8 +15,8 @@
 //! - `persist.rs`: appends, acknowledgements, compaction, the stored hook;
 //! - `members.rs`: the member table and delivery to members (one frame
 //!   offered to many outboxes, errors, who is owed a resync);
-//! - `fanout.rs`: the update window and presence interval (the tick), and
-//!   the resync of a member that drained;
+//! - `fanout.rs`: when updates go out (adaptive merging), the presence
+//!   interval (the tick), and the resync of a member that drained;
 //! - `presence.rs`: presence, cursor and typing handlers; the map itself is
 //!   [`crate::presence`];
 //! - `yjs_bridge.rs` + [`awareness`]: the `/yjs` side (sync step 2, the
@@ -331,6 +331,8 @@ impl Actor for Room {
         // Nothing else is handled until the stored document is loaded, and
         // a room replacing one that died loads once the dead one's appends
         // have landed (see `supervise`).
+        self.fanout
+            .set_notify(ctx.address().downgrade().recipient());
         let load = self.persist.load(&self.id, self.predecessor.take());
         ctx.wait(load.into_actor(self).map(|res, room, ctx| {
             match res {
@@ -420,13 +422,8 @@ impl Handler<Join> for Room {
             let snapshot = Frame::binary_parts(&head, base, &tail);
             self.members.send_frame(&link, &snapshot, Class::Control);
         }
-        let cursors = self.presence.cursors();
-        if !cursors.is_empty() {
-            let msg = ServerMessage::Cursor {
-                room: self.id.to_string(),
-                cursors,
-            };
-            self.members.send_to(&link, &msg, Class::Presence);
+        if let Some(cursors) = self.joiner_cursors() {
+            self.members.send_frame(&link, &cursors, Class::Presence);
         }
         self.member_added(link, ctx);
         self.schedule_flush(ctx);

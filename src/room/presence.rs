@@ -12,7 +12,8 @@ use serde_json::Value;
 use super::document::{exact_bytes, valid_position};
 use super::messages::{SetCursor, SetPresence, SetTyping};
 use super::Room;
-use crate::protocol::native::{encode_members, ServerMessage};
+use crate::outbox::Frame;
+use crate::protocol::native::{encode_members, encode_server, ServerMessage};
 use crate::protocol::ErrorCode;
 
 /// The members of a presence generation, encoded once for every native
@@ -22,6 +23,10 @@ use crate::protocol::ErrorCode;
 pub(super) struct PresenceBase {
     /// `(generation, member count, encoded members)`.
     cached: Option<(u64, usize, Bytes)>,
+    /// `(cursor version, the joiners' cursor frame)`: `None` inside when
+    /// no member has a cursor. Collecting every cursor is O(members), so
+    /// it is done once per change of the cursors, not once per joiner.
+    cursors: Option<(u64, Option<Frame>)>,
 }
 
 impl Room {
@@ -39,6 +44,26 @@ impl Room {
         let bytes = exact_bytes(encode_members(&members));
         self.presence_base.cached = Some((generation, members.len(), bytes.clone()));
         (members.len(), bytes)
+    }
+
+    /// Every member's cursor as one native frame for joiners (`None`: no
+    /// cursors), made once per cursor version and shared.
+    pub(super) fn joiner_cursors(&mut self) -> Option<Frame> {
+        let version = self.presence.cursor_version();
+        if let Some((at, frame)) = &self.presence_base.cursors {
+            if *at == version {
+                return frame.clone();
+            }
+        }
+        let cursors = self.presence.cursors();
+        let frame = (!cursors.is_empty()).then(|| {
+            Frame::binary(&encode_server(&ServerMessage::Cursor {
+                room: self.id.to_string(),
+                cursors,
+            }))
+        });
+        self.presence_base.cursors = Some((version, frame.clone()));
+        frame
     }
 
     /// Every member, as a native presence snapshot.

@@ -708,30 +708,50 @@ async fn a_slow_consumer_past_the_hard_limit_is_closed_with_4008() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_within_one_tick_is_broadcast_merged() {
-    // A long tick makes the window deterministic: the first update goes out
-    // at once, the rest of the burst waits for the tick and goes out merged.
-    let srv = server(|c| c.limits.tick_ms = 300);
-    let (mut writer, mut reader) = (
+async fn updates_are_merged_while_the_last_broadcast_is_being_written() {
+    // A 12 MB update is more than the loopback socket of a member that does
+    // not read can take, so that member's outbox keeps it: the broadcast is
+    // still being written. Updates applied meanwhile wait (a one-minute
+    // tick: no fallback during the test) and go out merged, in one
+    // message, once the member has read it; sent at once they would be
+    // five messages.
+    const BIG: usize = 12 * 1024 * 1024;
+    let srv = server(|c| {
+        c.limits.tick_ms = 60_000;
+        c.limits.max_frame_bytes = 2 * BIG;
+        c.limits.max_bytes_per_sec = 0;
+        c.limits.max_messages_per_sec = 0;
+    });
+    let (mut writer, mut stalled) = (
         Client::connect(srv.addr).await,
         Client::connect(srv.addr).await,
     );
-    let (dw, dr) = (TestDoc::new(), TestDoc::new());
-    writer.join("burst", &dw).await;
-    reader.join("burst", &dr).await;
-    for i in 0..20 {
-        let u = dw.push(&format!("{i},"));
-        writer
-            .send(&ClientMessage::Update {
-                room: "burst".into(),
-                data: Bin(u),
-                rid: None,
-            })
-            .await;
+    let (dw, ds) = (TestDoc::new(), TestDoc::new());
+    writer.join("busy", &dw).await;
+    stalled.join("busy", &ds).await;
+    let send = |text: &str| ClientMessage::Update {
+        room: "busy".into(),
+        data: Bin(dw.push(text)),
+        rid: None,
+    };
+    let mut big = send(&"x".repeat(BIG));
+    if let ClientMessage::Update { rid, .. } = &mut big {
+        *rid = Some(1);
     }
-    let mut frames = 0;
-    while dr.text() != dw.text() {
-        if let ServerMessage::Update { data, origin, .. } = reader
+    writer.send(&big).await;
+    // Applied (and so broadcast) once acknowledged; the stalled member
+    // reads nothing for a while.
+    writer
+        .expect(|m| matches!(m, ServerMessage::Ack { rid: 1, .. }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for text in ["a", "b", "c", "d", "e"] {
+        writer.send(&send(text)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut messages = 0;
+    while ds.text() != dw.text() {
+        if let ServerMessage::Update { data, origin, .. } = stalled
             .expect(|m| matches!(m, ServerMessage::Update { .. }))
             .await
         {
@@ -740,66 +760,55 @@ async fn a_burst_within_one_tick_is_broadcast_merged() {
                 Some(writer.session.as_str()),
                 "one author: origin is set"
             );
-            dr.apply(&data.0);
-            frames += 1;
+            ds.apply(&data.0);
+            messages += 1;
         }
     }
-    assert!(frames <= 3, "20 updates in one burst took {frames} frames");
+    assert_eq!(messages, 2, "the big update, then the five merged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_big_rooms_updates_are_merged_over_a_longer_window() {
-    // One tick per member, at most four: with 4 members updates are merged
-    // over 4 × 100 ms. After a first update (sent at once), two more 150 ms
-    // and 200 ms later reach the reader as one message (200 ms to spare on
-    // a slow machine); with the plain tick the one 150 ms later would go
-    // out alone, at once.
-    let srv = server(|c| {
-        c.limits.tick_ms = 100;
-        c.limits.update_members_per_tick = 1;
-    });
+async fn an_update_goes_out_at_once_when_the_last_one_was_written() {
+    // With a one-minute tick, only the adaptive rule lets the second and
+    // third updates out before the tick: each is sent as soon as the
+    // previous broadcast left the outboxes (a fixed window would hold
+    // them for a minute and `expect` would time out).
+    let srv = server(|c| c.limits.tick_ms = 60_000);
     let (mut writer, mut reader) = (
         Client::connect(srv.addr).await,
         Client::connect(srv.addr).await,
     );
     let (dw, dr) = (TestDoc::new(), TestDoc::new());
-    writer.join("wide", &dw).await;
-    reader.join("wide", &dr).await;
+    writer.join("quick", &dw).await;
+    reader.join("quick", &dr).await;
     let mut others = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let mut c = Client::connect(srv.addr).await;
-        c.join("wide", &TestDoc::new()).await;
+        c.join("quick", &TestDoc::new()).await;
         others.push(c);
     }
-    let send = |text: &str| ClientMessage::Update {
-        room: "wide".into(),
-        data: Bin(dw.push(text)),
-        rid: None,
-    };
-    async fn next_update(reader: &mut Client) -> Vec<u8> {
-        match reader
+    for text in ["a", "b", "c"] {
+        writer
+            .send(&ClientMessage::Update {
+                room: "quick".into(),
+                data: Bin(dw.push(text)),
+                rid: None,
+            })
+            .await;
+        // The others read too (their sockets are idle again).
+        for c in &mut others {
+            c.expect(|m| matches!(m, ServerMessage::Update { .. }))
+                .await;
+        }
+        if let ServerMessage::Update { data, .. } = reader
             .expect(|m| matches!(m, ServerMessage::Update { .. }))
             .await
         {
-            ServerMessage::Update { data, .. } => data.0,
-            _ => unreachable!(),
+            dr.apply(&data.0);
         }
+        assert_eq!(dr.text(), dw.text(), "each update in a message of its own");
     }
-    // A quiet window first, so that the first update goes out at once.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    writer.send(&send("a")).await;
-    dr.apply(&next_update(&mut reader).await);
-    assert_eq!(dr.text(), "a");
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    writer.send(&send("b")).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    writer.send(&send("c")).await;
-    dr.apply(&next_update(&mut reader).await);
-    assert_eq!(
-        dr.text(),
-        "abc",
-        "updates 50 ms apart, inside the window, in one message"
-    );
+    assert_eq!(dr.text(), "abc");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

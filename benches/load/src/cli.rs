@@ -15,6 +15,9 @@ pub enum Scenario {
     JoinStorm,
     /// Many clients each moving a cursor at a fixed rate.
     Presence,
+    /// Many members (`--conns`) join one room with presence on, reading
+    /// as they go: time until all joined and a member sees them all.
+    Crowd,
 }
 
 /// The protocol the clients speak.
@@ -82,7 +85,7 @@ pub struct Cli {
     /// Seconds between two updates of one room (rooms).
     #[arg(long, default_value_t = 5.0)]
     pub room_interval: f64,
-    /// Idle connections (idle).
+    /// Idle connections (idle), members (crowd).
     #[arg(long, default_value_t = 15000)]
     pub conns: usize,
     /// Idle native connections join the room `idle` (and so are presence

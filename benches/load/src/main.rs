@@ -84,6 +84,7 @@ fn main() -> Result<()> {
             Scenario::Idle => vec!["idle".into()],
             Scenario::JoinStorm => vec![scenario::join_storm::room_name()],
             Scenario::Presence => vec!["presence".into()],
+            Scenario::Crowd => vec!["crowd".into()],
         };
         target.prepare(&rooms, cli.connect_concurrency).await?;
         let scenario = cli.scenario;
@@ -98,6 +99,7 @@ fn main() -> Result<()> {
             Scenario::Idle => scenario::many::run(&ctx, false).await,
             Scenario::JoinStorm => scenario::join_storm::run(&ctx).await,
             Scenario::Presence => scenario::presence::run(&ctx).await,
+            Scenario::Crowd => scenario::crowd::run(&ctx).await,
         };
         report.map(|r| (r, ctx.cli.json.clone()))
     });

@@ -1,5 +1,6 @@
 //! Scenarios: one module each, sharing [`Ctx`] and [`write_on_schedule`].
 
+pub mod crowd;
 pub mod fanout;
 pub mod join_storm;
 pub mod many;
