@@ -466,6 +466,10 @@ pub struct HistoryConfig {
     /// Longest version name, in bytes (UTF-8).
     #[arg(long, env = "CHORUS_MAX_VERSION_NAME_BYTES", default_value_t = 200)]
     pub max_version_name_bytes: usize,
+    /// Named versions one room may hold (they are never pruned): creating
+    /// one more is refused (`bad_message`) until one is deleted.
+    #[arg(long, env = "CHORUS_MAX_NAMED_VERSIONS", default_value_t = 1_000)]
+    pub max_named_versions: usize,
 }
 
 /// Every limit and timing the server enforces. Each is a named flag and env
@@ -691,9 +695,13 @@ impl Config {
             ));
         }
         let h = &self.history;
-        if h.version_keep == 0 || h.version_snapshot_every == 0 || h.max_version_name_bytes == 0 {
+        if h.version_keep == 0
+            || h.version_snapshot_every == 0
+            || h.max_version_name_bytes == 0
+            || h.max_named_versions == 0
+        {
             return Err(
-                "version keep, version snapshot every and max version name bytes must be at least 1"
+                "version keep, version snapshot every, max version name bytes and max named versions must be at least 1"
                     .into(),
             );
         }

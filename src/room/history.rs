@@ -352,6 +352,13 @@ impl Room {
                 Ok(VersionOut::Added(Added::Stale)) => room.ready(Err(store_failed(
                     "other nodes kept adding versions; try again",
                 ))),
+                Ok(VersionOut::Added(Added::TooManyNamed)) => room.ready(Err(RoomError {
+                    code: ErrorCode::BadMessage,
+                    message: format!(
+                        "this room holds max_named_versions ({}) named versions; delete one first",
+                        room.config.history.max_named_versions
+                    ),
+                })),
                 Ok(_) => room.ready(Err(store_failed("unexpected answer"))),
                 Err(e) => room.ready(Err(store_failed(e))),
             }))
@@ -405,6 +412,7 @@ impl Room {
             sv: sv.encode_v1(),
             data,
             full,
+            max_named: self.config.history.max_named_versions,
         }
     }
 

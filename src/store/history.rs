@@ -142,6 +142,9 @@ pub struct NewVersion {
     pub data: Bytes,
     /// `data` is a full state.
     pub full: bool,
+    /// Named versions the room may hold (`--max-named-versions`): a named
+    /// version past it is refused ([`Added::TooManyNamed`]).
+    pub max_named: usize,
 }
 
 /// What [`Rows`]-level add did.
@@ -152,6 +155,8 @@ pub enum Added {
     /// Another version was added meanwhile (another node): read the head
     /// again and make the update again.
     Stale,
+    /// A named version, but the room holds `max_named` already.
+    TooManyNamed,
 }
 
 /// A page of versions, newest first.
@@ -235,6 +240,9 @@ pub async fn add<R: Rows>(rows: &mut R, new: NewVersion) -> Result<Added, StoreE
     if last != new.after {
         return Ok(Added::Stale);
     }
+    if new.kind == VersionKind::Named && count_named(rows).await? >= new.max_named {
+        return Ok(Added::TooManyNamed);
+    }
     let id = rows.next_id().await?;
     let row = VersionRow {
         meta: VersionMeta {
@@ -252,6 +260,22 @@ pub async fn add<R: Rows>(rows: &mut R, new: NewVersion) -> Result<Added, StoreE
     };
     rows.put(&row, Some(&new.data)).await?;
     Ok(Added::Added(row.meta))
+}
+
+/// How many named versions the room holds.
+async fn count_named<R: Rows>(rows: &mut R) -> Result<usize, StoreError> {
+    let (mut named, mut before) = (0, None);
+    loop {
+        let page = rows.before(before, 256).await?;
+        let Some(last) = page.last() else {
+            return Ok(named);
+        };
+        before = Some(last.meta.id);
+        named += page
+            .iter()
+            .filter(|r| r.meta.kind == VersionKind::Named)
+            .count();
+    }
 }
 
 /// Newest first, `limit` versions below `before`.
@@ -594,10 +618,11 @@ mod tests {
             sv: sv.encode_v1(),
             data: Bytes::from(data),
             full,
+            max_named: usize::MAX,
         };
         match now(add(rows, new)).unwrap() {
             Added::Added(m) => m.id,
-            Added::Stale => panic!("stale"),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -655,6 +680,7 @@ mod tests {
             sv: vec![0],
             data: Bytes::from_static(&[0, 0]),
             full: true,
+            max_named: usize::MAX,
         };
         let mut last = None;
         for i in 0..10u64 {

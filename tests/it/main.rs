@@ -8,6 +8,7 @@ mod copy;
 mod core;
 mod docs;
 mod history;
+mod history_attack;
 mod hocuspocus;
 mod http;
 mod interop;
