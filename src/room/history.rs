@@ -283,6 +283,45 @@ impl Room {
         ctx.spawn(fut);
     }
 
+    /// Before the room is evicted: edits not yet in a version get their
+    /// automatic version now (the idle timer dies with the room, and the
+    /// edits and authors it counted would be in no version until someone
+    /// edits again). `true`: it is being made, and eviction is tried again
+    /// once it is done.
+    pub(super) fn version_before_eviction(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.history.edits == 0
+            || self.config.history.version_idle_ms == 0
+            || self.broken.is_some()
+        {
+            return false;
+        }
+        if self.history.auto_busy {
+            // The timer's version is on its way: look again after it.
+            self.idle_timer = Some(ctx.run_later(Duration::from_millis(20), |room, ctx| {
+                room.idle_timer = None;
+                room.try_evict(ctx);
+            }));
+            return true;
+        }
+        if let Some(timer) = self.history.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.history.auto_busy = true;
+        let fut = self
+            .make_version(VersionKind::Auto, None, None, None, 0)
+            .map(|res, room, ctx| {
+                room.history.auto_busy = false;
+                if let Err(e) = res {
+                    // Not kept in memory for it: evicted without it.
+                    tracing::warn!(room = %room.id, "automatic version before eviction failed: {e}");
+                    room.history.edits = 0;
+                }
+                room.try_evict(ctx);
+            });
+        ctx.spawn(fut);
+        true
+    }
+
     /// Makes a version of the document as it is now. `Ok(None)`: an
     /// automatic version found nothing new since the latest version.
     fn make_version(

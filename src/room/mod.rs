@@ -317,6 +317,9 @@ impl Room {
             self.maybe_compact(ctx, true);
             return self.try_evict(ctx);
         }
+        if self.version_before_eviction(ctx) {
+            return;
+        }
         if self.registry.remove_if_idle(&self.id, self.joins_seen) {
             tracing::debug!(room = %self.id, "room evicted");
             ctx.stop();

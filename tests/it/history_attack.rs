@@ -10,7 +10,7 @@ use std::time::Duration;
 use chorus::auth::{mint, now_secs, Claims, GrantClaim, Rights};
 use chorus::protocol::native::{ClientMessage, ServerMessage, VersionView};
 use chorus::protocol::ErrorCode;
-use serde_json::Value;
+use serde_json::{json, Value};
 use yrs::types::xml::XmlFragment;
 use yrs::updates::decoder::Decode;
 use yrs::{
@@ -18,7 +18,7 @@ use yrs::{
     WriteTxn, Xml, XmlElementPrelim, XmlTextPrelim,
 };
 
-use crate::common::{server, ChildServer, Client, TestDoc};
+use crate::common::{eventually, server, ChildServer, Client, TestDoc};
 use crate::http::request;
 
 /// Sends a request (`make` gets the rid) and returns the answer with it.
@@ -469,6 +469,39 @@ async fn named_version_flood_stops_at_the_cap() {
     let v = create(&mut c, room, "after a deletion").await;
     let (view, _) = version_state(srv.addr, room, &v.id).await;
     assert_eq!(view["t"], "xy");
+}
+
+/// A careless client edits and leaves at once; the room is evicted from
+/// memory before the idle window of automatic versions ends. The edit must
+/// still get an automatic version (with its author), made before the room
+/// goes, not be left out of history until someone edits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_right_before_eviction_get_an_automatic_version() {
+    let srv = server(|c| {
+        c.history.version_idle_ms = 1_500;
+        c.limits.room_idle_ms = 50;
+    });
+    let room = "attack-evicted";
+    let mut c = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    c.join_with(room, &doc, Some(json!({"name": "Leaver"})))
+        .await;
+    c.update_acked(room, doc.push("typed then left")).await;
+    c.close().await;
+    // Long past eviction and the idle window.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    eventually("an automatic version of the last edit", || {
+        let addr = srv.addr;
+        async move {
+            let versions = all_versions(addr, room).await;
+            versions.len() == 1 && versions[0]["kind"] == "auto"
+        }
+    })
+    .await;
+    let versions = all_versions(srv.addr, room).await;
+    let id = versions[0]["id"].as_str().unwrap().to_owned();
+    let (view, _) = version_state(srv.addr, room, &id).await;
+    assert_eq!(view["t"], "typed then left");
 }
 
 /// Restores racing each other and continuous edits from two writers: every
