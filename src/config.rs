@@ -470,6 +470,10 @@ pub struct HistoryConfig {
     /// one more is refused (`bad_message`) until one is deleted.
     #[arg(long, env = "CHORUS_MAX_NAMED_VERSIONS", default_value_t = 1_000)]
     pub max_named_versions: usize,
+    /// Versions one room rebuilds at a time for views and restores (each
+    /// holds about two copies of the document); more requests wait.
+    #[arg(long, env = "CHORUS_MAX_VERSION_REBUILDS", default_value_t = 2)]
+    pub max_version_rebuilds: usize,
 }
 
 /// Every limit and timing the server enforces. Each is a named flag and env
@@ -699,9 +703,10 @@ impl Config {
             || h.version_snapshot_every == 0
             || h.max_version_name_bytes == 0
             || h.max_named_versions == 0
+            || h.max_version_rebuilds == 0
         {
             return Err(
-                "version keep, version snapshot every, max version name bytes and max named versions must be at least 1"
+                "version keep, version snapshot every, max version name bytes, max named versions and max version rebuilds must be at least 1"
                     .into(),
             );
         }

@@ -66,6 +66,9 @@ pub(super) struct History {
     timer: Option<SpawnHandle>,
     /// An automatic version is being made.
     auto_busy: bool,
+    /// Permits to rebuild a version (`--max-version-rebuilds`), made on
+    /// first use.
+    rebuilds: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 /// What a client asks of a room's history.
@@ -322,6 +325,17 @@ impl Room {
         true
     }
 
+    /// The room's permits to rebuild versions: views and restores of
+    /// large documents in flight hold memory, so at most
+    /// `--max-version-rebuilds` run at once; the others wait.
+    fn rebuild_permits(&mut self) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let n = self.config.history.max_version_rebuilds;
+        self.history
+            .rebuilds
+            .get_or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(n)))
+            .clone()
+    }
+
     /// Makes a version of the document as it is now. `Ok(None)`: an
     /// automatic version found nothing new since the latest version.
     fn make_version(
@@ -507,12 +521,13 @@ impl Room {
         id: u64,
         author: Option<VersionAuthor>,
     ) -> ResponseActFuture<Self, Result<VersionReply, RoomError>> {
-        let chain = self
-            .persist
-            .store()
-            .versions(&self.id, VersionOp::Chain(id));
+        let (store, room) = (self.persist.store(), self.id.to_string());
         let max = self.config.limits.max_doc_bytes;
+        let permits = self.rebuild_permits();
         let rebuilt = async move {
+            // Read only with a permit: waiting requests hold nothing.
+            let _permit = permits.acquire_owned().await.map_err(store_failed)?;
+            let chain = store.versions(&room, VersionOp::Chain(id));
             let parts = match chain.await.map_err(store_failed)? {
                 VersionOut::Chain(Some((_, parts))) => parts,
                 VersionOut::Chain(None) => return Err(not_found(id)),
@@ -631,8 +646,11 @@ impl Handler<VersionRequest> for Room {
                 )
             }
             VersionAsk::View { id, json } => {
-                let chain = store.versions(&self.id, VersionOp::Chain(id));
+                let (room, permits) = (self.id.to_string(), self.rebuild_permits());
                 Box::pin(fut::wrap_future(async move {
+                    // Read only with a permit: waiting requests hold nothing.
+                    let _permit = permits.acquire_owned().await.map_err(store_failed)?;
+                    let chain = store.versions(&room, VersionOp::Chain(id));
                     let parts = match chain.await.map_err(store_failed)? {
                         VersionOut::Chain(Some((_, parts))) => parts,
                         VersionOut::Chain(None) => return Err(not_found(id)),

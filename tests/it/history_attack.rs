@@ -568,3 +568,64 @@ async fn restores_racing_edits_converge_everywhere() {
         .collect();
     assert_eq!(kinds.iter().filter(|k| *k == "restore").count(), 8);
 }
+
+/// A reader floods `version_view` of a 2 MB document's version (a delta:
+/// each view rebuilds the document off the room's thread): every request
+/// is answered, and the server's memory does not grow with the number of
+/// views in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_flood_of_a_big_version_keeps_memory_bounded() {
+    let args = ["--store", "memory", "--version-idle-ms", "0"];
+    let srv = ChildServer::start(&args);
+    let room = "attack-big-view";
+    let mut c = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    let big: String = (0..2_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    c.update_acked(room, doc.push(&big)).await;
+    create(&mut c, room, "big").await;
+    c.update_acked(room, doc.push("!")).await;
+    let v = create(&mut c, room, "big and a bit").await;
+    let view = |rid: u64| ClientMessage::VersionView {
+        room: room.into(),
+        id: v.id.clone(),
+        rid: Some(rid),
+    };
+    // One view first (warm), then the baseline.
+    let rid = c.rid();
+    c.send(&view(rid)).await;
+    c.expect(|m| rid_of(m) == Some(rid)).await;
+    let base = srv.rss_bytes();
+    let n = 60;
+    let mut rids = Vec::new();
+    for _ in 0..n {
+        let rid = c.rid();
+        rids.push(rid);
+        c.send(&view(rid)).await;
+    }
+    let mut peak = srv.rss_bytes();
+    for rid in rids {
+        match c.expect(|m| rid_of(m) == Some(rid)).await {
+            ServerMessage::VersionDoc { update, .. } => assert!(update.0.len() > 2_000_000),
+            other => panic!("view refused: {other:?}"),
+        }
+        peak = peak.max(srv.rss_bytes());
+    }
+    let grown = peak.saturating_sub(base);
+    println!(
+        "{n} views of a 2 MB version in flight: RSS {} MiB before, peak {} MiB (+{} MiB)",
+        base >> 20,
+        peak >> 20,
+        grown >> 20
+    );
+    // Without a bound on rebuilds in flight this was +245 MiB (60 views,
+    // about 4 MiB each, growing with n); with it, about +25 MiB.
+    assert!(
+        grown < 100 << 20,
+        "memory grew {} MiB with {n} views in flight",
+        grown >> 20
+    );
+    srv.terminate();
+}
