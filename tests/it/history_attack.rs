@@ -629,3 +629,110 @@ async fn view_flood_of_a_big_version_keeps_memory_bounded() {
     );
     srv.terminate();
 }
+
+/// The answer to a restore acknowledges it: `kill -9` right after it, and
+/// the restarted server holds the restored content (not only the restore
+/// version in the list), for the embedded store and PostgreSQL.
+async fn restore_then_kill(args: &[&str], room: &str) {
+    let srv = ChildServer::start(args);
+    let mut c = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    c.update_acked(room, doc.push("kept")).await;
+    let v1 = create(&mut c, room, "kept").await;
+    c.update_acked(room, doc.push(" and later")).await;
+    create(&mut c, room, "later").await;
+    let restored = match ask(&mut c, |rid| ClientMessage::VersionRestore {
+        room: room.into(),
+        id: v1.id.clone(),
+        rid,
+    })
+    .await
+    {
+        ServerMessage::Version { version, .. } => version,
+        other => panic!("restore refused: {other:?}"),
+    };
+    srv.kill();
+    let srv = ChildServer::start(args);
+    let listed = all_versions(srv.addr, room).await;
+    assert_eq!(listed[0]["id"], restored.id.as_str(), "{listed:?}");
+    assert_eq!(
+        live_doc(srv.addr, room).await["t"],
+        "kept",
+        "the restore version is listed, so its content must be stored"
+    );
+    srv.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_restore_survives_kill_9_on_redb() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_str().unwrap().to_owned();
+    let args = [
+        "--store",
+        "redb",
+        "--data-dir",
+        data.as_str(),
+        "--version-idle-ms",
+        "0",
+    ];
+    for i in 0..5 {
+        restore_then_kill(&args, &format!("attack-kill-redb-{i}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_restore_survives_kill_9_on_postgres() {
+    let pg = crate::pg::Postgres::start();
+    let url = pg.url();
+    let args = ["--postgres-url", url.as_str(), "--version-idle-ms", "0"];
+    for i in 0..5 {
+        restore_then_kill(&args, &format!("attack-kill-pg-{i}")).await;
+    }
+}
+
+/// An operator moves a single node to PostgreSQL with `chorus store copy`:
+/// the documents arrive, and so must their history. KNOWN, NOT FIXED: the
+/// copy carries snapshots and logs only, every version is left behind
+/// (and versions the target already had for a copied room stay attached
+/// to the replaced document). Run with `--ignored` to see it fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known weakness: store copy drops version history"]
+async fn store_copy_carries_version_history() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_str().unwrap().to_owned();
+    let room = "attack-copy";
+    let args = ["--store", "redb", "--data-dir", data.as_str()];
+    let srv = ChildServer::start(&args);
+    let mut c = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    c.update_acked(room, doc.push("history")).await;
+    let v = create(&mut c, room, "before the move").await;
+    c.close().await;
+    srv.terminate();
+    let pg = crate::pg::Postgres::start();
+    let url = pg.url();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args([
+            "store",
+            "copy",
+            "--from",
+            data.as_str(),
+            "--to",
+            url.as_str(),
+        ])
+        .output()
+        .expect("chorus runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let srv = ChildServer::start(&["--postgres-url", url.as_str()]);
+    assert_eq!(live_doc(srv.addr, room).await["t"], "history");
+    let listed = all_versions(srv.addr, room).await;
+    assert_eq!(listed.len(), 1, "versions after the copy: {listed:?}");
+    assert_eq!(listed[0]["id"], v.id.as_str());
+    srv.terminate();
+}
