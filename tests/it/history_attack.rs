@@ -521,31 +521,39 @@ async fn restores_racing_edits_converge_everywhere() {
     let mut b = Client::connect(srv.addr).await;
     let db = TestDoc::new();
     b.join(room, &db).await;
-    let mut r = Client::connect(srv.addr).await;
-    r.join(room, &TestDoc::new()).await;
-    // Pipelined restores, alternating versions, while a and b type.
-    let mut rids = Vec::new();
-    for i in 0..8 {
-        let rid = r.rid();
-        rids.push(rid);
-        let id = if i % 2 == 0 { &v1.id } else { &v2.id };
-        r.send(&ClientMessage::VersionRestore {
-            room: room.into(),
-            id: id.clone(),
-            rid: Some(rid),
-        })
-        .await;
-        a.send_update(room, da.push("a")).await;
-        b.send_update(room, db.push("b")).await;
+    // Four restorers (one restore in flight each: the connection's limit),
+    // two rounds of concurrent restores alternating versions, while a and
+    // b type.
+    let mut rs = Vec::new();
+    for _ in 0..4 {
+        let mut r = Client::connect(srv.addr).await;
+        r.join(room, &TestDoc::new()).await;
+        rs.push(r);
     }
     let mut restored = 0;
-    for rid in rids {
-        match r.expect(|m| rid_of(m) == Some(rid)).await {
-            ServerMessage::Version { version, .. } => {
-                assert_eq!(version.kind, "restore");
-                restored += 1;
+    for _round in 0..2 {
+        let mut rids = Vec::new();
+        for (i, r) in rs.iter_mut().enumerate() {
+            let rid = r.rid();
+            rids.push(rid);
+            let id = if i.is_multiple_of(2) { &v1.id } else { &v2.id };
+            r.send(&ClientMessage::VersionRestore {
+                room: room.into(),
+                id: id.clone(),
+                rid: Some(rid),
+            })
+            .await;
+            a.send_update(room, da.push("a")).await;
+            b.send_update(room, db.push("b")).await;
+        }
+        for (r, rid) in rs.iter_mut().zip(rids) {
+            match r.expect(|m| rid_of(m) == Some(rid)).await {
+                ServerMessage::Version { version, .. } => {
+                    assert_eq!(version.kind, "restore");
+                    restored += 1;
+                }
+                other => panic!("restore refused: {other:?}"),
             }
-            other => panic!("restore refused: {other:?}"),
         }
     }
     assert_eq!(restored, 8);
@@ -735,4 +743,102 @@ async fn store_copy_carries_version_history() {
     assert_eq!(listed.len(), 1, "versions after the copy: {listed:?}");
     assert_eq!(listed[0]["id"], v.id.as_str());
     srv.terminate();
+}
+
+/// A `version_restore` is a few bytes that make the room store and send
+/// every member a change as large as the document. A writer alternating
+/// restores of two versions of a 512 KiB document must not get around the
+/// byte rate that would stop it sending those changes itself: pipelined
+/// restores beyond one in flight are refused (`rate_limited`), and each
+/// restore is charged for what it changed, so the flood ends in
+/// `rate_limited` and a close long before 40 restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_flood_is_charged_to_the_byte_rate() {
+    let srv = server(|c| {
+        c.history.version_idle_ms = 0;
+        c.limits.max_bytes_per_sec = 1024 * 1024;
+        c.limits.rate_limit_grace_ms = 1_000;
+    });
+    let room = "attack-restore-flood";
+    let mut c = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    let half: String = (0..256 * 1024u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    c.update_acked(room, doc.push(&half)).await;
+    let v1 = create(&mut c, room, "one").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.update_acked(room, doc.push(&half)).await;
+    let v2 = create(&mut c, room, "two").await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let restore = |i: usize, rid| ClientMessage::VersionRestore {
+        room: room.into(),
+        id: if i.is_multiple_of(2) {
+            v1.id.clone()
+        } else {
+            v2.id.clone()
+        },
+        rid: Some(rid),
+    };
+    // Pipelined: one in flight at a time.
+    let mut rids = Vec::new();
+    for i in 0..5 {
+        let rid = c.rid();
+        rids.push(rid);
+        c.send(&restore(i, rid)).await;
+    }
+    let mut answers = Vec::new();
+    for rid in rids {
+        answers.push(c.expect(|m| rid_of(m) == Some(rid)).await);
+    }
+    let done = answers
+        .iter()
+        .filter(|m| matches!(m, ServerMessage::Version { .. }))
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|m| error_code(m) == Some(ErrorCode::RateLimited))
+        .count();
+    assert!(
+        done >= 1 && refused >= 1 && done + refused == 5,
+        "{answers:?}"
+    );
+    // One after the other: charged, then closed for the rate.
+    let mut restored = 0;
+    let mut limited = false;
+    for i in 0..40 {
+        let rid = c.rid();
+        if c.try_send(&restore(i + 1, rid)).await.is_err() {
+            limited = true;
+            break;
+        }
+        let m = tokio::time::timeout(
+            Duration::from_secs(20),
+            c.expect(|m| {
+                rid_of(m) == Some(rid) || matches!(m, ServerMessage::Error { rid: None, .. })
+            }),
+        )
+        .await;
+        match m {
+            Ok(ServerMessage::Version { .. }) => restored += 1,
+            Ok(ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            }) => {
+                limited = true;
+                break;
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => {
+                limited = true;
+                break;
+            }
+        }
+    }
+    println!("restores of a 512 KiB document before the rate limit: {restored}");
+    assert!(
+        limited && restored < 40,
+        "{restored} restores, never limited"
+    );
 }
