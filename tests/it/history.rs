@@ -788,3 +788,48 @@ async fn history_survives_a_restart_on_postgres() {
     assert!(v3.id.parse::<u64>().unwrap() > v2.id.parse::<u64>().unwrap());
     srv.terminate();
 }
+
+/// A room evicted before its idle window ended makes the automatic version
+/// of its last edits first: they are not left out of the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_makes_the_version_of_the_last_edits() {
+    let srv = server(|c| {
+        c.limits.room_idle_ms = 100;
+        c.history.version_idle_ms = 600_000;
+    });
+    let room = "hist-evict";
+    let mut c = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    c.update_acked(room, doc.push("last words")).await;
+    c.close().await;
+    eventually("the room evicted", || {
+        let addr = srv.addr;
+        async move {
+            let r = request(addr, "GET", "/api/v1/rooms", &[], b"").await;
+            r.json()["rooms"].as_array().is_some_and(|a| a.is_empty())
+        }
+    })
+    .await;
+    let r = request(
+        srv.addr,
+        "GET",
+        &format!("/api/v1/rooms/{room}/versions"),
+        &[],
+        b"",
+    )
+    .await;
+    let versions = r.json()["versions"].clone();
+    assert_eq!(versions.as_array().map(Vec::len), Some(1), "{versions}");
+    assert_eq!(versions[0]["kind"], "auto");
+    let id = versions[0]["id"].as_str().unwrap();
+    let r = request(
+        srv.addr,
+        "GET",
+        &format!("/api/v1/rooms/{room}/versions/{id}/doc"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.json()["doc"]["t"], "last words");
+}
