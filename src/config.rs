@@ -466,6 +466,16 @@ pub struct HistoryConfig {
     /// Longest version name, in bytes (UTF-8).
     #[arg(long, env = "CHORUS_MAX_VERSION_NAME_BYTES", default_value_t = 200)]
     pub max_version_name_bytes: usize,
+    /// History requests (`versions`, `version_*`) one native connection may
+    /// have unanswered at once; more are refused with `rate_limited` (a
+    /// view or restore rebuilds a whole document: this bounds what one
+    /// client can make the server rebuild at a time).
+    #[arg(
+        long,
+        env = "CHORUS_MAX_HISTORY_REQUESTS_IN_FLIGHT",
+        default_value_t = 4
+    )]
+    pub max_history_requests_in_flight: usize,
 }
 
 /// Every limit and timing the server enforces. Each is a named flag and env
@@ -691,7 +701,11 @@ impl Config {
             ));
         }
         let h = &self.history;
-        if h.version_keep == 0 || h.version_snapshot_every == 0 || h.max_version_name_bytes == 0 {
+        if h.version_keep == 0
+            || h.version_snapshot_every == 0
+            || h.max_version_name_bytes == 0
+            || h.max_history_requests_in_flight == 0
+        {
             return Err(
                 "version keep, version snapshot every and max version name bytes must be at least 1"
                     .into(),

@@ -37,6 +37,9 @@ pub struct NativeSession {
     /// Size of the frame being handled: what a forwarded message weighs in
     /// the session's queued work.
     frame_len: usize,
+    /// History requests sent to rooms and not answered yet
+    /// (`--max-history-requests-in-flight`).
+    history_inflight: usize,
 }
 
 impl NativeSession {
@@ -47,6 +50,7 @@ impl NativeSession {
             core: SessionCore::new(shared, outbox, admission, close::TOO_BIG, gate),
             greeted: false,
             frame_len: 0,
+            history_inflight: 0,
         }
     }
 
@@ -427,7 +431,7 @@ impl NativeSession {
     /// Asks a joined room's history, when the rights allow (`needs`), and
     /// answers with the room's reply or an `error`.
     fn version(
-        &self,
+        &mut self,
         ctx: &mut ws::WebsocketContext<Self>,
         room: String,
         rid: Option<u64>,
@@ -441,6 +445,19 @@ impl NativeSession {
         let Some(addr) = self.joined(ctx, &room, rid) else {
             return;
         };
+        let max = self
+            .core
+            .shared
+            .config
+            .history
+            .max_history_requests_in_flight;
+        if self.history_inflight >= max {
+            let text = format!(
+                "at most {max} history requests at a time (max_history_requests_in_flight)"
+            );
+            return self.error(ctx, ErrorCode::RateLimited, text, rid, Some(&room));
+        }
+        self.history_inflight += 1;
         let id_of = match &ask {
             VersionAsk::View { id, .. } | VersionAsk::Delete { id } => id.to_string(),
             _ => String::new(),
@@ -459,6 +476,7 @@ impl NativeSession {
             .send(request)
             .into_actor(self)
             .map(move |res, act, ctx| {
+                act.history_inflight -= 1;
                 let msg = match res {
                     Ok(Ok(VersionReply::Page(page))) => ServerMessage::Versions {
                         room,
