@@ -474,6 +474,16 @@ pub struct HistoryConfig {
     /// holds about two copies of the document); more requests wait.
     #[arg(long, env = "CHORUS_MAX_VERSION_REBUILDS", default_value_t = 2)]
     pub max_version_rebuilds: usize,
+    /// History requests (`versions`, `version_*`) one native connection may
+    /// have unanswered at once; more are refused with `rate_limited` (a
+    /// view or restore rebuilds a whole document: this bounds what one
+    /// client can make the server rebuild at a time).
+    #[arg(
+        long,
+        env = "CHORUS_MAX_HISTORY_REQUESTS_IN_FLIGHT",
+        default_value_t = 4
+    )]
+    pub max_history_requests_in_flight: usize,
 }
 
 /// Every limit and timing the server enforces. Each is a named flag and env
@@ -704,9 +714,10 @@ impl Config {
             || h.max_version_name_bytes == 0
             || h.max_named_versions == 0
             || h.max_version_rebuilds == 0
+            || h.max_history_requests_in_flight == 0
         {
             return Err(
-                "version keep, version snapshot every, max version name bytes, max named versions and max version rebuilds must be at least 1"
+                "version keep, version snapshot every, max version name bytes, max named versions, max version rebuilds and max history requests in flight must be at least 1"
                     .into(),
             );
         }

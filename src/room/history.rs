@@ -69,6 +69,9 @@ pub(super) struct History {
     /// Permits to rebuild a version (`--max-version-rebuilds`), made on
     /// first use.
     rebuilds: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// Eviction asked for the automatic version of the last edits (once
+    /// per edit: a failing store does not keep the room in memory).
+    flush_tried: bool,
 }
 
 /// What a client asks of a room's history.
@@ -208,6 +211,7 @@ impl Room {
     pub(super) fn version_edited(&mut self, author: Option<&MemberId>, ctx: &mut Context<Self>) {
         let h = &mut self.history;
         h.edits += 1;
+        h.flush_tried = false;
         let now = Instant::now();
         h.last_edit = Some(now);
         h.first_edit.get_or_insert(now);
@@ -253,6 +257,28 @@ impl Room {
         }));
     }
 
+    /// Before the room is evicted: `true` while the automatic version of
+    /// its last edits is still to be made (started here, once) or being
+    /// made; the caller looks again shortly.
+    pub(super) fn version_before_eviction(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.history.auto_busy {
+            return true;
+        }
+        if self.history.edits == 0
+            || self.config.history.version_idle_ms == 0
+            || self.history.flush_tried
+            || self.broken.is_some()
+        {
+            return false;
+        }
+        self.history.flush_tried = true;
+        if let Some(h) = self.history.timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.start_auto_version(ctx);
+        true
+    }
+
     fn version_timer(&mut self, ctx: &mut Context<Self>) {
         if self.history.edits == 0 || self.broken.is_some() {
             return;
@@ -269,6 +295,10 @@ impl Room {
         if !(idle_due || every_due) || self.history.auto_busy {
             return self.arm_version_timer(ctx);
         }
+        self.start_auto_version(ctx);
+    }
+
+    fn start_auto_version(&mut self, ctx: &mut Context<Self>) {
         self.history.auto_busy = true;
         let fut = self
             .make_version(VersionKind::Auto, None, None, None, 0)
@@ -284,45 +314,6 @@ impl Room {
                 }
             });
         ctx.spawn(fut);
-    }
-
-    /// Before the room is evicted: edits not yet in a version get their
-    /// automatic version now (the idle timer dies with the room, and the
-    /// edits and authors it counted would be in no version until someone
-    /// edits again). `true`: it is being made, and eviction is tried again
-    /// once it is done.
-    pub(super) fn version_before_eviction(&mut self, ctx: &mut Context<Self>) -> bool {
-        if self.history.edits == 0
-            || self.config.history.version_idle_ms == 0
-            || self.broken.is_some()
-        {
-            return false;
-        }
-        if self.history.auto_busy {
-            // The timer's version is on its way: look again after it.
-            self.idle_timer = Some(ctx.run_later(Duration::from_millis(20), |room, ctx| {
-                room.idle_timer = None;
-                room.try_evict(ctx);
-            }));
-            return true;
-        }
-        if let Some(timer) = self.history.timer.take() {
-            ctx.cancel_future(timer);
-        }
-        self.history.auto_busy = true;
-        let fut = self
-            .make_version(VersionKind::Auto, None, None, None, 0)
-            .map(|res, room, ctx| {
-                room.history.auto_busy = false;
-                if let Err(e) = res {
-                    // Not kept in memory for it: evicted without it.
-                    tracing::warn!(room = %room.id, "automatic version before eviction failed: {e}");
-                    room.history.edits = 0;
-                }
-                room.try_evict(ctx);
-            });
-        ctx.spawn(fut);
-        true
     }
 
     /// The room's permits to rebuild versions: views and restores of
@@ -434,21 +425,12 @@ impl Room {
         authors: Vec<VersionAuthor>,
     ) -> NewVersion {
         let every = self.config.history.version_snapshot_every;
-        let base = head
-            .filter(|h| h.chain_len < every)
-            .and_then(|h| StateVector::decode_v1(&h.sv).ok());
-        let (data, full) = match base {
-            Some(base) => {
-                let delta = self.document.encode_from(&base);
-                let chain = head.map_or(0, |h| h.chain_bytes) + delta.len() as u64;
-                if chain > self.document.size() as u64 {
-                    (self.document.encode_state(), true)
-                } else {
-                    (delta, false)
-                }
-            }
-            None => (self.document.encode_state(), true),
-        };
+        let (data, full) = crate::store::history::encode_version(
+            &self.document.doc().transact(),
+            head,
+            every,
+            self.document.size() as u64,
+        );
         // The version holds what the latest had too (another node's state
         // not delivered here yet): its state vector is the union.
         let mut sv = sv;

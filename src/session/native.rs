@@ -37,6 +37,9 @@ pub struct NativeSession {
     /// Size of the frame being handled: what a forwarded message weighs in
     /// the session's queued work.
     frame_len: usize,
+    /// History requests sent to rooms and not answered yet
+    /// (`--max-history-requests-in-flight`).
+    history_inflight: usize,
     /// A `version_restore` of this session is in flight (one at a time:
     /// each is charged, when done, for the bytes it changed).
     restoring: bool,
@@ -50,6 +53,7 @@ impl NativeSession {
             core: SessionCore::new(shared, outbox, admission, close::TOO_BIG, gate),
             greeted: false,
             frame_len: 0,
+            history_inflight: 0,
             restoring: false,
         }
     }
@@ -449,13 +453,24 @@ impl NativeSession {
         // a change as large as the document: one at a time, each charged
         // to the session's byte rate for what it changed.
         let restore = matches!(ask, VersionAsk::Restore { .. });
-        if restore {
-            if self.restoring {
-                let text = "one version_restore at a time on a connection: wait for the answer";
-                return self.error(ctx, ErrorCode::RateLimited, text, rid, Some(&room));
-            }
-            self.restoring = true;
+        if restore && self.restoring {
+            let text = "one version_restore at a time on a connection: wait for the answer";
+            return self.error(ctx, ErrorCode::RateLimited, text, rid, Some(&room));
         }
+        let max = self
+            .core
+            .shared
+            .config
+            .history
+            .max_history_requests_in_flight;
+        if self.history_inflight >= max {
+            let text = format!(
+                "at most {max} history requests at a time (max_history_requests_in_flight)"
+            );
+            return self.error(ctx, ErrorCode::RateLimited, text, rid, Some(&room));
+        }
+        self.history_inflight += 1;
+        self.restoring |= restore;
         let id_of = match &ask {
             VersionAsk::View { id, .. } | VersionAsk::Delete { id } => id.to_string(),
             _ => String::new(),
@@ -474,6 +489,7 @@ impl NativeSession {
             .send(request)
             .into_actor(self)
             .map(move |res, act, ctx| {
+                act.history_inflight -= 1;
                 let changed = match &res {
                     Ok(Ok(VersionReply::Version(meta))) if restore => meta.bytes as usize,
                     _ => 0,

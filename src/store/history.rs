@@ -413,6 +413,36 @@ pub async fn prune<R: Rows>(
     Ok(doomed.len())
 }
 
+/// What to store for a new version of the document read through `txn`,
+/// whose latest stored version is `head`: a delta from the head's state
+/// vector, or the whole document (`true`) when there is no head, the chain
+/// since the last whole document is `every` versions long, or the deltas
+/// would weigh more than `size_bound` (about one whole document).
+pub fn encode_version<T: yrs::ReadTxn>(
+    txn: &T,
+    head: Option<&VersionHead>,
+    every: u64,
+    size_bound: u64,
+) -> (Bytes, bool) {
+    use yrs::updates::decoder::Decode;
+    let base = head
+        .filter(|h| h.chain_len < every)
+        .and_then(|h| yrs::StateVector::decode_v1(&h.sv).ok());
+    let whole = || Bytes::from(txn.encode_state_as_update_v1(&yrs::StateVector::default()));
+    match base {
+        Some(base) => {
+            let delta = Bytes::from(txn.encode_state_as_update_v1(&base));
+            let chain = head.map_or(0, |h| h.chain_bytes) + delta.len() as u64;
+            if chain > size_bound {
+                (whole(), true)
+            } else {
+                (delta, false)
+            }
+        }
+        None => (whole(), true),
+    }
+}
+
 /// Runs a [`Rows`] algorithm whose rows never wait (memory, redb).
 pub fn now<T>(
     fut: impl std::future::Future<Output = Result<T, StoreError>>,
