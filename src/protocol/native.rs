@@ -962,7 +962,7 @@ mod tests {
             ServerMessage::VersionDoc {
                 room: "r".into(),
                 id: "1".into(),
-                update: Bin::default(),
+                update: Bin(vec![0, 0]),
                 rid: None,
             },
             ServerMessage::VersionDeleted {

@@ -113,9 +113,10 @@ pub struct VersionHead {
     pub id: u64,
     /// Its state vector (Yjs v1): the base of the next delta.
     pub sv: Vec<u8>,
-    /// Versions since the last full state, this one included.
+    /// Versions since the last full state, both included: a rebuild of
+    /// this version reads this many updates.
     pub chain_len: u64,
-    /// Bytes of those versions' updates.
+    /// Bytes of the deltas among them (the full state not counted).
     pub chain_bytes: u64,
 }
 
@@ -211,7 +212,7 @@ pub async fn head<R: Rows>(rows: &mut R) -> Result<Option<VersionHead>, StoreErr
         id: last.meta.id,
         sv: last.sv.clone(),
         chain_len: 1,
-        chain_bytes: last.meta.bytes,
+        chain_bytes: if last.full { 0 } else { last.meta.bytes },
     };
     if last.full {
         return Ok(Some(head));
@@ -224,11 +225,11 @@ pub async fn head<R: Rows>(rows: &mut R) -> Result<Option<VersionHead>, StoreErr
         }
         for row in page {
             head.chain_len += 1;
-            head.chain_bytes += row.meta.bytes;
             before = row.meta.id;
             if row.full {
                 break 'walk;
             }
+            head.chain_bytes += row.meta.bytes;
         }
     }
     Ok(Some(head))
