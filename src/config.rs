@@ -466,6 +466,24 @@ pub struct HistoryConfig {
     /// Longest version name, in bytes (UTF-8).
     #[arg(long, env = "CHORUS_MAX_VERSION_NAME_BYTES", default_value_t = 200)]
     pub max_version_name_bytes: usize,
+    /// Named versions one room may hold (they are never pruned): creating
+    /// one more is refused (`bad_message`) until one is deleted.
+    #[arg(long, env = "CHORUS_MAX_NAMED_VERSIONS", default_value_t = 1_000)]
+    pub max_named_versions: usize,
+    /// Versions one room rebuilds at a time for views and restores (each
+    /// holds about two copies of the document); more requests wait.
+    #[arg(long, env = "CHORUS_MAX_VERSION_REBUILDS", default_value_t = 2)]
+    pub max_version_rebuilds: usize,
+    /// History requests (`versions`, `version_*`) one native connection may
+    /// have unanswered at once; more are refused with `rate_limited` (a
+    /// view or restore rebuilds a whole document: this bounds what one
+    /// client can make the server rebuild at a time).
+    #[arg(
+        long,
+        env = "CHORUS_MAX_HISTORY_REQUESTS_IN_FLIGHT",
+        default_value_t = 4
+    )]
+    pub max_history_requests_in_flight: usize,
 }
 
 /// Every limit and timing the server enforces. Each is a named flag and env
@@ -686,9 +704,15 @@ impl Config {
             ));
         }
         let h = &self.history;
-        if h.version_keep == 0 || h.version_snapshot_every == 0 || h.max_version_name_bytes == 0 {
+        if h.version_keep == 0
+            || h.version_snapshot_every == 0
+            || h.max_version_name_bytes == 0
+            || h.max_named_versions == 0
+            || h.max_version_rebuilds == 0
+            || h.max_history_requests_in_flight == 0
+        {
             return Err(
-                "version keep, version snapshot every and max version name bytes must be at least 1"
+                "version keep, version snapshot every, max version name bytes, max named versions, max version rebuilds and max history requests in flight must be at least 1"
                     .into(),
             );
         }

@@ -38,7 +38,9 @@
 //! - [`store`]: the `DocStore` trait (snapshot + update log, nothing
 //!   cluster-specific) and its embedded (`redb`), PostgreSQL (shared by a
 //!   cluster's nodes; group commit, versioned migrations) and in-memory
-//!   stores.
+//!   stores; `store::history` is each room's version history (deltas
+//!   between versions, whole documents now and then), written once over a
+//!   per-store `Rows` transaction.
 //! - [`webhook`]: the bounded webhook queue and its signed, retried delivery
 //!   over `reqwest` (http and https through rustls).
 //! - [`tls`]: the rustls client configuration of outgoing connections
@@ -53,7 +55,8 @@
 //!   rule). Redis holds nothing durable.
 //! - [`room`]: the room actor and the parts it owns (document,
 //!   persistence, members and delivery, fan-out window, presence handlers,
-//!   the `/yjs` awareness bridge, the HTTP event window, cluster state), the
+//!   the `/yjs` awareness bridge, the HTTP event window, cluster state,
+//!   version history and restores: `room::history`, `room::restore`), the
 //!   messages it takes, and the `Registry` that finds or starts rooms on a
 //!   pool of arbiters, supervised (a room that panics is replaced by a
 //!   fresh one loaded from the store). `room::api` is what the HTTP API

@@ -940,6 +940,37 @@ mod tests {
                 room: None,
             },
             ServerMessage::Pong { rid: None },
+            ServerMessage::Versions {
+                room: "r".into(),
+                versions: vec![],
+                next: None,
+                rid: None,
+            },
+            ServerMessage::Version {
+                room: "r".into(),
+                version: VersionView {
+                    id: "1".into(),
+                    time: 0,
+                    name: None,
+                    kind: "auto".into(),
+                    restored_from: None,
+                    authors: vec![],
+                    bytes: 0,
+                },
+                rid: None,
+            },
+            ServerMessage::VersionDoc {
+                room: "r".into(),
+                id: "1".into(),
+                update: Bin(vec![0, 0]),
+                rid: None,
+            },
+            ServerMessage::VersionDeleted {
+                room: "r".into(),
+                id: "1".into(),
+                rid: None,
+            },
+            ServerMessage::VersionsChanged { room: "r".into() },
         ];
         #[derive(Deserialize)]
         struct Tag {

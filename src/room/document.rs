@@ -198,11 +198,6 @@ impl Document {
         self.bytes += len;
     }
 
-    /// The whole document minus what state vector `sv` covers (Yjs v1).
-    pub(super) fn encode_from(&self, sv: &StateVector) -> Bytes {
-        exact_bytes(self.doc.transact().encode_state_as_update_v1(sv))
-    }
-
     /// Each root type by name, as JSON (see [`doc_json`]).
     pub(super) fn to_json(&self) -> Value {
         doc_json(&self.doc)

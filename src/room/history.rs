@@ -66,6 +66,12 @@ pub(super) struct History {
     timer: Option<SpawnHandle>,
     /// An automatic version is being made.
     auto_busy: bool,
+    /// Permits to rebuild a version (`--max-version-rebuilds`), made on
+    /// first use.
+    rebuilds: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// Eviction asked for the automatic version of the last edits (once
+    /// per edit: a failing store does not keep the room in memory).
+    flush_tried: bool,
 }
 
 /// What a client asks of a room's history.
@@ -205,6 +211,7 @@ impl Room {
     pub(super) fn version_edited(&mut self, author: Option<&MemberId>, ctx: &mut Context<Self>) {
         let h = &mut self.history;
         h.edits += 1;
+        h.flush_tried = false;
         let now = Instant::now();
         h.last_edit = Some(now);
         h.first_edit.get_or_insert(now);
@@ -250,6 +257,28 @@ impl Room {
         }));
     }
 
+    /// Before the room is evicted: `true` while the automatic version of
+    /// its last edits is still to be made (started here, once) or being
+    /// made; the caller looks again shortly.
+    pub(super) fn version_before_eviction(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.history.auto_busy {
+            return true;
+        }
+        if self.history.edits == 0
+            || self.config.history.version_idle_ms == 0
+            || self.history.flush_tried
+            || self.broken.is_some()
+        {
+            return false;
+        }
+        self.history.flush_tried = true;
+        if let Some(h) = self.history.timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.start_auto_version(ctx);
+        true
+    }
+
     fn version_timer(&mut self, ctx: &mut Context<Self>) {
         if self.history.edits == 0 || self.broken.is_some() {
             return;
@@ -266,6 +295,10 @@ impl Room {
         if !(idle_due || every_due) || self.history.auto_busy {
             return self.arm_version_timer(ctx);
         }
+        self.start_auto_version(ctx);
+    }
+
+    fn start_auto_version(&mut self, ctx: &mut Context<Self>) {
         self.history.auto_busy = true;
         let fut = self
             .make_version(VersionKind::Auto, None, None, None, 0)
@@ -281,6 +314,17 @@ impl Room {
                 }
             });
         ctx.spawn(fut);
+    }
+
+    /// The room's permits to rebuild versions: views and restores of
+    /// large documents in flight hold memory, so at most
+    /// `--max-version-rebuilds` run at once; the others wait.
+    fn rebuild_permits(&mut self) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let n = self.config.history.max_version_rebuilds;
+        self.history
+            .rebuilds
+            .get_or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(n)))
+            .clone()
     }
 
     /// Makes a version of the document as it is now. `Ok(None)`: an
@@ -352,6 +396,13 @@ impl Room {
                 Ok(VersionOut::Added(Added::Stale)) => room.ready(Err(store_failed(
                     "other nodes kept adding versions; try again",
                 ))),
+                Ok(VersionOut::Added(Added::TooManyNamed)) => room.ready(Err(RoomError {
+                    code: ErrorCode::BadMessage,
+                    message: format!(
+                        "this room holds max_named_versions ({}) named versions; delete one first",
+                        room.config.history.max_named_versions
+                    ),
+                })),
                 Ok(_) => room.ready(Err(store_failed("unexpected answer"))),
                 Err(e) => room.ready(Err(store_failed(e))),
             }))
@@ -374,21 +425,12 @@ impl Room {
         authors: Vec<VersionAuthor>,
     ) -> NewVersion {
         let every = self.config.history.version_snapshot_every;
-        let base = head
-            .filter(|h| h.chain_len < every)
-            .and_then(|h| StateVector::decode_v1(&h.sv).ok());
-        let (data, full) = match base {
-            Some(base) => {
-                let delta = self.document.encode_from(&base);
-                let chain = head.map_or(0, |h| h.chain_bytes) + delta.len() as u64;
-                if chain > self.document.size() as u64 {
-                    (self.document.encode_state(), true)
-                } else {
-                    (delta, false)
-                }
-            }
-            None => (self.document.encode_state(), true),
-        };
+        let (data, full) = crate::store::history::encode_version(
+            &self.document.doc().transact(),
+            head,
+            every,
+            self.document.size() as u64,
+        );
         // The version holds what the latest had too (another node's state
         // not delivered here yet): its state vector is the union.
         let mut sv = sv;
@@ -405,6 +447,7 @@ impl Room {
             sv: sv.encode_v1(),
             data,
             full,
+            max_named: self.config.history.max_named_versions,
         }
     }
 
@@ -460,12 +503,13 @@ impl Room {
         id: u64,
         author: Option<VersionAuthor>,
     ) -> ResponseActFuture<Self, Result<VersionReply, RoomError>> {
-        let chain = self
-            .persist
-            .store()
-            .versions(&self.id, VersionOp::Chain(id));
+        let (store, room) = (self.persist.store(), self.id.to_string());
         let max = self.config.limits.max_doc_bytes;
+        let permits = self.rebuild_permits();
         let rebuilt = async move {
+            // Read only with a permit: waiting requests hold nothing.
+            let _permit = permits.acquire_owned().await.map_err(store_failed)?;
+            let chain = store.versions(&room, VersionOp::Chain(id));
             let parts = match chain.await.map_err(store_failed)? {
                 VersionOut::Chain(Some((_, parts))) => parts,
                 VersionOut::Chain(None) => return Err(not_found(id)),
@@ -584,8 +628,11 @@ impl Handler<VersionRequest> for Room {
                 )
             }
             VersionAsk::View { id, json } => {
-                let chain = store.versions(&self.id, VersionOp::Chain(id));
+                let (room, permits) = (self.id.to_string(), self.rebuild_permits());
                 Box::pin(fut::wrap_future(async move {
+                    // Read only with a permit: waiting requests hold nothing.
+                    let _permit = permits.acquire_owned().await.map_err(store_failed)?;
+                    let chain = store.versions(&room, VersionOp::Chain(id));
                     let parts = match chain.await.map_err(store_failed)? {
                         VersionOut::Chain(Some((_, parts))) => parts,
                         VersionOut::Chain(None) => return Err(not_found(id)),

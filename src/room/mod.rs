@@ -295,8 +295,9 @@ impl Room {
         if !self.is_idle() {
             return;
         }
-        if !self.persist.settled() {
-            // Wait for storage to settle, then look again.
+        if !self.persist.settled() || self.version_before_eviction(ctx) {
+            // Wait for storage (and the version of the last edits) to
+            // settle, then look again.
             self.idle_timer = Some(ctx.run_later(Duration::from_millis(20), |room, ctx| {
                 room.idle_timer = None;
                 room.try_evict(ctx);

@@ -37,6 +37,12 @@ pub struct NativeSession {
     /// Size of the frame being handled: what a forwarded message weighs in
     /// the session's queued work.
     frame_len: usize,
+    /// History requests sent to rooms and not answered yet
+    /// (`--max-history-requests-in-flight`).
+    history_inflight: usize,
+    /// A `version_restore` of this session is in flight (one at a time:
+    /// each is charged, when done, for the bytes it changed).
+    restoring: bool,
 }
 
 impl NativeSession {
@@ -47,6 +53,8 @@ impl NativeSession {
             core: SessionCore::new(shared, outbox, admission, close::TOO_BIG, gate),
             greeted: false,
             frame_len: 0,
+            history_inflight: 0,
+            restoring: false,
         }
     }
 
@@ -427,7 +435,7 @@ impl NativeSession {
     /// Asks a joined room's history, when the rights allow (`needs`), and
     /// answers with the room's reply or an `error`.
     fn version(
-        &self,
+        &mut self,
         ctx: &mut ws::WebsocketContext<Self>,
         room: String,
         rid: Option<u64>,
@@ -441,6 +449,28 @@ impl NativeSession {
         let Some(addr) = self.joined(ctx, &room, rid) else {
             return;
         };
+        // A restore is a small message that makes the room store and send
+        // a change as large as the document: one at a time, each charged
+        // to the session's byte rate for what it changed.
+        let restore = matches!(ask, VersionAsk::Restore { .. });
+        if restore && self.restoring {
+            let text = "one version_restore at a time on a connection: wait for the answer";
+            return self.error(ctx, ErrorCode::RateLimited, text, rid, Some(&room));
+        }
+        let max = self
+            .core
+            .shared
+            .config
+            .history
+            .max_history_requests_in_flight;
+        if self.history_inflight >= max {
+            let text = format!(
+                "at most {max} history requests at a time (max_history_requests_in_flight)"
+            );
+            return self.error(ctx, ErrorCode::RateLimited, text, rid, Some(&room));
+        }
+        self.history_inflight += 1;
+        self.restoring |= restore;
         let id_of = match &ask {
             VersionAsk::View { id, .. } | VersionAsk::Delete { id } => id.to_string(),
             _ => String::new(),
@@ -459,6 +489,14 @@ impl NativeSession {
             .send(request)
             .into_actor(self)
             .map(move |res, act, ctx| {
+                act.history_inflight -= 1;
+                let changed = match &res {
+                    Ok(Ok(VersionReply::Version(meta))) if restore => meta.bytes as usize,
+                    _ => 0,
+                };
+                if restore {
+                    act.restoring = false;
+                }
                 let msg = match res {
                     Ok(Ok(VersionReply::Page(page))) => ServerMessage::Versions {
                         room,
@@ -502,6 +540,10 @@ impl NativeSession {
                     },
                 };
                 act.send(ctx, &msg);
+                if let Err(reason) = act.core.charge(0, changed) {
+                    act.error(ctx, ErrorCode::RateLimited, reason.clone(), None, None);
+                    act.core.close(ctx, close::TRY_AGAIN_LATER, &reason);
+                }
             });
         ctx.spawn(answer);
     }

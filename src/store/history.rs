@@ -113,9 +113,10 @@ pub struct VersionHead {
     pub id: u64,
     /// Its state vector (Yjs v1): the base of the next delta.
     pub sv: Vec<u8>,
-    /// Versions since the last full state, this one included.
+    /// Versions since the last full state, both included: a rebuild of
+    /// this version reads this many updates.
     pub chain_len: u64,
-    /// Bytes of those versions' updates.
+    /// Bytes of the deltas among them (the full state not counted).
     pub chain_bytes: u64,
 }
 
@@ -142,6 +143,9 @@ pub struct NewVersion {
     pub data: Bytes,
     /// `data` is a full state.
     pub full: bool,
+    /// Named versions the room may hold (`--max-named-versions`): a named
+    /// version past it is refused ([`Added::TooManyNamed`]).
+    pub max_named: usize,
 }
 
 /// What [`Rows`]-level add did.
@@ -152,6 +156,8 @@ pub enum Added {
     /// Another version was added meanwhile (another node): read the head
     /// again and make the update again.
     Stale,
+    /// A named version, but the room holds `max_named` already.
+    TooManyNamed,
 }
 
 /// A page of versions, newest first.
@@ -206,7 +212,7 @@ pub async fn head<R: Rows>(rows: &mut R) -> Result<Option<VersionHead>, StoreErr
         id: last.meta.id,
         sv: last.sv.clone(),
         chain_len: 1,
-        chain_bytes: last.meta.bytes,
+        chain_bytes: if last.full { 0 } else { last.meta.bytes },
     };
     if last.full {
         return Ok(Some(head));
@@ -219,11 +225,11 @@ pub async fn head<R: Rows>(rows: &mut R) -> Result<Option<VersionHead>, StoreErr
         }
         for row in page {
             head.chain_len += 1;
-            head.chain_bytes += row.meta.bytes;
             before = row.meta.id;
             if row.full {
                 break 'walk;
             }
+            head.chain_bytes += row.meta.bytes;
         }
     }
     Ok(Some(head))
@@ -234,6 +240,9 @@ pub async fn add<R: Rows>(rows: &mut R, new: NewVersion) -> Result<Added, StoreE
     let last = rows.last().await?.map(|r| r.meta.id);
     if last != new.after {
         return Ok(Added::Stale);
+    }
+    if new.kind == VersionKind::Named && count_named(rows).await? >= new.max_named {
+        return Ok(Added::TooManyNamed);
     }
     let id = rows.next_id().await?;
     let row = VersionRow {
@@ -252,6 +261,22 @@ pub async fn add<R: Rows>(rows: &mut R, new: NewVersion) -> Result<Added, StoreE
     };
     rows.put(&row, Some(&new.data)).await?;
     Ok(Added::Added(row.meta))
+}
+
+/// How many named versions the room holds.
+async fn count_named<R: Rows>(rows: &mut R) -> Result<usize, StoreError> {
+    let (mut named, mut before) = (0, None);
+    loop {
+        let page = rows.before(before, 256).await?;
+        let Some(last) = page.last() else {
+            return Ok(named);
+        };
+        before = Some(last.meta.id);
+        named += page
+            .iter()
+            .filter(|r| r.meta.kind == VersionKind::Named)
+            .count();
+    }
 }
 
 /// Newest first, `limit` versions below `before`.
@@ -387,6 +412,36 @@ pub async fn prune<R: Rows>(
         delete(rows, room, *id).await?;
     }
     Ok(doomed.len())
+}
+
+/// What to store for a new version of the document read through `txn`,
+/// whose latest stored version is `head`: a delta from the head's state
+/// vector, or the whole document (`true`) when there is no head, the chain
+/// since the last whole document is `every` versions long, or the deltas
+/// would weigh more than `size_bound` (about one whole document).
+pub fn encode_version<T: yrs::ReadTxn>(
+    txn: &T,
+    head: Option<&VersionHead>,
+    every: u64,
+    size_bound: u64,
+) -> (Bytes, bool) {
+    use yrs::updates::decoder::Decode;
+    let base = head
+        .filter(|h| h.chain_len < every)
+        .and_then(|h| yrs::StateVector::decode_v1(&h.sv).ok());
+    let whole = || Bytes::from(txn.encode_state_as_update_v1(&yrs::StateVector::default()));
+    match base {
+        Some(base) => {
+            let delta = Bytes::from(txn.encode_state_as_update_v1(&base));
+            let chain = head.map_or(0, |h| h.chain_bytes) + delta.len() as u64;
+            if chain > size_bound {
+                (whole(), true)
+            } else {
+                (delta, false)
+            }
+        }
+        None => (whole(), true),
+    }
 }
 
 /// Runs a [`Rows`] algorithm whose rows never wait (memory, redb).
@@ -594,10 +649,11 @@ mod tests {
             sv: sv.encode_v1(),
             data: Bytes::from(data),
             full,
+            max_named: usize::MAX,
         };
         match now(add(rows, new)).unwrap() {
             Added::Added(m) => m.id,
-            Added::Stale => panic!("stale"),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -655,6 +711,7 @@ mod tests {
             sv: vec![0],
             data: Bytes::from_static(&[0, 0]),
             full: true,
+            max_named: usize::MAX,
         };
         let mut last = None;
         for i in 0..10u64 {

@@ -788,3 +788,90 @@ async fn history_survives_a_restart_on_postgres() {
     assert!(v3.id.parse::<u64>().unwrap() > v2.id.parse::<u64>().unwrap());
     srv.terminate();
 }
+
+/// A room evicted before its idle window ended makes the automatic version
+/// of its last edits first: they are not left out of the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_makes_the_version_of_the_last_edits() {
+    let srv = server(|c| {
+        c.limits.room_idle_ms = 100;
+        c.history.version_idle_ms = 600_000;
+    });
+    let room = "hist-evict";
+    let mut c = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    c.update_acked(room, doc.push("last words")).await;
+    c.close().await;
+    eventually("the room evicted", || {
+        let addr = srv.addr;
+        async move {
+            let r = request(addr, "GET", "/api/v1/rooms", &[], b"").await;
+            r.json()["rooms"].as_array().is_some_and(|a| a.is_empty())
+        }
+    })
+    .await;
+    let r = request(
+        srv.addr,
+        "GET",
+        &format!("/api/v1/rooms/{room}/versions"),
+        &[],
+        b"",
+    )
+    .await;
+    let versions = r.json()["versions"].clone();
+    assert_eq!(versions.as_array().map(Vec::len), Some(1), "{versions}");
+    assert_eq!(versions[0]["kind"], "auto");
+    let id = versions[0]["id"].as_str().unwrap();
+    let r = request(
+        srv.addr,
+        "GET",
+        &format!("/api/v1/rooms/{room}/versions/{id}/doc"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.json()["doc"]["t"], "last words");
+}
+
+/// A client asking for many versions at once gets `rate_limited` past
+/// `--max-history-requests-in-flight`, answers for the others, and keeps
+/// its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_requests_in_flight_are_bounded() {
+    let srv = server(|c| c.history.max_history_requests_in_flight = 2);
+    let room = "hist-flood";
+    let mut c = Client::connect(srv.addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    // About 1 MB, so that a view takes a while to rebuild.
+    for _ in 0..4 {
+        c.update_acked(room, doc.push(&"x".repeat(250_000))).await;
+    }
+    let v = create(&mut c, room, "big").await;
+    let mut rids = Vec::new();
+    for _ in 0..12 {
+        let rid = c.rid();
+        rids.push(rid);
+        c.send(&ClientMessage::VersionView {
+            room: room.into(),
+            id: v.id.clone(),
+            rid: Some(rid),
+        })
+        .await;
+    }
+    let (mut docs, mut limited) = (0, 0);
+    for rid in rids {
+        match c.expect(|m| rid_of(m) == Some(rid)).await {
+            ServerMessage::VersionDoc { .. } => docs += 1,
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            } => limited += 1,
+            other => panic!("unexpected answer: {other:?}"),
+        }
+    }
+    assert!(docs >= 1 && limited >= 1, "{docs} views, {limited} refused");
+    // Still connected and served.
+    assert_eq!(list(&mut c, room).await.len(), 1);
+}

@@ -9,6 +9,7 @@ mod core;
 mod demo;
 mod docs;
 mod history;
+mod history_attack;
 mod hocuspocus;
 mod http;
 mod interop;
