@@ -204,7 +204,12 @@ fn browser_setup() -> PathBuf {
 
 /// Serves the built demo (`tweak` adjusts the config) and runs the
 /// browser tests of `dir` (under `base`) against it.
-fn run_browser_tests(base: &Path, dir: &str, tweak: impl FnOnce(&mut Config), envs: &[(&str, &str)]) {
+fn run_browser_tests(
+    base: &Path,
+    dir: &str,
+    tweak: impl FnOnce(&mut Config),
+    envs: &[(&str, &str)],
+) {
     let chromium = browser_setup();
     let mut config = Config::ephemeral();
     config.workers = 2;
