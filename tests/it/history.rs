@@ -124,13 +124,16 @@ async fn update(c: &mut Client, room: &str, data: Vec<u8>) {
 
 /// Sends a history request (`make` gets the rid) and returns the answer
 /// carrying that rid (an answer or an `error`).
-async fn ask(c: &mut Client, make: impl FnOnce(Option<u64>) -> ClientMessage) -> ServerMessage {
+pub(crate) async fn ask(
+    c: &mut Client,
+    make: impl FnOnce(Option<u64>) -> ClientMessage,
+) -> ServerMessage {
     let rid = c.rid();
     c.send(&make(Some(rid))).await;
     c.expect(|m| rid_of(m) == Some(rid)).await
 }
 
-fn rid_of(m: &ServerMessage) -> Option<u64> {
+pub(crate) fn rid_of(m: &ServerMessage) -> Option<u64> {
     match m {
         ServerMessage::Versions { rid, .. }
         | ServerMessage::Version { rid, .. }
@@ -168,7 +171,7 @@ async fn create(c: &mut Client, room: &str, name: &str) -> VersionView {
     }
 }
 
-fn error_code(m: &ServerMessage) -> Option<ErrorCode> {
+pub(crate) fn error_code(m: &ServerMessage) -> Option<ErrorCode> {
     match m {
         ServerMessage::Error { code, .. } => Some(*code),
         _ => None,

@@ -19,32 +19,8 @@ use yrs::{
 };
 
 use crate::common::{eventually, server, ChildServer, Client, TestDoc};
+use crate::history::{ask, error_code, rid_of};
 use crate::http::request;
-
-/// Sends a request (`make` gets the rid) and returns the answer with it.
-async fn ask(c: &mut Client, make: impl FnOnce(Option<u64>) -> ClientMessage) -> ServerMessage {
-    let rid = c.rid();
-    c.send(&make(Some(rid))).await;
-    c.expect(|m| rid_of(m) == Some(rid)).await
-}
-
-fn rid_of(m: &ServerMessage) -> Option<u64> {
-    match m {
-        ServerMessage::Versions { rid, .. }
-        | ServerMessage::Version { rid, .. }
-        | ServerMessage::VersionDoc { rid, .. }
-        | ServerMessage::VersionDeleted { rid, .. }
-        | ServerMessage::Error { rid, .. } => *rid,
-        _ => None,
-    }
-}
-
-fn error_code(m: &ServerMessage) -> Option<ErrorCode> {
-    match m {
-        ServerMessage::Error { code, .. } => Some(*code),
-        _ => None,
-    }
-}
 
 async fn try_create(c: &mut Client, room: &str, name: &str) -> ServerMessage {
     ask(c, |rid| ClientMessage::VersionCreate {
