@@ -1,5 +1,5 @@
 //! [postgres] `chorus store copy`: 1 000 rooms (log only, snapshot only,
-//! snapshot + log tail) go from redb to a real PostgreSQL and back, byte for
+//! snapshot + log tail; a fifth with version history) go from redb to a real PostgreSQL and back, byte for
 //! byte; a rerun writes nothing; a copy killed midway resumes; a server
 //! started on each copy serves the same documents; a redb file a server
 //! holds is refused. The copies run the built binary.
@@ -36,6 +36,7 @@ async fn fill(dir: &Path) -> Vec<String> {
     let store = RedbStore::open_at(dir, WriterOptions::batch(1024)).expect("redb opens");
     let mut pending: Vec<chorus::store::StoreFuture<()>> = Vec::new();
     let mut texts = Vec::new();
+    let mut histories = Vec::new();
     for i in 0..ROOMS {
         let id = room(i);
         let doc = TestDoc::new();
@@ -65,6 +66,9 @@ async fn fill(dir: &Path) -> Vec<String> {
             3 => &[n / 2, n - 1],
             _ => &[],
         };
+        if i % 5 == 3 {
+            histories.push((id.clone(), updates.clone()));
+        }
         for (k, u) in updates.iter().enumerate() {
             let append = store.append(&id, Bytes::from(u.clone()), None);
             pending.push(Box::pin(async move { append.await.map(|_| ()) }));
@@ -77,8 +81,55 @@ async fn fill(dir: &Path) -> Vec<String> {
     for f in pending {
         f.await.expect("stored");
     }
+    for (k, (id, updates)) in histories.iter().enumerate() {
+        add_history(&store, id, updates, k).await;
+    }
     store.close().await.expect("closed");
     texts
+}
+
+/// Gives a room a version history: a named full state, an automatic delta
+/// with authors, a restore of the first; every other room then has its
+/// first version deleted (merged into the next; the counter stays at 3).
+async fn add_history(store: &RedbStore, id: &str, updates: &[Vec<u8>], k: usize) {
+    use chorus::store::history::{
+        Added, NewVersion, VersionAuthor, VersionKind, VersionOp, VersionOut,
+    };
+    let add = |after: Option<u64>, kind, data: &[u8], full| {
+        VersionOp::Add(NewVersion {
+            after,
+            time: 1_764_633_600_000 + k as u64,
+            name: (kind == VersionKind::Named).then(|| format!("v ✓ {k}")),
+            kind,
+            restored_from: (kind == VersionKind::Restore).then_some(1),
+            authors: vec![VersionAuthor {
+                user: format!("u{k}"),
+                name: Some("Ada".into()),
+            }],
+            sv: vec![1, k as u8, 7],
+            data: Bytes::copy_from_slice(data),
+            full,
+            max_named: 1000,
+        })
+    };
+    let (first, last) = (&updates[0], &updates[updates.len() - 1]);
+    let mut after = None;
+    for (kind, data, full) in [
+        (VersionKind::Named, first, true),
+        (VersionKind::Auto, last, false),
+        (VersionKind::Restore, first, false),
+    ] {
+        match store.versions(id, add(after, kind, data, full)).await {
+            Ok(VersionOut::Added(Added::Added(meta))) => after = Some(meta.id),
+            other => panic!("version add in {id:?}: {other:?}"),
+        }
+    }
+    if k % 2 == 0 {
+        store
+            .versions(id, VersionOp::Delete(1))
+            .await
+            .expect("version deleted");
+    }
 }
 
 /// Runs `chorus store copy --from … --to …` (plus `extra`); its success
@@ -204,6 +255,12 @@ async fn copy_1000_rooms_redb_to_postgres_and_back_byte_for_byte() {
         .iter()
         .any(|d| d.snapshot.is_some() && d.updates.is_empty()));
     assert!(original.iter().any(|d| d.snapshot.is_none()));
+    let dumped = dump_redb(src.path());
+    let with_history = dumped.iter().filter(|d| !d.versions.is_empty()).count();
+    assert_eq!(with_history, ROOMS / 5, "rooms with versions");
+    assert!(dumped
+        .iter()
+        .any(|d| d.versions.len() == 2 && d.version_counter == 3));
 
     let pg = crate::pg::Postgres::start();
     let url = pg.url();
@@ -219,7 +276,17 @@ async fn copy_1000_rooms_redb_to_postgres_and_back_byte_for_byte() {
     assert_eq!(
         dump_redb(src.path()),
         dump_redb(back.path()),
-        "the same entries under the same sequence numbers"
+        "the same entries under the same sequence numbers, the same versions"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM chorus_versions"),
+        (ROOMS / 5 * 5 / 2).to_string(),
+        "every version in PostgreSQL"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM chorus_version_ids WHERE last_id = 3"),
+        (ROOMS / 5).to_string(),
+        "every room's version counter in PostgreSQL"
     );
 
     // Idempotent: a second run finds every room identical and writes none.
