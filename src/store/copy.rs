@@ -7,9 +7,14 @@
 //!   (authors and times too when both ends are PostgreSQL; from redb, the
 //!   time of the copy). The target's `load` returns the same bytes and the
 //!   same `last_seq` as the source's, and appends there continue the
-//!   numbering. A room that cannot be copied exactly (a damaged record in a
-//!   redb source, a PostgreSQL counter past its last entry going to redb)
-//!   is reported and left out; the others are copied.
+//!   numbering. Its version history goes with it, in the same target
+//!   transaction: every version (full states and deltas) with its id and
+//!   metadata, byte for byte, replacing the target's versions of the room;
+//!   the room's version id counter there becomes at least the source's,
+//!   so an id the source handed out is never handed out again. A room
+//!   that cannot be copied exactly (a damaged record, version records
+//!   included, in a redb source; a PostgreSQL counter past its last entry
+//!   going to redb) is reported and left out; the others are copied.
 //! - **Consistent.** Rooms go in batches of `--batch-rooms`, in id order.
 //!   A batch is read in one read transaction of the source (redb) or one
 //!   repeatable-read transaction (PostgreSQL), so a room is never read
@@ -17,8 +22,9 @@
 //!   replaces what the target had for those rooms.
 //! - **Idempotent and resumable.** Before writing, the batch is read from
 //!   the target too: a room whose snapshot (with its number), log entries
-//!   (numbers and bytes; authors where both ends keep them) and `last_seq`
-//!   are already the same there is skipped. A rerun after a failure or a
+//!   (numbers and bytes; authors where both ends keep them), `last_seq`,
+//!   versions (rows and updates, byte for byte) and version id counter
+//!   (at least the source's) are already the same there is skipped. A rerun after a failure or a
 //!   kill therefore skips what was committed and copies the rest; a second
 //!   run over a finished copy writes nothing. Rooms that only the target
 //!   has are left alone.
