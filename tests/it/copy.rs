@@ -431,6 +431,13 @@ fn copy_refuses_held_files_and_damaged_rooms_clearly() {
             .append("r", Bytes::from(TestDoc::independent_insert("x")), None)
             .await
             .unwrap();
+        // And one with a version history (damaged below).
+        let update = TestDoc::independent_insert("v");
+        store
+            .append("badv", Bytes::from(update.clone()), None)
+            .await
+            .unwrap();
+        add_history(&store, "badv", &[update], 1).await;
         store.close().await.unwrap();
     });
     let server = ChildServer::start(&["--data-dir", held_dir]);
@@ -443,15 +450,16 @@ fn copy_refuses_held_files_and_damaged_rooms_clearly() {
         );
     }
     server.terminate();
-    copied(copy(other_dir, held_dir, &[]), 1, 0);
+    copied(copy(other_dir, held_dir, &[]), 2, 0);
     // Nonsense is refused with a reason.
     let (ok, stderr) = copy(other_dir, other_dir, &[]);
     assert!(!ok && stderr.contains("the same store"), "{stderr}");
     let (ok, stderr) = copy("/nonexistent/chorus-data", other_dir, &[]);
     assert!(!ok && stderr.contains("no such file"), "{stderr}");
 
-    // A room with a damaged record is not copied (a copy is exact or not
-    // made): named, with a non-zero exit; the other rooms are copied.
+    // A room with a damaged record (a log entry; a version's update) is
+    // not copied (a copy is exact or not made): named, with a non-zero
+    // exit; the other rooms are copied.
     {
         let db = redb::Database::create(other.path().join("chorus.redb")).unwrap();
         let txn = db.begin_write().unwrap();
@@ -459,6 +467,10 @@ fn copy_refuses_held_files_and_damaged_rooms_clearly() {
             let log: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("log");
             let mut t = txn.open_table(log).unwrap();
             t.insert(("bad", 1), b"not a frame".as_slice()).unwrap();
+            let data: redb::TableDefinition<(&str, u64), &[u8]> =
+                redb::TableDefinition::new("version_data");
+            let mut t = txn.open_table(data).unwrap();
+            t.insert(("badv", 2), b"not a frame".as_slice()).unwrap();
         }
         txn.commit().unwrap();
     }
@@ -466,9 +478,10 @@ fn copy_refuses_held_files_and_damaged_rooms_clearly() {
     let (ok, stderr) = copy(other_dir, fresh.path().to_str().unwrap(), &[]);
     assert!(!ok, "{stderr}");
     assert!(
-        stderr.contains("1 room(s) not copied")
+        stderr.contains("2 room(s) not copied")
             && stderr.contains("\"bad\"")
-            && stderr.contains("damaged"),
+            && stderr.contains("\"badv\": ")
+            && stderr.contains("the update of version 2 is damaged"),
         "{stderr}"
     );
     assert_eq!(summary(&stderr).0, 1, "the sound room is copied: {stderr}");
