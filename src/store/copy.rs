@@ -250,6 +250,31 @@ impl End {
         }
     }
 
+    /// `dump` as this end will store it: PostgreSQL text holds no NUL, so
+    /// its import drops them from authors and version names; dropped here
+    /// too, so that the sameness check compares what the target can hold
+    /// (else such a room would be written again on every run).
+    fn fit(&self, dump: &mut RoomDump) {
+        if !matches!(self, End::Postgres(_)) {
+            return;
+        }
+        let strip = |s: &mut String| {
+            if s.contains('\0') {
+                *s = s.replace('\0', "");
+            }
+        };
+        for e in &mut dump.updates {
+            e.author.iter_mut().for_each(strip);
+        }
+        for v in &mut dump.versions {
+            v.row.meta.name.iter_mut().for_each(strip);
+            for a in &mut v.row.meta.authors {
+                strip(&mut a.user);
+                a.name.iter_mut().for_each(strip);
+            }
+        }
+    }
+
     async fn import(&self, dumps: Vec<RoomDump>) -> Result<(), StoreError> {
         match self {
             End::Redb(f) => f.import(&dumps),
@@ -423,7 +448,7 @@ async fn copy_rooms(source: &End, target: &End, args: &CopyArgs) -> Result<CopyS
         let held = target.dump(&rooms).await?;
         let mut write = Vec::new();
         for (room, (read, held)) in rooms.iter().zip(read.into_iter().zip(held)) {
-            let dump = match read.and_then(|d| target.check(&d).map(|()| d)) {
+            let mut dump = match read.and_then(|d| target.check(&d).map(|()| d)) {
                 Ok(d) => d,
                 Err(e) => {
                     summary.failed += 1;
@@ -431,6 +456,7 @@ async fn copy_rooms(source: &End, target: &End, args: &CopyArgs) -> Result<CopyS
                     continue;
                 }
             };
+            target.fit(&mut dump);
             summary.bytes += dump.bytes();
             // A damaged room in the target is replaced.
             if held.is_ok_and(|held| dump.same_as(&held, authors)) {

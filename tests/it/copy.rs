@@ -88,6 +88,9 @@ async fn fill(dir: &Path) -> Vec<String> {
     texts
 }
 
+/// [`add_history`]'s `k` whose authors' display name holds a NUL.
+const NUL_AUTHOR: usize = 999_999;
+
 /// Gives a room a version history: a named full state, an automatic delta
 /// with authors, a restore of the first; every other room then has its
 /// first version deleted (merged into the next; the counter stays at 3).
@@ -104,7 +107,8 @@ async fn add_history(store: &RedbStore, id: &str, updates: &[Vec<u8>], k: usize)
             restored_from: (kind == VersionKind::Restore).then_some(1),
             authors: vec![VersionAuthor {
                 user: format!("u{k}"),
-                name: Some("Ada".into()),
+                // [`NUL_AUTHOR`]: a display name PostgreSQL cannot hold.
+                name: Some(if k == NUL_AUTHOR { "A\0da" } else { "Ada" }.into()),
             }],
             sv: vec![1, k as u8, 7],
             data: Bytes::copy_from_slice(data),
@@ -124,7 +128,7 @@ async fn add_history(store: &RedbStore, id: &str, updates: &[Vec<u8>], k: usize)
             other => panic!("version add in {id:?}: {other:?}"),
         }
     }
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         store
             .versions(id, VersionOp::Delete(1))
             .await
@@ -485,4 +489,29 @@ fn copy_refuses_held_files_and_damaged_rooms_clearly() {
         "{stderr}"
     );
     assert_eq!(summary(&stderr).0, 1, "the sound room is copied: {stderr}");
+}
+
+/// PostgreSQL text holds no NUL: a version whose author's name has one
+/// (from a redb source) is stored without it, and a rerun of the copy finds
+/// the room unchanged instead of writing it again on every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_of_a_nul_in_version_authors_is_idempotent() {
+    let src = tempfile::tempdir().expect("temp dir");
+    let store = RedbStore::open_at(src.path(), WriterOptions::batch(1)).expect("redb opens");
+    let update = TestDoc::independent_insert("n");
+    store
+        .append("nul", Bytes::from(update.clone()), None)
+        .await
+        .expect("append");
+    add_history(&store, "nul", &[update], NUL_AUTHOR).await;
+    store.close().await.expect("closed");
+    let pg = crate::pg::Postgres::start();
+    let url = pg.url();
+    let src_dir = src.path().to_str().unwrap();
+    copied(copy(src_dir, &url, &[]), 1, 0);
+    copied(copy(src_dir, &url, &[]), 0, 1);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM chorus_versions WHERE authors LIKE '%\"Ada\"%'"),
+        "3"
+    );
 }
