@@ -7,9 +7,14 @@
 //!   (authors and times too when both ends are PostgreSQL; from redb, the
 //!   time of the copy). The target's `load` returns the same bytes and the
 //!   same `last_seq` as the source's, and appends there continue the
-//!   numbering. A room that cannot be copied exactly (a damaged record in a
-//!   redb source, a PostgreSQL counter past its last entry going to redb)
-//!   is reported and left out; the others are copied.
+//!   numbering. Its version history goes with it, in the same target
+//!   transaction: every version (full states and deltas) with its id and
+//!   metadata, byte for byte, replacing the target's versions of the room;
+//!   the room's version id counter there becomes at least the source's,
+//!   so an id the source handed out is never handed out again. A room
+//!   that cannot be copied exactly (a damaged record, version records
+//!   included, in a redb source; a PostgreSQL counter past its last entry
+//!   going to redb) is reported and left out; the others are copied.
 //! - **Consistent.** Rooms go in batches of `--batch-rooms`, in id order.
 //!   A batch is read in one read transaction of the source (redb) or one
 //!   repeatable-read transaction (PostgreSQL), so a room is never read
@@ -17,8 +22,9 @@
 //!   replaces what the target had for those rooms.
 //! - **Idempotent and resumable.** Before writing, the batch is read from
 //!   the target too: a room whose snapshot (with its number), log entries
-//!   (numbers and bytes; authors where both ends keep them) and `last_seq`
-//!   are already the same there is skipped. A rerun after a failure or a
+//!   (numbers and bytes; authors where both ends keep them), `last_seq`,
+//!   versions (rows and updates, byte for byte) and version id counter
+//!   (at least the source's) are already the same there is skipped. A rerun after a failure or a
 //!   kill therefore skips what was committed and copies the rest; a second
 //!   run over a finished copy writes nothing. Rooms that only the target
 //!   has are left alone.
@@ -32,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
+use super::history::VersionRow;
 use super::postgres::PostgresStore;
 use super::redb::RedbFile;
 use super::StoreError;
@@ -48,6 +55,23 @@ pub struct RoomDump {
     pub updates: Vec<LogEntry>,
     /// The room's last sequence number (what `load` reports).
     pub last_seq: u64,
+    /// Its version history, in id order: every stored version (full
+    /// states and deltas) with its metadata and update, as stored.
+    pub versions: Vec<VersionDump>,
+    /// The last version id the room handed out (never lowered by
+    /// deletions; at least the last version's id).
+    pub version_counter: u64,
+}
+
+/// One stored version: its row (metadata, state vector, whether its update
+/// is a full state) and its update, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionDump {
+    /// The row; `meta.bytes` is `data`'s length.
+    pub row: VersionRow,
+    /// The stored update (a full state or a delta from the previous
+    /// version).
+    pub data: Bytes,
 }
 
 /// One log entry.
@@ -71,18 +95,23 @@ impl RoomDump {
             snapshot: None,
             updates: Vec::new(),
             last_seq: 0,
+            versions: Vec::new(),
+            version_counter: 0,
         }
     }
 
-    /// Bytes of document data (snapshot and updates).
+    /// Bytes of document data (snapshot, updates and versions' updates).
     pub fn bytes(&self) -> u64 {
         let snap = self.snapshot.as_ref().map_or(0, |(_, d)| d.len());
-        (snap + self.updates.iter().map(|e| e.data.len()).sum::<usize>()) as u64
+        let versions = self.versions.iter().map(|v| v.data.len()).sum::<usize>();
+        (snap + versions + self.updates.iter().map(|e| e.data.len()).sum::<usize>()) as u64
     }
 
     /// True when `target` holds the same thing, as far as it can keep it
-    /// (`authors`: whether the target keeps authors). Times are not
-    /// compared (redb keeps none).
+    /// (`authors`: whether the target keeps log entries' authors). Log
+    /// entries' times are not compared (redb keeps none). Versions are
+    /// compared whole (rows and updates); the target's version counter
+    /// must be at least the source's, so that no id is handed out again.
     fn same_as(&self, target: &RoomDump, authors: bool) -> bool {
         self.snapshot == target.snapshot
             && self.last_seq == target.last_seq
@@ -90,6 +119,15 @@ impl RoomDump {
             && self.updates.iter().zip(&target.updates).all(|(a, b)| {
                 a.seq == b.seq && a.data == b.data && (!authors || a.author == b.author)
             })
+            && self.versions == target.versions
+            && target.version_counter >= self.version_counter
+    }
+
+    /// The version counter a target should keep for this room, given the
+    /// one it had (`held`): never lower than any id either end handed out.
+    pub fn counter_on_target(&self, held: u64) -> u64 {
+        let last = self.versions.last().map_or(0, |v| v.row.meta.id);
+        self.version_counter.max(last).max(held)
     }
 }
 
@@ -209,6 +247,31 @@ impl End {
         match self {
             End::Redb(_) => RedbFile::check(dump),
             End::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// `dump` as this end will store it: PostgreSQL text holds no NUL, so
+    /// its import drops them from authors and version names; dropped here
+    /// too, so that the sameness check compares what the target can hold
+    /// (else such a room would be written again on every run).
+    fn fit(&self, dump: &mut RoomDump) {
+        if !matches!(self, End::Postgres(_)) {
+            return;
+        }
+        let strip = |s: &mut String| {
+            if s.contains('\0') {
+                *s = s.replace('\0', "");
+            }
+        };
+        for e in &mut dump.updates {
+            e.author.iter_mut().for_each(strip);
+        }
+        for v in &mut dump.versions {
+            v.row.meta.name.iter_mut().for_each(strip);
+            for a in &mut v.row.meta.authors {
+                strip(&mut a.user);
+                a.name.iter_mut().for_each(strip);
+            }
         }
     }
 
@@ -385,7 +448,7 @@ async fn copy_rooms(source: &End, target: &End, args: &CopyArgs) -> Result<CopyS
         let held = target.dump(&rooms).await?;
         let mut write = Vec::new();
         for (room, (read, held)) in rooms.iter().zip(read.into_iter().zip(held)) {
-            let dump = match read.and_then(|d| target.check(&d).map(|()| d)) {
+            let mut dump = match read.and_then(|d| target.check(&d).map(|()| d)) {
                 Ok(d) => d,
                 Err(e) => {
                     summary.failed += 1;
@@ -393,6 +456,7 @@ async fn copy_rooms(source: &End, target: &End, args: &CopyArgs) -> Result<CopyS
                     continue;
                 }
             };
+            target.fit(&mut dump);
             summary.bytes += dump.bytes();
             // A damaged room in the target is replaced.
             if held.is_ok_and(|held| dump.same_as(&held, authors)) {
@@ -467,6 +531,8 @@ mod tests {
             snapshot: Some((2, Bytes::from_static(b"s"))),
             updates: vec![entry(3, Some("ann"))],
             last_seq: 3,
+            versions: Vec::new(),
+            version_counter: 0,
         };
         let mut b = a.clone();
         b.updates[0].author = None;
@@ -481,5 +547,44 @@ mod tests {
         let mut e = a.clone();
         e.last_seq = 4;
         assert!(!a.same_as(&e, false));
+        // Versions: rows and updates whole; the target's counter at least
+        // the source's.
+        let version = |id, data: &'static [u8]| VersionDump {
+            row: VersionRow {
+                meta: super::super::history::VersionMeta {
+                    id,
+                    time: 1,
+                    name: Some("n".into()),
+                    kind: super::super::history::VersionKind::Named,
+                    restored_from: None,
+                    authors: Vec::new(),
+                    bytes: data.len() as u64,
+                },
+                sv: vec![0],
+                full: true,
+            },
+            data: Bytes::from_static(data),
+        };
+        let mut h = a.clone();
+        h.versions = vec![version(1, b"v1"), version(3, b"v3")];
+        h.version_counter = 4;
+        assert!(h.same_as(&h.clone(), true));
+        assert!(!h.same_as(&a, true), "a target without the history");
+        let mut f = h.clone();
+        f.versions[1].data = Bytes::from_static(b"v4");
+        assert!(!h.same_as(&f, true), "a version's bytes count");
+        let mut g = h.clone();
+        g.versions[0].row.meta.name = None;
+        assert!(!h.same_as(&g, true), "a version's metadata counts");
+        let mut k = h.clone();
+        k.version_counter = 3;
+        assert!(
+            !h.same_as(&k, true),
+            "a lower counter would hand out 4 again"
+        );
+        k.version_counter = 9;
+        assert!(h.same_as(&k, true), "a higher counter is kept");
+        assert_eq!(h.counter_on_target(2), 4);
+        assert_eq!(h.counter_on_target(7), 7);
     }
 }

@@ -82,7 +82,7 @@ use ::redb::{
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::copy::{LogEntry, RoomDump};
+use super::copy::{LogEntry, RoomDump, VersionDump};
 use super::history::{self, Rows, VersionOp, VersionOut, VersionRow};
 use super::{DocStore, StoreError, StoreFuture, StoredDoc};
 use crate::config::Config;
@@ -1373,17 +1373,36 @@ impl RedbFile {
         else {
             return Ok(rooms.iter().map(|r| Ok(RoomDump::empty(r))).collect());
         };
+        let versions = match (
+            open_or_none(&txn, VERSIONS)?,
+            open_or_none(&txn, VERSION_DATA)?,
+        ) {
+            (Some(meta), Some(data)) => {
+                let ids = match txn.open_table(VERSION_IDS) {
+                    Ok(t) => Some(t),
+                    Err(::redb::TableError::TableDoesNotExist(_)) => None,
+                    Err(e) => return Err(io(e)),
+                };
+                Some((meta, data, ids))
+            }
+            _ => None,
+        };
         Ok(rooms
             .iter()
             .map(|room| {
-                catch_unwind(AssertUnwindSafe(|| dump_room(&log, &snapshots, room))).unwrap_or_else(
-                    |p| {
-                        Err(StoreError::Corrupt {
-                            room: room.clone(),
-                            detail: format!("reading it panicked: {}", panic_message(&*p)),
-                        })
-                    },
-                )
+                catch_unwind(AssertUnwindSafe(|| {
+                    let mut dump = dump_room(&log, &snapshots, room)?;
+                    if let Some((meta, data, ids)) = &versions {
+                        dump_versions(meta, data, ids.as_ref(), &mut dump)?;
+                    }
+                    Ok(dump)
+                }))
+                .unwrap_or_else(|p| {
+                    Err(StoreError::Corrupt {
+                        room: room.clone(),
+                        detail: format!("reading it panicked: {}", panic_message(&*p)),
+                    })
+                })
             })
             .collect())
     }
@@ -1410,9 +1429,12 @@ impl RedbFile {
         })
     }
 
-    /// Replaces each room of `dumps` (snapshot, log, damaged records) with
-    /// the dump, sequence numbers as given, in one durable transaction.
-    /// Only an exact copy is written: see [`RedbFile::check`].
+    /// Replaces each room of `dumps` (snapshot, log, damaged records and
+    /// version history) with the dump, sequence numbers and version ids as
+    /// given, in one durable transaction; the room's version counter
+    /// becomes the highest of the dump's, its last version's and the one
+    /// the file had. Only an exact copy is written: see
+    /// [`RedbFile::check`].
     pub fn import(&self, dumps: &[RoomDump]) -> Result<(), StoreError> {
         let FileHandle::Write(db) = &self.db else {
             return Err(io("the file is open read-only"));
@@ -1426,10 +1448,33 @@ impl RedbFile {
             let mut log = txn.open_table(LOG).map_err(io)?;
             let mut snapshots = txn.open_table(SNAPSHOT).map_err(io)?;
             let mut damaged = txn.open_table(DAMAGED).map_err(io)?;
+            let mut versions = txn.open_table(VERSIONS).map_err(io)?;
+            let mut version_data = txn.open_table(VERSION_DATA).map_err(io)?;
+            let mut version_ids = txn.open_table(VERSION_IDS).map_err(io)?;
             for d in dumps {
                 let room = d.room.as_str();
-                for table in [&mut log, &mut snapshots, &mut damaged] {
+                for table in [
+                    &mut log,
+                    &mut snapshots,
+                    &mut damaged,
+                    &mut versions,
+                    &mut version_data,
+                ] {
                     clear(table, room, u64::MAX)?;
+                }
+                for v in &d.versions {
+                    let id = v.row.meta.id;
+                    versions
+                        .insert((room, id), history::encode_row(&v.row)?.as_slice())
+                        .map_err(io)?;
+                    version_data
+                        .insert((room, id), frame(room, id, &v.data)?.as_slice())
+                        .map_err(io)?;
+                }
+                let held = version_ids.get(room).map_err(io)?.map_or(0, |v| v.value());
+                let counter = d.counter_on_target(held);
+                if counter > 0 {
+                    version_ids.insert(room, counter).map_err(io)?;
                 }
                 if let Some((upto, doc)) = &d.snapshot {
                     snapshots
@@ -1497,6 +1542,50 @@ fn next_room(table: &ReadTable, after: &str) -> Result<Option<String>, StoreErro
             .map_err(io)?
     };
     Ok(first.map(|(k, _)| k.value().0.to_owned()))
+}
+
+/// Adds the room's version history to `dump`: every row and update in id
+/// order (a damaged one refuses the room) and its id counter.
+fn dump_versions(
+    meta: &ReadTable,
+    data: &ReadTable,
+    ids: Option<&::redb::ReadOnlyTable<&'static str, u64>>,
+    dump: &mut RoomDump,
+) -> Result<(), StoreError> {
+    let room = dump.room.clone();
+    let corrupt = |detail: String| StoreError::Corrupt {
+        room: room.clone(),
+        detail,
+    };
+    let all = (room.as_str(), 0u64)..=(room.as_str(), u64::MAX);
+    for entry in meta.range(all).map_err(io)? {
+        let (key, value) = entry.map_err(io)?;
+        let id = key.value().1;
+        let mut row = history::decode_row(&room, value.value())?;
+        if row.meta.id != id {
+            return Err(corrupt(format!(
+                "version row #{id} says it is version {}",
+                row.meta.id
+            )));
+        }
+        let stored = data
+            .get((room.as_str(), id))
+            .map_err(io)?
+            .ok_or_else(|| corrupt(format!("version {id} has no stored update")))?;
+        let update = unframe(&room, id, stored.value())
+            .map_err(|e| corrupt(format!("the update of version {id} is damaged: {e}")))?;
+        row.meta.bytes = update.len() as u64;
+        dump.versions.push(VersionDump {
+            row,
+            data: Bytes::copy_from_slice(update),
+        });
+    }
+    let counter = match ids {
+        Some(ids) => ids.get(room.as_str()).map_err(io)?.map_or(0, |v| v.value()),
+        None => 0,
+    };
+    dump.version_counter = counter.max(dump.versions.last().map_or(0, |v| v.row.meta.id));
+    Ok(())
 }
 
 /// One room as stored; see [`RedbFile::dump`].

@@ -1,5 +1,5 @@
 //! [postgres] `chorus store copy`: 1 000 rooms (log only, snapshot only,
-//! snapshot + log tail) go from redb to a real PostgreSQL and back, byte for
+//! snapshot + log tail; a fifth with version history) go from redb to a real PostgreSQL and back, byte for
 //! byte; a rerun writes nothing; a copy killed midway resumes; a server
 //! started on each copy serves the same documents; a redb file a server
 //! holds is refused. The copies run the built binary.
@@ -36,6 +36,7 @@ async fn fill(dir: &Path) -> Vec<String> {
     let store = RedbStore::open_at(dir, WriterOptions::batch(1024)).expect("redb opens");
     let mut pending: Vec<chorus::store::StoreFuture<()>> = Vec::new();
     let mut texts = Vec::new();
+    let mut histories = Vec::new();
     for i in 0..ROOMS {
         let id = room(i);
         let doc = TestDoc::new();
@@ -65,6 +66,9 @@ async fn fill(dir: &Path) -> Vec<String> {
             3 => &[n / 2, n - 1],
             _ => &[],
         };
+        if i % 5 == 3 {
+            histories.push((id.clone(), updates.clone()));
+        }
         for (k, u) in updates.iter().enumerate() {
             let append = store.append(&id, Bytes::from(u.clone()), None);
             pending.push(Box::pin(async move { append.await.map(|_| ()) }));
@@ -77,8 +81,59 @@ async fn fill(dir: &Path) -> Vec<String> {
     for f in pending {
         f.await.expect("stored");
     }
+    for (k, (id, updates)) in histories.iter().enumerate() {
+        add_history(&store, id, updates, k).await;
+    }
     store.close().await.expect("closed");
     texts
+}
+
+/// [`add_history`]'s `k` whose authors' display name holds a NUL.
+const NUL_AUTHOR: usize = 999_999;
+
+/// Gives a room a version history: a named full state, an automatic delta
+/// with authors, a restore of the first; every other room then has its
+/// first version deleted (merged into the next; the counter stays at 3).
+async fn add_history(store: &RedbStore, id: &str, updates: &[Vec<u8>], k: usize) {
+    use chorus::store::history::{
+        Added, NewVersion, VersionAuthor, VersionKind, VersionOp, VersionOut,
+    };
+    let add = |after: Option<u64>, kind, data: &[u8], full| {
+        VersionOp::Add(NewVersion {
+            after,
+            time: 1_764_633_600_000 + k as u64,
+            name: (kind == VersionKind::Named).then(|| format!("v ✓ {k}")),
+            kind,
+            restored_from: (kind == VersionKind::Restore).then_some(1),
+            authors: vec![VersionAuthor {
+                user: format!("u{k}"),
+                // [`NUL_AUTHOR`]: a display name PostgreSQL cannot hold.
+                name: Some(if k == NUL_AUTHOR { "A\0da" } else { "Ada" }.into()),
+            }],
+            sv: vec![1, k as u8, 7],
+            data: Bytes::copy_from_slice(data),
+            full,
+            max_named: 1000,
+        })
+    };
+    let (first, last) = (&updates[0], &updates[updates.len() - 1]);
+    let mut after = None;
+    for (kind, data, full) in [
+        (VersionKind::Named, first, true),
+        (VersionKind::Auto, last, false),
+        (VersionKind::Restore, first, false),
+    ] {
+        match store.versions(id, add(after, kind, data, full)).await {
+            Ok(VersionOut::Added(Added::Added(meta))) => after = Some(meta.id),
+            other => panic!("version add in {id:?}: {other:?}"),
+        }
+    }
+    if k.is_multiple_of(2) {
+        store
+            .versions(id, VersionOp::Delete(1))
+            .await
+            .expect("version deleted");
+    }
 }
 
 /// Runs `chorus store copy --from … --to …` (plus `extra`); its success
@@ -204,6 +259,12 @@ async fn copy_1000_rooms_redb_to_postgres_and_back_byte_for_byte() {
         .iter()
         .any(|d| d.snapshot.is_some() && d.updates.is_empty()));
     assert!(original.iter().any(|d| d.snapshot.is_none()));
+    let dumped = dump_redb(src.path());
+    let with_history = dumped.iter().filter(|d| !d.versions.is_empty()).count();
+    assert_eq!(with_history, ROOMS / 5, "rooms with versions");
+    assert!(dumped
+        .iter()
+        .any(|d| d.versions.len() == 2 && d.version_counter == 3));
 
     let pg = crate::pg::Postgres::start();
     let url = pg.url();
@@ -219,7 +280,17 @@ async fn copy_1000_rooms_redb_to_postgres_and_back_byte_for_byte() {
     assert_eq!(
         dump_redb(src.path()),
         dump_redb(back.path()),
-        "the same entries under the same sequence numbers"
+        "the same entries under the same sequence numbers, the same versions"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM chorus_versions"),
+        (ROOMS / 5 * 5 / 2).to_string(),
+        "every version in PostgreSQL"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM chorus_version_ids WHERE last_id = 3"),
+        (ROOMS / 5).to_string(),
+        "every room's version counter in PostgreSQL"
     );
 
     // Idempotent: a second run finds every room identical and writes none.
@@ -364,6 +435,13 @@ fn copy_refuses_held_files_and_damaged_rooms_clearly() {
             .append("r", Bytes::from(TestDoc::independent_insert("x")), None)
             .await
             .unwrap();
+        // And one with a version history (damaged below).
+        let update = TestDoc::independent_insert("v");
+        store
+            .append("badv", Bytes::from(update.clone()), None)
+            .await
+            .unwrap();
+        add_history(&store, "badv", &[update], 1).await;
         store.close().await.unwrap();
     });
     let server = ChildServer::start(&["--data-dir", held_dir]);
@@ -376,15 +454,16 @@ fn copy_refuses_held_files_and_damaged_rooms_clearly() {
         );
     }
     server.terminate();
-    copied(copy(other_dir, held_dir, &[]), 1, 0);
+    copied(copy(other_dir, held_dir, &[]), 2, 0);
     // Nonsense is refused with a reason.
     let (ok, stderr) = copy(other_dir, other_dir, &[]);
     assert!(!ok && stderr.contains("the same store"), "{stderr}");
     let (ok, stderr) = copy("/nonexistent/chorus-data", other_dir, &[]);
     assert!(!ok && stderr.contains("no such file"), "{stderr}");
 
-    // A room with a damaged record is not copied (a copy is exact or not
-    // made): named, with a non-zero exit; the other rooms are copied.
+    // A room with a damaged record (a log entry; a version's update) is
+    // not copied (a copy is exact or not made): named, with a non-zero
+    // exit; the other rooms are copied.
     {
         let db = redb::Database::create(other.path().join("chorus.redb")).unwrap();
         let txn = db.begin_write().unwrap();
@@ -392,6 +471,10 @@ fn copy_refuses_held_files_and_damaged_rooms_clearly() {
             let log: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("log");
             let mut t = txn.open_table(log).unwrap();
             t.insert(("bad", 1), b"not a frame".as_slice()).unwrap();
+            let data: redb::TableDefinition<(&str, u64), &[u8]> =
+                redb::TableDefinition::new("version_data");
+            let mut t = txn.open_table(data).unwrap();
+            t.insert(("badv", 2), b"not a frame".as_slice()).unwrap();
         }
         txn.commit().unwrap();
     }
@@ -399,10 +482,36 @@ fn copy_refuses_held_files_and_damaged_rooms_clearly() {
     let (ok, stderr) = copy(other_dir, fresh.path().to_str().unwrap(), &[]);
     assert!(!ok, "{stderr}");
     assert!(
-        stderr.contains("1 room(s) not copied")
+        stderr.contains("2 room(s) not copied")
             && stderr.contains("\"bad\"")
-            && stderr.contains("damaged"),
+            && stderr.contains("\"badv\": ")
+            && stderr.contains("the update of version 2 is damaged"),
         "{stderr}"
     );
     assert_eq!(summary(&stderr).0, 1, "the sound room is copied: {stderr}");
+}
+
+/// PostgreSQL text holds no NUL: a version whose author's name has one
+/// (from a redb source) is stored without it, and a rerun of the copy finds
+/// the room unchanged instead of writing it again on every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_of_a_nul_in_version_authors_is_idempotent() {
+    let src = tempfile::tempdir().expect("temp dir");
+    let store = RedbStore::open_at(src.path(), WriterOptions::batch(1)).expect("redb opens");
+    let update = TestDoc::independent_insert("n");
+    store
+        .append("nul", Bytes::from(update.clone()), None)
+        .await
+        .expect("append");
+    add_history(&store, "nul", &[update], NUL_AUTHOR).await;
+    store.close().await.expect("closed");
+    let pg = crate::pg::Postgres::start();
+    let url = pg.url();
+    let src_dir = src.path().to_str().unwrap();
+    copied(copy(src_dir, &url, &[]), 1, 0);
+    copied(copy(src_dir, &url, &[]), 0, 1);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM chorus_versions WHERE authors LIKE '%\"Ada\"%'"),
+        "3"
+    );
 }

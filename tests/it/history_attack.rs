@@ -677,49 +677,170 @@ async fn acknowledged_restore_survives_kill_9_on_postgres() {
     }
 }
 
-/// An operator moves a single node to PostgreSQL with `chorus store copy`:
-/// the documents arrive, and so must their history. KNOWN, NOT FIXED: the
-/// copy carries snapshots and logs only, every version is left behind
-/// (and versions the target already had for a copied room stay attached
-/// to the replaced document). Run with `--ignored` to see it fail.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known weakness: store copy drops version history"]
-async fn store_copy_carries_version_history() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().to_str().unwrap().to_owned();
-    let room = "attack-copy";
-    let args = ["--store", "redb", "--data-dir", data.as_str()];
-    let srv = ChildServer::start(&args);
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
-    c.update_acked(room, doc.push("history")).await;
-    let v = create(&mut c, room, "before the move").await;
-    c.close().await;
-    srv.terminate();
-    let pg = crate::pg::Postgres::start();
-    let url = pg.url();
+/// Runs `chorus store copy --from from --to to`; returns how many rooms it
+/// wrote and how many it found unchanged.
+fn store_copy(from: &str, to: &str) -> (u64, u64) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
-        .args([
-            "store",
-            "copy",
-            "--from",
-            data.as_str(),
-            "--to",
-            url.as_str(),
-        ])
+        .args(["store", "copy", "--from", from, "--to", to])
         .output()
         .expect("chorus runs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let count = |what: &str| -> u64 {
+        let line = err
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("copied"))
+            .expect(&err);
+        let at = line.find(&format!(" {what}")).expect(line);
+        let digits: String = line[..at]
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .chars()
+            .rev()
+            .collect::<String>()
+            .parse()
+            .expect(line)
+    };
+    (count("written"), count("unchanged"))
+}
+
+/// Everything a server says about a room's history: the listing (ids,
+/// times, names, kinds, restored_from, authors, bytes) and what every
+/// version rebuilds (JSON view and document bytes).
+async fn history_of(addr: SocketAddr, room: &str) -> (Vec<Value>, Vec<(Value, Vec<u8>)>) {
+    let listed = all_versions(addr, room).await;
+    let mut states = Vec::new();
+    for v in &listed {
+        states.push(version_state(addr, room, v["id"].as_str().unwrap()).await);
+    }
+    (listed, states)
+}
+
+/// Restores `id` over REST on a server started on a copy: the live document
+/// becomes the version's, and the restore version's id is past every id the
+/// room had handed out before the copy (`past`).
+async fn restore_on_copy(addr: SocketAddr, room: &str, id: &str, view: &Value, past: u64) {
+    let path = format!("/api/v1/rooms/{room}/versions/{id}/restore");
+    let r = request(addr, "POST", &path, &[], b"").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let made = r.json()["version"].clone();
+    assert_eq!(made["kind"], "restore");
+    assert_eq!(made["restored_from"], id);
+    let new_id: u64 = made["id"].as_str().unwrap().parse().unwrap();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        new_id > past,
+        "restore on the copy got id {new_id}, not past {past}"
     );
-    let srv = ChildServer::start(&["--postgres-url", url.as_str()]);
-    assert_eq!(live_doc(srv.addr, room).await["t"], "history");
-    let listed = all_versions(srv.addr, room).await;
-    assert_eq!(listed.len(), 1, "versions after the copy: {listed:?}");
-    assert_eq!(listed[0]["id"], v.id.as_str());
+    assert_eq!(&live_doc(addr, room).await, view);
+}
+
+/// `chorus store copy` carries version history both ways, byte for byte:
+/// a room with named versions (full states and deltas, one deleted in the
+/// middle, the last deleted so the id counter is past the last id, one
+/// restore) moves from redb to PostgreSQL that already held other versions
+/// of it (replaced), then back to a new redb file. On a server started on
+/// each target the listing (ids, times, names, kinds, restored_from,
+/// authors, bytes) and every version's view and bytes are the source's, a
+/// restore works and gets an id never handed out before, and a rerun of
+/// the copy writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_carries_version_history() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("a").to_str().unwrap().to_owned();
+    let back = dir.path().join("b").to_str().unwrap().to_owned();
+    let room = "attack-copy";
+    let quiet = ["--version-idle-ms", "0", "--version-snapshot-every", "3"];
+    let redb_args = |d: &str| {
+        let mut a = vec![
+            "--store".to_owned(),
+            "redb".into(),
+            "--data-dir".into(),
+            d.into(),
+        ];
+        a.extend(quiet.iter().map(|s| s.to_string()));
+        a
+    };
+    let start = |a: Vec<String>| {
+        let args: Vec<&str> = a.iter().map(String::as_str).collect();
+        ChildServer::start(&args)
+    };
+    // The source: 7 named versions (full states every 3), the 4th deleted
+    // (merged into the 5th), a restore of the 2nd, then one more named
+    // version deleted again: its id is handed out and must never be again.
+    let srv = start(redb_args(&data));
+    let mut c = Client::connect(srv.addr).await;
+    let ids = session_with_versions(&mut c, room, 7).await;
+    delete(&mut c, room, &ids[3]).await;
+    let restore = ask(&mut c, |rid| ClientMessage::VersionRestore {
+        room: room.into(),
+        id: ids[1].clone(),
+        rid,
+    })
+    .await;
+    assert!(
+        matches!(restore, ServerMessage::Version { .. }),
+        "{restore:?}"
+    );
+    let gone = create(&mut c, room, "gone").await;
+    delete(&mut c, room, &gone.id).await;
+    c.close().await;
+    let source = history_of(srv.addr, room).await;
+    let live = live_doc(srv.addr, room).await;
+    srv.terminate();
+    assert_eq!(source.0.len(), 7, "{:?}", source.0);
+    assert_eq!(source.0[0]["kind"], "restore");
+    let handed_out: u64 = gone.id.parse().unwrap();
+    assert!(handed_out > source.0[0]["id"].as_str().unwrap().parse().unwrap());
+
+    // The target already has this room, with versions of its own.
+    let pg = crate::pg::Postgres::start();
+    let url = pg.url();
+    let mut pg_args = vec!["--postgres-url".to_owned(), url.clone()];
+    pg_args.extend(quiet.iter().map(|s| s.to_string()));
+    let srv = start(pg_args.clone());
+    let mut c = Client::connect(srv.addr).await;
+    session_with_versions(&mut c, room, 3).await;
+    c.close().await;
+    srv.terminate();
+
+    assert_eq!(store_copy(&data, &url), (1, 0));
+    assert_eq!(store_copy(&data, &url), (0, 1), "a rerun writes nothing");
+    let srv = start(pg_args.clone());
+    assert_eq!(live_doc(srv.addr, room).await, live);
+    let on_pg = history_of(srv.addr, room).await;
+    assert_eq!(on_pg.0, source.0, "the listing after redb → PostgreSQL");
+    assert!(
+        on_pg.1 == source.1,
+        "a version rebuilds otherwise on PostgreSQL"
+    );
+    let (view, _) = &source.1[2];
+    let id = source.0[2]["id"].as_str().unwrap();
+    restore_on_copy(srv.addr, room, id, view, handed_out).await;
+    let pg_history = history_of(srv.addr, room).await;
+    let pg_live = live_doc(srv.addr, room).await;
+    srv.terminate();
+
+    assert_eq!(store_copy(&url, &back), (1, 0));
+    assert_eq!(store_copy(&url, &back), (0, 1), "a rerun writes nothing");
+    let srv = start(redb_args(&back));
+    assert_eq!(live_doc(srv.addr, room).await, pg_live);
+    let on_redb = history_of(srv.addr, room).await;
+    assert_eq!(
+        on_redb.0, pg_history.0,
+        "the listing after PostgreSQL → redb"
+    );
+    assert!(
+        on_redb.1 == pg_history.1,
+        "a version rebuilds otherwise on redb"
+    );
+    let past: u64 = pg_history.0[0]["id"].as_str().unwrap().parse().unwrap();
+    let (view, _) = &source.1[4];
+    let id = source.0[4]["id"].as_str().unwrap();
+    restore_on_copy(srv.addr, room, id, view, past).await;
     srv.terminate();
 }
 

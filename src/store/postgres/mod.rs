@@ -49,7 +49,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::IsolationLevel;
 
-use super::copy::{LogEntry, RoomDump};
+use super::copy::{LogEntry, RoomDump, VersionDump};
 use super::history::{self, Rows, VersionMeta, VersionOp, VersionOut, VersionRow};
 use super::{DocStore, LogRead, StoreError, StoreFuture, StoredDoc};
 use crate::config::Config;
@@ -308,6 +308,21 @@ impl PostgresStore {
                 )
                 .await
                 .map_err(io)?;
+            let versions = tx
+                .query(
+                    "SELECT room, id, created_ms, name, kind, restored_from, authors, sv, \
+                     full_state, data FROM chorus_versions WHERE room = ANY($1) ORDER BY room, id",
+                    &[&rooms],
+                )
+                .await
+                .map_err(io)?;
+            let counters = tx
+                .query(
+                    "SELECT room, last_id FROM chorus_version_ids WHERE room = ANY($1)",
+                    &[&rooms],
+                )
+                .await
+                .map_err(io)?;
             tx.commit().await.map_err(io)?;
             let mut dumps: BTreeMap<String, RoomDump> = rooms
                 .iter()
@@ -334,6 +349,43 @@ impl PostgresStore {
                     });
                 }
             }
+            for row in versions {
+                let room: &str = row.get(0);
+                let Some(d) = dumps.get_mut(room) else {
+                    continue;
+                };
+                let authors: String = row.get(6);
+                let authors = serde_json::from_str(&authors).map_err(|e| StoreError::Corrupt {
+                    room: room.to_owned(),
+                    detail: format!("authors of a version: {e}"),
+                })?;
+                let data = Bytes::from(row.get::<_, Vec<u8>>(9));
+                d.versions.push(VersionDump {
+                    row: VersionRow {
+                        meta: VersionMeta {
+                            id: row.get::<_, i64>(1).max(0) as u64,
+                            time: row.get::<_, i64>(2).max(0) as u64,
+                            name: row.get(3),
+                            kind: history::kind_of(row.get(4)),
+                            restored_from: row.get::<_, Option<i64>>(5).map(|v| v.max(0) as u64),
+                            authors,
+                            bytes: data.len() as u64,
+                        },
+                        sv: row.get(7),
+                        full: row.get(8),
+                    },
+                    data,
+                });
+            }
+            for row in counters {
+                if let Some(d) = dumps.get_mut(row.get::<_, &str>(0)) {
+                    d.version_counter = row.get::<_, i64>(1).max(0) as u64;
+                }
+            }
+            for d in dumps.values_mut() {
+                let last = d.versions.last().map_or(0, |v| v.row.meta.id);
+                d.version_counter = d.version_counter.max(last);
+            }
             Ok(rooms
                 .iter()
                 .filter_map(|r| dumps.remove(r.as_str()))
@@ -343,16 +395,39 @@ impl PostgresStore {
 
     /// Replaces each room of `dumps` with the dump (sequence numbers,
     /// authors and times as given; the time of writing where the dump has
-    /// none), in one transaction under the rooms' advisory locks. A room
-    /// that existed gets a new incarnation, as on delete, so that nodes
-    /// holding positions in its old log read it again.
+    /// none; its version history with ids as given, the version counter
+    /// raised to cover them and the dump's), in one transaction under the
+    /// rooms' advisory locks (document and version locks). A room that
+    /// existed gets a new incarnation, as on delete, so that nodes holding
+    /// positions in its old log read it again.
     pub fn import(&self, dumps: Vec<RoomDump>) -> StoreFuture<()> {
         let pool = self.pool.clone();
         self.run(async move {
             let mut dumps = dumps;
             dumps.sort_by(|a, b| a.room.cmp(&b.room));
             let rooms: Vec<&str> = dumps.iter().map(|d| d.room.as_str()).collect();
-            let keys: Vec<i64> = rooms.iter().map(|r| lock_key(r)).collect();
+            let mut keys: Vec<i64> = rooms.iter().map(|r| lock_key(r)).collect();
+            keys.extend(
+                rooms
+                    .iter()
+                    .map(|r| lock_key(&format!("\u{0}versions\u{0}{r}"))),
+            );
+            // The same order on every node, so two importers never deadlock.
+            keys.sort_unstable();
+            keys.dedup();
+            let mut v_cols = VersionColumns::default();
+            let mut id_rooms = Vec::new();
+            let mut id_counters = Vec::new();
+            for d in &dumps {
+                for v in &d.versions {
+                    v_cols.push(&d.room, v)?;
+                }
+                let counter = d.counter_on_target(0);
+                if counter > 0 {
+                    id_rooms.push(d.room.as_str());
+                    id_counters.push(counter.min(i64::MAX as u64) as i64);
+                }
+            }
             let counters: Vec<i64> = dumps.iter().map(|d| d.last_seq as i64).collect();
             let (mut s_rooms, mut s_upto, mut s_docs) = (Vec::new(), Vec::new(), Vec::new());
             let (mut u_rooms, mut u_seqs, mut u_data, mut u_authors, mut u_times) =
@@ -411,8 +486,69 @@ impl PostgresStore {
             )
             .await
             .map_err(io)?;
+            tx.execute("DELETE FROM chorus_versions WHERE room = ANY($1)", &[&rooms])
+                .await
+                .map_err(io)?;
+            let c = &v_cols;
+            tx.execute(
+                "INSERT INTO chorus_versions \
+                 (room, id, created_ms, name, kind, restored_from, authors, sv, full_state, data) \
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], \
+                 $5::int2[], $6::int8[], $7::text[], $8::bytea[], $9::bool[], $10::bytea[])",
+                &[
+                    &c.rooms, &c.ids, &c.times, &c.names, &c.kinds, &c.from, &c.authors, &c.svs,
+                    &c.full, &c.data,
+                ],
+            )
+            .await
+            .map_err(io)?;
+            tx.execute(
+                "INSERT INTO chorus_version_ids AS v (room, last_id) \
+                 SELECT * FROM unnest($1::text[], $2::int8[]) \
+                 ON CONFLICT (room) DO UPDATE SET last_id = greatest(v.last_id, EXCLUDED.last_id)",
+                &[&id_rooms, &id_counters],
+            )
+            .await
+            .map_err(io)?;
             tx.commit().await.map_err(io)
         })
+    }
+}
+
+/// Versions to insert, column by column (for one `unnest` insert).
+#[derive(Default)]
+struct VersionColumns<'a> {
+    rooms: Vec<&'a str>,
+    ids: Vec<i64>,
+    times: Vec<i64>,
+    names: Vec<Option<String>>,
+    kinds: Vec<i16>,
+    from: Vec<Option<i64>>,
+    authors: Vec<String>,
+    svs: Vec<&'a [u8]>,
+    full: Vec<bool>,
+    data: Vec<&'a [u8]>,
+}
+
+impl<'a> VersionColumns<'a> {
+    fn push(&mut self, room: &'a str, v: &'a VersionDump) -> Result<(), StoreError> {
+        let m = &v.row.meta;
+        let authors =
+            serde_json::to_string(&m.authors).map_err(|e| io(format!("encoding authors: {e}")))?;
+        self.rooms.push(room);
+        self.ids.push(m.id.min(i64::MAX as u64) as i64);
+        self.times.push(m.time.min(i64::MAX as u64) as i64);
+        // PostgreSQL text cannot hold NUL (as `PgRows::put`).
+        self.names
+            .push(m.name.as_ref().map(|n| n.replace('\0', "")));
+        self.kinds.push(history::kind_code(m.kind));
+        self.from
+            .push(m.restored_from.map(|v| v.min(i64::MAX as u64) as i64));
+        self.authors.push(authors.replace("\\u0000", ""));
+        self.svs.push(&v.row.sv);
+        self.full.push(v.row.full);
+        self.data.push(&v.data);
+        Ok(())
     }
 }
 
