@@ -360,7 +360,6 @@ impl Room {
             Box::pin(head_ds.then(move |head_ds, room, _ctx| {
                 // The document as it is now (edits may have come meanwhile).
                 let edits = room.history.edits;
-                let sv = room.document.state_vector();
                 let mut authors: Vec<VersionAuthor> = room
                     .history
                     .authors
@@ -378,7 +377,6 @@ impl Room {
                 let (new, delete_set) = room.new_version(
                     head.as_ref(),
                     head_ds.as_ref(),
-                    sv,
                     kind,
                     name.clone(),
                     restored_from,
@@ -485,7 +483,6 @@ impl Room {
         &self,
         head: Option<&VersionHead>,
         head_ds: Option<&IdSet>,
-        sv: StateVector,
         kind: VersionKind,
         name: Option<String>,
         restored_from: Option<u64>,
@@ -501,7 +498,7 @@ impl Room {
         );
         // The version holds what the latest had too (another node's state
         // not delivered here yet): its state vector is the union.
-        let mut sv = sv;
+        let mut sv = self.document.state_vector();
         if let Some(theirs) = head.and_then(|h| StateVector::decode_v1(&h.sv).ok()) {
             sv.merge(theirs);
         }
