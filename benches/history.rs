@@ -70,6 +70,8 @@ struct Session {
     versions: u64,
     /// What one whole document per version would have stored.
     naive_bytes: u64,
+    /// The delete set of the latest version, by id.
+    head_ds: Option<(u64, yrs::IdSet)>,
 }
 
 impl Session {
@@ -98,7 +100,14 @@ impl Session {
         }
         // The room's bound is the snapshot plus the updates since; the
         // whole encoded document is a tighter stand-in.
-        let (data, full) = encode_version(&txn, head.as_ref(), SNAPSHOT_EVERY, whole);
+        // The room keeps the delete set of the version it made last.
+        let head_ds = self
+            .head_ds
+            .as_ref()
+            .filter(|(id, _)| head.as_ref().map(|h| h.id) == Some(*id))
+            .map(|(_, ds)| ds);
+        let encoded = encode_version(&txn, head.as_ref(), head_ds, SNAPSHOT_EVERY, whole);
+        let (data, full, delete_set) = (encoded.data, encoded.full, encoded.delete_set);
         let new = NewVersion {
             after: head.map(|h| h.id),
             time: now,
@@ -117,7 +126,10 @@ impl Session {
             .block_on(self.store.versions(ROOM, VersionOp::Add(new)))
             .expect("add")
         {
-            VersionOut::Added(Added::Added(_)) => self.versions += 1,
+            VersionOut::Added(Added::Added(m)) => {
+                self.versions += 1;
+                self.head_ds = delete_set.map(|ds| (m.id, ds));
+            }
             other => panic!("not added: {other:?}"),
         }
         self.first_edit = None;
@@ -182,6 +194,7 @@ fn session_part() -> Session {
         first_edit: None,
         versions: 0,
         naive_bytes: 0,
+        head_ds: None,
     };
     let text = s.doc.get_or_insert_text("t");
     let mut rng = StdRng::seed_from_u64(18);

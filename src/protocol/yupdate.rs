@@ -219,6 +219,23 @@ pub fn check_distinct_clients_v1(bytes: &[u8]) -> Result<()> {
     }
 }
 
+/// Where the delete set of a Yjs v1 update starts (after its structs), for
+/// an update [`check_update_v1`] accepts. Allocates nothing and never
+/// panics.
+pub fn delete_set_offset_v1(bytes: &[u8]) -> Result<usize> {
+    let mut w = Walker { buf: bytes, pos: 0 };
+    let clients = w.count("client count", 3)?;
+    for _ in 0..clients {
+        let structs = w.count("struct count", 2)?;
+        w.var_uint("client id")?;
+        w.var_uint("clock")?;
+        for _ in 0..structs {
+            w.block()?;
+        }
+    }
+    Ok(w.pos)
+}
+
 /// Checks that `bytes` are exactly one Yjs v1 state vector whose entry
 /// count fits its length. Allocates nothing and never panics.
 pub fn check_state_vector_v1(bytes: &[u8]) -> Result<()> {

@@ -9,8 +9,10 @@
 //!   after the first edit since the last version, a version is made — unless
 //!   the latest stored version already covers this document's state vector
 //!   (another node made it: no duplicates in a cluster).
-//! - **Making a version**: read the latest version (its state vector),
-//!   encode what changed since (or the whole document, every
+//! - **Making a version**: read the latest version (its state vector, and
+//!   its delete set: kept from when this room made it, else rebuilt once),
+//!   encode what changed since (structs past its state vector, deletions
+//!   past its delete set) (or the whole document, every
 //!   `--version-snapshot-every` versions or when the deltas outweigh the
 //!   document), add it if the latest is still the one read (else read
 //!   again: another node added one), prune by retention, then tell every
@@ -29,7 +31,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{ReadTxn, StateVector, Transact};
+use yrs::{IdSet, ReadTxn, StateVector, Transact};
 
 use super::api::RoomError;
 use super::document::doc_json;
@@ -72,6 +74,9 @@ pub(super) struct History {
     /// Eviction asked for the automatic version of the last edits (once
     /// per edit: a failing store does not keep the room in memory).
     flush_tried: bool,
+    /// The delete set of the latest version, by id (made here, or rebuilt
+    /// from the store once): the next delta holds only deletions past it.
+    head_ds: Option<(u64, IdSet)>,
 }
 
 /// What a client asks of a room's history.
@@ -344,68 +349,127 @@ impl Room {
                 Ok(_) => return room.ready(Err(store_failed("unexpected answer"))),
                 Err(e) => return room.ready(Err(store_failed(e))),
             };
-            let edits = room.history.edits;
             let sv = room.document.state_vector();
             if kind == VersionKind::Auto && head.as_ref().is_some_and(|h| covers(&h.sv, &sv)) {
                 // Nothing new since the latest version (made here or by
                 // another node).
-                room.versioned(edits, &[]);
+                room.versioned(room.history.edits, &[]);
                 return room.ready(Ok(None));
             }
-            let mut authors: Vec<VersionAuthor> = room
-                .history
-                .authors
-                .iter()
-                .map(|(user, name)| VersionAuthor {
-                    user: user.clone(),
-                    name: name.clone(),
-                })
-                .collect();
-            if let Some(a) = author {
-                if !authors.iter().any(|x| x.user == a.user) {
-                    authors.push(a);
+            let head_ds = room.head_delete_set(head.as_ref());
+            Box::pin(head_ds.then(move |head_ds, room, _ctx| {
+                // The document as it is now (edits may have come meanwhile).
+                let edits = room.history.edits;
+                let mut authors: Vec<VersionAuthor> = room
+                    .history
+                    .authors
+                    .iter()
+                    .map(|(user, name)| VersionAuthor {
+                        user: user.clone(),
+                        name: name.clone(),
+                    })
+                    .collect();
+                if let Some(a) = author {
+                    if !authors.iter().any(|x| x.user == a.user) {
+                        authors.push(a);
+                    }
                 }
-            }
-            let new = room.new_version(
-                head.as_ref(),
-                sv,
-                kind,
-                name.clone(),
-                restored_from,
-                authors,
-            );
-            let add = room
-                .persist
-                .store()
-                .versions(&room.id, VersionOp::Add(new.clone()));
-            Box::pin(add.into_actor(room).then(move |res, room, _ctx| match res {
-                Ok(VersionOut::Added(Added::Added(meta))) => {
-                    let users: Vec<String> = new.authors.iter().map(|a| a.user.clone()).collect();
-                    room.versioned(edits, &users);
-                    room.version_added(_ctx);
-                    room.ready(Ok(Some(meta)))
-                }
-                Ok(VersionOut::Added(Added::Stale)) if tries + 1 < ADD_TRIES => {
-                    let author = new
-                        .authors
-                        .last()
-                        .cloned()
-                        .filter(|_| kind == VersionKind::Restore);
-                    room.make_version(kind, name, restored_from, author, tries + 1)
-                }
-                Ok(VersionOut::Added(Added::Stale)) => room.ready(Err(store_failed(
-                    "other nodes kept adding versions; try again",
-                ))),
-                Ok(VersionOut::Added(Added::TooManyNamed)) => room.ready(Err(RoomError {
-                    code: ErrorCode::BadMessage,
-                    message: format!(
+                let (new, delete_set) = room.new_version(
+                    head.as_ref(),
+                    head_ds.as_ref(),
+                    kind,
+                    name.clone(),
+                    restored_from,
+                    authors,
+                );
+                let add = room
+                    .persist
+                    .store()
+                    .versions(&room.id, VersionOp::Add(new.clone()));
+                Box::pin(add.into_actor(room).then(move |res, room, _ctx| match res {
+                    Ok(VersionOut::Added(Added::Added(meta))) => {
+                        room.history.head_ds = delete_set.map(|ds| (meta.id, ds));
+                        let users: Vec<String> =
+                            new.authors.iter().map(|a| a.user.clone()).collect();
+                        room.versioned(edits, &users);
+                        room.version_added(_ctx);
+                        room.ready(Ok(Some(meta)))
+                    }
+                    Ok(VersionOut::Added(Added::Stale)) if tries + 1 < ADD_TRIES => {
+                        let author = new
+                            .authors
+                            .last()
+                            .cloned()
+                            .filter(|_| kind == VersionKind::Restore);
+                        room.make_version(kind, name, restored_from, author, tries + 1)
+                    }
+                    Ok(VersionOut::Added(Added::Stale)) => room.ready(Err(store_failed(
+                        "other nodes kept adding versions; try again",
+                    ))),
+                    Ok(VersionOut::Added(Added::TooManyNamed)) => room.ready(Err(RoomError {
+                        code: ErrorCode::BadMessage,
+                        message: format!(
                         "this room holds max_named_versions ({}) named versions; delete one first",
                         room.config.history.max_named_versions
                     ),
-                })),
-                Ok(_) => room.ready(Err(store_failed("unexpected answer"))),
-                Err(e) => room.ready(Err(store_failed(e))),
+                    })),
+                    Ok(_) => room.ready(Err(store_failed("unexpected answer"))),
+                    Err(e) => room.ready(Err(store_failed(e))),
+                }))
             }))
+        }))
+    }
+
+    /// The delete set of `head` when the next version may be a delta of
+    /// it: kept from when this room made it, else rebuilt once from the
+    /// store (bounded by the full-state rule; one of the room's rebuild
+    /// permits). `None` when not needed or not readable: the delta then
+    /// keeps the whole delete set (larger, still exact).
+    fn head_delete_set(
+        &mut self,
+        head: Option<&VersionHead>,
+    ) -> ResponseActFuture<Self, Option<IdSet>> {
+        let every = self.config.history.version_snapshot_every;
+        let Some(id) = head.filter(|h| h.chain_len < every).map(|h| h.id) else {
+            return self.ready(None);
+        };
+        if let Some((known, ds)) = &self.history.head_ds {
+            if *known == id {
+                return self.ready(Some(ds.clone()));
+            }
+        }
+        let (store, room, permits) = (
+            self.persist.store(),
+            self.id.to_string(),
+            self.rebuild_permits(),
+        );
+        let rebuilt = async move {
+            let _permit = permits.acquire_owned().await.map_err(store_failed)?;
+            let parts = match store
+                .versions(&room, VersionOp::Chain(id))
+                .await
+                .map_err(store_failed)?
+            {
+                VersionOut::Chain(Some((_, parts))) => parts,
+                _ => return Err(not_found(id)),
+            };
+            tokio::task::spawn_blocking(move || {
+                super::restore::rebuild(&parts)
+                    .map(|doc| crate::store::history::delete_set_of(&doc))
+                    .map_err(store_failed)
+            })
+            .await
+            .map_err(store_failed)?
+        };
+        Box::pin(rebuilt.into_actor(self).map(move |res, room, _| match res {
+            Ok(ds) => {
+                room.history.head_ds = Some((id, ds.clone()));
+                Some(ds)
+            }
+            Err(e) => {
+                tracing::warn!(room = %room.id, "rebuilding version {id}'s delete set: {}", e.message);
+                None
+            }
         }))
     }
 
@@ -418,26 +482,27 @@ impl Room {
     fn new_version(
         &self,
         head: Option<&VersionHead>,
-        sv: StateVector,
+        head_ds: Option<&IdSet>,
         kind: VersionKind,
         name: Option<String>,
         restored_from: Option<u64>,
         authors: Vec<VersionAuthor>,
-    ) -> NewVersion {
+    ) -> (NewVersion, Option<IdSet>) {
         let every = self.config.history.version_snapshot_every;
-        let (data, full) = crate::store::history::encode_version(
+        let encoded = crate::store::history::encode_version(
             &self.document.doc().transact(),
             head,
+            head_ds,
             every,
             self.document.size() as u64,
         );
         // The version holds what the latest had too (another node's state
         // not delivered here yet): its state vector is the union.
-        let mut sv = sv;
+        let mut sv = self.document.state_vector();
         if let Some(theirs) = head.and_then(|h| StateVector::decode_v1(&h.sv).ok()) {
             sv.merge(theirs);
         }
-        NewVersion {
+        let new = NewVersion {
             after: head.map(|h| h.id),
             time: now_ms(),
             name,
@@ -445,10 +510,11 @@ impl Room {
             restored_from,
             authors,
             sv: sv.encode_v1(),
-            data,
-            full,
+            data: encoded.data,
+            full: encoded.full,
             max_named: self.config.history.max_named_versions,
-        }
+        };
+        (new, encoded.delete_set)
     }
 
     /// A version covers the changes counted up to `edits` and the authors

@@ -3,8 +3,9 @@
 //! A version is a restorable state of a room's document. What is stored
 //! for version `n` is either a *delta* — the room's document encoded as a
 //! Yjs v1 update from the state vector of version `n − 1`
-//! (`encode_state_as_update_v1(sv(n−1))`: the structs added since, with
-//! the whole delete set) — or a *full* state (the whole document as one
+//! (`encode_state_as_update_v1(sv(n−1))`: the structs added since, and
+//! of the delete set only the deletions version `n − 1` does not hold, so
+//! a delta costs what changed, not the document's age) — or a *full* state (the whole document as one
 //! update). Applying, in order, the full state at or before `n` and every
 //! delta after it up to `n` to an empty document rebuilds version `n`
 //! exactly. The room stores a full state every `--version-snapshot-every`
@@ -23,6 +24,8 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use yrs::updates::encoder::Encode;
+use yrs::IdSet;
 
 use super::StoreError;
 
@@ -414,34 +417,88 @@ pub async fn prune<R: Rows>(
     Ok(doomed.len())
 }
 
+/// What [`encode_version`] made.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The update to store.
+    pub data: Bytes,
+    /// It is the whole document (else a delta from the head).
+    pub full: bool,
+    /// The version's delete set, as a rebuild of it holds (the base of the
+    /// next delta's deletions); `None` when not known (a delta made
+    /// without the head's delete set).
+    pub delete_set: Option<IdSet>,
+}
+
 /// What to store for a new version of the document read through `txn`,
-/// whose latest stored version is `head`: a delta from the head's state
-/// vector, or the whole document (`true`) when there is no head, the chain
-/// since the last whole document is `every` versions long, or the deltas
-/// would weigh more than `size_bound` (about one whole document).
+/// whose latest stored version is `head` with delete set `head_ds`: a
+/// delta from the head's state vector, or the whole document (`full`)
+/// when there is no head, the chain since the last whole document is
+/// `every` versions long, or the deltas would weigh more than
+/// `size_bound` (about one whole document).
+///
+/// A delta holds the structs added since the head and only the deletions
+/// the head does not hold (`head_ds`): Yjs encodes the document's whole
+/// delete set, which would make every delta repeat every deletion ever
+/// made. Without `head_ds` (not known) the delta keeps the whole delete
+/// set: larger, still exact.
 pub fn encode_version<T: yrs::ReadTxn>(
     txn: &T,
     head: Option<&VersionHead>,
+    head_ds: Option<&IdSet>,
     every: u64,
     size_bound: u64,
-) -> (Bytes, bool) {
+) -> Encoded {
     use yrs::updates::decoder::Decode;
     let base = head
         .filter(|h| h.chain_len < every)
         .and_then(|h| yrs::StateVector::decode_v1(&h.sv).ok());
-    let whole = || Bytes::from(txn.encode_state_as_update_v1(&yrs::StateVector::default()));
-    match base {
-        Some(base) => {
-            let delta = Bytes::from(txn.encode_state_as_update_v1(&base));
-            let chain = head.map_or(0, |h| h.chain_bytes) + delta.len() as u64;
-            if chain > size_bound {
-                (whole(), true)
-            } else {
-                (delta, false)
-            }
+    let whole = || {
+        let data = txn.encode_state_as_update_v1(&yrs::StateVector::default());
+        let delete_set = split_deletions(&data).map(|(_, ds)| ds);
+        Encoded {
+            data: Bytes::from(data),
+            full: true,
+            delete_set,
         }
-        None => (whole(), true),
+    };
+    let Some(base) = base else {
+        return whole();
+    };
+    let mut delta = txn.encode_state_as_update_v1(&base);
+    let mut delete_set = None;
+    if let Some(prev) = head_ds {
+        if let Some((at, ds)) = split_deletions(&delta) {
+            delta.truncate(at);
+            delta.extend_from_slice(&ds.diff(prev).encode_v1());
+            delete_set = Some(ds.merge(prev));
+        }
     }
+    let chain = head.map_or(0, |h| h.chain_bytes) + delta.len() as u64;
+    if chain > size_bound {
+        whole()
+    } else {
+        Encoded {
+            data: Bytes::from(delta),
+            full: false,
+            delete_set,
+        }
+    }
+}
+
+/// Where the delete set of a v1 update starts, and the delete set.
+fn split_deletions(update: &[u8]) -> Option<(usize, IdSet)> {
+    use yrs::updates::decoder::Decode;
+    let at = crate::protocol::yupdate::delete_set_offset_v1(update).ok()?;
+    let ds = IdSet::decode_v1(update.get(at..)?).ok()?;
+    Some((at, ds))
+}
+
+/// The delete set of a rebuilt version (the base of the next delta's
+/// deletions).
+pub fn delete_set_of(doc: &yrs::Doc) -> IdSet {
+    use yrs::{ReadTxn, Transact};
+    doc.transact().snapshot().delete_set
 }
 
 /// Runs a [`Rows`] algorithm whose rows never wait (memory, redb).
@@ -608,7 +665,7 @@ mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
     use yrs::updates::encoder::Encode;
-    use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+    use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
 
     fn text(doc: &Doc) -> String {
         let t = doc.get_or_insert_text("t");
@@ -627,18 +684,24 @@ mod tests {
         doc
     }
 
+    /// The delete set of the version the test made last, by id (as the
+    /// room keeps it).
+    type Cache = Option<(u64, IdSet)>;
+
     /// Adds the live document's state as a version, as the room does.
-    fn snap(rows: &mut MemRows, doc: &Doc, every: u64) -> u64 {
+    fn snap(rows: &mut MemRows, doc: &Doc, every: u64, cache: &mut Cache) -> u64 {
         let head = now(head(rows)).unwrap();
         let txn = doc.transact();
         let sv = txn.state_vector();
-        let (data, full) = match &head {
-            Some(h) if h.chain_len < every => {
-                let base = StateVector::decode_v1(&h.sv).unwrap();
-                (txn.encode_state_as_update_v1(&base), false)
-            }
-            _ => (txn.encode_state_as_update_v1(&StateVector::default()), true),
-        };
+        let head_ds = cache
+            .as_ref()
+            .filter(|(id, _)| head.as_ref().map(|h| h.id) == Some(*id))
+            .map(|(_, ds)| ds);
+        let Encoded {
+            data,
+            full,
+            delete_set,
+        } = encode_version(&txn, head.as_ref(), head_ds, every, u64::MAX);
         let new = NewVersion {
             after: head.map(|h| h.id),
             time: 0,
@@ -647,12 +710,15 @@ mod tests {
             restored_from: None,
             authors: vec![],
             sv: sv.encode_v1(),
-            data: Bytes::from(data),
+            data,
             full,
             max_named: usize::MAX,
         };
         match now(add(rows, new)).unwrap() {
-            Added::Added(m) => m.id,
+            Added::Added(m) => {
+                *cache = delete_set.map(|ds| (m.id, ds));
+                m.id
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -662,6 +728,7 @@ mod tests {
         let doc = Doc::new();
         let t = doc.get_or_insert_text("t");
         let mut rows = MemRows::default();
+        let mut cache = None;
         let mut expected = Vec::new();
         for i in 0..20u32 {
             {
@@ -672,7 +739,7 @@ mod tests {
                     t.remove_range(&mut txn, 0, 3);
                 }
             }
-            let id = snap(&mut rows, &doc, 4);
+            let id = snap(&mut rows, &doc, 4, &mut cache);
             expected.push((id, text(&doc)));
         }
         let check = |rows: &mut MemRows, expected: &[(u64, String)]| {
@@ -693,8 +760,10 @@ mod tests {
         assert_eq!(pruned, expected.len() - 5);
         expected.drain(..pruned);
         check(&mut rows, &expected);
-        // Ids are never reused.
-        let id = snap(&mut rows, &doc, 4);
+        // Ids are never reused (and the head's delete set is rebuilt, as
+        // after a restart).
+        let mut cache = None;
+        let id = snap(&mut rows, &doc, 4, &mut cache);
         assert_eq!(id, 21);
     }
 
@@ -748,5 +817,68 @@ mod tests {
             vec![5, 1]
         );
         assert_eq!(page.next, None);
+    }
+
+    /// A long session deleting as much as it types: each delta holds what
+    /// changed since the previous version, not every deletion ever made
+    /// (Yjs encodes the whole delete set); every version still rebuilds,
+    /// also after deletions merged deltas, and the delete set kept for the
+    /// head is the one a rebuild gives (what the room computes after a
+    /// restart).
+    #[test]
+    fn deltas_stay_the_size_of_what_changed_in_a_long_session() {
+        let doc = Doc::new();
+        let t = doc.get_or_insert_text("t");
+        {
+            let mut txn = doc.transact_mut();
+            t.insert(&mut txn, 0, &"abcdefghij".repeat(40));
+        }
+        let mut rows = MemRows::default();
+        let mut cache = None;
+        let mut expected = Vec::new();
+        snap(&mut rows, &doc, 1000, &mut cache);
+        for i in 0..200u32 {
+            {
+                let mut txn = doc.transact_mut();
+                // Delete one char at a spread-out place, type one: the
+                // delete set keeps growing in separate ranges.
+                let at = (i * 7) % 390;
+                t.remove_range(&mut txn, at, 1);
+                t.insert(&mut txn, (at + 3) % 390, "x");
+            }
+            let id = snap(&mut rows, &doc, 1000, &mut cache);
+            expected.push((id, text(&doc)));
+        }
+        let sizes: Vec<u64> = rows
+            .rows
+            .values()
+            .skip(1)
+            .map(|(r, _)| r.meta.bytes)
+            .collect();
+        let (first, last) = (sizes[0], *sizes.last().unwrap());
+        println!(
+            "delta bytes: first {first}, last {last}, max {}",
+            sizes.iter().max().unwrap()
+        );
+        assert!(
+            sizes.iter().all(|s| *s <= first + 8),
+            "deltas grew with the session: first {first}, last {last}, all {sizes:?}"
+        );
+        for (id, want) in expected.iter().step_by(17) {
+            let (_, parts) = now(chain(&mut rows, "r", *id)).unwrap().unwrap();
+            assert_eq!(&text(&rebuild(&parts)), want, "version {id}");
+        }
+        let (head_id, ds) = cache.clone().unwrap();
+        let (_, parts) = now(chain(&mut rows, "r", head_id)).unwrap().unwrap();
+        assert_eq!(delete_set_of(&rebuild(&parts)), ds);
+        // Deleting versions merges trimmed deltas: the others still rebuild.
+        for gone in (2..200).step_by(3) {
+            assert!(now(delete(&mut rows, "r", gone)).unwrap());
+            expected.retain(|(id, _)| *id != gone);
+        }
+        for (id, want) in &expected {
+            let (_, parts) = now(chain(&mut rows, "r", *id)).unwrap().unwrap();
+            assert_eq!(&text(&rebuild(&parts)), want, "version {id}");
+        }
     }
 }

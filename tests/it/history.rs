@@ -738,6 +738,18 @@ async fn history_survives_a_restart_on_redb() {
     };
     assert!(restored.id.parse::<u64>().unwrap() > v2.id.parse::<u64>().unwrap());
     c.sync_until(room, &doc, "first").await;
+    // The restore's version is a delta from version two, whose delete set
+    // the room rebuilt from the store (it did not make it): it holds the
+    // restore's deletions.
+    let r = request(
+        srv.addr,
+        "GET",
+        &format!("/api/v1/rooms/{room}/versions/{}/doc", restored.id),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.json()["doc"]["t"], "first");
     srv.terminate();
 }
 
