@@ -700,22 +700,41 @@ impl Writer {
         }
     }
 
-    /// Writes one batch in one transaction; fails at once while the file
-    /// waits to be reopened.
-    fn write(&mut self, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreError> {
+    /// The database to write to: reopens or probes it first when a retry
+    /// is due; fails at once while the file waits to be reopened.
+    fn writable(&mut self) -> Result<Arc<Database>, StoreError> {
         if self.reopen && Instant::now() >= self.next_try {
             self.recover();
         }
-        let db = match (self.reopen, self.slot.get()) {
-            (false, Some(db)) => db,
-            _ => {
-                let why = self
-                    .failing
+        match (self.reopen, self.slot.get()) {
+            (false, Some(db)) => Ok(db),
+            _ => Err(StoreError::Io(
+                self.failing
                     .get()
-                    .unwrap_or_else(|| "the store is not open".into());
-                return Err(StoreError::Io(why));
-            }
-        };
+                    .unwrap_or_else(|| "the store is not open".into()),
+            )),
+        }
+    }
+
+    /// A commit failed: the store counts as failing, and since redb
+    /// refuses everything after an I/O error, a probe finds out now
+    /// whether the file must be reopened.
+    fn commit_failed(&mut self, db: &Database, e: &StoreError) {
+        // The cached numbers may hold those of a batch that was not committed.
+        self.seqs.rooms.clear();
+        self.failed(detail(e));
+        if let Err(e) = probe(db) {
+            tracing::error!(
+                "the store refuses writes after the failed commit ({e}); reopening its file"
+            );
+            self.reopen = true;
+        }
+    }
+
+    /// Writes one batch in one transaction; fails at once while the file
+    /// waits to be reopened.
+    fn write(&mut self, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreError> {
+        let db = self.writable()?;
         let t = Instant::now();
         let n = batch.len();
         let result = catch_unwind(AssertUnwindSafe(|| write_batch(&db, batch, &mut self.seqs)))
@@ -736,14 +755,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!("store commit failed: {e}");
-                // It may hold numbers of a batch that was not committed.
-                self.seqs.rooms.clear();
-                self.failed(detail(e));
-                // redb refuses everything after an I/O error: find out now.
-                if let Err(e) = probe(&db) {
-                    tracing::error!("the store refuses writes after the failed commit ({e}); reopening its file");
-                    self.reopen = true;
-                }
+                self.commit_failed(&db, e);
             }
         }
         result
@@ -752,19 +764,7 @@ impl Writer {
     /// Runs a version-history operation that writes in a transaction of
     /// its own; a failed commit counts as any failed write.
     fn write_versions(&mut self, room: &str, op: VersionOp) -> Result<VersionOut, StoreError> {
-        if self.reopen && Instant::now() >= self.next_try {
-            self.recover();
-        }
-        let db = match (self.reopen, self.slot.get()) {
-            (false, Some(db)) => db,
-            _ => {
-                let why = self
-                    .failing
-                    .get()
-                    .unwrap_or_else(|| "the store is not open".into());
-                return Err(StoreError::Io(why));
-            }
-        };
+        let db = self.writable()?;
         let run = || -> Result<VersionOut, StoreError> {
             let mut txn = db.begin_write().map_err(io)?;
             txn.set_durability(Durability::Immediate).map_err(io)?;
@@ -788,14 +788,7 @@ impl Writer {
         });
         if let Err(e @ StoreError::Io(_)) = &result {
             tracing::error!(room, "version history commit failed: {e}");
-            self.seqs.rooms.clear();
-            self.failed(detail(e));
-            if let Err(e) = probe(&db) {
-                tracing::error!(
-                    "the store refuses writes after the failed commit ({e}); reopening its file"
-                );
-                self.reopen = true;
-            }
+            self.commit_failed(&db, e);
         }
         result
     }
