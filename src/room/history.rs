@@ -211,6 +211,24 @@ fn not_found(id: u64) -> RoomError {
     }
 }
 
+/// The stored parts that rebuild version `id` of `room` (a whole document,
+/// then deltas, in order); `not_found` when the room has no such version.
+async fn chain_of(
+    store: &dyn crate::store::DocStore,
+    room: &str,
+    id: u64,
+) -> Result<Vec<Bytes>, RoomError> {
+    match store
+        .versions(room, VersionOp::Chain(id))
+        .await
+        .map_err(store_failed)?
+    {
+        VersionOut::Chain(Some((_, parts))) => Ok(parts),
+        VersionOut::Chain(None) => Err(not_found(id)),
+        _ => Err(store_failed("unexpected answer")),
+    }
+}
+
 impl Room {
     /// The document changed (`author`: the member whose update it was).
     pub(super) fn version_edited(&mut self, author: Option<&MemberId>, ctx: &mut Context<Self>) {
@@ -445,14 +463,7 @@ impl Room {
         );
         let rebuilt = async move {
             let _permit = permits.acquire_owned().await.map_err(store_failed)?;
-            let parts = match store
-                .versions(&room, VersionOp::Chain(id))
-                .await
-                .map_err(store_failed)?
-            {
-                VersionOut::Chain(Some((_, parts))) => parts,
-                _ => return Err(not_found(id)),
-            };
+            let parts = chain_of(&*store, &room, id).await?;
             tokio::task::spawn_blocking(move || {
                 super::restore::rebuild(&parts)
                     .map(|doc| crate::store::history::delete_set_of(&doc))
@@ -575,12 +586,7 @@ impl Room {
         let rebuilt = async move {
             // Read only with a permit: waiting requests hold nothing.
             let _permit = permits.acquire_owned().await.map_err(store_failed)?;
-            let chain = store.versions(&room, VersionOp::Chain(id));
-            let parts = match chain.await.map_err(store_failed)? {
-                VersionOut::Chain(Some((_, parts))) => parts,
-                VersionOut::Chain(None) => return Err(not_found(id)),
-                _ => return Err(store_failed("unexpected answer")),
-            };
+            let parts = chain_of(&*store, &room, id).await?;
             let stored: usize = parts.iter().map(Bytes::len).sum();
             let doc = tokio::task::spawn_blocking(move || super::restore::rebuild(&parts))
                 .await
@@ -698,12 +704,7 @@ impl Handler<VersionRequest> for Room {
                 Box::pin(fut::wrap_future(async move {
                     // Read only with a permit: waiting requests hold nothing.
                     let _permit = permits.acquire_owned().await.map_err(store_failed)?;
-                    let chain = store.versions(&room, VersionOp::Chain(id));
-                    let parts = match chain.await.map_err(store_failed)? {
-                        VersionOut::Chain(Some((_, parts))) => parts,
-                        VersionOut::Chain(None) => return Err(not_found(id)),
-                        _ => return Err(store_failed("unexpected answer")),
-                    };
+                    let parts = chain_of(&*store, &room, id).await?;
                     tokio::task::spawn_blocking(move || {
                         let doc = super::restore::rebuild(&parts).map_err(store_failed)?;
                         Ok(if json {
