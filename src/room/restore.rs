@@ -12,10 +12,12 @@
 //! a sequence, whose XML elements and texts are copied as such, so a
 //! ProseMirror / TipTap `XmlFragment` comes back as one). A root whose
 //! content already equals the version's is not touched, so what did not
-//! change keeps its identity (cursors and selections stay put there). A
-//! changed root is emptied and refilled with a deep copy of the version's
-//! content: text with its formatting, maps, arrays, XML elements with their
-//! attributes and children, and nested shared types.
+//! change keeps its identity (cursors and selections stay put there). In a
+//! changed sequence root (array values, a fragment's paragraphs) only the
+//! run between the items equal at both ends is replaced; any other changed
+//! root is emptied and refilled. What is written is a deep copy of the
+//! version's content: text with its formatting, maps, arrays, XML elements
+//! with their attributes and children, and nested shared types.
 
 use bytes::Bytes;
 use yrs::branch::{Branch, BranchPtr};
@@ -127,6 +129,29 @@ fn set_root(txn: &mut yrs::TransactionMut, branch: BranchPtr, have: Option<In>, 
         .collect();
     for k in gone {
         map.remove(txn, &k);
+    }
+    if let (Some(In::Array(have)), Some(In::Array(want))) = (&have, &want) {
+        // A sequence (array values, or the paragraphs of a ProseMirror
+        // fragment): only the run between the equal items at both ends is
+        // replaced, so a restore costs what changed and the untouched
+        // items keep their identity.
+        let (have, want) = (&have[..], &want[..]);
+        let head = have.iter().zip(want).take_while(|(h, w)| h == w).count();
+        let tail = have[head..]
+            .iter()
+            .rev()
+            .zip(want[head..].iter().rev())
+            .take_while(|(h, w)| h == w)
+            .count();
+        let array = ArrayRef::from(branch);
+        let gone = have.len() - head - tail;
+        if gone > 0 {
+            array.remove_range(txn, head as u32, gone as u32);
+        }
+        for (i, item) in want[head..want.len() - tail].iter().enumerate() {
+            array.insert(txn, (head + i) as u32, item.clone());
+        }
+        return;
     }
     if !matches!(want, Some(In::Map(_))) && branch.content_len > 0 {
         if matches!(have, Some(In::Text(_) | In::XmlText(_))) {
@@ -310,5 +335,57 @@ mod tests {
             Some(Out::Any(Any::from("center")))
         );
         let _ = version.transact().state_vector().encode_v1();
+    }
+
+    #[test]
+    fn a_restore_rewrites_only_the_paragraphs_that_changed() {
+        let client = Doc::with_client_id(11);
+        let frag: XmlFragmentRef = client.get_or_insert_xml_fragment("default");
+        {
+            let mut txn = client.transact_mut();
+            for i in 0..200 {
+                let p = frag.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
+                p.push_back(
+                    &mut txn,
+                    XmlTextPrelim::new(format!("paragraph {i} of the text")),
+                );
+            }
+        }
+        let want = frag.get_string(&client.transact());
+        let Some(yrs::XmlOut::Element(first)) = frag.get(&client.transact(), 0) else {
+            panic!("no first paragraph")
+        };
+        let first_before = AsRef::<Branch>::as_ref(&first).id();
+        let version = copy(&client);
+        {
+            // One paragraph replaced by two others.
+            let mut txn = client.transact_mut();
+            frag.remove_range(&mut txn, 100, 1);
+            let p = frag.insert(&mut txn, 100, XmlElementPrelim::empty("paragraph"));
+            p.push_back(&mut txn, XmlTextPrelim::new("rewritten"));
+            let p = frag.insert(&mut txn, 101, XmlElementPrelim::empty("heading"));
+            p.push_back(&mut txn, XmlTextPrelim::new("added"));
+        }
+        let whole = version_update(&version).len();
+        let server = copy(&client);
+        let update = make_equal(&server, &version);
+        apply(&client, &update);
+        assert_eq!(frag.get_string(&client.transact()), want);
+        // Only the changed run (the two new paragraphs out, the old one
+        // back) is rewritten: the update is a small part of the document.
+        assert!(
+            update.len() * 20 < whole,
+            "restore update {} bytes for a {whole}-byte document",
+            update.len()
+        );
+        let first = frag.get(&client.transact(), 0);
+        let Some(yrs::XmlOut::Element(first)) = first else {
+            panic!("no first paragraph")
+        };
+        assert_eq!(
+            AsRef::<Branch>::as_ref(&first).id(),
+            first_before,
+            "the first paragraph kept its identity"
+        );
     }
 }
