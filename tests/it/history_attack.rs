@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chorus::auth::{mint, now_secs, Claims, GrantClaim, Rights};
-use chorus::protocol::native::{ClientMessage, ServerMessage, VersionView};
+use chorus::auth::Rights;
+use chorus::protocol::native::{ClientMessage, ServerMessage};
 use chorus::protocol::ErrorCode;
 use serde_json::{json, Value};
 use yrs::types::xml::XmlFragment;
@@ -19,37 +19,10 @@ use yrs::{
 };
 
 use crate::common::{eventually, server, ChildServer, Client, TestDoc};
-use crate::history::{ask, error_code, rid_of};
+use crate::history::{
+    ask, create, delete, error_code, joined, mint_token, rest_get, restore, rid_of, try_create,
+};
 use crate::http::request;
-
-async fn try_create(c: &mut Client, room: &str, name: &str) -> ServerMessage {
-    ask(c, |rid| ClientMessage::VersionCreate {
-        room: room.into(),
-        name: name.into(),
-        rid,
-    })
-    .await
-}
-
-async fn create(c: &mut Client, room: &str, name: &str) -> VersionView {
-    match try_create(c, room, name).await {
-        ServerMessage::Version { version, .. } => version,
-        other => panic!("version_create refused: {other:?}"),
-    }
-}
-
-async fn delete(c: &mut Client, room: &str, id: &str) {
-    match ask(c, |rid| ClientMessage::VersionDelete {
-        room: room.into(),
-        id: id.into(),
-        rid,
-    })
-    .await
-    {
-        ServerMessage::VersionDeleted { id: got, .. } => assert_eq!(got, id),
-        other => panic!("delete of {id} refused: {other:?}"),
-    }
-}
 
 /// Every version of `room` over REST, newest first, following `next`.
 async fn all_versions(addr: SocketAddr, room: &str) -> Vec<Value> {
@@ -60,7 +33,7 @@ async fn all_versions(addr: SocketAddr, room: &str) -> Vec<Value> {
             Some(b) => format!("/api/v1/rooms/{room}/versions?limit=7&before={b}"),
             None => format!("/api/v1/rooms/{room}/versions?limit=7"),
         };
-        let r = request(addr, "GET", &path, &[], b"").await;
+        let r = rest_get(addr, &path).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let j = r.json();
         out.extend(j["versions"].as_array().unwrap().iter().cloned());
@@ -75,7 +48,7 @@ async fn all_versions(addr: SocketAddr, room: &str) -> Vec<Value> {
 /// whole from the `/update` bytes (a canonical form to compare bytes).
 async fn version_state(addr: SocketAddr, room: &str, id: &str) -> (Value, Vec<u8>) {
     let base = format!("/api/v1/rooms/{room}/versions/{id}");
-    let r = request(addr, "GET", &format!("{base}/doc"), &[], b"").await;
+    let r = rest_get(addr, &format!("{base}/doc")).await;
     assert_eq!(
         r.status,
         200,
@@ -83,7 +56,7 @@ async fn version_state(addr: SocketAddr, room: &str, id: &str) -> (Value, Vec<u8
         String::from_utf8_lossy(&r.body)
     );
     let view = r.json()["doc"].clone();
-    let r = request(addr, "GET", &format!("{base}/update"), &[], b"").await;
+    let r = rest_get(addr, &format!("{base}/update")).await;
     assert_eq!(r.status, 200, "update {id}");
     let doc = Doc::new();
     doc.transact_mut()
@@ -96,7 +69,7 @@ async fn version_state(addr: SocketAddr, room: &str, id: &str) -> (Value, Vec<u8
 }
 
 async fn live_doc(addr: SocketAddr, room: &str) -> Value {
-    let r = request(addr, "GET", &format!("/api/v1/rooms/{room}/doc"), &[], b"").await;
+    let r = rest_get(addr, &format!("/api/v1/rooms/{room}/doc")).await;
     assert_eq!(r.status, 200);
     r.json()["doc"].clone()
 }
@@ -292,16 +265,7 @@ async fn deletions_across_restarts_on_redb_keep_versions_byte_for_byte() {
 const SECRET: &str = "attack-secret-0123456789abcdef";
 
 fn token(user: &str, room: &str, rights: Rights) -> String {
-    let claims = Claims {
-        sub: user.into(),
-        name: None,
-        exp: now_secs() + 3600,
-        grants: vec![GrantClaim {
-            room: room.into(),
-            rights,
-        }],
-    };
-    mint(SECRET.as_bytes(), &claims).expect("mint")
+    mint_token(SECRET, user, None, room, rights)
 }
 
 /// A token for room A gets nothing of room B's history (REST), and ids of
@@ -376,7 +340,7 @@ async fn foreign_tokens_and_foreign_ids_reach_nothing() {
         );
     }
     // No token at all: 401 everywhere.
-    let r = request(srv.addr, "GET", &base, &[], b"").await;
+    let r = rest_get(srv.addr, &base).await;
     assert_eq!(r.status, 401);
     // A's history is untouched.
     let bearer = format!("Bearer {}", token("ann", a, Rights::Read));
@@ -402,9 +366,7 @@ async fn named_version_flood_stops_at_the_cap() {
         c.history.max_named_versions = 20;
     });
     let room = "attack-flood";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+    let (mut c, doc) = joined(srv.addr, room).await;
     c.update_acked(room, doc.push("x")).await;
     // 60 creates, one after the other (a connection may have only a few
     // history requests in flight).
@@ -477,16 +439,12 @@ async fn edits_right_before_eviction_get_an_automatic_version() {
 async fn restores_racing_edits_converge_everywhere() {
     let srv = server(|c| c.history.version_idle_ms = 0);
     let room = "attack-race";
-    let mut a = Client::connect(srv.addr).await;
-    let da = TestDoc::new();
-    a.join(room, &da).await;
+    let (mut a, da) = joined(srv.addr, room).await;
     a.update_acked(room, da.push("base ")).await;
     let v1 = create(&mut a, room, "base").await;
     a.update_acked(room, da.push("more ")).await;
     let v2 = create(&mut a, room, "more").await;
-    let mut b = Client::connect(srv.addr).await;
-    let db = TestDoc::new();
-    b.join(room, &db).await;
+    let (mut b, db) = joined(srv.addr, room).await;
     // Four restorers (one restore in flight each: the connection's limit),
     // two rounds of concurrent restores alternating versions, while a and
     // b type.
@@ -552,9 +510,7 @@ async fn view_flood_of_a_big_version_keeps_memory_bounded() {
     let args = ["--store", "memory", "--version-idle-ms", "0"];
     let srv = ChildServer::start(&args);
     let room = "attack-big-view";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+    let (mut c, doc) = joined(srv.addr, room).await;
     let big: String = (0..2_000_000u32)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
@@ -621,23 +577,12 @@ async fn view_flood_of_a_big_version_keeps_memory_bounded() {
 /// version in the list), for the embedded store and PostgreSQL.
 async fn restore_then_kill(args: &[&str], room: &str) {
     let srv = ChildServer::start(args);
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+    let (mut c, doc) = joined(srv.addr, room).await;
     c.update_acked(room, doc.push("kept")).await;
     let v1 = create(&mut c, room, "kept").await;
     c.update_acked(room, doc.push(" and later")).await;
     create(&mut c, room, "later").await;
-    let restored = match ask(&mut c, |rid| ClientMessage::VersionRestore {
-        room: room.into(),
-        id: v1.id.clone(),
-        rid,
-    })
-    .await
-    {
-        ServerMessage::Version { version, .. } => version,
-        other => panic!("restore refused: {other:?}"),
-    };
+    let restored = restore(&mut c, room, &v1.id).await;
     srv.kill();
     let srv = ChildServer::start(args);
     let listed = all_versions(srv.addr, room).await;
@@ -859,9 +804,7 @@ async fn restore_flood_is_charged_to_the_byte_rate() {
         c.limits.rate_limit_grace_ms = 1_000;
     });
     let room = "attack-restore-flood";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+    let (mut c, doc) = joined(srv.addr, room).await;
     let half: String = (0..256 * 1024u32)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
@@ -959,9 +902,7 @@ async fn restore_of_a_big_document_and_other_rooms() {
         c.limits.max_bytes_per_sec = 0;
     });
     let room = "attack-big-restore";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+    let (mut c, doc) = joined(srv.addr, room).await;
     let chunk: String = (0..2_000_000u32)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
