@@ -215,6 +215,15 @@ pub(crate) async fn joined(addr: SocketAddr, room: &str) -> (Client, TestDoc) {
     (c, doc)
 }
 
+/// Connects a native client and joins `room` with a new [`TestDoc`],
+/// presenting itself as `name`.
+pub(crate) async fn joined_as(addr: SocketAddr, room: &str, name: &str) -> (Client, TestDoc) {
+    let mut c = Client::connect(addr).await;
+    let doc = TestDoc::new();
+    c.join_with(room, &doc, Some(json!({"name": name}))).await;
+    (c, doc)
+}
+
 /// Edits "first", names version "one", edits " second", names "two".
 async fn two_named_versions(
     c: &mut Client,
@@ -247,6 +256,31 @@ pub(crate) fn mint_token(
         }],
     };
     mint(secret.as_bytes(), &claims).expect("mint")
+}
+
+/// A temporary directory for a store (removed when dropped) and its path.
+pub(crate) fn temp_data_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_str().unwrap().to_owned();
+    (dir, path)
+}
+
+/// Server arguments for the embedded store in `data_dir`, then `extra`.
+pub(crate) fn redb_args(data_dir: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--store".to_owned(),
+        "redb".into(),
+        "--data-dir".into(),
+        data_dir.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Starts a server process with `args`.
+pub(crate) fn start(args: &[String]) -> ChildServer {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ChildServer::start(&args)
 }
 
 /// An unauthenticated REST `GET` of `path`.
@@ -599,9 +633,7 @@ async fn automatic_versions_after_idle_and_retention_by_count() {
         c.history.version_keep = 2;
     });
     let room = "hist-auto";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join_with(room, &doc, Some(json!({"name": "Nat"}))).await;
+    let (mut c, doc) = joined_as(srv.addr, room, "Nat").await;
     c.update_acked(room, doc.push("one ")).await;
     let named = create(&mut c, room, "kept").await;
     for (i, word) in ["two ", "three ", "four ", "five "].iter().enumerate() {
@@ -711,17 +743,16 @@ async fn retention_by_age_never_prunes_named_versions() {
 /// History survives a restart of a server on the embedded store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_survives_a_restart_on_redb() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().to_str().unwrap().to_owned();
+    let (_dir, data) = temp_data_dir();
     let room = "hist-redb";
-    let args = ["--store", "redb", "--data-dir", data.as_str()];
-    let srv = ChildServer::start(&args);
+    let args = redb_args(&data, &[]);
+    let srv = start(&args);
     let (mut c, doc) = joined(srv.addr, room).await;
     let (v1, v2) = two_named_versions(&mut c, room, &doc).await;
     c.close().await;
     srv.terminate();
 
-    let srv = ChildServer::start(&args);
+    let srv = start(&args);
     let (mut c, doc) = joined(srv.addr, room).await;
     let versions = list(&mut c, room).await;
     let ids: Vec<&str> = versions.iter().map(|v| v.id.as_str()).collect();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chorus::auth::Rights;
 use chorus::protocol::native::{ClientMessage, ServerMessage};
 use chorus::protocol::ErrorCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use yrs::types::xml::XmlFragment;
 use yrs::updates::decoder::Decode;
 use yrs::{
@@ -20,7 +20,8 @@ use yrs::{
 
 use crate::common::{eventually, server, ChildServer, Client, TestDoc};
 use crate::history::{
-    ask, create, delete, error_code, joined, mint_token, rest_get, restore, rid_of, try_create,
+    ask, create, delete, error_code, joined, joined_as, mint_token, redb_args, rest_get, restore,
+    rid_of, start, temp_data_dir, try_create,
 };
 use crate::http::request;
 
@@ -130,6 +131,11 @@ async fn session_with_versions(c: &mut Client, room: &str, n: u32) -> Vec<String
     ids
 }
 
+/// `n` letters, a to z over and over.
+fn letters(n: u32) -> String {
+    (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect()
+}
+
 /// A deterministic shuffle (xorshift), so a failure repeats.
 fn shuffled(ids: &[String], mut seed: u64) -> Vec<String> {
     let mut v = ids.to_vec();
@@ -207,20 +213,13 @@ async fn random_deletions_keep_every_other_version_byte_for_byte() {
 /// are stored, and every remaining one rebuilds as before after restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletions_across_restarts_on_redb_keep_versions_byte_for_byte() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().to_str().unwrap().to_owned();
-    let args = [
-        "--store",
-        "redb",
-        "--data-dir",
-        data.as_str(),
-        "--version-idle-ms",
-        "0",
-        "--version-snapshot-every",
-        "4",
-    ];
+    let (_dir, data) = temp_data_dir();
+    let args = redb_args(
+        &data,
+        &["--version-idle-ms", "0", "--version-snapshot-every", "4"],
+    );
     let room = "attack-redb-order";
-    let srv = ChildServer::start(&args);
+    let srv = start(&args);
     let mut c = Client::connect(srv.addr).await;
     let ids = session_with_versions(&mut c, room, 10).await;
     let mut before = std::collections::HashMap::new();
@@ -232,7 +231,7 @@ async fn deletions_across_restarts_on_redb_keep_versions_byte_for_byte() {
     let order = shuffled(&ids, 0x1234_5678_9abc_def1);
     let mut left = ids.clone();
     for chunk in order.chunks(3).take(2) {
-        let srv = ChildServer::start(&args);
+        let srv = start(&args);
         let mut c = Client::connect(srv.addr).await;
         c.join(room, &TestDoc::new()).await;
         for gone in chunk {
@@ -241,7 +240,7 @@ async fn deletions_across_restarts_on_redb_keep_versions_byte_for_byte() {
         }
         c.close().await;
         srv.terminate();
-        let srv = ChildServer::start(&args);
+        let srv = start(&args);
         let listed: Vec<String> = all_versions(srv.addr, room)
             .await
             .iter()
@@ -410,10 +409,7 @@ async fn edits_right_before_eviction_get_an_automatic_version() {
         c.limits.room_idle_ms = 50;
     });
     let room = "attack-evicted";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join_with(room, &doc, Some(json!({"name": "Leaver"})))
-        .await;
+    let (mut c, doc) = joined_as(srv.addr, room, "Leaver").await;
     c.update_acked(room, doc.push("typed then left")).await;
     c.close().await;
     // Long past eviction and the idle window.
@@ -511,9 +507,7 @@ async fn view_flood_of_a_big_version_keeps_memory_bounded() {
     let srv = ChildServer::start(&args);
     let room = "attack-big-view";
     let (mut c, doc) = joined(srv.addr, room).await;
-    let big: String = (0..2_000_000u32)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect();
+    let big = letters(2_000_000);
     c.update_acked(room, doc.push(&big)).await;
     create(&mut c, room, "big").await;
     c.update_acked(room, doc.push("!")).await;
@@ -575,8 +569,8 @@ async fn view_flood_of_a_big_version_keeps_memory_bounded() {
 /// The answer to a restore acknowledges it: `kill -9` right after it, and
 /// the restarted server holds the restored content (not only the restore
 /// version in the list), for the embedded store and PostgreSQL.
-async fn restore_then_kill(args: &[&str], room: &str) {
-    let srv = ChildServer::start(args);
+async fn restore_then_kill(args: &[String], room: &str) {
+    let srv = start(args);
     let (mut c, doc) = joined(srv.addr, room).await;
     c.update_acked(room, doc.push("kept")).await;
     let v1 = create(&mut c, room, "kept").await;
@@ -584,7 +578,7 @@ async fn restore_then_kill(args: &[&str], room: &str) {
     create(&mut c, room, "later").await;
     let restored = restore(&mut c, room, &v1.id).await;
     srv.kill();
-    let srv = ChildServer::start(args);
+    let srv = start(args);
     let listed = all_versions(srv.addr, room).await;
     assert_eq!(listed[0]["id"], restored.id.as_str(), "{listed:?}");
     assert_eq!(
@@ -597,16 +591,8 @@ async fn restore_then_kill(args: &[&str], room: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_restore_survives_kill_9_on_redb() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().to_str().unwrap().to_owned();
-    let args = [
-        "--store",
-        "redb",
-        "--data-dir",
-        data.as_str(),
-        "--version-idle-ms",
-        "0",
-    ];
+    let (_dir, data) = temp_data_dir();
+    let args = redb_args(&data, &["--version-idle-ms", "0"]);
     for i in 0..5 {
         restore_then_kill(&args, &format!("attack-kill-redb-{i}")).await;
     }
@@ -616,7 +602,7 @@ async fn acknowledged_restore_survives_kill_9_on_redb() {
 async fn acknowledged_restore_survives_kill_9_on_postgres() {
     let pg = crate::pg::Postgres::start();
     let url = pg.url();
-    let args = ["--postgres-url", url.as_str(), "--version-idle-ms", "0"];
+    let args = ["--postgres-url", url.as_str(), "--version-idle-ms", "0"].map(String::from);
     for i in 0..5 {
         restore_then_kill(&args, &format!("attack-kill-pg-{i}")).await;
     }
@@ -699,24 +685,10 @@ async fn store_copy_carries_version_history() {
     let back = dir.path().join("b").to_str().unwrap().to_owned();
     let room = "attack-copy";
     let quiet = ["--version-idle-ms", "0", "--version-snapshot-every", "3"];
-    let redb_args = |d: &str| {
-        let mut a = vec![
-            "--store".to_owned(),
-            "redb".into(),
-            "--data-dir".into(),
-            d.into(),
-        ];
-        a.extend(quiet.iter().map(|s| s.to_string()));
-        a
-    };
-    let start = |a: Vec<String>| {
-        let args: Vec<&str> = a.iter().map(String::as_str).collect();
-        ChildServer::start(&args)
-    };
     // The source: 7 named versions (full states every 3), the 4th deleted
     // (merged into the 5th), a restore of the 2nd, then one more named
     // version deleted again: its id is handed out and must never be again.
-    let srv = start(redb_args(&data));
+    let srv = start(&redb_args(&data, &quiet));
     let mut c = Client::connect(srv.addr).await;
     let ids = session_with_versions(&mut c, room, 7).await;
     delete(&mut c, room, &ids[3]).await;
@@ -746,7 +718,7 @@ async fn store_copy_carries_version_history() {
     let url = pg.url();
     let mut pg_args = vec!["--postgres-url".to_owned(), url.clone()];
     pg_args.extend(quiet.iter().map(|s| s.to_string()));
-    let srv = start(pg_args.clone());
+    let srv = start(&pg_args);
     let mut c = Client::connect(srv.addr).await;
     session_with_versions(&mut c, room, 3).await;
     c.close().await;
@@ -754,7 +726,7 @@ async fn store_copy_carries_version_history() {
 
     assert_eq!(store_copy(&data, &url), (1, 0));
     assert_eq!(store_copy(&data, &url), (0, 1), "a rerun writes nothing");
-    let srv = start(pg_args.clone());
+    let srv = start(&pg_args);
     assert_eq!(live_doc(srv.addr, room).await, live);
     let on_pg = history_of(srv.addr, room).await;
     assert_eq!(on_pg.0, source.0, "the listing after redb → PostgreSQL");
@@ -771,7 +743,7 @@ async fn store_copy_carries_version_history() {
 
     assert_eq!(store_copy(&url, &back), (1, 0));
     assert_eq!(store_copy(&url, &back), (0, 1), "a rerun writes nothing");
-    let srv = start(redb_args(&back));
+    let srv = start(&redb_args(&back, &quiet));
     assert_eq!(live_doc(srv.addr, room).await, pg_live);
     let on_redb = history_of(srv.addr, room).await;
     assert_eq!(
@@ -805,9 +777,7 @@ async fn restore_flood_is_charged_to_the_byte_rate() {
     });
     let room = "attack-restore-flood";
     let (mut c, doc) = joined(srv.addr, room).await;
-    let half: String = (0..256 * 1024u32)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect();
+    let half = letters(256 * 1024);
     c.update_acked(room, doc.push(&half)).await;
     let v1 = create(&mut c, room, "one").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -903,9 +873,7 @@ async fn restore_of_a_big_document_and_other_rooms() {
     });
     let room = "attack-big-restore";
     let (mut c, doc) = joined(srv.addr, room).await;
-    let chunk: String = (0..2_000_000u32)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect();
+    let chunk = letters(2_000_000);
     for _ in 0..4 {
         c.update_acked(room, doc.push(&chunk)).await;
     }
