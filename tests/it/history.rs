@@ -2,6 +2,7 @@
 //! protocol and REST, restores reaching every kind of client, rights,
 //! retention, bad input, restarts.
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use yrs::{
 };
 
 use crate::common::{eventually, server, ChildServer, Client, TestDoc};
-use crate::http::request;
+use crate::http::{request, Resp};
 use crate::interop::ensure_node_modules;
 
 /// A client document with text `t` and a TipTap-shaped fragment `default`.
@@ -158,17 +159,143 @@ async fn list(c: &mut Client, room: &str) -> Vec<VersionView> {
     }
 }
 
-async fn create(c: &mut Client, room: &str, name: &str) -> VersionView {
-    match ask(c, |rid| ClientMessage::VersionCreate {
+/// Asks to name a version of `room`; returns the answer (a `version` or
+/// an `error`).
+pub(crate) async fn try_create(c: &mut Client, room: &str, name: &str) -> ServerMessage {
+    ask(c, |rid| ClientMessage::VersionCreate {
         room: room.into(),
         name: name.into(),
         rid,
     })
     .await
-    {
+}
+
+/// Names a version of `room`; panics if refused.
+pub(crate) async fn create(c: &mut Client, room: &str, name: &str) -> VersionView {
+    match try_create(c, room, name).await {
         ServerMessage::Version { version, .. } => version,
         other => panic!("version_create refused: {other:?}"),
     }
+}
+
+/// Restores version `id` of `room` over the native protocol; returns the
+/// restore version, panics if refused.
+pub(crate) async fn restore(c: &mut Client, room: &str, id: &str) -> VersionView {
+    match ask(c, |rid| ClientMessage::VersionRestore {
+        room: room.into(),
+        id: id.into(),
+        rid,
+    })
+    .await
+    {
+        ServerMessage::Version { version, .. } => version,
+        other => panic!("restore of {id} refused: {other:?}"),
+    }
+}
+
+/// Deletes version `id` of `room`; panics unless the answer names it.
+pub(crate) async fn delete(c: &mut Client, room: &str, id: &str) {
+    match ask(c, |rid| ClientMessage::VersionDelete {
+        room: room.into(),
+        id: id.into(),
+        rid,
+    })
+    .await
+    {
+        ServerMessage::VersionDeleted { id: got, .. } => assert_eq!(got, id),
+        other => panic!("delete of {id} refused: {other:?}"),
+    }
+}
+
+/// Connects a native client and joins `room` with a new [`TestDoc`].
+pub(crate) async fn joined(addr: SocketAddr, room: &str) -> (Client, TestDoc) {
+    let mut c = Client::connect(addr).await;
+    let doc = TestDoc::new();
+    c.join(room, &doc).await;
+    (c, doc)
+}
+
+/// Connects a native client and joins `room` with a new [`TestDoc`],
+/// presenting itself as `name`.
+pub(crate) async fn joined_as(addr: SocketAddr, room: &str, name: &str) -> (Client, TestDoc) {
+    let mut c = Client::connect(addr).await;
+    let doc = TestDoc::new();
+    c.join_with(room, &doc, Some(json!({"name": name}))).await;
+    (c, doc)
+}
+
+/// Edits "first", names version "one", edits " second", names "two".
+async fn two_named_versions(
+    c: &mut Client,
+    room: &str,
+    doc: &TestDoc,
+) -> (VersionView, VersionView) {
+    c.update_acked(room, doc.push("first")).await;
+    let v1 = create(c, room, "one").await;
+    c.update_acked(room, doc.push(" second")).await;
+    let v2 = create(c, room, "two").await;
+    (v1, v2)
+}
+
+/// A token signed with `secret` for `user` (display name `name`) with
+/// `rights` on `room`, valid for an hour.
+pub(crate) fn mint_token(
+    secret: &str,
+    user: &str,
+    name: Option<String>,
+    room: &str,
+    rights: Rights,
+) -> String {
+    let claims = Claims {
+        sub: user.into(),
+        name,
+        exp: now_secs() + 3600,
+        grants: vec![GrantClaim {
+            room: room.into(),
+            rights,
+        }],
+    };
+    mint(secret.as_bytes(), &claims).expect("mint")
+}
+
+/// A temporary directory for a store (removed when dropped) and its path.
+pub(crate) fn temp_data_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_str().unwrap().to_owned();
+    (dir, path)
+}
+
+/// Server arguments for the embedded store in `data_dir`, then `extra`.
+pub(crate) fn redb_args(data_dir: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--store".to_owned(),
+        "redb".into(),
+        "--data-dir".into(),
+        data_dir.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Starts a server process with `args`.
+pub(crate) fn start(args: &[String]) -> ChildServer {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ChildServer::start(&args)
+}
+
+/// An unauthenticated REST `GET` of `path`.
+pub(crate) async fn rest_get(addr: SocketAddr, path: &str) -> Resp {
+    request(addr, "GET", path, &[], b"").await
+}
+
+/// REST: the first page of `room`'s versions.
+async fn rest_versions(addr: SocketAddr, room: &str) -> Resp {
+    rest_get(addr, &format!("/api/v1/rooms/{room}/versions")).await
+}
+
+/// REST: the JSON view of version `id` of `room`.
+async fn rest_version_doc(addr: SocketAddr, room: &str, id: &str) -> Resp {
+    rest_get(addr, &format!("/api/v1/rooms/{room}/versions/{id}/doc")).await
 }
 
 pub(crate) fn error_code(m: &ServerMessage) -> Option<ErrorCode> {
@@ -247,16 +374,7 @@ async fn restore_reaches_native_y_websocket_and_hocuspocus_clients() {
     phase("b").await;
 
     // Restore over the native protocol.
-    let restored = match ask(&mut native, |rid| ClientMessage::VersionRestore {
-        room: room.into(),
-        id: named.id.clone(),
-        rid,
-    })
-    .await
-    {
-        ServerMessage::Version { version, .. } => version,
-        other => panic!("restore refused: {other:?}"),
-    };
+    let restored = restore(&mut native, room, &named.id).await;
     assert_eq!(restored.kind, "restore");
     assert_eq!(restored.restored_from.as_deref(), Some(named.id.as_str()));
     assert!(restored.id.parse::<u64>().unwrap() > named.id.parse::<u64>().unwrap());
@@ -280,14 +398,7 @@ async fn restore_reaches_native_y_websocket_and_hocuspocus_clients() {
     assert_eq!(versions[0].kind, "restore");
     assert!(versions.iter().any(|v| v.id == named.id));
     // The server's own document is "A" again (REST view of the room).
-    let r = request(
-        srv.addr,
-        "GET",
-        &format!("/api/v1/rooms/{room}/doc"),
-        &[],
-        b"",
-    )
-    .await;
+    let r = rest_get(srv.addr, &format!("/api/v1/rooms/{room}/doc")).await;
     assert_eq!(
         r.json()["doc"]["t"],
         "A",
@@ -305,16 +416,7 @@ async fn restore_reaches_native_y_websocket_and_hocuspocus_clients() {
 const SECRET: &str = "history-secret-0123456789abcdef";
 
 fn token(user: &str, room: &str, rights: Rights) -> String {
-    let claims = Claims {
-        sub: user.into(),
-        name: Some(user.to_uppercase()),
-        exp: now_secs() + 3600,
-        grants: vec![GrantClaim {
-            room: room.into(),
-            rights,
-        }],
-    };
-    mint(SECRET.as_bytes(), &claims).expect("mint")
+    mint_token(SECRET, user, Some(user.to_uppercase()), room, rights)
 }
 
 /// `r` may list and view; only `rw` may name, restore and delete, over the
@@ -515,14 +617,7 @@ async fn bad_history_requests_get_clear_errors() {
     // The room still works.
     c.update_acked(room, doc.push("y")).await;
     let v = create(&mut c, room, "ok").await;
-    let r = request(
-        srv.addr,
-        "GET",
-        &format!("{base}/{}/update", v.id),
-        &[],
-        b"",
-    )
-    .await;
+    let r = rest_get(srv.addr, &format!("{base}/{}/update", v.id)).await;
     assert_eq!(r.status, 200);
     let seen = TestDoc::new();
     seen.apply(&r.body);
@@ -538,9 +633,7 @@ async fn automatic_versions_after_idle_and_retention_by_count() {
         c.history.version_keep = 2;
     });
     let room = "hist-auto";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join_with(room, &doc, Some(json!({"name": "Nat"}))).await;
+    let (mut c, doc) = joined_as(srv.addr, room, "Nat").await;
     c.update_acked(room, doc.push("one ")).await;
     let named = create(&mut c, room, "kept").await;
     for (i, word) in ["two ", "three ", "four ", "five "].iter().enumerate() {
@@ -549,14 +642,7 @@ async fn automatic_versions_after_idle_and_retention_by_count() {
         eventually("an automatic version after the idle window", || {
             let addr = srv.addr;
             async move {
-                let r = request(
-                    addr,
-                    "GET",
-                    &format!("/api/v1/rooms/{room}/versions"),
-                    &[],
-                    b"",
-                )
-                .await;
+                let r = rest_versions(addr, room).await;
                 let autos = r.json()["versions"]
                     .as_array()
                     .unwrap()
@@ -572,14 +658,7 @@ async fn automatic_versions_after_idle_and_retention_by_count() {
         // Wait until the version of this edit exists (newest covers it).
         let versions = list(&mut c, "hist-auto").await;
         let newest = &versions[0];
-        let r = request(
-            srv.addr,
-            "GET",
-            &format!("/api/v1/rooms/{room}/versions/{}/doc", newest.id),
-            &[],
-            b"",
-        )
-        .await;
+        let r = rest_version_doc(srv.addr, room, &newest.id).await;
         if r.json()["doc"]["t"] != doc.text() {
             // The idle window may still be running for this edit.
             tokio::time::sleep(Duration::from_millis(400)).await;
@@ -607,25 +686,11 @@ async fn automatic_versions_after_idle_and_retention_by_count() {
     // The newest automatic version is the whole text; the oldest kept one
     // still rebuilds (deleted versions were merged forward).
     for v in &versions {
-        let r = request(
-            srv.addr,
-            "GET",
-            &format!("/api/v1/rooms/{room}/versions/{}/doc", v.id),
-            &[],
-            b"",
-        )
-        .await;
+        let r = rest_version_doc(srv.addr, room, &v.id).await;
         assert_eq!(r.status, 200);
         assert!(r.json()["doc"]["t"].as_str().unwrap().starts_with("one "));
     }
-    let r = request(
-        srv.addr,
-        "GET",
-        &format!("/api/v1/rooms/{room}/versions/{}/doc", autos[0].id),
-        &[],
-        b"",
-    )
-    .await;
+    let r = rest_version_doc(srv.addr, room, &autos[0].id).await;
     assert_eq!(r.json()["doc"]["t"], "one two three four five ");
     // Nothing new: no version is added however long the room stays quiet.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -640,23 +705,14 @@ async fn retention_by_age_never_prunes_named_versions() {
         c.history.version_max_age_ms = 1_500;
     });
     let room = "hist-age";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+    let (mut c, doc) = joined(srv.addr, room).await;
     c.update_acked(room, doc.push("a")).await;
     let named = create(&mut c, room, "old but named").await;
     c.update_acked(room, doc.push("b")).await;
     eventually("an automatic version", || {
         let addr = srv.addr;
         async move {
-            let r = request(
-                addr,
-                "GET",
-                &format!("/api/v1/rooms/{room}/versions"),
-                &[],
-                b"",
-            )
-            .await;
+            let r = rest_versions(addr, room).await;
             r.json()["versions"][0]["kind"] == "auto"
         }
     })
@@ -668,14 +724,7 @@ async fn retention_by_age_never_prunes_named_versions() {
         let addr = srv.addr;
         let old_auto = old_auto.clone();
         async move {
-            let r = request(
-                addr,
-                "GET",
-                &format!("/api/v1/rooms/{room}/versions"),
-                &[],
-                b"",
-            )
-            .await;
+            let r = rest_versions(addr, room).await;
             let ids: Vec<String> = r.json()["versions"]
                 .as_array()
                 .unwrap()
@@ -694,61 +743,30 @@ async fn retention_by_age_never_prunes_named_versions() {
 /// History survives a restart of a server on the embedded store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_survives_a_restart_on_redb() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().to_str().unwrap().to_owned();
+    let (_dir, data) = temp_data_dir();
     let room = "hist-redb";
-    let args = ["--store", "redb", "--data-dir", data.as_str()];
-    let srv = ChildServer::start(&args);
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
-    c.update_acked(room, doc.push("first")).await;
-    let v1 = create(&mut c, room, "one").await;
-    c.update_acked(room, doc.push(" second")).await;
-    let v2 = create(&mut c, room, "two").await;
+    let args = redb_args(&data, &[]);
+    let srv = start(&args);
+    let (mut c, doc) = joined(srv.addr, room).await;
+    let (v1, v2) = two_named_versions(&mut c, room, &doc).await;
     c.close().await;
     srv.terminate();
 
-    let srv = ChildServer::start(&args);
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+    let srv = start(&args);
+    let (mut c, doc) = joined(srv.addr, room).await;
     let versions = list(&mut c, room).await;
     let ids: Vec<&str> = versions.iter().map(|v| v.id.as_str()).collect();
     assert_eq!(ids, vec![v2.id.as_str(), v1.id.as_str()]);
-    let r = request(
-        srv.addr,
-        "GET",
-        &format!("/api/v1/rooms/{room}/versions/{}/doc", v1.id),
-        &[],
-        b"",
-    )
-    .await;
+    let r = rest_version_doc(srv.addr, room, &v1.id).await;
     assert_eq!(r.json()["doc"]["t"], "first");
     // Restoring the old version after the restart works, and ids go on.
-    let restored = match ask(&mut c, |rid| ClientMessage::VersionRestore {
-        room: room.into(),
-        id: v1.id.clone(),
-        rid,
-    })
-    .await
-    {
-        ServerMessage::Version { version, .. } => version,
-        other => panic!("restore refused: {other:?}"),
-    };
+    let restored = restore(&mut c, room, &v1.id).await;
     assert!(restored.id.parse::<u64>().unwrap() > v2.id.parse::<u64>().unwrap());
     c.sync_until(room, &doc, "first").await;
     // The restore's version is a delta from version two, whose delete set
     // the room rebuilt from the store (it did not make it): it holds the
     // restore's deletions.
-    let r = request(
-        srv.addr,
-        "GET",
-        &format!("/api/v1/rooms/{room}/versions/{}/doc", restored.id),
-        &[],
-        b"",
-    )
-    .await;
+    let r = rest_version_doc(srv.addr, room, &restored.id).await;
     assert_eq!(r.json()["doc"]["t"], "first");
     srv.terminate();
 }
@@ -761,43 +779,20 @@ async fn history_survives_a_restart_on_postgres() {
     let room = "hist-pg";
     let args = ["--postgres-url", url.as_str()];
     let srv = ChildServer::start(&args);
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
-    c.update_acked(room, doc.push("first")).await;
-    let v1 = create(&mut c, room, "one").await;
-    c.update_acked(room, doc.push(" second")).await;
-    let v2 = create(&mut c, room, "two").await;
+    let (mut c, doc) = joined(srv.addr, room).await;
+    let (v1, v2) = two_named_versions(&mut c, room, &doc).await;
     // Deleting the first merges it into the second, which stays readable.
-    match ask(&mut c, |rid| ClientMessage::VersionDelete {
-        room: room.into(),
-        id: v1.id.clone(),
-        rid,
-    })
-    .await
-    {
-        ServerMessage::VersionDeleted { id, .. } => assert_eq!(id, v1.id),
-        other => panic!("delete refused: {other:?}"),
-    }
+    delete(&mut c, room, &v1.id).await;
     c.close().await;
     srv.terminate();
 
     let srv = ChildServer::start(&args);
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+    let (mut c, _doc) = joined(srv.addr, room).await;
     let versions = list(&mut c, room).await;
     let ids: Vec<&str> = versions.iter().map(|v| v.id.as_str()).collect();
     assert_eq!(ids, vec![v2.id.as_str()]);
     assert_eq!(versions[0].name.as_deref(), Some("two"));
-    let r = request(
-        srv.addr,
-        "GET",
-        &format!("/api/v1/rooms/{room}/versions/{}/doc", v2.id),
-        &[],
-        b"",
-    )
-    .await;
+    let r = rest_version_doc(srv.addr, room, &v2.id).await;
     assert_eq!(r.json()["doc"]["t"], "first second");
     let v3 = create(&mut c, room, "three").await;
     assert!(v3.id.parse::<u64>().unwrap() > v2.id.parse::<u64>().unwrap());
@@ -813,39 +808,23 @@ async fn eviction_makes_the_version_of_the_last_edits() {
         c.history.version_idle_ms = 600_000;
     });
     let room = "hist-evict";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+    let (mut c, doc) = joined(srv.addr, room).await;
     c.update_acked(room, doc.push("last words")).await;
     c.close().await;
     eventually("the room evicted", || {
         let addr = srv.addr;
         async move {
-            let r = request(addr, "GET", "/api/v1/rooms", &[], b"").await;
+            let r = rest_get(addr, "/api/v1/rooms").await;
             r.json()["rooms"].as_array().is_some_and(|a| a.is_empty())
         }
     })
     .await;
-    let r = request(
-        srv.addr,
-        "GET",
-        &format!("/api/v1/rooms/{room}/versions"),
-        &[],
-        b"",
-    )
-    .await;
+    let r = rest_versions(srv.addr, room).await;
     let versions = r.json()["versions"].clone();
     assert_eq!(versions.as_array().map(Vec::len), Some(1), "{versions}");
     assert_eq!(versions[0]["kind"], "auto");
     let id = versions[0]["id"].as_str().unwrap();
-    let r = request(
-        srv.addr,
-        "GET",
-        &format!("/api/v1/rooms/{room}/versions/{id}/doc"),
-        &[],
-        b"",
-    )
-    .await;
+    let r = rest_version_doc(srv.addr, room, id).await;
     assert_eq!(r.json()["doc"]["t"], "last words");
 }
 
@@ -856,9 +835,7 @@ async fn eviction_makes_the_version_of_the_last_edits() {
 async fn history_requests_in_flight_are_bounded() {
     let srv = server(|c| c.history.max_history_requests_in_flight = 2);
     let room = "hist-flood";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+    let (mut c, doc) = joined(srv.addr, room).await;
     // About 1 MB, so that a view takes a while to rebuild.
     for _ in 0..4 {
         c.update_acked(room, doc.push(&"x".repeat(250_000))).await;

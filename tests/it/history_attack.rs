@@ -7,10 +7,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chorus::auth::{mint, now_secs, Claims, GrantClaim, Rights};
-use chorus::protocol::native::{ClientMessage, ServerMessage, VersionView};
+use chorus::auth::Rights;
+use chorus::protocol::native::{ClientMessage, ServerMessage};
 use chorus::protocol::ErrorCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use yrs::types::xml::XmlFragment;
 use yrs::updates::decoder::Decode;
 use yrs::{
@@ -19,37 +19,11 @@ use yrs::{
 };
 
 use crate::common::{eventually, server, ChildServer, Client, TestDoc};
-use crate::history::{ask, error_code, rid_of};
+use crate::history::{
+    ask, create, delete, error_code, joined, joined_as, mint_token, redb_args, rest_get, restore,
+    rid_of, start, temp_data_dir, try_create,
+};
 use crate::http::request;
-
-async fn try_create(c: &mut Client, room: &str, name: &str) -> ServerMessage {
-    ask(c, |rid| ClientMessage::VersionCreate {
-        room: room.into(),
-        name: name.into(),
-        rid,
-    })
-    .await
-}
-
-async fn create(c: &mut Client, room: &str, name: &str) -> VersionView {
-    match try_create(c, room, name).await {
-        ServerMessage::Version { version, .. } => version,
-        other => panic!("version_create refused: {other:?}"),
-    }
-}
-
-async fn delete(c: &mut Client, room: &str, id: &str) {
-    match ask(c, |rid| ClientMessage::VersionDelete {
-        room: room.into(),
-        id: id.into(),
-        rid,
-    })
-    .await
-    {
-        ServerMessage::VersionDeleted { id: got, .. } => assert_eq!(got, id),
-        other => panic!("delete of {id} refused: {other:?}"),
-    }
-}
 
 /// Every version of `room` over REST, newest first, following `next`.
 async fn all_versions(addr: SocketAddr, room: &str) -> Vec<Value> {
@@ -60,7 +34,7 @@ async fn all_versions(addr: SocketAddr, room: &str) -> Vec<Value> {
             Some(b) => format!("/api/v1/rooms/{room}/versions?limit=7&before={b}"),
             None => format!("/api/v1/rooms/{room}/versions?limit=7"),
         };
-        let r = request(addr, "GET", &path, &[], b"").await;
+        let r = rest_get(addr, &path).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let j = r.json();
         out.extend(j["versions"].as_array().unwrap().iter().cloned());
@@ -75,7 +49,7 @@ async fn all_versions(addr: SocketAddr, room: &str) -> Vec<Value> {
 /// whole from the `/update` bytes (a canonical form to compare bytes).
 async fn version_state(addr: SocketAddr, room: &str, id: &str) -> (Value, Vec<u8>) {
     let base = format!("/api/v1/rooms/{room}/versions/{id}");
-    let r = request(addr, "GET", &format!("{base}/doc"), &[], b"").await;
+    let r = rest_get(addr, &format!("{base}/doc")).await;
     assert_eq!(
         r.status,
         200,
@@ -83,7 +57,7 @@ async fn version_state(addr: SocketAddr, room: &str, id: &str) -> (Value, Vec<u8
         String::from_utf8_lossy(&r.body)
     );
     let view = r.json()["doc"].clone();
-    let r = request(addr, "GET", &format!("{base}/update"), &[], b"").await;
+    let r = rest_get(addr, &format!("{base}/update")).await;
     assert_eq!(r.status, 200, "update {id}");
     let doc = Doc::new();
     doc.transact_mut()
@@ -96,7 +70,7 @@ async fn version_state(addr: SocketAddr, room: &str, id: &str) -> (Value, Vec<u8
 }
 
 async fn live_doc(addr: SocketAddr, room: &str) -> Value {
-    let r = request(addr, "GET", &format!("/api/v1/rooms/{room}/doc"), &[], b"").await;
+    let r = rest_get(addr, &format!("/api/v1/rooms/{room}/doc")).await;
     assert_eq!(r.status, 200);
     r.json()["doc"].clone()
 }
@@ -155,6 +129,11 @@ async fn session_with_versions(c: &mut Client, room: &str, n: u32) -> Vec<String
         ids.push(create(c, room, &format!("v{i} ✓ «name»")).await.id);
     }
     ids
+}
+
+/// `n` letters, a to z over and over.
+fn letters(n: u32) -> String {
+    (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect()
 }
 
 /// A deterministic shuffle (xorshift), so a failure repeats.
@@ -234,20 +213,13 @@ async fn random_deletions_keep_every_other_version_byte_for_byte() {
 /// are stored, and every remaining one rebuilds as before after restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletions_across_restarts_on_redb_keep_versions_byte_for_byte() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().to_str().unwrap().to_owned();
-    let args = [
-        "--store",
-        "redb",
-        "--data-dir",
-        data.as_str(),
-        "--version-idle-ms",
-        "0",
-        "--version-snapshot-every",
-        "4",
-    ];
+    let (_dir, data) = temp_data_dir();
+    let args = redb_args(
+        &data,
+        &["--version-idle-ms", "0", "--version-snapshot-every", "4"],
+    );
     let room = "attack-redb-order";
-    let srv = ChildServer::start(&args);
+    let srv = start(&args);
     let mut c = Client::connect(srv.addr).await;
     let ids = session_with_versions(&mut c, room, 10).await;
     let mut before = std::collections::HashMap::new();
@@ -259,7 +231,7 @@ async fn deletions_across_restarts_on_redb_keep_versions_byte_for_byte() {
     let order = shuffled(&ids, 0x1234_5678_9abc_def1);
     let mut left = ids.clone();
     for chunk in order.chunks(3).take(2) {
-        let srv = ChildServer::start(&args);
+        let srv = start(&args);
         let mut c = Client::connect(srv.addr).await;
         c.join(room, &TestDoc::new()).await;
         for gone in chunk {
@@ -268,7 +240,7 @@ async fn deletions_across_restarts_on_redb_keep_versions_byte_for_byte() {
         }
         c.close().await;
         srv.terminate();
-        let srv = ChildServer::start(&args);
+        let srv = start(&args);
         let listed: Vec<String> = all_versions(srv.addr, room)
             .await
             .iter()
@@ -292,16 +264,7 @@ async fn deletions_across_restarts_on_redb_keep_versions_byte_for_byte() {
 const SECRET: &str = "attack-secret-0123456789abcdef";
 
 fn token(user: &str, room: &str, rights: Rights) -> String {
-    let claims = Claims {
-        sub: user.into(),
-        name: None,
-        exp: now_secs() + 3600,
-        grants: vec![GrantClaim {
-            room: room.into(),
-            rights,
-        }],
-    };
-    mint(SECRET.as_bytes(), &claims).expect("mint")
+    mint_token(SECRET, user, None, room, rights)
 }
 
 /// A token for room A gets nothing of room B's history (REST), and ids of
@@ -376,7 +339,7 @@ async fn foreign_tokens_and_foreign_ids_reach_nothing() {
         );
     }
     // No token at all: 401 everywhere.
-    let r = request(srv.addr, "GET", &base, &[], b"").await;
+    let r = rest_get(srv.addr, &base).await;
     assert_eq!(r.status, 401);
     // A's history is untouched.
     let bearer = format!("Bearer {}", token("ann", a, Rights::Read));
@@ -402,9 +365,7 @@ async fn named_version_flood_stops_at_the_cap() {
         c.history.max_named_versions = 20;
     });
     let room = "attack-flood";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+    let (mut c, doc) = joined(srv.addr, room).await;
     c.update_acked(room, doc.push("x")).await;
     // 60 creates, one after the other (a connection may have only a few
     // history requests in flight).
@@ -448,10 +409,7 @@ async fn edits_right_before_eviction_get_an_automatic_version() {
         c.limits.room_idle_ms = 50;
     });
     let room = "attack-evicted";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join_with(room, &doc, Some(json!({"name": "Leaver"})))
-        .await;
+    let (mut c, doc) = joined_as(srv.addr, room, "Leaver").await;
     c.update_acked(room, doc.push("typed then left")).await;
     c.close().await;
     // Long past eviction and the idle window.
@@ -477,16 +435,12 @@ async fn edits_right_before_eviction_get_an_automatic_version() {
 async fn restores_racing_edits_converge_everywhere() {
     let srv = server(|c| c.history.version_idle_ms = 0);
     let room = "attack-race";
-    let mut a = Client::connect(srv.addr).await;
-    let da = TestDoc::new();
-    a.join(room, &da).await;
+    let (mut a, da) = joined(srv.addr, room).await;
     a.update_acked(room, da.push("base ")).await;
     let v1 = create(&mut a, room, "base").await;
     a.update_acked(room, da.push("more ")).await;
     let v2 = create(&mut a, room, "more").await;
-    let mut b = Client::connect(srv.addr).await;
-    let db = TestDoc::new();
-    b.join(room, &db).await;
+    let (mut b, db) = joined(srv.addr, room).await;
     // Four restorers (one restore in flight each: the connection's limit),
     // two rounds of concurrent restores alternating versions, while a and
     // b type.
@@ -552,12 +506,8 @@ async fn view_flood_of_a_big_version_keeps_memory_bounded() {
     let args = ["--store", "memory", "--version-idle-ms", "0"];
     let srv = ChildServer::start(&args);
     let room = "attack-big-view";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
-    let big: String = (0..2_000_000u32)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect();
+    let (mut c, doc) = joined(srv.addr, room).await;
+    let big = letters(2_000_000);
     c.update_acked(room, doc.push(&big)).await;
     create(&mut c, room, "big").await;
     c.update_acked(room, doc.push("!")).await;
@@ -619,27 +569,16 @@ async fn view_flood_of_a_big_version_keeps_memory_bounded() {
 /// The answer to a restore acknowledges it: `kill -9` right after it, and
 /// the restarted server holds the restored content (not only the restore
 /// version in the list), for the embedded store and PostgreSQL.
-async fn restore_then_kill(args: &[&str], room: &str) {
-    let srv = ChildServer::start(args);
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
+async fn restore_then_kill(args: &[String], room: &str) {
+    let srv = start(args);
+    let (mut c, doc) = joined(srv.addr, room).await;
     c.update_acked(room, doc.push("kept")).await;
     let v1 = create(&mut c, room, "kept").await;
     c.update_acked(room, doc.push(" and later")).await;
     create(&mut c, room, "later").await;
-    let restored = match ask(&mut c, |rid| ClientMessage::VersionRestore {
-        room: room.into(),
-        id: v1.id.clone(),
-        rid,
-    })
-    .await
-    {
-        ServerMessage::Version { version, .. } => version,
-        other => panic!("restore refused: {other:?}"),
-    };
+    let restored = restore(&mut c, room, &v1.id).await;
     srv.kill();
-    let srv = ChildServer::start(args);
+    let srv = start(args);
     let listed = all_versions(srv.addr, room).await;
     assert_eq!(listed[0]["id"], restored.id.as_str(), "{listed:?}");
     assert_eq!(
@@ -652,16 +591,8 @@ async fn restore_then_kill(args: &[&str], room: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_restore_survives_kill_9_on_redb() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().to_str().unwrap().to_owned();
-    let args = [
-        "--store",
-        "redb",
-        "--data-dir",
-        data.as_str(),
-        "--version-idle-ms",
-        "0",
-    ];
+    let (_dir, data) = temp_data_dir();
+    let args = redb_args(&data, &["--version-idle-ms", "0"]);
     for i in 0..5 {
         restore_then_kill(&args, &format!("attack-kill-redb-{i}")).await;
     }
@@ -671,7 +602,7 @@ async fn acknowledged_restore_survives_kill_9_on_redb() {
 async fn acknowledged_restore_survives_kill_9_on_postgres() {
     let pg = crate::pg::Postgres::start();
     let url = pg.url();
-    let args = ["--postgres-url", url.as_str(), "--version-idle-ms", "0"];
+    let args = ["--postgres-url", url.as_str(), "--version-idle-ms", "0"].map(String::from);
     for i in 0..5 {
         restore_then_kill(&args, &format!("attack-kill-pg-{i}")).await;
     }
@@ -754,24 +685,10 @@ async fn store_copy_carries_version_history() {
     let back = dir.path().join("b").to_str().unwrap().to_owned();
     let room = "attack-copy";
     let quiet = ["--version-idle-ms", "0", "--version-snapshot-every", "3"];
-    let redb_args = |d: &str| {
-        let mut a = vec![
-            "--store".to_owned(),
-            "redb".into(),
-            "--data-dir".into(),
-            d.into(),
-        ];
-        a.extend(quiet.iter().map(|s| s.to_string()));
-        a
-    };
-    let start = |a: Vec<String>| {
-        let args: Vec<&str> = a.iter().map(String::as_str).collect();
-        ChildServer::start(&args)
-    };
     // The source: 7 named versions (full states every 3), the 4th deleted
     // (merged into the 5th), a restore of the 2nd, then one more named
     // version deleted again: its id is handed out and must never be again.
-    let srv = start(redb_args(&data));
+    let srv = start(&redb_args(&data, &quiet));
     let mut c = Client::connect(srv.addr).await;
     let ids = session_with_versions(&mut c, room, 7).await;
     delete(&mut c, room, &ids[3]).await;
@@ -801,7 +718,7 @@ async fn store_copy_carries_version_history() {
     let url = pg.url();
     let mut pg_args = vec!["--postgres-url".to_owned(), url.clone()];
     pg_args.extend(quiet.iter().map(|s| s.to_string()));
-    let srv = start(pg_args.clone());
+    let srv = start(&pg_args);
     let mut c = Client::connect(srv.addr).await;
     session_with_versions(&mut c, room, 3).await;
     c.close().await;
@@ -809,7 +726,7 @@ async fn store_copy_carries_version_history() {
 
     assert_eq!(store_copy(&data, &url), (1, 0));
     assert_eq!(store_copy(&data, &url), (0, 1), "a rerun writes nothing");
-    let srv = start(pg_args.clone());
+    let srv = start(&pg_args);
     assert_eq!(live_doc(srv.addr, room).await, live);
     let on_pg = history_of(srv.addr, room).await;
     assert_eq!(on_pg.0, source.0, "the listing after redb → PostgreSQL");
@@ -826,7 +743,7 @@ async fn store_copy_carries_version_history() {
 
     assert_eq!(store_copy(&url, &back), (1, 0));
     assert_eq!(store_copy(&url, &back), (0, 1), "a rerun writes nothing");
-    let srv = start(redb_args(&back));
+    let srv = start(&redb_args(&back, &quiet));
     assert_eq!(live_doc(srv.addr, room).await, pg_live);
     let on_redb = history_of(srv.addr, room).await;
     assert_eq!(
@@ -859,12 +776,8 @@ async fn restore_flood_is_charged_to_the_byte_rate() {
         c.limits.rate_limit_grace_ms = 1_000;
     });
     let room = "attack-restore-flood";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
-    let half: String = (0..256 * 1024u32)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect();
+    let (mut c, doc) = joined(srv.addr, room).await;
+    let half = letters(256 * 1024);
     c.update_acked(room, doc.push(&half)).await;
     let v1 = create(&mut c, room, "one").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -959,12 +872,8 @@ async fn restore_of_a_big_document_and_other_rooms() {
         c.limits.max_bytes_per_sec = 0;
     });
     let room = "attack-big-restore";
-    let mut c = Client::connect(srv.addr).await;
-    let doc = TestDoc::new();
-    c.join(room, &doc).await;
-    let chunk: String = (0..2_000_000u32)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect();
+    let (mut c, doc) = joined(srv.addr, room).await;
+    let chunk = letters(2_000_000);
     for _ in 0..4 {
         c.update_acked(room, doc.push(&chunk)).await;
     }
