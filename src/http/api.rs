@@ -747,20 +747,35 @@ async fn ask_versions(
 ) -> Result<(RoomId, VersionReply), ApiError> {
     let room = room_of(req, shared)?;
     authorize(req, shared, Need::Room(&room, rights))?;
-    let ask = ask()?;
+    let reply = send_version_request(req, shared, &room, ask()?).await?;
+    Ok((room, reply))
+}
+
+/// Sends `ask` to the room on behalf of the request's user.
+async fn send_version_request(
+    req: &HttpRequest,
+    shared: &Shared,
+    room: &RoomId,
+    ask: VersionAsk,
+) -> Result<VersionReply, ApiError> {
     let request = VersionRequest {
         ask,
         user: request_user(req, shared),
         member: None,
         counted: true,
     };
-    let reply = shared
+    shared
         .registry
-        .request(&room, request)
+        .request(room, request)
         .await?
         .await
-        .map_err(mailbox)??;
-    Ok((room, reply))
+        .map_err(mailbox)?
+        .map_err(ApiError::from)
+}
+
+/// A room answered a history request with another kind of reply.
+fn unexpected_reply() -> ApiError {
+    ApiError::Unavailable("unexpected answer".into())
 }
 
 /// Query of `GET /rooms/{room}/versions`.
@@ -791,7 +806,7 @@ async fn list_versions(req: HttpRequest, shared: web::Data<Shared>) -> HttpRespo
         })
         .await?;
         let VersionReply::Page(page) = reply else {
-            return Err(ApiError::Unavailable("unexpected answer".into()));
+            return Err(unexpected_reply());
         };
         let versions: Vec<_> = page.versions.iter().map(version_view).collect();
         Ok(HttpResponse::Ok().json(json!({
@@ -818,20 +833,11 @@ async fn create_version(
         let body: CreateVersionBody = parse_json(&body)?;
         let max = shared.config.history.max_version_name_bytes;
         crate::room::history::check_version_name(&body.name, max).map_err(ApiError::BadRequest)?;
-        let request = VersionRequest {
-            ask: VersionAsk::Create { name: body.name },
-            user: request_user(&req, &shared),
-            member: None,
-            counted: true,
-        };
-        let reply = shared
-            .registry
-            .request(&room, request)
-            .await?
-            .await
-            .map_err(mailbox)??;
+        let reply =
+            send_version_request(&req, &shared, &room, VersionAsk::Create { name: body.name })
+                .await?;
         let VersionReply::Version(meta) = reply else {
-            return Err(ApiError::Unavailable("unexpected answer".into()));
+            return Err(unexpected_reply());
         };
         Ok(HttpResponse::Created().json(json!({ "version": version_view(&meta) })))
     };
@@ -848,7 +854,7 @@ async fn version_doc(req: HttpRequest, shared: web::Data<Shared>) -> HttpRespons
         })
         .await?;
         let VersionReply::Json(doc) = reply else {
-            return Err(ApiError::Unavailable("unexpected answer".into()));
+            return Err(unexpected_reply());
         };
         Ok(HttpResponse::Ok().json(json!({ "room": &*room, "doc": doc })))
     };
@@ -865,7 +871,7 @@ async fn version_update(req: HttpRequest, shared: web::Data<Shared>) -> HttpResp
         })
         .await?;
         let VersionReply::Update(bytes) = reply else {
-            return Err(ApiError::Unavailable("unexpected answer".into()));
+            return Err(unexpected_reply());
         };
         Ok(HttpResponse::Ok()
             .content_type("application/octet-stream")
@@ -883,7 +889,7 @@ async fn restore_version(req: HttpRequest, shared: web::Data<Shared>) -> HttpRes
         })
         .await?;
         let VersionReply::Version(meta) = reply else {
-            return Err(ApiError::Unavailable("unexpected answer".into()));
+            return Err(unexpected_reply());
         };
         Ok(HttpResponse::Ok().json(json!({ "version": version_view(&meta) })))
     };
