@@ -38,7 +38,7 @@ use bytes::Bytes;
 use chorus::config::Config;
 use chorus::http::BackgroundServer;
 use chorus::store::history::{
-    encode_version, Added, NewVersion, VersionHead, VersionKind, VersionOp, VersionOut,
+    encode_version, Added, NewVersion, VersionHead, VersionKind, VersionOp, VersionOut, VersionPage,
 };
 use chorus::store::redb::{RedbStore, WriterOptions};
 use chorus::store::DocStore;
@@ -250,20 +250,7 @@ fn session_part() -> Session {
         s.advance(now);
     }
     s.advance(u64::MAX / 2);
-    let page = match s
-        .rt
-        .block_on(s.store.versions(
-            ROOM,
-            VersionOp::List {
-                before: None,
-                limit: 200,
-            },
-        ))
-        .expect("list")
-    {
-        VersionOut::Page(p) => p,
-        _ => unreachable!(),
-    };
+    let page = all_versions(&s);
     let stored: u64 = page.versions.iter().map(|v| v.bytes).sum();
     let txn = s.doc.transact();
     let doc_bytes = txn.encode_state_as_update_v1(&StateVector::default()).len();
@@ -289,6 +276,24 @@ fn session_part() -> Session {
     s
 }
 
+/// The session's versions, newest first (up to 200).
+fn all_versions(s: &Session) -> VersionPage {
+    match s
+        .rt
+        .block_on(s.store.versions(
+            ROOM,
+            VersionOp::List {
+                before: None,
+                limit: 200,
+            },
+        ))
+        .expect("list")
+    {
+        VersionOut::Page(p) => p,
+        _ => unreachable!(),
+    }
+}
+
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -311,20 +316,7 @@ fn list_part(s: &Session) {
         assert!(matches!(out, VersionOut::Page(_)));
     }
     let (p50, p99) = (percentile(&mut times, 0.5), percentile(&mut times, 0.99));
-    let page = match s
-        .rt
-        .block_on(s.store.versions(
-            ROOM,
-            VersionOp::List {
-                before: None,
-                limit: 200,
-            },
-        ))
-        .expect("list")
-    {
-        VersionOut::Page(p) => p,
-        _ => unreachable!(),
-    };
+    let page = all_versions(s);
     let mut rebuild = Vec::new();
     for id in [
         page.versions.last().map(|v| v.id),
