@@ -14,6 +14,7 @@ pub mod api;
 pub mod demo;
 mod shed;
 mod stream;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::ws::Codec;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
 use crate::auth::{now_secs, Verifier};
@@ -152,29 +153,75 @@ impl Server {
         actix_web::rt::spawn(shed::rebalance(shared.clone()));
         let data = web::Data::new(shared.clone());
         let metrics = web::Data::new(metrics_registry(&shared));
-        let mut server = HttpServer::new(move || {
+        let app = move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(metrics.clone())
                 .configure(routes)
-        })
-        .on_connect(remember_socket)
-        .disable_signals()
-        .h1_write_buffer_size(crate::outbox::WRITE_HIGH_WATER)
-        .shutdown_timeout(config.limits.shutdown_timeout().as_secs().max(1));
+        };
+        let bind = (config.bind, config.port);
+        let listener = listen(bind).map_err(|source| ServerError::Bind {
+            addr: format!("{}:{}", config.bind, config.port),
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: format!("{}:{}", config.bind, config.port),
+            source,
+        })?;
+        let mut server = actix_server::Server::build()
+            .disable_signals()
+            .shutdown_timeout(config.limits.shutdown_timeout().as_secs().max(1));
         if config.workers > 0 {
             server = server.workers(config.workers);
         }
-        let bind = (config.bind, config.port);
+        // One HTTP service per worker: the actix-web application `app` for
+        // every request, and for upgrade requests the same application
+        // behind `upgrade::serve`, which serves switched connections
+        // without actix-http's per-connection buffers. Timeouts as
+        // actix-web's `HttpServer` sets them. (Nothing in Chorus reads the
+        // application's `AppConfig`, so its default host and address stay.)
+        macro_rules! http_service {
+            () => {{
+                let upgrades = app.clone();
+                actix_http::HttpService::build()
+                    .keep_alive(actix_http::KeepAlive::Timeout(Duration::from_secs(5)))
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .h1_allow_half_closed(true)
+                    .local_addr(addr)
+                    .on_connect_ext(|io: &_, data: &mut _| {
+                        remember_socket(io as &dyn std::any::Any, data)
+                    })
+                    .upgrade(actix_service::fn_factory(move || {
+                        let app = upgrades();
+                        async move {
+                            let service = actix_service::ServiceFactory::new_service(
+                                &actix_service::IntoServiceFactory::into_factory(app),
+                                actix_web::dev::AppConfig::default(),
+                            )
+                            .await?;
+                            let service = std::rc::Rc::new(service);
+                            Ok::<_, ()>(actix_service::fn_service(move |(req, framed)| {
+                                let served = upgrade::serve_quietly(service.clone(), req, framed);
+                                async move { served.await.map_err(actix_web::Error::from) }
+                            }))
+                        }
+                    }))
+                    .finish(actix_service::map_config(app(), |_| {
+                        actix_web::dev::AppConfig::default()
+                    }))
+            }};
+        }
         let bound = match tls {
-            Some(tls) => server.bind_rustls_0_23(bind, tls),
-            None => server.bind(bind),
+            Some(tls) => server.listen("chorus-https", listener, move || {
+                http_service!().rustls_0_23(tls.clone())
+            }),
+            None => server.listen("chorus-http", listener, move || http_service!().tcp()),
         };
         let server = bound.map_err(|source| ServerError::Bind {
             addr: format!("{}:{}", config.bind, config.port),
             source,
         })?;
-        let addr = server.addrs()[0];
         let running = server.run();
         Ok(Server {
             addr,
@@ -230,6 +277,21 @@ impl Server {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
+}
+
+/// A listening socket as actix-web binds one (address reuse, a backlog of
+/// 1 024).
+fn listen(bind: (std::net::IpAddr, u16)) -> std::io::Result<std::net::TcpListener> {
+    let addr = SocketAddr::from(bind);
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// A rustls server config (ring provider) from PEM files.

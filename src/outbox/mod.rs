@@ -4,14 +4,14 @@
 //!
 //! Rooms do not send frames to a session through its actor mailbox: they
 //! push pre-framed bytes ([`Frame`]) into the session's outbox, and the
-//! response body ([`OutboxBody`]) hands them to actix-http as it asks for
+//! response body ([`OutboxBody`]) hands them to the socket as it takes
 //! more. A frame encoded once per fan-out is shared by every recipient (a
 //! `Bytes` clone, no copy), and the body task is woken only when the queue
 //! goes from empty to non-empty. The session actor writes through the same
 //! queue (welcome, errors, pings, close), so every frame keeps its order.
 //!
-//! actix-http polls the response body only as the socket drains, so a
-//! client that stops reading stops the body, and with it its session actor
+//! The body is polled only as the socket drains, so a client that stops
+//! reading stops the body, and with it its session actor
 //! (the actor runs inside the body's poll). The byte count makes that pile
 //! visible to the *senders*: every frame pushed adds its wire size, and the
 //! body subtracts what it yields to the socket. Rooms consult the backlog
@@ -211,7 +211,7 @@ impl Frame {
 ///
 /// Each tracked recipient gets the frame with a token on its last chunk
 /// ([`Flight::track`]; the bytes stay shared); the token counts down when
-/// the body has handed that chunk to actix-http (or the frame was dropped
+/// that chunk has been written to the socket (or the frame was dropped
 /// or discarded), and the `done` callback runs when the count reaches the
 /// threshold given to [`Flight::arm`].
 pub struct Flight {
@@ -314,7 +314,7 @@ pub fn echo_close(reason: Option<actix_http::ws::CloseReason>) -> Frame {
 /// waker is the one its context polls with.
 #[derive(Default)]
 struct Signal {
-    /// The body task (actix-http's dispatcher), registered on every poll.
+    /// The body's task (the connection's pump), registered on every poll.
     body: AtomicWaker,
     /// Something the actor waits on (mailbox, socket input, timer) fired:
     /// the body polls the actor at its next poll, and only then.
@@ -523,25 +523,17 @@ pub struct OutboxBody<S> {
     ready: VecDeque<Bytes>,
 }
 
-// How much the body hands actix-http at once. actix-http copies every chunk
-// into its connection's write buffer, keeps polling the body until that
-// buffer holds the server's `h1_write_buffer_size`, and keeps whatever
-// capacity the buffer grew to for the life of the connection. Yielding at
-// most PIECE bytes per chunk with a mark of WRITE_HIGH_WATER bounds that
-// buffer at 16 KiB per connection whatever one burst (a big room's
-// presence, a large snapshot) held, at the price of more, smaller writes
-// for large frames. The measurements behind these values are in
-// benches/BENCHMARKS.md.
+// How much the body yields at once: slices of a larger frame (shared, not
+// copied), so that the backlog counts as written only what the socket is
+// about to take (src/http/upgrade.rs writes each chunk as it comes, with no
+// buffer of its own). 64 KiB keeps a large frame (a 10 MB join) to a few
+// hundred writes.
 
-/// The server's `h1_write_buffer_size`: actix-http stops polling the body
-/// once its write buffer holds this much.
-pub const WRITE_HIGH_WATER: usize = 8 * 1024;
-
-/// Largest chunk the body yields (slices of a larger frame, not copies).
-const PIECE: usize = 8 * 1024;
+/// Largest chunk the body yields.
+const PIECE: usize = 64 * 1024;
 
 /// Lane capacity kept across swaps; a larger one (left by a burst) is freed.
-const KEEP_LANE_CAPACITY: usize = 16;
+const KEEP_LANE_CAPACITY: usize = 4;
 
 impl<S> OutboxBody<S> {
     /// Wraps the stream returned by `WebsocketContext::with_codec`.

@@ -218,7 +218,8 @@ tracked_handlers!(
 
 /// The request payload of a WebSocket session, read only while its
 /// [`Gate`] is open. While it is closed the payload is not polled, so
-/// actix-http stops reading the socket once its small buffer is full.
+/// the connection stops reading the socket once its payload queue is full
+/// (`crate::http` upgrade pump, 32 KiB).
 pub struct GatedPayload<S> {
     inner: S,
     gate: Arc<Gate>,

@@ -1,17 +1,18 @@
 //! Stuck connections are closed even when their session cannot run.
 //!
 //! A session actor runs inside its response body's poll
-//! ([`crate::outbox::OutboxBody`]), and actix-http polls the body only as
+//! ([`crate::outbox::OutboxBody`]), and the connection polls the body only as
 //! the socket drains: a client that stopped reading (its socket full)
 //! stops its session, heartbeat included, for as long as it likes. So the
 //! heartbeat cannot close it. A [`Liveness`] records when the session last
 //! ran and found its client alive ([`Liveness::beat`]); a task outside the
-//! body ([`watch`]) checks it every heartbeat, and past
+//! body (one per thread, [`watch`]) checks it every heartbeat, and past
 //! `client_timeout + heartbeat` without a beat it shuts the socket down.
-//! actix-http then fails the connection and drops the body, which stops the
+//! The connection's pump then fails and drops the body, which stops the
 //! session the ordinary way: it leaves its rooms (others see it go), gives
 //! its per-IP slot back, and counts as closed.
 
+use std::cell::{Cell, RefCell};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -25,6 +26,9 @@ pub struct Liveness {
     epoch: Instant,
     /// Milliseconds after `epoch` of the last beat.
     beat_ms: AtomicU64,
+    /// Silence allowed before the socket is shut, in milliseconds (set by
+    /// [`watch`]).
+    limit_ms: AtomicU64,
     /// The connection's socket (a duplicate of its descriptor, closed with
     /// this). `None` when the server could not get it (then only the
     /// session's own heartbeat closes the connection).
@@ -37,6 +41,7 @@ impl Liveness {
         Arc::new(Liveness {
             epoch: Instant::now(),
             beat_ms: AtomicU64::new(0),
+            limit_ms: AtomicU64::new(u64::MAX),
             socket,
         })
     }
@@ -54,7 +59,7 @@ impl Liveness {
     }
 
     /// Resets the connection: what waits in the kernel is discarded (linger
-    /// 0) and both directions are shut, so actix-http's next write or read
+    /// 0) and both directions are shut, so the pump's next write or read
     /// fails and it drops the connection.
     fn shut(&self) -> bool {
         let Some(socket) = &self.socket else {
@@ -68,24 +73,74 @@ impl Liveness {
 /// Watches `liveness` every `every` until its session is gone (the last
 /// strong reference dropped with the connection); shuts its socket once it
 /// has been silent for more than `limit`.
+///
+/// One sweeper task per thread watches every session of that thread (a
+/// weak reference each, 8 bytes), instead of a task and a timer per
+/// connection.
 pub fn watch(liveness: &Arc<Liveness>, every: Duration, limit: Duration) {
-    let weak: Weak<Liveness> = Arc::downgrade(liveness);
-    actix_web::rt::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            let Some(liveness) = weak.upgrade() else {
-                return;
-            };
-            let silent = liveness.silent_for();
-            if silent > limit {
+    liveness
+        .limit_ms
+        .store(limit.as_millis() as u64, Ordering::Release);
+    WATCHED.with(|watched| {
+        let start = watched.entries.borrow().is_empty();
+        watched.entries.borrow_mut().push(Arc::downgrade(liveness));
+        if watched.every.get().is_none_or(|e| every < e) {
+            watched.every.set(Some(every));
+        }
+        if start {
+            actix_web::rt::spawn(sweep());
+        }
+    });
+}
+
+/// The sessions of one thread under watch, and how often they are checked.
+struct Watched {
+    entries: RefCell<Vec<Weak<Liveness>>>,
+    every: Cell<Option<Duration>>,
+}
+
+thread_local! {
+    static WATCHED: Watched = const {
+        Watched { entries: RefCell::new(Vec::new()), every: Cell::new(None) }
+    };
+}
+
+/// Checks this thread's watched sessions every period until none is left
+/// (a later [`watch`] starts it again): forgets the gone ones and shuts
+/// the sockets of the stuck ones.
+async fn sweep() {
+    loop {
+        let every = WATCHED
+            .with(|w| w.every.get())
+            .unwrap_or(Duration::from_secs(1));
+        tokio::time::sleep(every).await;
+        let left = WATCHED.with(|watched| {
+            let mut entries = watched.entries.borrow_mut();
+            entries.retain(|weak| {
+                let Some(liveness) = weak.upgrade() else {
+                    return false;
+                };
+                let silent = liveness.silent_for();
+                let limit = Duration::from_millis(liveness.limit_ms.load(Ordering::Acquire));
+                if silent <= limit {
+                    return true;
+                }
                 let shut = liveness.shut();
                 tracing::info!(
                     silent_ms = silent.as_millis() as u64,
                     shut,
                     "connection stuck (its session could not run): socket shut down"
                 );
-                return;
+                false
+            });
+            if entries.capacity() > 2 * entries.len() + 16 {
+                entries.shrink_to_fit();
             }
+            entries.len()
+        });
+        if left == 0 {
+            WATCHED.with(|w| w.every.set(None));
+            return;
         }
-    });
+    }
 }

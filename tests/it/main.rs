@@ -19,5 +19,6 @@ mod security;
 mod store;
 mod supervise;
 mod tap;
+mod transport;
 mod vectors;
 mod yjs;
