@@ -76,8 +76,11 @@
 //!   on SIGTERM and rebalancing, both moving sessions off the node with
 //!   close codes clients retry); `http::api` is the REST
 //!   API under `/api/v1` (API key or tokens, JSON errors, origins and CORS,
-//!   rates), and `http::stream` its SSE, long poll and NDJSON streams from
-//!   `room::events`.
+//!   rates), `http::stream` its SSE, long poll and NDJSON streams from
+//!   `room::events`, and `http::upgrade` serves switched WebSocket
+//!   connections (the upgrade request routed through the same app, then a
+//!   small pump task per connection between its socket and its session,
+//!   holding no buffer while idle).
 #![deny(missing_docs)]
 
 pub mod auth;

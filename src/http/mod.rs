@@ -178,8 +178,9 @@ impl Server {
         // every request, and for upgrade requests the same application
         // behind `upgrade::serve`, which serves switched connections
         // without actix-http's per-connection buffers. Timeouts as
-        // actix-web's `HttpServer` sets them. (Nothing in Chorus reads the
-        // application's `AppConfig`, so its default host and address stay.)
+        // actix-web's `HttpServer` sets them; no Nagle delay. (Nothing in
+        // Chorus reads the application's `AppConfig`, so its default host
+        // and address stay.)
         macro_rules! http_service {
             () => {{
                 let upgrades = app.clone();
@@ -188,6 +189,10 @@ impl Server {
                     .client_request_timeout(Duration::from_secs(5))
                     .client_disconnect_timeout(Duration::from_secs(1))
                     .h1_allow_half_closed(true)
+                    // Nagle's algorithm would hold a small frame back while
+                    // an earlier one is unacknowledged (up to the client's
+                    // delayed ACK, 40 ms): real-time traffic goes at once.
+                    .tcp_nodelay(true)
                     .local_addr(addr)
                     .on_connect_ext(|io: &_, data: &mut _| {
                         remember_socket(io as &dyn std::any::Any, data)
