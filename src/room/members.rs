@@ -327,18 +327,26 @@ impl Members {
         self.send_to(link, &msg, Class::Control);
     }
 
-    /// `/hocuspocus`: an update with missing dependencies is refused for
-    /// its document only, and the socket (which carries other documents)
-    /// stays open: SyncStatus 0 (not applied), then this room's sync step 1
-    /// (`sv`), which the provider answers with a step 2 holding everything
-    /// the room lacks, the refused update's structs included. Nothing is
-    /// lost and nothing pending is kept.
+    /// `/yjs` and `/hocuspocus`: an update with missing dependencies is
+    /// not applied, and the socket stays open: this room's sync step 1
+    /// (`sv`), which the client answers with a step 2 holding everything
+    /// the room lacks, the refused update's structs included (a Yjs client
+    /// keeps what it could not send as pending and sends it with its
+    /// state). On `/hocuspocus` the step 1 follows SyncStatus 0 (not
+    /// applied) for that document only. Nothing is lost and nothing pending
+    /// is kept here; a client that keeps sending such updates is bounded
+    /// by its message rate like any other.
     pub(super) fn ask_for_missing(&self, link: &MemberLink, message: &str, sv: &StateVector) {
         self.metrics.error(ErrorCode::MissingDependencies.as_str());
         tracing::debug!(room = %self.room, member = %link.id, "asking for the missing updates: {message}");
-        let refused = hocuspocus::sync_status(&self.room, false);
-        self.send_frame(link, &Frame::binary(&refused), Class::Control);
-        let step1 = hocuspocus::prefixed(&self.room, &yjs::sync_step1(sv));
+        let step1 = yjs::sync_step1(sv);
+        let step1 = if link.protocol == Protocol::Hocuspocus {
+            let refused = hocuspocus::sync_status(&self.room, false);
+            self.send_frame(link, &Frame::binary(&refused), Class::Control);
+            hocuspocus::prefixed(&self.room, &step1)
+        } else {
+            step1
+        };
         self.send_frame(link, &Frame::binary(&step1), Class::Control);
     }
 

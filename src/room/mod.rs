@@ -468,7 +468,7 @@ impl Handler<ClientUpdate> for Room {
             // A provider flushing edits that follow updates this room never
             // got (it reconnected to a server that lost the document): ask
             // for them, for this document only (see `ask_for_missing`).
-            Err((ErrorCode::MissingDependencies, e)) if link.protocol == Protocol::Hocuspocus => {
+            Err((ErrorCode::MissingDependencies, e)) if link.protocol.speaks_yjs() => {
                 let sv = self.document.state_vector();
                 return self.members.ask_for_missing(&link, &e, &sv);
             }

@@ -347,20 +347,36 @@ async fn updates_with_missing_dependencies_are_refused_on_every_path() {
     }
     ws.send(&ClientMessage::Ping { rid: Some(5) }).await;
     ws.expect(|m| matches!(m, ServerMessage::Pong { .. })).await;
-    // /yjs: refused like any bad update.
+    // /yjs: not applied either, but the socket stays open (a close in
+    // 4400..=4499 would stop y-websocket for good): the room sends its
+    // sync step 1, which a Yjs client answers with everything it has.
     let mut y = YClient::connect(srv.addr, "g").await;
+    y.expect(|m| matches!(m, yjs::YjsMessage::SyncStep1(_)))
+        .await;
     y.send(yjs::sync_update(gap.clone())).await;
+    let asked = y
+        .expect(|m| matches!(m, yjs::YjsMessage::SyncStep1(_)))
+        .await;
     assert_eq!(
-        y.closed().await,
-        Some(chorus::protocol::close::YJS_BAD_UPDATE)
+        asked,
+        yjs::YjsMessage::SyncStep1(yrs::StateVector::default()),
+        "the room asks for its missing state"
     );
     assert_eq!(doc(srv.addr, "g").await.json()["doc"].get("t"), None);
-    // Once what it depends on is there, it is accepted.
-    let r = request(srv.addr, "POST", "/api/v1/rooms/g/update", &[], &dep).await;
+    y.send(yjs::sync_step2(dep.clone())).await;
+    y.send(yjs::sync_update(gap.clone())).await;
+    crate::common::eventually("the /yjs client's answer is applied", || async {
+        doc(srv.addr, "g").await.json()["doc"]["t"] == "ghost"
+    })
+    .await;
+    // Over REST, once what it depends on is there, it is accepted.
+    let r = request(srv.addr, "POST", "/api/v1/rooms/g2/update", &[], &gap).await;
+    assert_eq!(r.status, 422);
+    let r = request(srv.addr, "POST", "/api/v1/rooms/g2/update", &[], &dep).await;
     assert_eq!(r.status, 200);
-    let r = request(srv.addr, "POST", "/api/v1/rooms/g/update", &[], &gap).await;
+    let r = request(srv.addr, "POST", "/api/v1/rooms/g2/update", &[], &gap).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(doc(srv.addr, "g").await.json()["doc"]["t"], "ghost");
+    assert_eq!(doc(srv.addr, "g2").await.json()["doc"]["t"], "ghost");
 }
 
 /// The acceptance, fast: 2 000 distinct rooms requested over REST
