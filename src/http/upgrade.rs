@@ -224,8 +224,9 @@ impl Stream for InboundStream {
         let mut queue = self.0.borrow_mut();
         if let Some(bytes) = queue.chunks.pop_front() {
             queue.len -= bytes.len();
-            if queue.chunks.is_empty() && queue.chunks.capacity() > 4 {
-                // A burst's queue is not kept for the connection's life.
+            if queue.chunks.is_empty() {
+                // Nothing is kept for an idle connection (a read is rare
+                // next to the allocation it costs).
                 queue.chunks = VecDeque::new();
             }
             if queue.len < INBOUND_HIGH_WATER {

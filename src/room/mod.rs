@@ -105,7 +105,7 @@ pub struct Room {
     /// HTTP followers (SSE, long poll, NDJSON) and their event window.
     events: EventWindow,
     /// Cluster mode only.
-    cluster: Option<ClusterState>,
+    cluster: Option<Box<ClusterState>>,
     /// Version history: authors and timers of automatic versions.
     history: history::History,
     metrics: Arc<Metrics>,
@@ -145,7 +145,7 @@ impl Room {
             metrics.clone(),
         );
         Room {
-            cluster: bridge.map(ClusterState::new),
+            cluster: bridge.map(|b| Box::new(ClusterState::new(b))),
             history: history::History::default(),
             hooks,
             members: Members::new(id.clone(), metrics.clone()),
