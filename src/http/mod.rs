@@ -35,6 +35,7 @@ use crate::protocol::close;
 use crate::room::{Registry, RoomServices};
 use crate::session::flow::{Gate, GatedPayload};
 use crate::session::hocuspocus::HocuspocusSession;
+use crate::session::watchdog::Abort;
 use crate::session::yjs::YjsSession;
 use crate::session::{Admission, NativeSession, Sessions, Shared};
 use crate::store::memory::MemoryStore;
@@ -194,9 +195,6 @@ impl Server {
                     // delayed ACK, 40 ms): real-time traffic goes at once.
                     .tcp_nodelay(true)
                     .local_addr(addr)
-                    .on_connect_ext(|io: &_, data: &mut _| {
-                        remember_socket(io as &dyn std::any::Any, data)
-                    })
                     .upgrade(actix_service::fn_factory(move || {
                         let app = upgrades();
                         async move {
@@ -457,40 +455,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(api::configure);
 }
 
-/// The descriptor of a connection's TCP socket, kept (by
-/// [`remember_socket`]) in the connection's data for the WebSocket routes.
-#[derive(Debug, Clone, Copy)]
-struct ConnectionFd(std::os::fd::RawFd);
-
-/// `on_connect`: remembers the socket descriptor of a plain or TLS
-/// connection.
-fn remember_socket(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
-    use std::os::fd::AsRawFd;
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        data.insert(ConnectionFd(tcp.as_raw_fd()));
-    } else if let Some(tls) = conn
-        .downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>>()
-    {
-        data.insert(ConnectionFd(tls.get_ref().0.as_raw_fd()));
-    }
-}
-
-/// A duplicate of the request's connection socket (closed on its own
-/// when dropped), for the session's watchdog; `None` if unknown.
-fn connection_socket(req: &HttpRequest) -> Option<std::net::TcpStream> {
-    let fd = req.conn_data::<ConnectionFd>()?.0;
-    // SAFETY: the descriptor is this request's connection's socket, which
-    // actix-http keeps open while the request is being handled (now).
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    match borrowed.try_clone_to_owned() {
-        Ok(owned) => Some(std::net::TcpStream::from(owned)),
-        Err(e) => {
-            tracing::warn!("cannot duplicate a connection's socket for its watchdog: {e}");
-            None
-        }
-    }
-}
-
 /// Which WebSocket route a connection is for: how refusals are delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -647,7 +611,6 @@ async fn native_ws(
         Err(refused) => return Ok(refused),
     };
     Ok(Connection::start(
-        &req,
         &mut response,
         payload,
         &shared,
@@ -682,7 +645,6 @@ async fn yjs_ws(
         }
     };
     Ok(Connection::start(
-        &req,
         &mut response,
         payload,
         &shared,
@@ -706,7 +668,6 @@ async fn hocuspocus_ws(
         Err(refused) => return Ok(refused),
     };
     Ok(Connection::start(
-        &req,
         &mut response,
         payload,
         &shared,
@@ -726,7 +687,6 @@ impl Connection {
     /// The upgrade response of an admitted connection: its outbox and gate,
     /// the socket watched, and the session `make` builds from them.
     fn start<A>(
-        req: &HttpRequest,
         response: &mut actix_web::HttpResponseBuilder,
         payload: web::Payload,
         shared: &web::Data<Shared>,
@@ -739,14 +699,19 @@ impl Connection {
     {
         let limits = &shared.config.limits;
         let conn = Connection::new(limits);
-        let admission = admission.with_socket(connection_socket(req));
+        let abort = Arc::new(Abort::default());
+        let admission = admission.with_abort(abort.clone());
         let session = make(
             shared.get_ref().clone(),
             conn.outbox.clone(),
             admission,
             conn.gate.clone(),
         );
-        conn.serve(response, session, payload, limits)
+        let mut response = conn.serve(response, session, payload, limits);
+        // For the connection's pump (`upgrade::serve`), which resets the
+        // socket when the watchdog fires it.
+        response.extensions_mut().insert(abort);
+        response
     }
 
     fn new(limits: &crate::config::Limits) -> Connection {

@@ -40,6 +40,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use actix_codec::{AsyncRead, AsyncWrite, Framed, ReadBuf};
 use actix_http::body::{BodySize, BoxBody, MessageBody};
@@ -47,8 +48,11 @@ use actix_http::error::PayloadError;
 use actix_http::h1;
 use actix_http::{ConnectionType, Payload, Request, Response, StatusCode};
 use actix_service::Service;
+use actix_web::rt::net::TcpStream;
 use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, Stream};
+
+use crate::session::watchdog::Abort;
 
 /// The payload queue stops taking from the socket at this many bytes, as
 /// actix-http's own request payload does (32 KiB).
@@ -59,7 +63,7 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// How long a closed connection waits for its client to close too (as
 /// actix-http's `client_disconnect_timeout`).
-const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Chunks written (or reads taken) in one turn before the pump lets the
 /// worker's other connections run.
@@ -69,7 +73,7 @@ const TURN_BUDGET: usize = 64;
 /// the response, and pumps a switched connection until either side ends.
 async fn serve<T, S>(app: Rc<S>, req: Request, mut framed: Framed<T, h1::Codec>) -> io::Result<()>
 where
-    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    T: Socket,
     S: Service<
         Request,
         Response = actix_web::dev::ServiceResponse<BoxBody>,
@@ -83,6 +87,10 @@ where
         Ok(response) => response.into(),
         Err(e) => e.error_response().into(),
     };
+    let abort = response
+        .extensions()
+        .get::<std::sync::Arc<Abort>>()
+        .cloned();
     let (mut head, body) = response.into_parts();
     if head.status() != StatusCode::SWITCHING_PROTOCOLS {
         // A refusal (or a route that does not upgrade): an ordinary
@@ -119,8 +127,26 @@ where
     // The pump is a task of its own: the connection's task (actix-server's,
     // holding actix-http's dispatcher and this function's state, ~3 KB)
     // ends here, and an idle connection is left with the pump's few words.
-    actix_web::rt::spawn(Pump::new(io, inbound, body));
+    actix_web::rt::spawn(Pump::new(io, inbound, body, abort));
     Ok(())
+}
+
+/// A connection's stream (plain or TLS) and the TCP socket under it.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + 'static {
+    /// The TCP socket.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Socket for actix_tls::accept::rustls_0_23::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
 }
 
 /// True for the ways a peer ends a connection: not worth an error.
@@ -144,7 +170,7 @@ pub async fn serve_quietly<T, S>(
     framed: Framed<T, h1::Codec>,
 ) -> io::Result<()>
 where
-    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    T: Socket,
     S: Service<
         Request,
         Response = actix_web::dev::ServiceResponse<BoxBody>,
@@ -277,10 +303,12 @@ struct Pump<T> {
     /// After the last byte was written and the write side shut: reading
     /// and discarding until the client closes too, or this timer fires.
     lingering: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Fired by the watchdog when the session is stuck: reset the socket.
+    abort: Option<std::sync::Arc<Abort>>,
 }
 
 impl<T> Pump<T> {
-    fn new(io: T, inbound: Inbound, body: BoxBody) -> Self {
+    fn new(io: T, inbound: Inbound, body: BoxBody, abort: Option<std::sync::Arc<Abort>>) -> Self {
         Pump {
             io,
             inbound,
@@ -290,11 +318,12 @@ impl<T> Pump<T> {
             read_done: false,
             unflushed: false,
             lingering: None,
+            abort,
         }
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Pump<T> {
+impl<T: Socket> Pump<T> {
     /// Reads while the queue wants more and the socket has it. `Ok(true)`:
     /// the turn's budget ran out with more to read.
     fn read(&mut self, cx: &mut Context<'_>) -> bool {
@@ -359,9 +388,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Pump<T> {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Pump<T> {
+impl<T: Socket> Pump<T> {
     /// One turn: `Ready` when the connection is over (ended or failed).
     fn turn(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.abort.as_ref().is_some_and(|a| a.poll_fired(cx)) {
+            // What waits in the kernel for a client that stopped reading is
+            // discarded (linger 0: the close resets the connection).
+            let _ = socket2::SockRef::from(self.io.tcp()).set_linger(Some(Duration::ZERO));
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
         let more_to_read = self.read(cx);
         let more_to_write = self.write(cx)?;
         if self.unflushed {
@@ -381,7 +416,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Pump<T> {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Pump<T> {
+impl<T: Socket> Pump<T> {
     /// The session is over and everything it wrote is out: shut the write
     /// side, then read (and discard) until the client closes its side or
     /// [`LINGER`] passes. Closing a socket with unread input makes the
@@ -412,7 +447,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Pump<T> {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Future for Pump<T> {
+impl<T: Socket> Future for Pump<T> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {

@@ -199,7 +199,7 @@ impl SessionCore {
             bytes_in: 0,
             ended: Default::default(),
             gate,
-            liveness: Liveness::new(admission.socket),
+            liveness: Liveness::new(admission.abort),
             id: shared.sessions.next_id(),
             rate: SessionRate::new(&shared.config.limits),
             intake: Intake::new(shared.config.limits.max_frame_bytes),

@@ -168,15 +168,15 @@ pub struct Admission {
     /// `/yjs` only: refused after the upgrade with this close code and
     /// reason (y-websocket cannot read an HTTP status).
     pub refusal: Option<(u16, String)>,
-    /// The connection's socket (a duplicate descriptor), for the watchdog
-    /// that shuts a stuck connection ([`watchdog`]).
-    pub socket: Option<std::net::TcpStream>,
+    /// The connection's kill switch, for the watchdog that resets a stuck
+    /// connection ([`watchdog`]).
+    pub abort: Option<std::sync::Arc<watchdog::Abort>>,
 }
 
 impl Admission {
-    /// The same admission, with the connection's socket.
-    pub fn with_socket(mut self, socket: Option<std::net::TcpStream>) -> Self {
-        self.socket = socket;
+    /// The same admission, with the connection's kill switch.
+    pub fn with_abort(mut self, abort: std::sync::Arc<watchdog::Abort>) -> Self {
+        self.abort = Some(abort);
         self
     }
 }

@@ -1,24 +1,54 @@
 //! Stuck connections are closed even when their session cannot run.
 //!
 //! A session actor runs inside its response body's poll
-//! ([`crate::outbox::OutboxBody`]), and the connection polls the body only as
-//! the socket drains: a client that stopped reading (its socket full)
+//! ([`crate::outbox::OutboxBody`]), and the connection polls the body only
+//! as the socket drains: a client that stopped reading (its socket full)
 //! stops its session, heartbeat included, for as long as it likes. So the
 //! heartbeat cannot close it. A [`Liveness`] records when the session last
 //! ran and found its client alive ([`Liveness::beat`]); a task outside the
 //! body (one per thread, [`watch`]) checks it every heartbeat, and past
-//! `client_timeout + heartbeat` without a beat it shuts the socket down.
-//! The connection's pump then fails and drops the body, which stops the
-//! session the ordinary way: it leaves its rooms (others see it go), gives
-//! its per-IP slot back, and counts as closed.
+//! `client_timeout + heartbeat` without a beat it fires the connection's
+//! [`Abort`]: the connection's pump resets the socket and drops the body,
+//! which stops the session the ordinary way: it leaves its rooms (others
+//! see it go), gives its per-IP slot back, and counts as closed.
 
 use std::cell::{Cell, RefCell};
-use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Context;
 use std::time::{Duration, Instant};
 
-/// When a session last showed it is alive, and the socket to shut down
+use futures_util::task::AtomicWaker;
+
+/// A connection's kill switch, shared by its session's [`Liveness`] and the
+/// task that owns its socket (`crate::http`'s pump, which is not stuck when
+/// the session is: it waits for the socket, and wakes for this too). No
+/// second descriptor of the socket is kept for it.
+#[derive(Debug, Default)]
+pub struct Abort {
+    fired: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Abort {
+    /// Asks the socket's owner to reset the connection now.
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// True once fired; otherwise the task polling with `cx` is woken
+    /// when it is.
+    pub fn poll_fired(&self, cx: &Context<'_>) -> bool {
+        if self.fired.load(Ordering::Acquire) {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.fired.load(Ordering::Acquire)
+    }
+}
+
+/// When a session last showed it is alive, and the connection to reset
 /// when it is not.
 #[derive(Debug)]
 pub struct Liveness {
@@ -26,23 +56,22 @@ pub struct Liveness {
     epoch: Instant,
     /// Milliseconds after `epoch` of the last beat.
     beat_ms: AtomicU64,
-    /// Silence allowed before the socket is shut, in milliseconds (set by
-    /// [`watch`]).
+    /// Silence allowed before the connection is reset, in milliseconds (set
+    /// by [`watch`]).
     limit_ms: AtomicU64,
-    /// The connection's socket (a duplicate of its descriptor, closed with
-    /// this). `None` when the server could not get it (then only the
-    /// session's own heartbeat closes the connection).
-    socket: Option<TcpStream>,
+    /// The connection's kill switch. `None` when the connection has none
+    /// (then only the session's own heartbeat closes it).
+    abort: Option<Arc<Abort>>,
 }
 
 impl Liveness {
-    /// A liveness beaten now, that shuts `socket` when stale.
-    pub fn new(socket: Option<TcpStream>) -> Arc<Liveness> {
+    /// A liveness beaten now, that fires `abort` when stale.
+    pub fn new(abort: Option<Arc<Abort>>) -> Arc<Liveness> {
         Arc::new(Liveness {
             epoch: Instant::now(),
             beat_ms: AtomicU64::new(0),
             limit_ms: AtomicU64::new(u64::MAX),
-            socket,
+            abort,
         })
     }
 
@@ -58,15 +87,15 @@ impl Liveness {
         self.epoch.elapsed().saturating_sub(beat)
     }
 
-    /// Resets the connection: what waits in the kernel is discarded (linger
-    /// 0) and both directions are shut, so the pump's next write or read
-    /// fails and it drops the connection.
+    /// Resets the connection: the socket's owner discards what waits in
+    /// the kernel (linger 0) and drops the connection, which drops the
+    /// session's body and so stops it.
     fn shut(&self) -> bool {
-        let Some(socket) = &self.socket else {
+        let Some(abort) = &self.abort else {
             return false;
         };
-        let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
-        socket.shutdown(Shutdown::Both).is_ok()
+        abort.fire();
+        true
     }
 }
 
