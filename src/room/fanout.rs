@@ -295,20 +295,27 @@ impl Room {
     /// last broadcast, and `/yjs` members the awareness changes.
     fn flush_presence(&mut self) {
         if self.presence.has_diff() {
-            let (joined, updated, left) = self.presence.take_diff();
+            let diff = self.presence.take_diff();
+            let (joined, updated, left) = (&diff.joined, &diff.updated, &diff.left);
             self.events.record(
                 "presence",
                 || serde_json::json!({ "joined": joined, "updated": updated, "left": left }),
             );
-            let msg = ServerMessage::Presence {
-                room: self.id.to_string(),
-                snapshot: false,
-                joined,
-                updated,
-                left,
-            };
-            self.share_presence(&msg);
-            self.fan_out(&msg, Class::Presence, None);
+            self.share_presence(&diff);
+            if diff.has_shown() {
+                // In a room above the bound: the listed members' changes,
+                // everyone's state changes and the total, not every join.
+                let msg = ServerMessage::Presence {
+                    room: self.id.to_string(),
+                    snapshot: false,
+                    joined: diff.shown_joined,
+                    updated: diff.updated,
+                    left: diff.shown_left,
+                    total: diff.total,
+                    partial: diff.partial,
+                };
+                self.fan_out(&msg, Class::Presence, None);
+            }
         }
         let cursors = self.presence.take_cursors();
         if !cursors.is_empty() {
