@@ -230,13 +230,16 @@ impl Room {
 
     /// Broadcasts pending updates now (merged), then presence unless the
     /// room is big enough for a presence interval longer than a tick and
-    /// that has not passed (a joiner's snapshot then shows everyone who
-    /// joined before it, in small rooms at least).
+    /// that has not passed, or above `presence_list_max_members` (a
+    /// joiner's snapshot then shows everyone who joined before it, in small
+    /// rooms; in a room above the bound it lists only part of the room
+    /// anyway, and a diff per join would be a frame per join to everyone).
     pub(super) fn flush(&mut self) {
         self.flush_updates();
         let limits = &self.config.limits;
         let interval = Fanout::presence_interval(limits, self.members.len());
-        if interval <= limits.tick() || self.fanout.last_presence.elapsed() >= interval {
+        let every_tick = interval <= limits.tick() && !self.presence.is_partial();
+        if every_tick || self.fanout.last_presence.elapsed() >= interval {
             self.fanout.last_presence = Instant::now();
             self.flush_presence();
         }
