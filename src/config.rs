@@ -589,6 +589,17 @@ pub struct Limits {
     /// `presence_list` (at most this many per page).
     #[arg(long, env = "CHORUS_PRESENCE_LIST_MAX_MEMBERS", default_value_t = 500)]
     pub presence_list_max_members: usize,
+    /// In a room above `presence_list_max_members`, a change of the member
+    /// count alone is sent at most this often, in ms (changes of listed
+    /// members and state changes go out at the presence interval and carry
+    /// the count): while thousands join, every member gets a few small
+    /// frames a second, not one per presence interval.
+    #[arg(
+        long,
+        env = "CHORUS_PRESENCE_TOTAL_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    pub presence_total_interval_ms: u64,
     /// Interval between server pings, in ms. At most half the client timeout.
     #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = 5_000)]
     pub heartbeat_ms: u64,
@@ -784,6 +795,10 @@ impl Limits {
     /// Coalescing window as a duration.
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
+    }
+    /// Least time between two count-only presence diffs of a big room.
+    pub fn presence_total_interval(&self) -> Duration {
+        Duration::from_millis(self.presence_total_interval_ms)
     }
     /// Heartbeat interval as a duration.
     pub fn heartbeat(&self) -> Duration {

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -60,6 +60,8 @@ pub struct Presence {
     was_partial: bool,
     /// The total last told (`None`: not partial then).
     told_total: Option<usize>,
+    /// When a total was last told.
+    told_at: Option<Instant>,
     /// Members not listed whose activity (state, cursor, typing) members
     /// may have been sent: their leave is sent too. Empty when the room is
     /// within `list_max`.
@@ -158,6 +160,7 @@ impl Presence {
             listed_upto: 0,
             was_partial: false,
             told_total: None,
+            told_at: None,
             mentioned: HashSet::new(),
             joined: BTreeSet::new(),
             updated: BTreeSet::new(),
@@ -323,9 +326,17 @@ impl Presence {
         self.members.values().filter_map(|e| e.typing_until).min()
     }
 
-    /// True when a diff is waiting to be broadcast.
+    /// True when a diff is waiting to be broadcast (changes, or a total
+    /// not told yet).
     pub fn has_diff(&self) -> bool {
         !(self.joined.is_empty() && self.updated.is_empty() && self.left.is_empty())
+            || self.total_pending()
+    }
+
+    /// True when the room is above the bound and its member count changed
+    /// since it was last told.
+    pub fn total_pending(&self) -> bool {
+        self.is_partial() && self.told_total != Some(self.members.len())
     }
 
     /// The largest `seq` listed now: the `list_max`-th member's in a room
@@ -344,8 +355,11 @@ impl Presence {
     }
 
     /// Takes the pending presence diff: every change (for the other nodes
-    /// and HTTP followers) and what members are sent of it.
-    pub fn take_diff(&mut self) -> PresenceDiff {
+    /// and HTTP followers) and what members are sent of it. A diff that
+    /// would tell members nothing but a new total is held back (its total
+    /// stays pending, see [`Presence::total_pending`]) until `total_gap`
+    /// has passed since the last total was told, at `now`.
+    pub fn take_diff_at(&mut self, now: Instant, total_gap: Duration) -> PresenceDiff {
         self.generation += 1;
         let joined = std::mem::take(&mut self.joined);
         let updated = std::mem::take(&mut self.updated);
@@ -365,16 +379,26 @@ impl Presence {
         shown_joined.sort_by(|a, b| a.id.cmp(&b.id));
         let partial = self.is_partial();
         let total = self.members.len();
+        let count_only = shown_joined.is_empty() && updated.is_empty() && left_shown.is_empty();
+        let too_soon = self
+            .told_at
+            .is_some_and(|at| now.saturating_duration_since(at) < total_gap);
         let tell = if partial {
-            (self.told_total != Some(total)).then_some(total as u64)
+            let changed = self.told_total != Some(total);
+            (changed && !(count_only && too_soon)).then_some(total as u64)
         } else if self.was_partial {
             Some(total as u64)
         } else {
             None
         };
+        if tell.is_some() {
+            self.told_at = Some(now);
+            self.told_total = partial.then_some(total);
+        } else if !partial {
+            self.told_total = None;
+        }
         self.listed_upto = bound;
         self.was_partial = partial;
-        self.told_total = partial.then_some(total);
         if partial {
             // Newly listed members need no mention any more.
             for m in &shown_joined {
@@ -392,6 +416,11 @@ impl Presence {
             total: tell,
             partial,
         }
+    }
+
+    /// [`Presence::take_diff_at`] now, a total told whenever it changed.
+    pub fn take_diff(&mut self) -> PresenceDiff {
+        self.take_diff_at(Instant::now(), Duration::ZERO)
     }
 
     /// Takes the cursors that moved since the last call.
@@ -504,7 +533,6 @@ impl Presence {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::time::Duration;
 
     fn id(s: &str) -> MemberId {
         Arc::from(s)
@@ -662,6 +690,27 @@ mod tests {
         let d = p.take_diff();
         assert_eq!(ids_of(&d.shown_joined), strings(&["m07"]));
         assert_eq!((d.total, d.partial), (None, false));
+    }
+
+    #[test]
+    fn a_count_alone_is_told_at_most_once_per_gap() {
+        let mut p = room(2, 3);
+        let (t0, gap) = (Instant::now(), Duration::from_secs(1));
+        p.join(id("x"), None, json!({}));
+        let d = p.take_diff_at(t0, gap);
+        assert_eq!(d.total, None, "told less than a gap ago");
+        assert!(!d.has_shown());
+        assert!(p.total_pending() && p.has_diff());
+        let d = p.take_diff_at(t0 + gap, gap);
+        assert_eq!((d.total, d.partial), (Some(4), true));
+        assert!(!p.total_pending() && !p.has_diff());
+        // A change of the listed members carries the count at once.
+        p.join(id("y"), None, json!({}));
+        p.join(id("z"), None, json!({}));
+        p.leave(&id("m00"));
+        let d = p.take_diff_at(t0 + gap + Duration::from_millis(1), gap);
+        assert_eq!(d.shown_left, strings(&["m00"]));
+        assert_eq!(d.total, Some(5));
     }
 
     #[test]

@@ -195,10 +195,14 @@ impl Room {
             self.fanout.presence_scheduled = true;
             let interval = Fanout::presence_interval(&self.config.limits, self.members.len());
             let wait = interval.saturating_sub(self.fanout.last_presence.elapsed());
-            ctx.run_later(wait, |room, _| {
+            ctx.run_later(wait, |room, ctx| {
                 room.fanout.presence_scheduled = false;
                 room.fanout.last_presence = Instant::now();
                 room.flush_presence();
+                if room.presence.total_pending() {
+                    // A big room's count held back: told at a later interval.
+                    room.schedule_flush(ctx);
+                }
             });
         }
     }
@@ -238,8 +242,11 @@ impl Room {
         self.flush_updates();
         let limits = &self.config.limits;
         let interval = Fanout::presence_interval(limits, self.members.len());
-        let every_tick = interval <= limits.tick() && !self.presence.is_partial();
-        if every_tick || self.fanout.last_presence.elapsed() >= interval {
+        let every_tick = interval <= limits.tick();
+        let due = every_tick || self.fanout.last_presence.elapsed() >= interval;
+        // Above the bound only the timer flushes presence: it re-arms
+        // itself while a count is held back (`presence_total_interval_ms`).
+        if due && !self.presence.is_partial() {
             self.fanout.last_presence = Instant::now();
             self.flush_presence();
         }
@@ -298,7 +305,8 @@ impl Room {
     /// last broadcast, and `/yjs` members the awareness changes.
     fn flush_presence(&mut self) {
         if self.presence.has_diff() {
-            let diff = self.presence.take_diff();
+            let gap = self.config.limits.presence_total_interval();
+            let diff = self.presence.take_diff_at(Instant::now(), gap);
             let (joined, updated, left) = (&diff.joined, &diff.updated, &diff.left);
             self.events.record(
                 "presence",
