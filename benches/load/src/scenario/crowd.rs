@@ -46,7 +46,7 @@ async fn watch_presence(
     until: tokio::time::Instant,
 ) -> Watched {
     let mut members: HashSet<String> = HashSet::new();
-    let mut partial = false;
+    let mut partial;
     let mut watched = Watched {
         seen: 0,
         counted_at: None,
