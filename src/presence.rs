@@ -119,15 +119,16 @@ pub struct PresenceDiff {
     pub total: Option<u64>,
     /// True when the room is above the bound (the list is partial).
     pub partial: bool,
+    /// Members have something to be sent (see [`PresenceDiff::has_shown`]).
+    shown: bool,
 }
 
 impl PresenceDiff {
     /// True when members have something to be sent.
+    /// A change of the listed members, a state change, a new total
+    /// (count-only diffs at most once per gap), or the list whole again.
     pub fn has_shown(&self) -> bool {
-        !(self.shown_joined.is_empty()
-            && self.updated.is_empty()
-            && self.shown_left.is_empty()
-            && self.total.is_none())
+        self.shown
     }
 }
 
@@ -379,21 +380,20 @@ impl Presence {
         shown_joined.sort_by(|a, b| a.id.cmp(&b.id));
         let partial = self.is_partial();
         let total = self.members.len();
-        let count_only = shown_joined.is_empty() && updated.is_empty() && left_shown.is_empty();
+        let lists = !(shown_joined.is_empty() && updated.is_empty() && left_shown.is_empty());
+        let changed = partial && self.told_total != Some(total);
         let too_soon = self
             .told_at
             .is_some_and(|at| now.saturating_duration_since(at) < total_gap);
-        let tell = if partial {
-            let changed = self.told_total != Some(total);
-            (changed && !(count_only && too_soon)).then_some(total as u64)
-        } else if self.was_partial {
-            Some(total as u64)
-        } else {
-            None
-        };
-        if tell.is_some() {
-            self.told_at = Some(now);
-            self.told_total = partial.then_some(total);
+        // Every message of a partial list carries the total; one that
+        // would carry nothing else waits for the gap.
+        let transition = !partial && self.was_partial;
+        let shown = lists || (changed && !too_soon) || transition;
+        if partial && shown {
+            if changed {
+                self.told_at = Some(now);
+            }
+            self.told_total = Some(total);
         } else if !partial {
             self.told_total = None;
         }
@@ -413,8 +413,9 @@ impl Presence {
             left: left.iter().map(|id| id.to_string()).collect(),
             shown_joined,
             shown_left: left_shown.iter().map(|id| id.to_string()).collect(),
-            total: tell,
+            total: (partial || transition).then_some(total as u64),
             partial,
+            shown,
         }
     }
 
@@ -698,8 +699,7 @@ mod tests {
         let (t0, gap) = (Instant::now(), Duration::from_secs(1));
         p.join(id("x"), None, json!({}));
         let d = p.take_diff_at(t0, gap);
-        assert_eq!(d.total, None, "told less than a gap ago");
-        assert!(!d.has_shown());
+        assert!(!d.has_shown(), "a count told less than a gap ago");
         assert!(p.total_pending() && p.has_diff());
         let d = p.take_diff_at(t0 + gap, gap);
         assert_eq!((d.total, d.partial), (Some(4), true));
@@ -711,6 +711,12 @@ mod tests {
         let d = p.take_diff_at(t0 + gap + Duration::from_millis(1), gap);
         assert_eq!(d.shown_left, strings(&["m00"]));
         assert_eq!(d.total, Some(5));
+        // A state change with the count unchanged carries it too: a diff
+        // without `total` would mean the list is whole.
+        p.set_state(&id("m01"), json!({"away": true}));
+        let d = p.take_diff_at(t0 + gap + Duration::from_millis(2), gap);
+        assert!(d.has_shown());
+        assert_eq!((d.total, d.partial), (Some(5), true));
     }
 
     #[test]

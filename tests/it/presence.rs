@@ -375,6 +375,8 @@ async fn a_member_beyond_the_list_that_was_active_is_told_leaving() {
         .await;
     watch_until(&mut watcher, &mut shown, |s| s.members.contains_key(&id)).await;
     assert_eq!(shown.members[&id]["away"], true);
+    // That diff had no new count, but it still says the list is partial.
+    assert_eq!((shown.total, shown.partial), (Some(5), true));
     drop(active);
     watch_until(&mut watcher, &mut shown, |s| !s.members.contains_key(&id)).await;
     assert_eq!(shown.total, Some(4));
