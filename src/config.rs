@@ -582,6 +582,24 @@ pub struct Limits {
     /// its members, not their square.
     #[arg(long, env = "CHORUS_PRESENCE_MEMBERS_PER_TICK", default_value_t = 1000)]
     pub presence_members_per_tick: usize,
+    /// Longest member list sent in one presence message. A room with more
+    /// members lists only its first this many (in join order) in snapshots
+    /// and diffs, plus the total count; others' joins and leaves are not
+    /// sent one by one, and clients page through the whole list with
+    /// `presence_list` (at most this many per page).
+    #[arg(long, env = "CHORUS_PRESENCE_LIST_MAX_MEMBERS", default_value_t = 500)]
+    pub presence_list_max_members: usize,
+    /// In a room above `presence_list_max_members`, a change of the member
+    /// count alone is sent at most this often, in ms (changes of listed
+    /// members and state changes go out at the presence interval and carry
+    /// the count): while thousands join, every member gets a few small
+    /// frames a second, not one per presence interval.
+    #[arg(
+        long,
+        env = "CHORUS_PRESENCE_TOTAL_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    pub presence_total_interval_ms: u64,
     /// Interval between server pings, in ms. At most half the client timeout.
     #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = 5_000)]
     pub heartbeat_ms: u64,
@@ -731,6 +749,9 @@ impl Config {
         if l.presence_members_per_tick == 0 {
             return Err("presence members per tick must be at least 1".into());
         }
+        if l.presence_list_max_members == 0 {
+            return Err("presence list max members must be at least 1".into());
+        }
         let a = &self.api;
         if a.event_window == 0 || a.subscriber_buffer == 0 || a.sse_heartbeat_ms == 0 {
             return Err(
@@ -774,6 +795,10 @@ impl Limits {
     /// Coalescing window as a duration.
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
+    }
+    /// Least time between two count-only presence diffs of a big room.
+    pub fn presence_total_interval(&self) -> Duration {
+        Duration::from_millis(self.presence_total_interval_ms)
     }
     /// Heartbeat interval as a duration.
     pub fn heartbeat(&self) -> Duration {

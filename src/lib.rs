@@ -31,7 +31,8 @@
 //!   the var-uint codec they share.
 //! - [`sync`]: the y-protocols sync logic of one client on one document,
 //!   sans I/O: frames in, actions for the room (or a refusal) out.
-//! - [`presence`]: who is in a room, their state, cursor and typing.
+//! - [`presence`]: who is in a room, their state, cursor and typing; which
+//!   members a big room lists (the rest: a count, and pages).
 //! - [`outbox`]: a session's queue of ready-made WebSocket frames, shared
 //!   with its rooms, the byte count that lets rooms see a slow consumer
 //!   before it costs memory, and the response body that drains it.

@@ -211,6 +211,23 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rid: Option<u64>,
     },
+    /// Read a page of a joined room's member list, in join order; answered
+    /// by `presence_page`.
+    PresenceList {
+        /// Room id.
+        room: String,
+        /// Start after this position: the `next` of the previous page
+        /// (absent: from the first member).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// Page size (default and most: the server's
+        /// `presence_list_max_members`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
 }
 
 /// The `t` values of [`ClientMessage`].
@@ -229,6 +246,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "version_view",
     "version_restore",
     "version_delete",
+    "presence_list",
 ];
 
 /// Someone who changed the document between two versions.
@@ -350,11 +368,12 @@ pub enum ServerMessage {
         /// Request id of the acknowledged `update`.
         rid: u64,
     },
-    /// Presence changes; with `snapshot` true, `joined` is the whole list.
+    /// Presence changes; with `snapshot` true, `joined` is the whole list
+    /// (in a room above `presence_list_max_members`, the listed part of it).
     Presence {
         /// Room id.
         room: String,
-        /// True for the full list sent after `join`.
+        /// True for the list sent after `join`.
         #[serde(default)]
         snapshot: bool,
         /// Members that arrived (or all members, in a snapshot).
@@ -366,6 +385,15 @@ pub enum ServerMessage {
         /// Ids of members that left.
         #[serde(default)]
         left: Vec<String>,
+        /// Members in the room: sent while the room is above
+        /// `presence_list_max_members` (and in the first diff after it is
+        /// not any more); absent: the list is the whole room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+        /// True when the list holds only part of the room's `total`
+        /// members (read the rest with `presence_list`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        partial: bool,
     },
     /// Cursor moves since the last tick, latest per member.
     Cursor {
@@ -462,6 +490,25 @@ pub enum ServerMessage {
         /// Room id.
         room: String,
     },
+    /// Answer to `presence_list`: a page of the member list, in join order.
+    PresencePage {
+        /// Room id.
+        room: String,
+        /// The members.
+        members: Vec<MemberView>,
+        /// The `after` of the next page; nil on the last page.
+        next: Option<String>,
+        /// Members in the room now.
+        total: u64,
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+}
+
+/// For `skip_serializing_if`: a false flag is left out.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The `t` values of [`ServerMessage`].
@@ -481,6 +528,7 @@ pub const SERVER_TYPES: &[&str] = &[
     "version_doc",
     "version_deleted",
     "versions_changed",
+    "presence_page",
 ];
 
 /// Why a frame could not be decoded, ready to become an `error` message.
@@ -673,6 +721,7 @@ impl ClientMessage {
             | ClientMessage::VersionView { rid, .. }
             | ClientMessage::VersionRestore { rid, .. }
             | ClientMessage::VersionDelete { rid, .. }
+            | ClientMessage::PresenceList { rid, .. }
             | ClientMessage::Ping { rid } => *rid,
         }
     }
@@ -740,11 +789,13 @@ pub fn encode_members(members: &[MemberView]) -> Vec<u8> {
 /// A presence snapshot whose `joined` list is `shared` members (encoded by
 /// [`encode_members`], not copied) followed by `own`: `head + shared +
 /// tail` is exactly `encode_server` of that snapshot, with `shared_count`
-/// members in `shared`.
+/// members in `shared`; `total`: the room's member count when the list is
+/// partial (`partial` set), `None` when it is the whole room.
 pub fn encode_snapshot_parts(
     room: &str,
     shared_count: usize,
     own: &MemberView,
+    total: Option<u64>,
 ) -> (Vec<u8>, Vec<u8>) {
     let empty = encode_server(&ServerMessage::Presence {
         room: room.to_owned(),
@@ -752,6 +803,8 @@ pub fn encode_snapshot_parts(
         joined: Vec::new(),
         updated: Vec::new(),
         left: Vec::new(),
+        total,
+        partial: total.is_some(),
     });
     // The key "joined" (fixstr) then an empty fixarray. 0x90 cannot follow
     // 'd' in UTF-8, so this cannot occur inside the room id.
@@ -801,23 +854,27 @@ mod tests {
             state: serde_json::json!({ "name": format!("m{i}") }),
         };
         for n in [0, 1, 14, 15, 16, 70_000] {
-            let shared: Vec<MemberView> = (0..n).map(member).collect();
-            let own = member(n);
-            let mut all = shared.clone();
-            all.push(own.clone());
-            let whole = encode_server(&ServerMessage::Presence {
-                room: "room-é".into(),
-                snapshot: true,
-                joined: all,
-                updated: Vec::new(),
-                left: Vec::new(),
-            });
-            let (head, tail) = encode_snapshot_parts("room-é", n, &own);
-            assert_eq!(
-                [head, encode_members(&shared), tail].concat(),
-                whole,
-                "{n} members"
-            );
+            for total in [None, Some(n as u64 + 5)] {
+                let shared: Vec<MemberView> = (0..n).map(member).collect();
+                let own = member(n);
+                let mut all = shared.clone();
+                all.push(own.clone());
+                let whole = encode_server(&ServerMessage::Presence {
+                    room: "room-é".into(),
+                    snapshot: true,
+                    joined: all,
+                    updated: Vec::new(),
+                    left: Vec::new(),
+                    total,
+                    partial: total.is_some(),
+                });
+                let (head, tail) = encode_snapshot_parts("room-é", n, &own, total);
+                assert_eq!(
+                    [head, encode_members(&shared), tail].concat(),
+                    whole,
+                    "{n} members, total {total:?}"
+                );
+            }
         }
     }
 
@@ -917,6 +974,8 @@ mod tests {
                 joined: vec![],
                 updated: vec![],
                 left: vec![],
+                total: None,
+                partial: false,
             },
             ServerMessage::Cursor {
                 room: "r".into(),
@@ -971,6 +1030,13 @@ mod tests {
                 rid: None,
             },
             ServerMessage::VersionsChanged { room: "r".into() },
+            ServerMessage::PresencePage {
+                room: "r".into(),
+                members: vec![],
+                next: None,
+                total: 0,
+                rid: None,
+            },
         ];
         #[derive(Deserialize)]
         struct Tag {

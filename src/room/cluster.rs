@@ -17,7 +17,8 @@ use super::Room;
 use crate::cluster::log::LogFrame;
 use crate::cluster::{Bridge, Envelope, Item, Log, NodesDead, Remote, Resubscribed, UNSEQUENCED};
 use crate::ids::{node_of, MemberId};
-use crate::protocol::native::{CursorView, MemberView, ServerMessage};
+use crate::presence::PresenceDiff;
+use crate::protocol::native::{CursorView, MemberView};
 use crate::store::LogRead;
 
 /// Most log positions remembered past a hole, or while a read of missed
@@ -286,20 +287,18 @@ impl Room {
         }
     }
 
-    /// Shares the local members' part of a presence diff.
-    pub(super) fn share_presence(&mut self, msg: &ServerMessage) {
+    /// Shares the local members' part of a presence diff (every change,
+    /// not only what members are shown: each node keeps the whole room).
+    pub(super) fn share_presence(&mut self, diff: &PresenceDiff) {
         let Some(bridge) = self.bridge() else {
             return;
         };
-        let ServerMessage::Presence {
+        let PresenceDiff {
             joined,
             updated,
             left,
             ..
-        } = msg
-        else {
-            return;
-        };
+        } = diff;
         let local = |v: &Vec<MemberView>| -> Vec<MemberView> {
             v.iter()
                 .filter(|m| bridge.is_local(&m.id))

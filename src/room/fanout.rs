@@ -195,10 +195,14 @@ impl Room {
             self.fanout.presence_scheduled = true;
             let interval = Fanout::presence_interval(&self.config.limits, self.members.len());
             let wait = interval.saturating_sub(self.fanout.last_presence.elapsed());
-            ctx.run_later(wait, |room, _| {
+            ctx.run_later(wait, |room, ctx| {
                 room.fanout.presence_scheduled = false;
                 room.fanout.last_presence = Instant::now();
                 room.flush_presence();
+                if room.presence.total_pending() {
+                    // A big room's count held back: told at a later interval.
+                    room.schedule_flush(ctx);
+                }
             });
         }
     }
@@ -230,13 +234,19 @@ impl Room {
 
     /// Broadcasts pending updates now (merged), then presence unless the
     /// room is big enough for a presence interval longer than a tick and
-    /// that has not passed (a joiner's snapshot then shows everyone who
-    /// joined before it, in small rooms at least).
+    /// that has not passed, or above `presence_list_max_members` (a
+    /// joiner's snapshot then shows everyone who joined before it, in small
+    /// rooms; in a room above the bound it lists only part of the room
+    /// anyway, and a diff per join would be a frame per join to everyone).
     pub(super) fn flush(&mut self) {
         self.flush_updates();
         let limits = &self.config.limits;
         let interval = Fanout::presence_interval(limits, self.members.len());
-        if interval <= limits.tick() || self.fanout.last_presence.elapsed() >= interval {
+        let every_tick = interval <= limits.tick();
+        let due = every_tick || self.fanout.last_presence.elapsed() >= interval;
+        // Above the bound only the timer flushes presence: it re-arms
+        // itself while a count is held back (`presence_total_interval_ms`).
+        if due && !self.presence.is_partial() {
             self.fanout.last_presence = Instant::now();
             self.flush_presence();
         }
@@ -295,20 +305,28 @@ impl Room {
     /// last broadcast, and `/yjs` members the awareness changes.
     fn flush_presence(&mut self) {
         if self.presence.has_diff() {
-            let (joined, updated, left) = self.presence.take_diff();
+            let gap = self.config.limits.presence_total_interval();
+            let diff = self.presence.take_diff_at(Instant::now(), gap);
+            let (joined, updated, left) = (&diff.joined, &diff.updated, &diff.left);
             self.events.record(
                 "presence",
                 || serde_json::json!({ "joined": joined, "updated": updated, "left": left }),
             );
-            let msg = ServerMessage::Presence {
-                room: self.id.to_string(),
-                snapshot: false,
-                joined,
-                updated,
-                left,
-            };
-            self.share_presence(&msg);
-            self.fan_out(&msg, Class::Presence, None);
+            self.share_presence(&diff);
+            if diff.has_shown() {
+                // In a room above the bound: the listed members' changes,
+                // everyone's state changes and the total, not every join.
+                let msg = ServerMessage::Presence {
+                    room: self.id.to_string(),
+                    snapshot: false,
+                    joined: diff.shown_joined,
+                    updated: diff.updated,
+                    left: diff.shown_left,
+                    total: diff.total,
+                    partial: diff.partial,
+                };
+                self.fan_out(&msg, Class::Presence, None);
+            }
         }
         let cursors = self.presence.take_cursors();
         if !cursors.is_empty() {

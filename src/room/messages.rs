@@ -147,6 +147,29 @@ pub struct Broadcast {
     pub rid: Option<u64>,
 }
 
+/// A page of the member list, for `presence_list` (answered to the
+/// session, which sends it and charges its bytes to the member's rate).
+#[derive(Message)]
+#[rtype(result = "Result<PresencePage, (crate::protocol::ErrorCode, String)>")]
+pub struct ListPresence {
+    /// The asking member (must be one of the room).
+    pub member: MemberId,
+    /// Start after this join order (`None`: from the first member).
+    pub after: Option<u64>,
+    /// At most this many members (checked by the session).
+    pub limit: usize,
+}
+
+/// The answer to [`ListPresence`].
+pub struct PresencePage {
+    /// Members, in join order.
+    pub members: Vec<crate::protocol::native::MemberView>,
+    /// The `after` of the next page; `None` on the last page.
+    pub next: Option<u64>,
+    /// Members in the room.
+    pub total: u64,
+}
+
 /// Sync step 1 from a `/yjs` member: the room answers with sync step 2
 /// (what the member lacks).
 #[derive(Message)]

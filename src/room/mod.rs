@@ -46,7 +46,7 @@ pub mod history;
 mod members;
 pub mod messages;
 mod persist;
-mod presence;
+pub mod presence;
 pub mod registry;
 pub mod restore;
 mod supervise;
@@ -62,8 +62,8 @@ use yrs::StateVector;
 
 pub use crate::ids::RoomId;
 pub use messages::{
-    AwarenessUpdate, Broadcast, ClientUpdate, Join, Leave, MemberLink, Protocol, QueryAwareness,
-    Resync, SetCursor, SetPresence, SetTyping, StoreNow, SyncStep1,
+    AwarenessUpdate, Broadcast, ClientUpdate, Join, Leave, ListPresence, MemberLink, PresencePage,
+    Protocol, QueryAwareness, Resync, SetCursor, SetPresence, SetTyping, StoreNow, SyncStep1,
 };
 pub use registry::{EvictNow, Registry, RoomServices, RoomsFull};
 pub use supervise::Incarnation;
@@ -157,7 +157,7 @@ impl Room {
                 config.store_retry(),
             ),
             document: Document::new(),
-            presence: Presence::default(),
+            presence: Presence::new(config.limits.presence_list_max_members),
             presence_base: PresenceBase::default(),
             awareness: YjsPresence::new(),
             fanout: Fanout::new(),
@@ -412,14 +412,15 @@ impl Handler<Join> for Room {
         let (head, tail) = encode_synced_parts(&self.id, diff.len(), &server_sv, msg.rid);
         let synced = Frame::binary_parts(&head, diff, &tail);
         self.members.send_frame(&link, &synced, Class::Control);
-        // The snapshot: the members as of this presence generation (shared
-        // bytes), then the joiner.
+        // The snapshot: the members listed as of this presence generation
+        // (shared bytes), then the joiner; the total when that is not all.
         let (count, base) = self.presence_base();
         self.presence
             .join(link.id.clone(), link.user.clone(), state);
         self.awareness.touch(link.id.clone());
         if let Some(own) = self.presence.view(&link.id) {
-            let (head, tail) = encode_snapshot_parts(&self.id, count, &own);
+            let total = self.presence_total();
+            let (head, tail) = encode_snapshot_parts(&self.id, count, &own, total);
             let snapshot = Frame::binary_parts(&head, base, &tail);
             self.members.send_frame(&link, &snapshot, Class::Control);
         }

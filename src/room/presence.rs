@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::document::{exact_bytes, valid_position};
-use super::messages::{SetCursor, SetPresence, SetTyping};
+use super::messages::{ListPresence, PresencePage, SetCursor, SetPresence, SetTyping};
 use super::Room;
 use crate::outbox::Frame;
 use crate::protocol::native::{encode_members, encode_server, ServerMessage};
@@ -29,10 +29,36 @@ pub(super) struct PresenceBase {
     cursors: Option<(u64, Option<Frame>)>,
 }
 
+/// Checks a `presence_list` request's `after` (the decimal `next` of a
+/// page) and `limit` (1 to `max`, default `max`); the error text says
+/// what is wrong.
+pub fn check_page(
+    after: Option<&str>,
+    limit: Option<u64>,
+    max: usize,
+) -> Result<(Option<u64>, usize), String> {
+    let after = match after {
+        None => None,
+        Some(a) => match a.parse::<u64>() {
+            Ok(n) if a.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+            _ => {
+                return Err("after must be the `next` of a presence_page (a decimal number)".into())
+            }
+        },
+    };
+    let limit = limit.unwrap_or(max as u64);
+    if limit == 0 || limit > max as u64 {
+        return Err(format!(
+            "limit must be 1 to {max} (presence_list_max_members), not {limit}"
+        ));
+    }
+    Ok((after, limit as usize))
+}
+
 impl Room {
-    /// The members for a joiner's presence snapshot, encoded once per
-    /// presence generation: a storm of joins does not encode every member
-    /// again for every joiner.
+    /// The members for a joiner's presence snapshot (the listed ones, see
+    /// [`crate::presence`]), encoded once per presence generation: a storm
+    /// of joins does not encode every member again for every joiner.
     pub(super) fn presence_base(&mut self) -> (usize, Bytes) {
         let generation = self.presence.generation();
         if let Some((at, count, bytes)) = &self.presence_base.cached {
@@ -40,7 +66,7 @@ impl Room {
                 return (*count, bytes.clone());
             }
         }
-        let members = self.presence.snapshot();
+        let members = self.presence.listed();
         let bytes = exact_bytes(encode_members(&members));
         self.presence_base.cached = Some((generation, members.len(), bytes.clone()));
         (members.len(), bytes)
@@ -66,14 +92,26 @@ impl Room {
         frame
     }
 
-    /// Every member, as a native presence snapshot.
+    /// The room's member count when a member's list cannot hold every
+    /// member (the room is above `presence_list_max_members`).
+    pub(super) fn presence_total(&self) -> Option<u64> {
+        self.presence
+            .is_partial()
+            .then_some(self.presence.len() as u64)
+    }
+
+    /// The listed members (every member in a room within the bound), as a
+    /// native presence snapshot (a lagging member's resync).
     pub(super) fn presence_snapshot(&self) -> ServerMessage {
+        let total = self.presence_total();
         ServerMessage::Presence {
             room: self.id.to_string(),
             snapshot: true,
-            joined: self.presence.snapshot(),
+            joined: self.presence.listed(),
             updated: Vec::new(),
             left: Vec::new(),
+            total,
+            partial: total.is_some(),
         }
     }
 
@@ -163,5 +201,41 @@ impl Handler<SetTyping> for Room {
             self.schedule_flush(ctx);
         }
         self.schedule_typing_sweep(ctx);
+    }
+}
+
+impl Handler<ListPresence> for Room {
+    type Result = MessageResult<ListPresence>;
+
+    /// A page of the member list, for a member of the room.
+    fn handle(&mut self, msg: ListPresence, _: &mut Context<Self>) -> Self::Result {
+        if !self.members.contains(&msg.member) {
+            return MessageResult(Err((ErrorCode::NotJoined, "join the room first".into())));
+        }
+        let page = self.presence.page(msg.after, msg.limit);
+        MessageResult(Ok(PresencePage {
+            members: page.members,
+            next: page.next,
+            total: page.total as u64,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_page;
+
+    #[test]
+    fn page_requests_are_checked() {
+        assert_eq!(check_page(None, None, 500), Ok((None, 500)));
+        assert_eq!(check_page(Some("42"), Some(7), 500), Ok((Some(42), 7)));
+        for bad in ["", "-1", "+3", "x", "1e3", "18446744073709551616"] {
+            let e = check_page(Some(bad), None, 500).unwrap_err();
+            assert!(e.contains("after must be"), "{bad:?}: {e}");
+        }
+        for bad in [0, 501, u64::MAX] {
+            let e = check_page(None, Some(bad), 500).unwrap_err();
+            assert!(e.contains("limit must be 1 to 500"), "{bad}: {e}");
+        }
     }
 }

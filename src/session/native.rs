@@ -25,7 +25,8 @@ use crate::room::history::{
     DEFAULT_VERSIONS_PAGE, MAX_VERSIONS_PAGE,
 };
 use crate::room::{
-    Broadcast, ClientUpdate, Leave, Protocol, Room, RoomId, SetCursor, SetPresence, SetTyping,
+    Broadcast, ClientUpdate, Leave, ListPresence, Protocol, Room, RoomId, SetCursor, SetPresence,
+    SetTyping,
 };
 
 /// The native-protocol session actor.
@@ -43,6 +44,9 @@ pub struct NativeSession {
     /// A `version_restore` of this session is in flight (one at a time:
     /// each is charged, when done, for the bytes it changed).
     restoring: bool,
+    /// A `presence_list` of this session is in flight (one at a time: each
+    /// page is charged to the byte rate when sent).
+    listing: bool,
 }
 
 impl NativeSession {
@@ -55,6 +59,7 @@ impl NativeSession {
             frame_len: 0,
             history_inflight: 0,
             restoring: false,
+            listing: false,
         }
     }
 
@@ -412,7 +417,75 @@ impl NativeSession {
                 let ask = VersionAsk::Delete { id };
                 self.version(ctx, room, rid, ask, Rights::can_write, "version_delete");
             }
+            ClientMessage::PresenceList {
+                room,
+                after,
+                limit,
+                rid,
+            } => {
+                let max = limits.presence_list_max_members;
+                match crate::room::presence::check_page(after.as_deref(), limit, max) {
+                    Ok((after, limit)) => self.presence_list(ctx, room, rid, after, limit),
+                    Err(e) => self.error(ctx, ErrorCode::BadMessage, e, rid, Some(&room)),
+                }
+            }
         }
+    }
+
+    /// Asks a joined room for a page of its member list (one request at a
+    /// time per connection) and sends it, its bytes charged to the rate.
+    fn presence_list(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        room: String,
+        rid: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) {
+        let Some(addr) = self.joined(ctx, &room, rid) else {
+            return;
+        };
+        if self.listing {
+            let text = "one presence_list at a time on a connection: wait for the answer";
+            return self.error(ctx, ErrorCode::RateLimited, text, rid, Some(&room));
+        }
+        self.listing = true;
+        let ask = ListPresence {
+            member: self.core.id.clone(),
+            after,
+            limit,
+        };
+        let answer = addr.send(ask).into_actor(self).map(move |res, act, ctx| {
+            act.listing = false;
+            let msg = match res {
+                Ok(Ok(page)) => ServerMessage::PresencePage {
+                    room,
+                    members: page.members,
+                    next: page.next.map(|n| n.to_string()),
+                    total: page.total,
+                    rid,
+                },
+                Ok(Err((code, message))) => ServerMessage::Error {
+                    code,
+                    message,
+                    rid,
+                    room: Some(room),
+                },
+                Err(e) => ServerMessage::Error {
+                    code: ErrorCode::RoomUnavailable,
+                    message: format!("the room did not answer: {e}"),
+                    rid,
+                    room: Some(room),
+                },
+            };
+            let bytes = encode_server(&msg);
+            act.core.outbox.push(&Frame::binary(&bytes));
+            if let Err(reason) = act.core.charge(0, bytes.len()) {
+                act.error(ctx, ErrorCode::RateLimited, reason.clone(), None, None);
+                act.core.close(ctx, close::TRY_AGAIN_LATER, &reason);
+            }
+        });
+        ctx.spawn(answer);
     }
 
     /// Parses a version id, or answers `bad_message`.

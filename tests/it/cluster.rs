@@ -202,6 +202,76 @@ async fn read_until_len(c: &mut Client, room: &str, doc: &TestDoc, len: u32) {
     }
 }
 
+/// Reads `c`'s presence until a message carries `total`.
+async fn until_total(c: &mut Client, room: &str, total: u64) {
+    c.expect(|m| {
+        matches!(m, ServerMessage::Presence { room: r, total: Some(t), partial: true, .. } if r == room && *t == total)
+    })
+    .await;
+}
+
+/// Every member id of `room` on `c`'s node, page by page (`limit` each).
+async fn paged_ids(c: &mut Client, room: &str, limit: u64) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut after = None;
+    loop {
+        let rid = c.rid();
+        c.send(&ClientMessage::PresenceList {
+            room: room.into(),
+            after: after.take(),
+            limit: Some(limit),
+            rid: Some(rid),
+        })
+        .await;
+        let page = c
+            .expect(|m| matches!(m, ServerMessage::PresencePage { rid: r, .. } if *r == Some(rid)))
+            .await;
+        let ServerMessage::PresencePage { members, next, .. } = page else {
+            unreachable!()
+        };
+        assert!(members.len() as u64 <= limit);
+        ids.extend(members.into_iter().map(|m| m.id));
+        match next {
+            Some(n) => after = Some(n),
+            None => return ids,
+        }
+    }
+}
+
+/// A room above the list bound, its members on two nodes: members of
+/// either node see the whole room's total, and page every member, those
+/// of the other node included, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_rooms_total_and_pages_span_the_nodes() {
+    let redis = Redis::start();
+    let args = ["--presence-list-max-members", "2"];
+    let nodes = [redis.node_with(&args), redis.node_with(&args)];
+    let room = "big-cluster-room";
+    let mut members = Vec::new();
+    for i in 0..6 {
+        let mut c = Client::connect(nodes[i % 2].addr).await;
+        c.join_with(
+            room,
+            &TestDoc::new(),
+            Some(serde_json::json!({ "name": format!("m{i}") })),
+        )
+        .await;
+        members.push(c);
+    }
+    let all: BTreeSet<String> = members.iter().map(|c| c.session.clone()).collect();
+    for i in [0, 1] {
+        until_total(&mut members[i], room, 6).await;
+        let ids = paged_ids(&mut members[i], room, 2).await;
+        let unique: BTreeSet<String> = ids.iter().cloned().collect();
+        assert_eq!(unique.len(), ids.len(), "a member twice: {ids:?}");
+        assert_eq!(unique, all, "node {i}'s pages");
+    }
+    // A member of the second node leaves: the first node's total follows.
+    let gone = members.remove(5);
+    drop(gone);
+    until_total(&mut members[0], room, 5).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_one_room_converge_presence_typing_events() {
     let redis = Redis::start();

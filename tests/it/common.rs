@@ -183,6 +183,8 @@ pub struct Client {
     /// Messages read while looking for another one.
     backlog: VecDeque<ServerMessage>,
     next_rid: u64,
+    /// Bytes of the binary frames received so far.
+    pub bytes_in: u64,
 }
 
 impl Client {
@@ -205,6 +207,7 @@ impl Client {
             session: String::new(),
             backlog: VecDeque::new(),
             next_rid: 1,
+            bytes_in: 0,
         }
     }
 
@@ -215,6 +218,7 @@ impl Client {
             session: String::new(),
             backlog: VecDeque::new(),
             next_rid: 1,
+            bytes_in: 0,
         }
     }
 
@@ -326,7 +330,8 @@ impl Client {
                 .expect("timed out waiting for a server message");
             match frame {
                 Some(Ok(Message::Binary(b))) => {
-                    return Ok(decode_server(&b).expect("server frame decodes"))
+                    self.bytes_in += b.len() as u64;
+                    return Ok(decode_server(&b).expect("server frame decodes"));
                 }
                 Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
                 Some(Ok(_)) => continue,
@@ -369,6 +374,7 @@ impl Client {
             };
             match frame {
                 Some(Ok(Message::Binary(b))) => {
+                    self.bytes_in += b.len() as u64;
                     let m = decode_server(&b).expect("server frame decodes");
                     if pred(&m) {
                         return Some(m);
@@ -446,7 +452,10 @@ impl Client {
         }
         loop {
             match tokio::time::timeout(within, self.ws.next()).await {
-                Ok(Some(Ok(Message::Binary(b)))) => return decode_server(&b).ok(),
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    self.bytes_in += b.len() as u64;
+                    return decode_server(&b).ok();
+                }
                 Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => {
                     return None
                 }

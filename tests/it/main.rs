@@ -14,6 +14,7 @@ mod hocuspocus;
 mod http;
 mod interop;
 mod pg;
+mod presence;
 mod rest_abuse;
 mod security;
 mod store;

@@ -879,6 +879,27 @@ fn cases() -> Vec<Case> {
             },
         ),
         client(
+            "client-presence-list",
+            "Read a page of a joined room's member list (join order): 100 members after the \
+             position 512 (the previous page's next).",
+            ClientMessage::PresenceList {
+                room: room(),
+                after: Some("512".into()),
+                limit: Some(100),
+                rid: Some(13),
+            },
+        ),
+        client(
+            "client-presence-list-minimal",
+            "The first page of the member list, the server's largest page size.",
+            ClientMessage::PresenceList {
+                room: room(),
+                after: None,
+                limit: None,
+                rid: None,
+            },
+        ),
+        client(
             "client-versions-minimal",
             "List versions with the defaults (50, from the newest).",
             ClientMessage::Versions {
@@ -1011,6 +1032,56 @@ fn cases() -> Vec<Case> {
                 ],
                 updated: vec![],
                 left: vec![],
+                total: None,
+                partial: false,
+            },
+        ),
+        server(
+            "server-presence-snapshot-partial",
+            "A snapshot in a room above presence_list_max_members (here 2): the listed members \
+             and the joiner, the room's total, partial set (page the rest with presence_list).",
+            ServerMessage::Presence {
+                room: room(),
+                snapshot: true,
+                joined: vec![
+                    MemberView {
+                        id: bob.clone(),
+                        user: Some("bob@example.com".into()),
+                        state: json!({"name": "Bob"}),
+                    },
+                    MemberView {
+                        id: ada.clone(),
+                        user: None,
+                        state: json!({"name": "Eve"}),
+                    },
+                    MemberView {
+                        id: me.clone(),
+                        user: None,
+                        state: json!({"name": "Ada"}),
+                    },
+                ],
+                updated: vec![],
+                left: vec![],
+                total: Some(15000),
+                partial: true,
+            },
+        ),
+        server(
+            "server-presence-diff-partial",
+            "A diff in a room above presence_list_max_members: joins of members not listed are \
+             not sent, only the new total; state changes of any member still are.",
+            ServerMessage::Presence {
+                room: room(),
+                snapshot: false,
+                joined: vec![],
+                updated: vec![MemberView {
+                    id: bob.clone(),
+                    user: Some("bob@example.com".into()),
+                    state: json!({"name": "Bob", "away": true}),
+                }],
+                left: vec![],
+                total: Some(15042),
+                partial: true,
             },
         ),
         server(
@@ -1030,6 +1101,8 @@ fn cases() -> Vec<Case> {
                     state: json!({"name": "Bob", "away": true}),
                 }],
                 left: vec!["5e1f09a2-7".into()],
+                total: None,
+                partial: false,
             },
         ),
         server(
@@ -1186,6 +1259,44 @@ fn cases() -> Vec<Case> {
             "server-versions-changed",
             "To every member, on every node, when a version is added or deleted: list again.",
             ServerMessage::VersionsChanged { room: room() },
+        ),
+        server(
+            "server-presence-page",
+            "Answer to client-presence-list: members in join order; next is the after of the \
+             next page (nil on the last), total the room's member count now.",
+            ServerMessage::PresencePage {
+                room: room(),
+                members: vec![
+                    MemberView {
+                        id: bob.clone(),
+                        user: Some("bob@example.com".into()),
+                        state: json!({"name": "Bob"}),
+                    },
+                    MemberView {
+                        id: ada.clone(),
+                        user: None,
+                        state: json!({"name": "Eve"}),
+                    },
+                ],
+                next: Some("514".into()),
+                total: 15042,
+                rid: Some(13),
+            },
+        ),
+        server(
+            "server-presence-page-last",
+            "The last page of the member list: next is nil.",
+            ServerMessage::PresencePage {
+                room: room(),
+                members: vec![MemberView {
+                    id: me.clone(),
+                    user: None,
+                    state: json!({"name": "Ada"}),
+                }],
+                next: None,
+                total: 15042,
+                rid: None,
+            },
         ),
     ];
     // Edge cases: decode-only.

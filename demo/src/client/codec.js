@@ -25,6 +25,7 @@ export const CLIENT_FIELDS = Object.freeze({
   version_view: ['room', 'id', 'rid?'],
   version_restore: ['room', 'id', 'rid?'],
   version_delete: ['room', 'id', 'rid?'],
+  presence_list: ['room', 'after?', 'limit?', 'rid?'],
 });
 
 /** Field order of every server message type (used by tests and tools). */
@@ -33,7 +34,7 @@ export const SERVER_FIELDS = Object.freeze({
   synced: ['room', 'diff', 'sv', 'rid?'],
   update: ['room', 'data', 'origin?'],
   ack: ['room', 'rid'],
-  presence: ['room', 'snapshot', 'joined', 'updated', 'left'],
+  presence: ['room', 'snapshot', 'joined', 'updated', 'left', 'total?', 'partial?'],
   cursor: ['room', 'cursors'],
   typing: ['room', 'id', 'on'],
   event: ['room', 'from', 'name', 'data'],
@@ -44,7 +45,11 @@ export const SERVER_FIELDS = Object.freeze({
   version_doc: ['room', 'id', 'update', 'rid?'],
   version_deleted: ['room', 'id', 'rid?'],
   versions_changed: ['room'],
+  presence_page: ['room', 'members', 'next', 'total', 'rid?'],
 });
+
+/** Optional flags the server leaves out when false. */
+const OMIT_FALSE = new Set(['partial']);
 
 /** Fields that must be MessagePack `bin` (a Uint8Array) when present. */
 const BIN_FIELDS = new Set(['sv', 'data', 'anchor', 'head', 'diff', 'update']);
@@ -78,6 +83,7 @@ export function canonicalJson(value) {
 const NESTED = {
   joined: ['id', 'user?', 'state'],
   updated: ['id', 'user?', 'state'],
+  members: ['id', 'user?', 'state'],
   cursors: ['id', 'anchor', 'head'],
   versions: ['id', 'time', 'name', 'kind', 'restored_from', 'authors', 'bytes'],
   authors: ['user', 'name'],
@@ -111,6 +117,7 @@ function ordered(msg, fields, isBin) {
     const optional = spec.endsWith('?');
     const name = optional ? spec.slice(0, -1) : spec;
     let value = msg[name];
+    if (optional && value === false && OMIT_FALSE.has(name)) continue;
     if (value === undefined || (optional && value === null)) {
       if (optional) continue;
       value = null;

@@ -118,6 +118,17 @@ export interface MembersChange {
   updated: string[];
   left: string[];
   snapshot: boolean;
+  /** The room's member count while `members` is partial; null when it is everyone. */
+  total: number | null;
+  /** True while `members` lists only part of the room. */
+  partial: boolean;
+}
+
+/** A page of a room's member list, in join order; `next` is the `after` of the next page. */
+export interface MemberPage {
+  members: Member[];
+  next: string | null;
+  total: number;
 }
 
 export interface RoomEvent {
@@ -178,8 +189,20 @@ export class ChorusRoom extends Emitter<RoomEvents> {
   readonly id: string;
   readonly doc: Y.Doc;
   readonly state: RoomState;
-  /** Members present, by member id (this connection included). */
+  /**
+   * Members present, by member id (this connection included). In a room
+   * above the server's `presence_list_max_members` only part of them: the
+   * first to have joined, plus members whose activity was sent (`partial`).
+   */
   readonly members: Map<string, Member>;
+  /** The room's member count while `members` is partial; null when it is everyone. */
+  readonly total: number | null;
+  /** True while `members` lists only part of the room (page the rest with `listMembers`). */
+  readonly partial: boolean;
+  /** Members in the room: `total` while partial, else `members.size`. */
+  readonly memberCount: number;
+  /** A page of the whole member list, in join order (`limit` at most the server's `presence_list_max_members`). */
+  listMembers(options?: { after?: string; limit?: number }): Promise<MemberPage>;
   readonly cursors: Map<string, Cursor>;
   /** Member ids currently typing. */
   readonly typing: Set<string>;

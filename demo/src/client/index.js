@@ -64,6 +64,7 @@ const ANSWERS = Object.freeze({
   version_view: 'version_doc',
   version_restore: 'version',
   version_delete: 'version_deleted',
+  presence_list: 'presence_page',
 });
 
 /** Close codes after which reconnecting cannot help. */
@@ -412,7 +413,7 @@ export class ChorusClient extends Emitter {
 /**
  * One joined room. Events:
  * - `synced` (first and every later resync), `status` ('joining'|'synced'|'disconnected'|'failed');
- * - `members` (Map, {joined, updated, left, snapshot}); `cursors` (Map, changed ids);
+ * - `members` (Map, {joined, updated, left, snapshot, total, partial}); `cursors` (Map, changed ids);
  * - `typing` ({id, on}, Set of typing ids); `event` ({from, name, data});
  * - `saved` (true when every local update is acknowledged as durable, false when some wait);
  * - `error` (server error for this room).
@@ -430,6 +431,15 @@ export class ChorusRoom extends Emitter {
     this.state = 'disconnected';
     /** @type {Map<string, {id: string, user?: string, state: object}>} */
     this.members = new Map();
+    /**
+     * The room's member count while `members` holds only part of it (a
+     * room above the server's `presence_list_max_members`); null when
+     * `members` is everyone.
+     * @type {number|null}
+     */
+    this.total = null;
+    /** True while `members` lists only part of the room (see `listMembers`). */
+    this.partial = false;
     /** @type {Map<string, {id: string, anchor: Uint8Array|null, head: Uint8Array|null}>} */
     this.cursors = new Map();
     /** @type {Set<string>} */
@@ -478,6 +488,23 @@ export class ChorusRoom extends Emitter {
         }),
       ];
     });
+  }
+
+  /** Members in the room: `total` while the list is partial, else the list's size. */
+  get memberCount() {
+    return this.partial && this.total != null ? this.total : this.members.size;
+  }
+
+  /**
+   * A page of the room's whole member list, in join order: `{members, next,
+   * total}`, where `next` (when not null) is the `after` of the next page.
+   * For rooms whose `members` is partial; `limit` at most the server's
+   * `presence_list_max_members` (its default).
+   * @param {{after?: string, limit?: number}} [options]
+   */
+  async listMembers({ after, limit } = {}) {
+    const msg = await this.#request({ t: 'presence_list', after, limit });
+    return { members: msg.members || [], next: msg.next ?? null, total: msg.total };
   }
 
   /** Replaces this member's presence state (name, colour, …). */
@@ -627,11 +654,13 @@ export class ChorusRoom extends Emitter {
     if (this.state === 'left') return;
     this.#failPending('disconnected', 'the connection was lost');
     this.members.clear();
+    this.total = null;
+    this.partial = false;
     this.cursors.clear();
     this.typing.clear();
     this.unacked.clear();
     this.#setState('disconnected');
-    this.emit('members', this.members, { joined: [], updated: [], left: [], snapshot: true });
+    this.emit('members', this.members, { joined: [], updated: [], left: [], snapshot: true, total: null, partial: false });
     this.emit('cursors', this.cursors, []);
     this.emit('typing', null, this.typing);
   }
@@ -684,7 +713,8 @@ export class ChorusRoom extends Emitter {
       case 'versions':
       case 'version':
       case 'version_doc':
-      case 'version_deleted': {
+      case 'version_deleted':
+      case 'presence_page': {
         const p = msg.rid != null ? this.pending.get(msg.rid) : null;
         if (p && p.answer === msg.t) this.#settle(msg.rid, msg);
         return;
@@ -718,6 +748,15 @@ export class ChorusRoom extends Emitter {
       if (this.typing.delete(id)) this.emit('typing', { id, on: false }, this.typing);
       if (this.cursors.delete(id)) cursorsGone.push(id);
     }
+    // A `total` comes while the list is partial (and once more when it is
+    // whole again); without one the list is the whole room.
+    if (msg.total != null) {
+      this.total = msg.total;
+      this.partial = Boolean(msg.partial);
+    } else {
+      this.total = null;
+      this.partial = false;
+    }
     if (msg.snapshot) {
       for (const id of [...this.cursors.keys()]) {
         if (!this.members.has(id)) {
@@ -731,6 +770,8 @@ export class ChorusRoom extends Emitter {
       updated: msg.updated.map((m) => m.id),
       left: msg.left,
       snapshot: msg.snapshot,
+      total: this.total,
+      partial: this.partial,
     });
     if (cursorsGone.length) this.emit('cursors', this.cursors, cursorsGone);
   }

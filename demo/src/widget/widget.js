@@ -340,14 +340,17 @@ export function mount(target, options = {}) {
 
   function renderMembers() {
     const list = [...room.members.values()];
+    // In a big room `members` is partial: the count is the room's total.
+    const count = Math.max(room.memberCount, list.length);
     avatars.replaceChildren(...list.slice(0, 5).map((m) => avatar(String(m.state.name || '?'), m.state.color || '#64748b', m.id === room.self ? 'chorus-me' : '')));
-    if (list.length > 5) avatars.append(h('span', { class: 'chorus-avatar chorus-more' }, `+${list.length - 5}`));
+    if (count > 5) avatars.append(h('span', { class: 'chorus-avatar chorus-more' }, `+${count - 5}`));
     onlineList.replaceChildren(
       ...list.map((m) =>
         h('li', { class: 'chorus-online-item', 'data-member': m.id }, h('span', { class: 'chorus-online-dot', style: `background:${m.state.color || '#64748b'}` }), String(m.state.name || 'Anonymous'), m.id === room.self ? h('span', { class: 'chorus-you-tag' }, ' (you)') : null),
       ),
     );
-    countEl.textContent = list.length ? `${list.length} online` : '';
+    if (count > list.length) onlineList.append(h('li', { class: 'chorus-online-item chorus-online-more' }, `+${count - list.length} more`));
+    countEl.textContent = count ? `${count} online` : '';
   }
   offs.push(room.on('members', (_, change) => {
     claimColor();

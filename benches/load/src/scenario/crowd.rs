@@ -1,36 +1,67 @@
 //! `crowd`: many members join one room with presence on, reading as real
 //! clients do; how long until every one has joined and a probe member sees
-//! them all, and what the server spent on it.
+//! them all (in its presence list, or, in a room above the server's
+//! `presence_list_max_members`, as the total and then page by page with
+//! `presence_list`), and what the server spent on it.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Ctx;
 use crate::cli::Proto;
-use crate::client::{drain, join, open_many, Source};
+use crate::client::{drain, join, open_many, Sink, Source};
 use crate::report::{finish, Report};
-use chorus::protocol::native::{decode_server, ServerMessage};
+use chorus::protocol::native::{decode_server, encode_client, ClientMessage, ServerMessage};
 
-/// Reads presence messages until the probe has seen `want` members (itself
-/// included) or `until`; returns the members seen and when the count was
-/// reached.
+/// What the probe saw.
+struct Watched {
+    /// Members seen: in the presence list, or in the pages when the room
+    /// is above the server's list bound.
+    seen: usize,
+    /// When the probe's presence said `want` members (its list, or the
+    /// `total` of a partial list).
+    counted_at: Option<Instant>,
+    /// When the probe had seen every member (listed, or paged).
+    all_at: Option<Instant>,
+    /// Pages read (0: the presence list held everyone).
+    pages: usize,
+}
+
+/// Reads presence messages until the probe's presence shows `want`
+/// members (itself included) or `until`: its list, or the `total` when
+/// the list is partial (a room above `presence_list_max_members`). A
+/// partial list is then read page by page (`presence_list`), and every
+/// member must be on a page exactly once, with its own name: `probe` and
+/// `member-0` … `member-{want − 2}`.
 async fn watch_presence(
+    mut sink: Sink,
     mut source: Source,
+    room: String,
     want: usize,
     until: tokio::time::Instant,
-) -> (usize, Option<Instant>) {
+) -> Watched {
     let mut members: HashSet<String> = HashSet::new();
+    let mut partial;
+    let mut watched = Watched {
+        seen: 0,
+        counted_at: None,
+        all_at: None,
+        pages: 0,
+    };
     while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, source.next()).await {
         let Message::Binary(b) = m else { continue };
         let Ok(ServerMessage::Presence {
             snapshot,
             joined,
+            updated,
             left,
+            total: t,
+            partial: p,
             ..
         }) = decode_server(&b)
         else {
@@ -39,15 +70,101 @@ async fn watch_presence(
         if snapshot {
             members.clear();
         }
-        members.extend(joined.into_iter().map(|v| v.id));
+        members.extend(joined.into_iter().chain(updated).map(|v| v.id));
         for id in left {
             members.remove(&id);
         }
-        if members.len() >= want {
-            return (members.len(), Some(Instant::now()));
+        partial = p;
+        let count = match t {
+            Some(t) if partial => t as usize,
+            _ => members.len(),
+        };
+        if count >= want {
+            watched.counted_at = Some(Instant::now());
+            if !partial {
+                watched.seen = members.len();
+                watched.all_at = watched.counted_at;
+                return watched;
+            }
+            break;
         }
     }
-    (members.len(), None)
+    watched.seen = members.len();
+    if watched.counted_at.is_none() {
+        return watched;
+    }
+    // The list is partial: read the whole of it.
+    let mut ids: HashSet<String> = HashSet::new();
+    let mut names: HashSet<String> = HashSet::new();
+    let mut after: Option<String> = None;
+    let mut twice = 0usize;
+    loop {
+        watched.pages += 1;
+        let rid = watched.pages as u64;
+        let ask = ClientMessage::PresenceList {
+            room: room.clone(),
+            after: after.take(),
+            limit: None,
+            rid: Some(rid),
+        };
+        if sink
+            .send(Message::Binary(encode_client(&ask).into()))
+            .await
+            .is_err()
+        {
+            return watched;
+        }
+        let next = loop {
+            let Ok(Some(Ok(Message::Binary(b)))) =
+                tokio::time::timeout_at(until, source.next()).await
+            else {
+                return watched;
+            };
+            match decode_server(&b) {
+                Ok(ServerMessage::PresencePage {
+                    members,
+                    next,
+                    rid: Some(r),
+                    ..
+                }) if r == rid => {
+                    for m in members {
+                        if let Some(name) = m.state.get("name").and_then(|n| n.as_str()) {
+                            names.insert(name.to_owned());
+                        }
+                        if !ids.insert(m.id) {
+                            twice += 1;
+                        }
+                    }
+                    break next;
+                }
+                Ok(ServerMessage::Error {
+                    message,
+                    rid: Some(r),
+                    ..
+                }) if r == rid => {
+                    eprintln!("crowd: presence_list refused: {message}");
+                    return watched;
+                }
+                _ => {}
+            }
+        };
+        watched.seen = ids.len();
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let named = names.contains("probe")
+        && (0..want.saturating_sub(1)).all(|i| names.contains(&format!("member-{i}")));
+    if twice == 0 && ids.len() >= want && named {
+        watched.all_at = Some(Instant::now());
+    } else {
+        eprintln!(
+            "crowd: pages held {} members ({twice} listed twice), every name: {named}",
+            ids.len()
+        );
+    }
+    watched
 }
 
 /// `--conns` native members join the room `crowd` (presence state
@@ -66,9 +183,15 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     let t0 = Instant::now();
     let until = tokio::time::Instant::now() + Duration::from_secs(300);
     // The probe joins first and watches presence.
-    let (_probe_sink, probe_source, _) =
+    let (probe_sink, probe_source, _) =
         join(&ctx.target, &room, Some(json!({"name": "probe"})), true).await?;
-    let probe = tokio::spawn(watch_presence(probe_source, n, until));
+    let probe = tokio::spawn(watch_presence(
+        probe_sink,
+        probe_source,
+        room.clone(),
+        n,
+        until,
+    ));
     let opened = open_many(n - 1, cli.connect_concurrency, |i| {
         let (t, room) = (ctx.target.clone(), room.clone());
         async move {
@@ -83,14 +206,25 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     let joined_at = t0.elapsed();
     let conns = r.keep_opened(opened, "join");
     r.clients = conns.len() + 1;
-    let (seen, all_seen) = probe.await?;
-    let done = all_seen.map(|t| t - t0);
+    let watched = probe.await?;
+    let seen = watched.seen;
+    let done = watched.all_at.map(|t| t - t0);
     let after = ctx.stat();
     r.notes.push(format!(
         "all {} joined (synced) after {:.2} s",
         r.clients,
         joined_at.as_secs_f64()
     ));
+    if watched.pages > 0 {
+        if let Some(c) = watched.counted_at {
+            r.notes.push(format!(
+                "probe's presence said {n} members (partial list, total) after {:.2} s; \
+                 then it read {} pages of the member list",
+                (c - t0).as_secs_f64(),
+                watched.pages
+            ));
+        }
+    }
     match done {
         Some(d) => r.notes.push(format!(
             "probe saw all {seen} members after {:.2} s",
