@@ -332,3 +332,41 @@ async fn a_frame_claiming_a_gigabyte_is_refused_at_its_header() {
     );
     assert_eq!(code, 1009, "close code");
 }
+
+/// A client that reads nothing while the server pings it, then reads: it
+/// finds the pings, then the close frame (4000, heartbeat timeout), then
+/// the end of the stream: the server shut its side only after writing
+/// everything, and did not reset the connection.
+#[actix_web::test]
+async fn a_client_that_read_nothing_still_finds_the_timeout_close_behind_its_pings() {
+    let srv = server(|c| {
+        c.limits.heartbeat_ms = 100;
+        c.limits.client_timeout_ms = 400;
+    });
+    let mut s = TcpStream::connect(srv.addr).await.expect("tcp connects");
+    s.write_all(upgrade_request(srv.addr, "/ws").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let raw = read_until(&mut s, |_| false).await; // until the server closes
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let mut frames = &raw[at..];
+    let mut pings = 0;
+    while frames.first() == Some(&0x89) {
+        frames = &frames[2 + frames[1] as usize..];
+        pings += 1;
+    }
+    assert_eq!(
+        frames.first(),
+        Some(&0x88),
+        "a close frame after {pings} pings"
+    );
+    let code = u16::from_be_bytes([frames[2], frames[3]]);
+    eprintln!("unread: {pings} pings, then close {code}");
+    assert_eq!(code, chorus::protocol::close::TIMEOUT);
+    assert!(pings >= 2, "{pings} pings");
+}
