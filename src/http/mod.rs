@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxBody};
 use crate::protocol::close;
 use crate::room::{Registry, RoomServices};
-use crate::session::flow::{Gate, GatedPayload};
+use crate::session::flow::{FrameGuard, Gate, GatedPayload};
 use crate::session::hocuspocus::HocuspocusSession;
 use crate::session::watchdog::Abort;
 use crate::session::yjs::YjsSession;
@@ -738,6 +738,9 @@ impl Connection {
             + actix::StreamHandler<Result<ws::Message, ws::ProtocolError>>,
     {
         let codec = Codec::new().max_size(limits.max_frame_bytes);
+        // A frame announcing more than the limit is refused at its header,
+        // before its bytes are buffered (see `FrameGuard`).
+        let payload = FrameGuard::new(payload, limits.max_frame_bytes);
         let payload = GatedPayload::new(payload, self.gate);
         let body = ws::WebsocketContext::with_codec(session, payload, codec);
         response.streaming(OutboxBody::new(body, self.outbox))

@@ -42,11 +42,12 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use actix_codec::{AsyncRead, AsyncWrite, Framed, ReadBuf};
+use actix_codec::{AsyncRead, AsyncWrite, Framed, FramedParts, ReadBuf};
 use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::error::PayloadError;
 use actix_http::h1;
-use actix_http::{ConnectionType, Payload, Request, Response, StatusCode};
+use actix_http::header;
+use actix_http::{ConnectionType, Method, Payload, Request, Response, StatusCode};
 use actix_service::Service;
 use actix_web::rt::net::TcpStream;
 use bytes::{Buf, Bytes};
@@ -57,6 +58,12 @@ use crate::session::watchdog::Abort;
 /// The payload queue stops taking from the socket at this many bytes, as
 /// actix-http's own request payload does (32 KiB).
 pub const INBOUND_HIGH_WATER: usize = 32 * 1024;
+
+/// What one queued chunk costs besides its bytes (its `Bytes` in the queue
+/// and its allocation), counted against [`INBOUND_HIGH_WATER`]: a client
+/// sending one byte per segment would otherwise queue 32 768 chunks, about
+/// 2 MiB, before reading stops.
+const CHUNK_COST: usize = 64;
 
 /// Largest read from the socket at once (the stack buffer it goes to).
 const READ_CHUNK: usize = 8 * 1024;
@@ -81,9 +88,44 @@ where
     >,
 {
     let inbound = Inbound::default();
+    // actix-http sends every request with `Upgrade: websocket` here, whatever
+    // its method and whether or not it says `Connection: upgrade`; only a GET
+    // can switch (RFC 6455 §4.1). Any other is an ordinary request whose
+    // body is its `Content-Length` bytes (actix-http's decoder took the rest
+    // of the stream as its body): they are fed to its payload while it runs,
+    // or a handler reading the body would wait for ever.
+    let body_len = (req.method() != Method::GET).then(|| {
+        req.head()
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    });
     let payload: actix_http::BoxedPayloadStream = Box::pin(InboundStream(inbound.0.clone()));
     let (req, _) = req.replace_payload(Payload::Stream { payload });
-    let response: Response<BoxBody> = match app.call(req).await {
+    let call = app.call(req);
+    let answer = match body_len {
+        None => call.await,
+        Some(len) => {
+            let mut parts = framed.into_parts();
+            let answer = {
+                let mut call = std::pin::pin!(call);
+                let mut feeding = std::pin::pin!(feed_body(&mut parts, &inbound, len));
+                let mut fed = false;
+                std::future::poll_fn(|cx| {
+                    if !fed && feeding.as_mut().poll(cx).is_ready() {
+                        fed = true;
+                    }
+                    call.as_mut().poll(cx)
+                })
+                .await
+            };
+            framed = Framed::from_parts(parts);
+            answer
+        }
+    };
+    let response: Response<BoxBody> = match answer {
         Ok(response) => response.into(),
         Err(e) => e.error_response().into(),
     };
@@ -91,22 +133,23 @@ where
         .extensions()
         .get::<std::sync::Arc<Abort>>()
         .cloned();
-    let (mut head, body) = response.into_parts();
+    let (mut head, mut body) = response.into_parts();
     if head.status() != StatusCode::SWITCHING_PROTOCOLS {
         // A refusal (or a route that does not upgrade): an ordinary
-        // response, then the connection closes.
-        let bytes = actix_http::body::to_bytes(body)
-            .await
-            .map_err(|_| io::Error::other("response body failed"))?;
+        // response, then the connection closes. The body is written as it
+        // comes (an event stream never ends: collected first, it would
+        // grow in memory for ever and never reach the client).
         head.head_mut().set_connection_type(ConnectionType::Close);
-        framed
-            .send(h1::Message::Item((
-                head,
-                BodySize::Sized(bytes.len() as u64),
-            )))
-            .await?;
-        if !bytes.is_empty() {
-            framed.send(h1::Message::Chunk(Some(bytes))).await?;
+        let size = match body.size() {
+            BodySize::None => BodySize::Sized(0),
+            size => size,
+        };
+        framed.send(h1::Message::Item((head, size))).await?;
+        while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await {
+            let chunk = chunk.map_err(|_| io::Error::other("response body failed"))?;
+            if !chunk.is_empty() {
+                framed.send(h1::Message::Chunk(Some(chunk))).await?;
+            }
         }
         framed.send(h1::Message::Chunk(None)).await?;
         return framed.close().await;
@@ -147,6 +190,52 @@ impl Socket for actix_tls::accept::rustls_0_23::TlsStream<TcpStream> {
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0
     }
+}
+
+/// Feeds the payload of a request that cannot switch with its body: the
+/// first `len` bytes after its head (some already read with the head, in
+/// `parts.read_buf`), at the pace the handler takes them; then ends it.
+async fn feed_body<T: AsyncRead + Unpin>(
+    parts: &mut FramedParts<T, h1::Codec>,
+    inbound: &Inbound,
+    mut left: u64,
+) {
+    let buffered = parts
+        .read_buf
+        .len()
+        .min(usize::try_from(left).unwrap_or(usize::MAX));
+    if buffered > 0 {
+        inbound.feed(parts.read_buf.split_to(buffered).freeze());
+        left -= buffered as u64;
+    }
+    std::future::poll_fn(|cx| loop {
+        if left == 0 {
+            inbound.end(None);
+            return Poll::Ready(());
+        }
+        if !inbound.wants(cx) {
+            return Poll::Pending;
+        }
+        let mut space = [0u8; READ_CHUNK];
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(READ_CHUNK);
+        let mut buf = ReadBuf::new(&mut space[..want]);
+        match Pin::new(&mut parts.io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                inbound.end(Some(io::ErrorKind::UnexpectedEof.into()));
+                return Poll::Ready(());
+            }
+            Poll::Ready(Ok(())) => {
+                left -= buf.filled().len() as u64;
+                inbound.feed(Bytes::copy_from_slice(buf.filled()));
+            }
+            Poll::Ready(Err(e)) => {
+                inbound.end(Some(e));
+                return Poll::Ready(());
+            }
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// True for the ways a peer ends a connection: not worth an error.
@@ -212,7 +301,7 @@ impl Inbound {
         if queue.reader_gone {
             return;
         }
-        queue.len += bytes.len();
+        queue.len += bytes.len() + CHUNK_COST;
         queue.chunks.push_back(bytes);
         if let Some(reader) = queue.reader.take() {
             reader.wake();
@@ -249,7 +338,7 @@ impl Stream for InboundStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut queue = self.0.borrow_mut();
         if let Some(bytes) = queue.chunks.pop_front() {
-            queue.len -= bytes.len();
+            queue.len -= bytes.len() + CHUNK_COST;
             if queue.chunks.is_empty() {
                 // Nothing is kept for an idle connection (a read is rare
                 // next to the allocation it costs).
@@ -487,6 +576,23 @@ mod tests {
         assert_eq!(chunk.len(), INBOUND_HIGH_WATER);
         assert!(woken.load(std::sync::atomic::Ordering::SeqCst));
         assert!(inbound.wants(&cx));
+    }
+
+    #[test]
+    fn one_byte_chunks_count_what_they_cost() {
+        let inbound = Inbound::default();
+        let waker = waker_flag(Default::default());
+        let cx = Context::from_waker(&waker);
+        let mut chunks = 0;
+        while inbound.wants(&cx) {
+            inbound.feed(Bytes::from_static(b"x"));
+            chunks += 1;
+        }
+        assert!(
+            chunks * 64 <= 2 * INBOUND_HIGH_WATER,
+            "{chunks} one-byte chunks queued (~{} KiB)",
+            chunks * 64 / 1024
+        );
     }
 
     #[test]

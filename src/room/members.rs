@@ -25,6 +25,9 @@ struct Member {
     resync_from: Option<Box<StateVector>>,
     /// Set when presence frames were dropped: the resync sends a snapshot.
     presence_stale: bool,
+    /// The room's state vector when this member was last asked for missing
+    /// updates (`ask_for_missing`). Boxed: rarely set.
+    asked_at: Option<Box<StateVector>>,
 }
 
 /// What a lagging member is owed once its backlog drains.
@@ -87,6 +90,7 @@ impl Members {
         let member = Member {
             link,
             resync_from: None,
+            asked_at: None,
             presence_stale: false,
         };
         self.map.insert(member.link.id.clone(), member);
@@ -334,15 +338,35 @@ impl Members {
     /// keeps what it could not send as pending and sends it with its
     /// state). On `/hocuspocus` the step 1 follows SyncStatus 0 (not
     /// applied) for that document only. Nothing is lost and nothing pending
-    /// is kept here; a client that keeps sending such updates is bounded
-    /// by its message rate like any other.
-    pub(super) fn ask_for_missing(&self, link: &MemberLink, message: &str, sv: &StateVector) {
+    /// is kept here.
+    ///
+    /// A member is asked once per state of the room: a Yjs client whose
+    /// pending structs depend on updates nobody sent would answer every
+    /// step 1 with the same step 2, and both would loop for ever (at the
+    /// message rate). Asked again with the room unchanged, it already sent
+    /// all it has: the update is dropped without a word, and the client
+    /// sends what it held back once the room sends what it lacked.
+    pub(super) fn ask_for_missing(&mut self, link: &MemberLink, message: &str, sv: &StateVector) {
         self.metrics.error(ErrorCode::MissingDependencies.as_str());
-        tracing::debug!(room = %self.room, member = %link.id, "asking for the missing updates: {message}");
-        let step1 = yjs::sync_step1(sv);
-        let step1 = if link.protocol == Protocol::Hocuspocus {
+        let asked = match self.map.get_mut(&link.id) {
+            Some(member) if member.asked_at.as_deref() == Some(sv) => true,
+            Some(member) => {
+                member.asked_at = Some(Box::new(sv.clone()));
+                false
+            }
+            None => false,
+        };
+        tracing::debug!(room = %self.room, member = %link.id, asked, "update with missing dependencies: {message}");
+        let hocus = link.protocol == Protocol::Hocuspocus;
+        if hocus {
             let refused = hocuspocus::sync_status(&self.room, false);
             self.send_frame(link, &Frame::binary(&refused), Class::Control);
+        }
+        if asked {
+            return;
+        }
+        let step1 = yjs::sync_step1(sv);
+        let step1 = if hocus {
             hocuspocus::prefixed(&self.room, &step1)
         } else {
             step1

@@ -263,11 +263,175 @@ impl<S: Stream + Unpin> Stream for GatedPayload<S> {
     }
 }
 
+/// The request payload of a WebSocket session, stopped at the header of a
+/// frame longer than `max` bytes.
+///
+/// actix-http's WebSocket parser checks a frame's length against its
+/// `max_size` only once the whole frame has arrived: until then the
+/// decoder buffers what the header announced, up to 2^63 bytes, so one
+/// client could make the server hold gigabytes for a frame it would then
+/// refuse. This stream reads the frame headers as the bytes go by, and in
+/// place of a header announcing more than `max` it yields a header whose
+/// length has its most significant bit set (RFC 6455 §5.2 forbids it),
+/// which the parser refuses at once with `Overflow` (the session closes
+/// with its "too big" code); then it ends.
+pub struct FrameGuard<S> {
+    inner: S,
+    max: u64,
+    /// Payload bytes of the current frame still to pass.
+    skip: u64,
+    /// The bytes of a frame header seen so far (at most 14), held back
+    /// until it is whole.
+    head: [u8; 14],
+    head_len: usize,
+    /// An oversized header was replaced: nothing more is read.
+    tripped: bool,
+}
+
+impl<S> FrameGuard<S> {
+    /// Guards `inner` against frames longer than `max` bytes.
+    pub fn new(inner: S, max: usize) -> Self {
+        FrameGuard {
+            inner,
+            max: max as u64,
+            skip: 0,
+            head: [0; 14],
+            head_len: 0,
+            tripped: false,
+        }
+    }
+
+    /// The header's full length once its first two bytes are known.
+    fn head_needed(&self) -> usize {
+        if self.head_len < 2 {
+            return 2;
+        }
+        let ext = match self.head[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + ext + mask
+    }
+
+    /// The payload length of the whole header held.
+    fn head_length(&self) -> u64 {
+        match self.head[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+            127 => {
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&self.head[2..10]);
+                u64::from_be_bytes(len)
+            }
+            n => u64::from(n),
+        }
+    }
+
+    /// Passes `chunk` on, holding back an incomplete header; replaces an
+    /// oversized one (and trips).
+    fn filter(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
+        if self.head_len == 0 && self.skip >= chunk.len() as u64 {
+            self.skip -= chunk.len() as u64;
+            return chunk;
+        }
+        let mut out = bytes::BytesMut::with_capacity(chunk.len() + self.head_len);
+        let mut at = 0;
+        while at < chunk.len() {
+            if self.skip > 0 {
+                let n = (chunk.len() - at).min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                out.extend_from_slice(&chunk[at..at + n]);
+                self.skip -= n as u64;
+                at += n;
+                continue;
+            }
+            while self.head_len < self.head_needed() && at < chunk.len() {
+                self.head[self.head_len] = chunk[at];
+                self.head_len += 1;
+                at += 1;
+            }
+            if self.head_len < self.head_needed() {
+                break; // the rest of the header comes with the next chunk
+            }
+            let length = self.head_length();
+            if length > self.max {
+                out.extend_from_slice(&[self.head[0], 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 0]);
+                out.extend_from_slice(&[0; 4]);
+                self.tripped = true;
+                return out.freeze();
+            }
+            out.extend_from_slice(&self.head[..self.head_len]);
+            self.head_len = 0;
+            self.skip = length;
+        }
+        out.freeze()
+    }
+}
+
+impl<S, E> Stream for FrameGuard<S>
+where
+    S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.tripped {
+                // The parser has refused the frame; the session closes.
+                return Poll::Pending;
+            }
+            match std::task::ready!(Pin::new(&mut this.inner).poll_next(cx)) {
+                Some(Ok(chunk)) => {
+                    let chunk = this.filter(chunk);
+                    if !chunk.is_empty() {
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
+                }
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures_util::StreamExt;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_frame_guard_replaces_an_oversized_header_and_passes_the_rest() {
+        // Two small masked frames, cut anywhere, then one announcing 1 GiB.
+        let small = [0x82u8, 0x83, 1, 2, 3, 4, 9, 9, 9];
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&small);
+        wire.extend_from_slice(&small);
+        let big_at = wire.len();
+        wire.extend_from_slice(&[0x82, 0xff, 0, 0, 0, 0, 0x40, 0, 0, 0, 1, 2, 3, 4]);
+        wire.extend_from_slice(&[7; 100]);
+        for cut in 1..wire.len() {
+            let chunks: Vec<Result<bytes::Bytes, ()>> = wire
+                .chunks(cut)
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect();
+            let mut guard = FrameGuard::new(futures_util::stream::iter(chunks), 1000);
+            let mut out = Vec::new();
+            let waker = futures_util::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            while let Poll::Ready(Some(chunk)) = Pin::new(&mut guard).poll_next(&mut cx) {
+                out.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(&out[..big_at], &wire[..big_at], "cut {cut}");
+            assert_eq!(out.len(), big_at + 14, "cut {cut}");
+            assert_eq!(out[big_at + 1], 0x80 | 127, "cut {cut}");
+            assert_eq!(
+                out[big_at + 2] & 0x80,
+                0x80,
+                "cut {cut}: length with its top bit"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_full_gate_stops_reading_until_a_ticket_returns() {

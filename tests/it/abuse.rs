@@ -385,6 +385,8 @@ async fn abuse_stuck_clients_are_removed_within_the_client_timeout() {
     let wanted = ids.clone();
     let watching = tokio::spawn(async move {
         let mut left = std::collections::HashMap::new();
+        // Stuck members the watcher saw join and not yet leave.
+        let mut seen = std::collections::HashSet::new();
         let deadline = Instant::now() + Duration::from_secs(40);
         while left.len() < wanted.len() && Instant::now() < deadline {
             let Some(m) = watcher
@@ -395,8 +397,36 @@ async fn abuse_stuck_clients_are_removed_within_the_client_timeout() {
             else {
                 continue;
             };
-            if let ServerMessage::Presence { left: gone, .. } = m {
+            // The watcher may fall behind too (it gets the 4 MB as well,
+            // with a 64 KiB buffer): its presence diffs are then dropped and
+            // it gets a snapshot instead, where those gone are missing.
+            if let ServerMessage::Presence {
+                snapshot,
+                joined,
+                left: gone,
+                ..
+            } = m
+            {
+                let here: Vec<String> = joined.into_iter().map(|m| m.id).collect();
+                let gone: Vec<String> = if snapshot {
+                    let gone: Vec<String> = seen
+                        .iter()
+                        .filter(|id| !here.contains(id))
+                        .cloned()
+                        .collect();
+                    if !gone.is_empty() {
+                        eprintln!(
+                            "the watcher lagged: {} departures read from a presence snapshot",
+                            gone.len()
+                        );
+                    }
+                    gone
+                } else {
+                    gone
+                };
+                seen.extend(here.into_iter().filter(|id| wanted.contains(id)));
                 for id in gone.into_iter().filter(|id| wanted.contains(id)) {
+                    seen.remove(&id);
                     left.entry(id).or_insert_with(Instant::now);
                 }
             }
@@ -587,4 +617,101 @@ async fn closes_and_refusals_are_logged_and_counted() {
             .any(|l| l.contains("connection refused") && l.contains("origin")),
         "no refusal line in {logs:#?}"
     );
+}
+
+/// The watchdog's sweeper (one per worker thread): stuck and live sessions
+/// on both workers of two servers in one process; every stuck one is
+/// closed within the client timeout + heartbeat (+ one sweep), no live one
+/// is; when a server's last session is gone its sweepers end, and the next
+/// stuck sessions are closed as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_the_watchdog_sweeper_misses_no_stuck_session() {
+    let tweak = |c: &mut chorus::config::Config| {
+        c.workers = 2;
+        c.limits.client_timeout_ms = 600;
+        c.limits.heartbeat_ms = 200;
+        c.limits.outbound_buffer_bytes = 64 * 1024;
+    };
+    let (a, b) = (server(tweak), server(tweak));
+    let chunk = "z".repeat(64 * 1024);
+    // Opens `stuck` clients that never read and `live` ones that do, floods
+    // their room, and returns how long until only the live ones (and the
+    // writer) were left.
+    let round = |addr: SocketAddr, room: &'static str, stuck: usize, live: usize| {
+        let chunk = chunk.clone();
+        async move {
+            let mut writer = Client::connect(addr).await;
+            let dw = TestDoc::new();
+            writer.join(room, &dw).await;
+            let mut stuck_clients = Vec::new();
+            for _ in 0..stuck {
+                let mut c = small_window_client(addr).await;
+                c.join(room, &TestDoc::new()).await;
+                stuck_clients.push(c);
+            }
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut readers = Vec::new();
+            for _ in 0..live {
+                let mut c = Client::connect(addr).await;
+                c.join(room, &TestDoc::new()).await;
+                let stop = stop.clone();
+                readers.push(tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        c.try_recv(Duration::from_millis(50)).await;
+                    }
+                    c
+                }));
+            }
+            for _ in 0..16 {
+                writer.update_acked(room, dw.push(&chunk)).await;
+            }
+            let flooded = Instant::now();
+            // The writer keeps reading too (it answers the pings).
+            let stop_writer = stop.clone();
+            readers.push(tokio::spawn(async move {
+                while !stop_writer.load(std::sync::atomic::Ordering::Relaxed) {
+                    writer.try_recv(Duration::from_millis(50)).await;
+                }
+                writer
+            }));
+            let want = (1 + live) as f64;
+            while metric(addr, "chorus_connections").await > want {
+                assert!(
+                    flooded.elapsed() < Duration::from_secs(8),
+                    "stuck sessions left open: {} connections, want {want}",
+                    metric(addr, "chorus_connections").await
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let took = flooded.elapsed();
+            // The live ones stay (a second more: five heartbeats).
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            assert_eq!(
+                metric(addr, "chorus_connections").await,
+                want,
+                "a live one was closed"
+            );
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for r in readers {
+                r.await.expect("reader").close().await;
+            }
+            drop(stuck_clients);
+            took
+        }
+    };
+    let (ta, tb) = tokio::join!(round(a.addr, "sweep", 8, 4), round(b.addr, "sweep", 8, 4));
+    // Every session of `a` gone: its sweepers end; the next ones start anew.
+    crate::common::eventually("a has no connection", || async {
+        metric(a.addr, "chorus_connections").await == 0.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = round(a.addr, "again", 4, 2).await;
+    eprintln!("stuck sessions closed {ta:?} / {tb:?} after the flood (two servers), {again:?} after a restart of the sweepers");
+    for took in [ta, tb, again] {
+        assert!(
+            took < Duration::from_millis(600 + 200 + 200 + 1500),
+            "{took:?}"
+        );
+    }
 }

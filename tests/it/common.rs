@@ -122,6 +122,13 @@ impl ChildServer {
             .expect("VmRSS line")
     }
 
+    /// Open file descriptors of the server process (from /proc).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("proc fd")
+            .count()
+    }
+
     /// Every log line so far.
     pub fn logs(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
@@ -208,6 +215,16 @@ impl Client {
             backlog: VecDeque::new(),
             next_rid: 1,
             bytes_in: 0,
+        }
+    }
+
+    /// Makes dropping this client reset its connection (linger 0) instead
+    /// of closing it with a FIN.
+    pub fn reset_on_drop(&self) {
+        if let MaybeTlsStream::Plain(tcp) = self.ws.get_ref() {
+            socket2::SockRef::from(tcp)
+                .set_linger(Some(Duration::ZERO))
+                .expect("SO_LINGER");
         }
     }
 

@@ -444,3 +444,53 @@ async fn many_distinct_rooms_over_rest_stay_bounded() {
         peak_rss >> 20
     );
 }
+
+/// A Yjs client whose pending structs depend on updates nobody sent
+/// answers every sync step 1 with a step 2 holding them again: the room
+/// must not ask it again while its own state is unchanged (that would loop
+/// for ever, bounded only by the message rate). Once what they depend on
+/// arrives, the client's update is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yjs_client_with_unsendable_pending_structs_is_not_asked_in_a_loop() {
+    let srv = server(|_| {});
+    let (gap, dep) = gap_update();
+    let mut y = YClient::connect(srv.addr, "loop").await;
+    y.expect(|m| matches!(m, yjs::YjsMessage::SyncStep1(_)))
+        .await;
+    y.send(yjs::sync_update(gap.clone())).await;
+    let mut asked = 0;
+    // As a Yjs client does: every step 1 is answered with a step 2 that
+    // holds the pending structs.
+    for _ in 0..40 {
+        let step1 = async {
+            while let Some(frame) = y.maybe(Duration::from_millis(300)).await {
+                if yjs::decode_frame(&frame)
+                    .expect("frame decodes")
+                    .iter()
+                    .any(|m| matches!(m, yjs::YjsMessage::SyncStep1(_)))
+                {
+                    return true;
+                }
+            }
+            false
+        };
+        if !step1.await {
+            break;
+        }
+        asked += 1;
+        y.send(yjs::sync_step2(gap.clone())).await;
+    }
+    eprintln!("asked for the missing updates {asked} time(s)");
+    assert!(
+        asked <= 2,
+        "asked {asked} times: the room and the client loop"
+    );
+    // Someone sends what the gap follows: the client's next try is applied.
+    let r = request(srv.addr, "POST", "/api/v1/rooms/loop/update", &[], &dep).await;
+    assert_eq!(r.status, 200);
+    y.send(yjs::sync_update(gap.clone())).await;
+    crate::common::eventually("the pending structs applied", || async {
+        doc(srv.addr, "loop").await.json()["doc"]["t"] == "ghost"
+    })
+    .await;
+}

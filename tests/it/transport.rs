@@ -164,3 +164,209 @@ async fn an_idle_connection_costs_the_server_under_8_kb() {
     );
     drop(clients);
 }
+
+/// actix-http hands every request with `Upgrade: websocket` to the upgrade
+/// path, whatever its method and without `Connection: upgrade` (a careless
+/// client or proxy). A POST there is an ordinary request: its body is read
+/// and it is answered (it used to wait for ever for a body nobody fed it).
+#[actix_web::test]
+async fn a_post_with_an_upgrade_header_gets_its_body_read_and_an_answer() {
+    let srv = server(|_| {});
+    let update = TestDoc::new().insert(0, "hello");
+    let started = std::time::Instant::now();
+    let r = crate::http::request(
+        srv.addr,
+        "POST",
+        "/api/v1/rooms/up/update",
+        &[("Upgrade", "websocket")],
+        &update,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    eprintln!("POST with Upgrade answered in {:?}", started.elapsed());
+    let r = crate::http::request(srv.addr, "GET", "/api/v1/rooms/up/doc", &[], b"").await;
+    assert_eq!(r.json()["doc"]["t"], "hello");
+}
+
+/// A streaming route (NDJSON events) asked with `Upgrade: websocket` is
+/// streamed like any response: its head and events reach the client as
+/// they come (it used to be collected whole first: never sent, and
+/// growing in memory for as long as the room had events).
+#[actix_web::test]
+async fn an_event_stream_asked_with_an_upgrade_header_is_streamed() {
+    let srv = server(|c| c.api.sse_heartbeat_ms = 200);
+    let mut s = TcpStream::connect(srv.addr).await.expect("tcp connects");
+    let head = format!(
+        "GET /api/v1/rooms/st/stream HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\r\n",
+        srv.addr
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let raw = read_until(&mut s, |raw| contains(raw, b"\r\n\r\n")).await;
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    let update = TestDoc::new().insert(0, "live");
+    let r = crate::http::request(srv.addr, "POST", "/api/v1/rooms/st/update", &[], &update).await;
+    assert_eq!(r.status, 200);
+    read_until(&mut s, |raw| contains(raw, b"\"update\"")).await;
+}
+
+/// A client that sends its request head a byte at a time is cut by the
+/// request timeout (5 s), before any upgrade: it cannot hold a connection.
+#[actix_web::test]
+async fn a_slow_request_head_is_cut_by_the_request_timeout() {
+    let srv = server(|_| {});
+    let mut s = TcpStream::connect(srv.addr).await.expect("tcp connects");
+    let head = upgrade_request(srv.addr, "/ws").into_bytes();
+    let started = std::time::Instant::now();
+    let mut cut = None;
+    for b in head.iter().take(head.len() - 2) {
+        if s.write_all(&[*b]).await.is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(250), s.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                cut = Some(started.elapsed());
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let cut = cut.expect("the server kept a trickling request head");
+    eprintln!("trickled request head cut after {cut:?}");
+    assert!(cut < Duration::from_secs(7), "cut after {cut:?}");
+}
+
+/// 2 000 WebSocket connections opened and closed (a close handshake, a
+/// plain FIN, a reset): every one is counted closed and the server's
+/// descriptors and memory come back near where they were (no pump,
+/// session or watchdog entry left behind).
+#[actix_web::test]
+async fn connections_opened_and_closed_leave_nothing_behind() {
+    let srv = ChildServer::start(&[
+        "--store",
+        "memory",
+        "--max-connections-per-ip",
+        "0",
+        "--connections-per-ip-per-sec",
+        "0",
+    ]);
+    let addr = srv.addr;
+    let round = |n: usize| async move {
+        for batch in 0..n / 100 {
+            let clients = futures::future::join_all((0..100).map(|_| async move {
+                let mut c = Client::connect(addr).await;
+                c.join("churn", &TestDoc::new()).await;
+                c
+            }))
+            .await;
+            for (i, c) in clients.into_iter().enumerate() {
+                match (batch + i) % 3 {
+                    0 => c.close().await,
+                    1 => drop(c), // FIN without a close frame
+                    _ => {
+                        c.reset_on_drop();
+                        drop(c);
+                    }
+                }
+            }
+        }
+    };
+    let settled = || async {
+        crate::common::eventually("every connection counted closed", || async {
+            crate::common::metric(addr, "chorus_connections").await == 0.0
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await; // lingering pumps end (1 s)
+    };
+    round(300).await;
+    settled().await;
+    let (fds, rss) = (srv.fd_count(), srv.rss_bytes());
+    round(2000).await;
+    settled().await;
+    let (fds_after, rss_after) = (srv.fd_count(), srv.rss_bytes());
+    eprintln!(
+        "after 2 000 connections: fds {fds} -> {fds_after}, RSS {} -> {} KiB",
+        rss / 1024,
+        rss_after / 1024
+    );
+    assert!(fds_after <= fds + 4, "descriptors: {fds} -> {fds_after}");
+    assert!(
+        rss_after <= rss + 4 * 1024 * 1024,
+        "RSS grew {} KiB",
+        (rss_after - rss) / 1024
+    );
+}
+
+/// A frame header claiming 1 GiB: the connection is closed at once (close
+/// 1009, then the end of the stream), nothing is buffered for it (before,
+/// the decoder kept every byte the header announced: 200 MiB sent after
+/// such a header raised the server's RSS by 200 MiB).
+#[actix_web::test]
+async fn a_frame_claiming_a_gigabyte_is_refused_at_its_header() {
+    let srv = server(|_| {});
+    let mut s = TcpStream::connect(srv.addr).await.expect("tcp connects");
+    let mut bytes = upgrade_request(srv.addr, "/ws").into_bytes();
+    bytes.extend_from_slice(&[0x82, 0x80 | 127]);
+    bytes.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    bytes.extend_from_slice(&[1, 2, 3, 4]);
+    bytes.extend_from_slice(&[0u8; 64 * 1024]);
+    s.write_all(&bytes).await.unwrap();
+    let raw = read_until(&mut s, |_| false).await; // until the server closes
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    assert!(raw.starts_with(b"HTTP/1.1 101"));
+    let frame = &raw[at..];
+    assert_eq!(frame.first(), Some(&0x88), "a close frame: {frame:?}");
+    let code = u16::from_be_bytes([frame[2], frame[3]]);
+    eprintln!(
+        "1 GiB frame header: closed with {code} ({})",
+        String::from_utf8_lossy(&frame[4..])
+    );
+    assert_eq!(code, 1009, "close code");
+}
+
+/// A client that reads nothing while the server pings it, then reads: it
+/// finds the pings, then the close frame (4000, heartbeat timeout), then
+/// the end of the stream: the server shut its side only after writing
+/// everything, and did not reset the connection.
+#[actix_web::test]
+async fn a_client_that_read_nothing_still_finds_the_timeout_close_behind_its_pings() {
+    let srv = server(|c| {
+        c.limits.heartbeat_ms = 100;
+        c.limits.client_timeout_ms = 400;
+    });
+    let mut s = TcpStream::connect(srv.addr).await.expect("tcp connects");
+    s.write_all(upgrade_request(srv.addr, "/ws").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let raw = read_until(&mut s, |_| false).await; // until the server closes
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let mut frames = &raw[at..];
+    let mut pings = 0;
+    while frames.first() == Some(&0x89) {
+        frames = &frames[2 + frames[1] as usize..];
+        pings += 1;
+    }
+    assert_eq!(
+        frames.first(),
+        Some(&0x88),
+        "a close frame after {pings} pings"
+    );
+    let code = u16::from_be_bytes([frames[2], frames[3]]);
+    eprintln!("unread: {pings} pings, then close {code}");
+    assert_eq!(code, chorus::protocol::close::TIMEOUT);
+    assert!(pings >= 2, "{pings} pings");
+}
