@@ -12,6 +12,12 @@ use chorus::auth::{mint, now_secs, Claims, GrantClaim, Rights};
 use chorus::config::{Cli, Command, LogFormat, StoreCommand, TokenArgs};
 use chorus::http::Server;
 
+/// jemalloc instead of glibc's malloc: after bursts of connections glibc
+/// kept their handshakes' freed memory in its per-thread arenas (measured
+/// in benches/BENCHMARKS.md, "Transport").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     // `CHORUS_LOG` is the older name of `CHORUS_LOG_LEVEL`; still read when
     // the new one is unset. Set before any thread exists.

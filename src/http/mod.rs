@@ -691,7 +691,7 @@ impl Connection {
         payload: web::Payload,
         shared: &web::Data<Shared>,
         admission: Admission,
-        make: impl FnOnce(Shared, Arc<Outbox>, Admission, Arc<Gate>) -> A,
+        make: impl FnOnce(Arc<Shared>, Arc<Outbox>, Admission, Arc<Gate>) -> A,
     ) -> HttpResponse
     where
         A: actix::Actor<Context = ws::WebsocketContext<A>>
@@ -702,7 +702,7 @@ impl Connection {
         let abort = Arc::new(Abort::default());
         let admission = admission.with_abort(abort.clone());
         let session = make(
-            shared.get_ref().clone(),
+            shared.clone().into_inner(),
             conn.outbox.clone(),
             admission,
             conn.gate.clone(),

@@ -139,7 +139,7 @@ pub struct SessionCore {
     /// This connection's member id, unique in the cluster.
     pub id: MemberId,
     /// Configuration, rooms, the session table.
-    pub shared: Shared,
+    pub shared: Arc<Shared>,
     /// Where every frame to the client goes, in order; shared with rooms.
     pub outbox: Arc<Outbox>,
     /// Rooms joined, by id. A room stays live while this session is a
@@ -182,7 +182,7 @@ impl SessionCore {
     /// that closes with `too_big` on a message over `max_frame_bytes`, and
     /// reads its socket through `gate`.
     pub fn new(
-        shared: Shared,
+        shared: Arc<Shared>,
         outbox: Arc<Outbox>,
         admission: Admission,
         too_big: u16,

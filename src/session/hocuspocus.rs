@@ -118,7 +118,7 @@ impl HocuspocusSession {
     /// A session that writes through `outbox`, admitted as `admission`
     /// says.
     pub fn new(
-        shared: Shared,
+        shared: Arc<Shared>,
         outbox: Arc<Outbox>,
         mut admission: Admission,
         gate: Arc<Gate>,

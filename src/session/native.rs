@@ -52,7 +52,12 @@ pub struct NativeSession {
 impl NativeSession {
     /// A session that writes through `outbox`, admitted as `admission` says.
     /// It reads its socket through `gate`.
-    pub fn new(shared: Shared, outbox: Arc<Outbox>, admission: Admission, gate: Arc<Gate>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        outbox: Arc<Outbox>,
+        admission: Admission,
+        gate: Arc<Gate>,
+    ) -> Self {
         NativeSession {
             core: SessionCore::new(shared, outbox, admission, close::TOO_BIG, gate),
             greeted: false,

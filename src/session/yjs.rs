@@ -74,7 +74,7 @@ impl YjsSession {
     /// A session for room `room_name` that writes through `outbox`,
     /// admitted as `admission` says.
     pub fn new(
-        shared: Shared,
+        shared: Arc<Shared>,
         outbox: Arc<Outbox>,
         room_name: String,
         mut admission: Admission,
