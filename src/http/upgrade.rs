@@ -81,11 +81,7 @@ const TURN_BUDGET: usize = 64;
 async fn serve<T, S>(app: Rc<S>, req: Request, mut framed: Framed<T, h1::Codec>) -> io::Result<()>
 where
     T: Socket,
-    S: Service<
-        Request,
-        Response = actix_web::dev::ServiceResponse<BoxBody>,
-        Error = actix_web::Error,
-    >,
+    S: AppService,
 {
     let inbound = Inbound::default();
     // actix-http sends every request with `Upgrade: websocket` here, whatever
@@ -174,6 +170,22 @@ where
     Ok(())
 }
 
+/// The actix-web application as a service of requests (what `serve`
+/// routes an upgrade request through).
+pub trait AppService:
+    Service<Request, Response = actix_web::dev::ServiceResponse<BoxBody>, Error = actix_web::Error>
+{
+}
+
+impl<S> AppService for S where
+    S: Service<
+        Request,
+        Response = actix_web::dev::ServiceResponse<BoxBody>,
+        Error = actix_web::Error,
+    >
+{
+}
+
 /// A connection's stream (plain or TLS) and the TCP socket under it.
 pub trait Socket: AsyncRead + AsyncWrite + Unpin + 'static {
     /// The TCP socket.
@@ -260,11 +272,7 @@ pub async fn serve_quietly<T, S>(
 ) -> io::Result<()>
 where
     T: Socket,
-    S: Service<
-        Request,
-        Response = actix_web::dev::ServiceResponse<BoxBody>,
-        Error = actix_web::Error,
-    >,
+    S: AppService,
 {
     match serve(app, req, framed).await {
         Err(e) if is_disconnect(&e) => {

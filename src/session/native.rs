@@ -476,12 +476,7 @@ impl NativeSession {
                     rid,
                     room: Some(room),
                 },
-                Err(e) => ServerMessage::Error {
-                    code: ErrorCode::RoomUnavailable,
-                    message: format!("the room did not answer: {e}"),
-                    rid,
-                    room: Some(room),
-                },
+                Err(e) => room_did_not_answer(&e, rid, room),
             };
             let bytes = encode_server(&msg);
             act.core.outbox.push(&Frame::binary(&bytes));
@@ -610,12 +605,7 @@ impl NativeSession {
                         rid,
                         room: Some(room),
                     },
-                    Err(e) => ServerMessage::Error {
-                        code: ErrorCode::RoomUnavailable,
-                        message: format!("the room did not answer: {e}"),
-                        rid,
-                        room: Some(room),
-                    },
+                    Err(e) => room_did_not_answer(&e, rid, room),
                 };
                 act.send(ctx, &msg);
                 if let Err(reason) = act.core.charge(0, changed) {
@@ -676,3 +666,14 @@ impl Actor for NativeSession {
 }
 
 session_handlers!(NativeSession);
+
+/// The error for a request whose room did not answer (it stopped, or its
+/// mailbox is gone).
+fn room_did_not_answer(e: &MailboxError, rid: Option<u64>, room: String) -> ServerMessage {
+    ServerMessage::Error {
+        code: ErrorCode::RoomUnavailable,
+        message: format!("the room did not answer: {e}"),
+        rid,
+        room: Some(room),
+    }
+}

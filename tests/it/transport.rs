@@ -132,14 +132,7 @@ where
 /// connection.
 #[actix_web::test]
 async fn an_idle_connection_costs_the_server_under_8_kb() {
-    let srv = ChildServer::start(&[
-        "--store",
-        "memory",
-        "--max-connections-per-ip",
-        "0",
-        "--connections-per-ip-per-sec",
-        "0",
-    ]);
+    let srv = unlimited_child();
     let (hello, mut clients) = rss_per_connection(&srv, 1500, Client::connect).await;
     let (joined, more) = rss_per_connection(&srv, 1000, |addr| async move {
         let mut c = Client::connect(addr).await;
@@ -247,14 +240,7 @@ async fn a_slow_request_head_is_cut_by_the_request_timeout() {
 /// session or watchdog entry left behind).
 #[actix_web::test]
 async fn connections_opened_and_closed_leave_nothing_behind() {
-    let srv = ChildServer::start(&[
-        "--store",
-        "memory",
-        "--max-connections-per-ip",
-        "0",
-        "--connections-per-ip-per-sec",
-        "0",
-    ]);
+    let srv = unlimited_child();
     let addr = srv.addr;
     let round = |n: usize| async move {
         for batch in 0..n / 100 {
@@ -317,11 +303,7 @@ async fn a_frame_claiming_a_gigabyte_is_refused_at_its_header() {
     bytes.extend_from_slice(&[0u8; 64 * 1024]);
     s.write_all(&bytes).await.unwrap();
     let raw = read_until(&mut s, |_| false).await; // until the server closes
-    let at = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head")
-        + 4;
+    let at = after_head(&raw);
     assert!(raw.starts_with(b"HTTP/1.1 101"));
     let frame = &raw[at..];
     assert_eq!(frame.first(), Some(&0x88), "a close frame: {frame:?}");
@@ -349,11 +331,7 @@ async fn a_client_that_read_nothing_still_finds_the_timeout_close_behind_its_pin
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let raw = read_until(&mut s, |_| false).await; // until the server closes
-    let at = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head")
-        + 4;
+    let at = after_head(&raw);
     let mut frames = &raw[at..];
     let mut pings = 0;
     while frames.first() == Some(&0x89) {
@@ -369,4 +347,25 @@ async fn a_client_that_read_nothing_still_finds_the_timeout_close_behind_its_pin
     eprintln!("unread: {pings} pings, then close {code}");
     assert_eq!(code, chorus::protocol::close::TIMEOUT);
     assert!(pings >= 2, "{pings} pings");
+}
+
+/// The `chorus` binary as a child process, memory store, without the
+/// per-IP connection limits (the tests open thousands from one address).
+fn unlimited_child() -> ChildServer {
+    ChildServer::start(&[
+        "--store",
+        "memory",
+        "--max-connections-per-ip",
+        "0",
+        "--connections-per-ip-per-sec",
+        "0",
+    ])
+}
+
+/// Where a response's body (or the frames after a 101) starts in `raw`.
+fn after_head(raw: &[u8]) -> usize {
+    raw.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4
 }

@@ -737,6 +737,20 @@ fn cases() -> Vec<Case> {
     let me = "5e1f09a2-1".to_owned();
     let ada = "5e1f09a2-2".to_owned();
     let bob = "7c03d4e9-5".to_owned();
+    // The listed members of the partial-list vectors (a room above
+    // presence_list_max_members = 2).
+    let listed = vec![
+        MemberView {
+            id: bob.clone(),
+            user: Some("bob@example.com".into()),
+            state: json!({"name": "Bob"}),
+        },
+        MemberView {
+            id: ada.clone(),
+            user: None,
+            state: json!({"name": "Eve"}),
+        },
+    ];
     let room = || "notes/42".to_owned();
     let mut cases = vec![
         // Client messages.
@@ -1043,23 +1057,15 @@ fn cases() -> Vec<Case> {
             ServerMessage::Presence {
                 room: room(),
                 snapshot: true,
-                joined: vec![
-                    MemberView {
-                        id: bob.clone(),
-                        user: Some("bob@example.com".into()),
-                        state: json!({"name": "Bob"}),
-                    },
-                    MemberView {
-                        id: ada.clone(),
-                        user: None,
-                        state: json!({"name": "Eve"}),
-                    },
-                    MemberView {
+                joined: listed
+                    .iter()
+                    .cloned()
+                    .chain([MemberView {
                         id: me.clone(),
                         user: None,
                         state: json!({"name": "Ada"}),
-                    },
-                ],
+                    }])
+                    .collect(),
                 updated: vec![],
                 left: vec![],
                 total: Some(15000),
@@ -1266,18 +1272,7 @@ fn cases() -> Vec<Case> {
              next page (nil on the last), total the room's member count now.",
             ServerMessage::PresencePage {
                 room: room(),
-                members: vec![
-                    MemberView {
-                        id: bob.clone(),
-                        user: Some("bob@example.com".into()),
-                        state: json!({"name": "Bob"}),
-                    },
-                    MemberView {
-                        id: ada.clone(),
-                        user: None,
-                        state: json!({"name": "Eve"}),
-                    },
-                ],
+                members: listed.clone(),
                 next: Some("514".into()),
                 total: 15042,
                 rid: Some(13),
