@@ -228,26 +228,40 @@ async fn feed_body<T: AsyncRead + Unpin>(
         if !inbound.wants(cx) {
             return Poll::Pending;
         }
-        let mut space = [0u8; READ_CHUNK];
-        let want = usize::try_from(left).unwrap_or(usize::MAX).min(READ_CHUNK);
-        let mut buf = ReadBuf::new(&mut space[..want]);
-        match Pin::new(&mut parts.io).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+        let want = usize::try_from(left).unwrap_or(usize::MAX);
+        match std::task::ready!(poll_read_chunk(&mut parts.io, cx, want)) {
+            Ok(None) => {
                 inbound.end(Some(io::ErrorKind::UnexpectedEof.into()));
                 return Poll::Ready(());
             }
-            Poll::Ready(Ok(())) => {
-                left -= buf.filled().len() as u64;
-                inbound.feed(Bytes::copy_from_slice(buf.filled()));
+            Ok(Some(bytes)) => {
+                left -= bytes.len() as u64;
+                inbound.feed(bytes);
             }
-            Poll::Ready(Err(e)) => {
+            Err(e) => {
                 inbound.end(Some(e));
                 return Poll::Ready(());
             }
-            Poll::Pending => return Poll::Pending,
         }
     })
     .await
+}
+
+/// Reads at most `max` (and [`READ_CHUNK`]) bytes from `io` into a buffer
+/// on the stack (an idle connection holds no read buffer) and returns them
+/// exactly sized; `None` at the end of the stream.
+fn poll_read_chunk<T: AsyncRead + Unpin>(
+    io: &mut T,
+    cx: &mut Context<'_>,
+    max: usize,
+) -> Poll<io::Result<Option<Bytes>>> {
+    let mut space = [0u8; READ_CHUNK];
+    let mut buf = ReadBuf::new(&mut space[..max.min(READ_CHUNK)]);
+    std::task::ready!(Pin::new(io).poll_read(cx, &mut buf))?;
+    let filled = buf.filled();
+    Poll::Ready(Ok(
+        (!filled.is_empty()).then(|| Bytes::copy_from_slice(filled))
+    ))
 }
 
 /// True for the ways a peer ends a connection: not worth an error.
@@ -428,18 +442,11 @@ impl<T: Socket> Pump<T> {
             if self.read_done || !self.inbound.wants(cx) {
                 return false;
             }
-            // On the stack: an idle connection holds no read buffer.
-            let mut space = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut space);
-            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+            match poll_read_chunk(&mut self.io, cx, READ_CHUNK) {
+                Poll::Ready(Ok(Some(bytes))) => self.inbound.feed(bytes),
+                Poll::Ready(end) => {
                     self.read_done = true;
-                    self.inbound.end(None);
-                }
-                Poll::Ready(Ok(())) => self.inbound.feed(Bytes::copy_from_slice(buf.filled())),
-                Poll::Ready(Err(e)) => {
-                    self.read_done = true;
-                    self.inbound.end(Some(e));
+                    self.inbound.end(end.err());
                 }
                 Poll::Pending => return false,
             }
@@ -528,12 +535,9 @@ impl<T: Socket> Pump<T> {
             self.lingering = Some(Box::pin(tokio::time::sleep(LINGER)));
         }
         for _ in 0..TURN_BUDGET {
-            let mut space = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut space);
-            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+            match poll_read_chunk(&mut self.io, cx, READ_CHUNK) {
+                Poll::Ready(Ok(Some(_))) => {}
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
                 Poll::Pending => break,
             }
         }

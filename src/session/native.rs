@@ -141,7 +141,21 @@ impl NativeSession {
     /// session is slowed); past the grace answers `rate_limited` and
     /// closes with 1013.
     fn admit(&mut self, ctx: &mut ws::WebsocketContext<Self>, len: usize) -> bool {
-        let Err(reason) = self.core.charge(1, len) else {
+        self.charge(ctx, 1, len)
+    }
+
+    /// Charges `messages` and `bytes` to the session's rates (a large
+    /// answer it asked for counts as bytes it sent); past the grace answers
+    /// `rate_limited` and closes with 1013. False when it closed. (The
+    /// native side of [`SessionCore::charge_or_close`], which has no error
+    /// message to send first.)
+    fn charge(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        messages: usize,
+        bytes: usize,
+    ) -> bool {
+        let Err(reason) = self.core.charge(messages, bytes) else {
             return true;
         };
         self.error(ctx, ErrorCode::RateLimited, reason.clone(), None, None);
@@ -480,10 +494,7 @@ impl NativeSession {
             };
             let bytes = encode_server(&msg);
             act.core.outbox.push(&Frame::binary(&bytes));
-            if let Err(reason) = act.core.charge(0, bytes.len()) {
-                act.error(ctx, ErrorCode::RateLimited, reason.clone(), None, None);
-                act.core.close(ctx, close::TRY_AGAIN_LATER, &reason);
-            }
+            act.charge(ctx, 0, bytes.len());
         });
         ctx.spawn(answer);
     }
@@ -608,10 +619,7 @@ impl NativeSession {
                     Err(e) => room_did_not_answer(&e, rid, room),
                 };
                 act.send(ctx, &msg);
-                if let Err(reason) = act.core.charge(0, changed) {
-                    act.error(ctx, ErrorCode::RateLimited, reason.clone(), None, None);
-                    act.core.close(ctx, close::TRY_AGAIN_LATER, &reason);
-                }
+                act.charge(ctx, 0, changed);
             });
         ctx.spawn(answer);
     }
