@@ -159,7 +159,7 @@ impl Room {
             document: Document::new(),
             presence: Presence::new(config.limits.presence_list_max_members),
             presence_base: PresenceBase::default(),
-            awareness: YjsPresence::new(),
+            awareness: YjsPresence::new(config.limits.presence_list_max_members),
             fanout: Fanout::new(),
             events,
             metrics,

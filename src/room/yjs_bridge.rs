@@ -34,10 +34,11 @@ pub(super) struct YjsPresence {
 }
 
 impl YjsPresence {
-    /// No awareness yet.
-    pub(super) fn new() -> Self {
+    /// No awareness yet; at most `max_shown` states are shown to
+    /// y-protocols clients (see [`AwarenessTable`], *Big rooms*).
+    pub(super) fn new(max_shown: usize) -> Self {
         YjsPresence {
-            table: AwarenessTable::default(),
+            table: AwarenessTable::new(max_shown),
             dirty: BTreeSet::new(),
             native: false,
             renewed: Instant::now(),
@@ -67,7 +68,7 @@ impl YjsPresence {
     }
 
     /// Every awareness state, as one y-protocols message.
-    pub(super) fn snapshot_frame(&self) -> Option<Vec<u8>> {
+    pub(super) fn snapshot_frame(&self) -> Option<std::sync::Arc<[u8]>> {
         self.table.snapshot_frame()
     }
 }
@@ -332,7 +333,7 @@ impl Handler<QueryAwareness> for Room {
         let frame = self
             .awareness
             .snapshot_frame()
-            .unwrap_or_else(|| yjs::awareness([]));
+            .unwrap_or_else(|| yjs::awareness([]).into());
         self.members.send_y(link, &frame, Class::Control);
     }
 }

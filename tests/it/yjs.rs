@@ -566,3 +566,94 @@ fn update_encoding_is_v1() {
     assert_eq!(yjs::sync_update(u), hex(UPDATE_FRAME));
     let _ = StateVector::default().encode_v1();
 }
+
+/// Awareness entries of one y-protocols frame: (client, live).
+fn awareness_entries(frame: &[u8]) -> Vec<(u64, bool)> {
+    match yjs::decode_frame(frame)
+        .expect("server frame decodes")
+        .as_slice()
+    {
+        [yjs::YjsMessage::Awareness(entries)] => entries
+            .iter()
+            .map(|e| (e.client, e.json != "null"))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Big rooms over y-protocols (which has no member count and no paging):
+/// a `/yjs` client is shown at most `presence_list_max_members` awareness
+/// states, the ones present longest; a change to one not shown is sent to
+/// nobody; when a shown one goes, the oldest waiting one is sent with its
+/// removal. Native presence still counts everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_rooms_awareness_shows_the_states_present_longest() {
+    const SHOWN: usize = 4;
+    let srv = server(|c| {
+        c.limits.presence_list_max_members = SHOWN;
+        c.limits.presence_total_interval_ms = 10;
+    });
+    let state = |i: usize| format!("{{\"user\":{{\"name\":\"u{i}\"}}}}");
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let mut c = YClient::connect(srv.addr, "big").await;
+        c.send(yjs::awareness([(100 + i as u64, 1, state(i).as_str())]))
+            .await;
+        // The room applies the state before it answers this step 1 (one
+        // connection's messages reach it in order): joins are ordered.
+        c.send(hex(STEP1_EMPTY)).await;
+        c.expect(|m| matches!(m, yjs::YjsMessage::SyncStep2(_)))
+            .await;
+        clients.push(c);
+    }
+    // A late joiner's snapshot: the first SHOWN states only.
+    let mut late = YClient::connect(srv.addr, "big").await;
+    let snapshot = loop {
+        let entries = awareness_entries(&late.recv().await);
+        if !entries.is_empty() {
+            break entries;
+        }
+    };
+    let first: Vec<(u64, bool)> = (100..100 + SHOWN as u64).map(|c| (c, true)).collect();
+    assert_eq!(
+        snapshot, first,
+        "the snapshot shows the states present longest"
+    );
+    // The first member saw the shown states and nothing of the others.
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(frame) = clients[0].maybe(Duration::from_millis(300)).await {
+        seen.extend(awareness_entries(&frame).into_iter().map(|(c, _)| c));
+    }
+    assert!(
+        seen.iter().all(|c| *c < 100 + SHOWN as u64),
+        "states beyond the first {SHOWN} were sent: {seen:?}"
+    );
+    // A waiting state's change is sent to nobody.
+    clients[5]
+        .send(yjs::awareness([(105, 2, "{\"user\":{\"name\":\"x\"}}")]))
+        .await;
+    assert!(
+        late.maybe(Duration::from_millis(300)).await.is_none(),
+        "a change of a state not shown was sent"
+    );
+    // A shown member leaves: its removal and the oldest waiting state
+    // arrive together.
+    drop(clients.remove(1));
+    let promoted = loop {
+        let entries = awareness_entries(&late.recv().await);
+        if !entries.is_empty() {
+            break entries;
+        }
+    };
+    assert_eq!(promoted, vec![(101, false), (100 + SHOWN as u64, true)]);
+    // Native presence counts every member (9 `/yjs` ones and itself).
+    let mut native = Client::connect(srv.addr).await;
+    native.join("big", &TestDoc::new()).await;
+    let total = native
+        .expect(|m| matches!(m, ServerMessage::Presence { total: Some(_), .. }))
+        .await;
+    let ServerMessage::Presence { total, .. } = total else {
+        unreachable!()
+    };
+    assert_eq!(total, Some(10));
+}

@@ -102,6 +102,11 @@ pub struct Cli {
     /// Cursor moves per second per client (presence).
     #[arg(long, default_value_t = 10.0)]
     pub hz: f64,
+    /// Awareness states the probe of a y-protocols `crowd` waits to see
+    /// (itself included; 0: every member). Chorus shows a y-protocols
+    /// client at most `--presence-list-max-members` (500) states.
+    #[arg(long, default_value_t = 0)]
+    pub expect_shown: usize,
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,

@@ -5,6 +5,7 @@
 //! `presence_list`), and what the server spent on it.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -173,8 +174,10 @@ async fn watch_presence(
 /// first member (the probe) has seen all of them in presence.
 pub async fn run(ctx: &Ctx) -> Result<Report> {
     let cli = &ctx.cli;
-    if ctx.target.proto != Proto::Native {
-        bail!("crowd speaks the native protocol only");
+    match ctx.target.proto {
+        Proto::Native => {}
+        Proto::Yws => return run_yws(ctx).await,
+        _ => bail!("crowd speaks the native protocol and y-websocket's"),
     }
     let room = "crowd".to_string();
     let n = cli.conns;
@@ -241,6 +244,130 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     r.server_cpu_cores = r.server_cpu_secs / secs.max(1e-9);
     let grown = after.rss_kb.saturating_sub(before.rss_kb) as f64;
     r.rss_per_unit_kb = Some(grown / r.clients.max(1) as f64);
+    r.unit = Some("member".into());
+    drop(conns);
+    Ok(r)
+}
+
+/// Reads awareness messages until the probe has seen `want` live states
+/// (its own included) or `until`; returns when it had, and how many it saw.
+async fn watch_awareness(
+    mut source: Source,
+    want: usize,
+    until: tokio::time::Instant,
+) -> (Option<Instant>, usize) {
+    let mut live: HashSet<u64> = HashSet::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, source.next()).await {
+        let Message::Binary(b) = m else { continue };
+        let Ok(msgs) = chorus::protocol::yjs::decode_frame(&b) else {
+            continue;
+        };
+        for msg in msgs {
+            if let chorus::protocol::yjs::YjsMessage::Awareness(entries) = msg {
+                for e in entries {
+                    if e.json == "null" {
+                        live.remove(&e.client);
+                    } else {
+                        live.insert(e.client);
+                    }
+                }
+            }
+        }
+        if live.len() >= want {
+            return (Some(Instant::now()), live.len());
+        }
+    }
+    (None, live.len())
+}
+
+/// The y-protocols crowd: `--conns` y-websocket clients join the room
+/// `crowd`, each announcing an awareness state `{user: {name}}` as editor
+/// bindings do, and read from the moment they connect. Done when every one
+/// has synced and the first (the probe) has seen `--expect-shown` states
+/// (every member when 0). Reports what all members received in total:
+/// the awareness traffic a crowd costs.
+async fn run_yws(ctx: &Ctx) -> Result<Report> {
+    let cli = &ctx.cli;
+    let room = "crowd".to_string();
+    let n = cli.conns;
+    let want = match cli.expect_shown {
+        0 => n,
+        k => k.min(n),
+    };
+    let mut r = ctx.report("crowd", json!({"members": n, "expect_shown": want}));
+    let before = ctx.stat();
+    let t0 = Instant::now();
+    let until = tokio::time::Instant::now() + Duration::from_secs(300);
+    let state = |i: usize| {
+        let name = if i == 0 {
+            "probe".to_owned()
+        } else {
+            format!("member-{i}")
+        };
+        json!({ "user": { "name": name } }).to_string()
+    };
+    let (mut probe_sink, probe_source, _) = join(&ctx.target, &room, None, true).await?;
+    let hello = chorus::protocol::yjs::awareness([(1, 1, state(0).as_str())]);
+    probe_sink.send(Message::Binary(hello.into())).await?;
+    let probe = tokio::spawn(watch_awareness(probe_source, want, until));
+    // What every member received: frames, bytes.
+    let received = std::sync::Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let opened = open_many(n - 1, cli.connect_concurrency, |i| {
+        let (t, room, received) = (ctx.target.clone(), room.clone(), received.clone());
+        let hello = chorus::protocol::yjs::awareness([(i as u64 + 2, 1, state(i + 1).as_str())]);
+        async move {
+            let (mut sink, mut source, _) = join(&t, &room, None, true).await?;
+            let reader = tokio::spawn(async move {
+                while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, source.next()).await {
+                    received.0.fetch_add(1, Ordering::Relaxed);
+                    received.1.fetch_add(m.len() as u64, Ordering::Relaxed);
+                }
+            });
+            sink.send(Message::Binary(hello.into())).await?;
+            Ok((sink, reader))
+        }
+    })
+    .await;
+    let joined_at = t0.elapsed();
+    let conns = r.keep_opened(opened, "join");
+    r.clients = conns.len() + 1;
+    let (saw_at, seen) = probe.await?;
+    r.notes.push(format!(
+        "all {} joined (synced) after {:.2} s",
+        r.clients,
+        joined_at.as_secs_f64()
+    ));
+    match saw_at {
+        Some(t) => r.notes.push(format!(
+            "probe saw {seen} awareness states after {:.2} s",
+            (t - t0).as_secs_f64()
+        )),
+        None => r.notes.push(format!(
+            "failed: probe saw only {seen} of {want} awareness states within 300 s"
+        )),
+    }
+    // Done when every member has joined and the probe saw its states.
+    let secs = saw_at
+        .map_or(t0.elapsed(), |t| (t - t0).max(joined_at))
+        .as_secs_f64();
+    // Let the last awareness messages arrive, then stop the readers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = ctx.stat();
+    r.frames_in = received.0.load(Ordering::Relaxed);
+    r.bytes_in = received.1.load(Ordering::Relaxed);
+    for (_, reader) in &conns {
+        reader.abort();
+    }
+    r.notes.push(format!(
+        "members received {:.1} MB in {} frames ({:.1} KB each)",
+        r.bytes_in as f64 / 1e6,
+        r.frames_in,
+        r.bytes_in as f64 / 1e3 / n.max(1) as f64
+    ));
+    finish(&mut r, before, after, secs);
+    r.secs = secs;
+    r.server_cpu_secs = after.cpu_secs - before.cpu_secs;
+    r.server_cpu_cores = r.server_cpu_secs / secs.max(1e-9);
     r.unit = Some("member".into());
     drop(conns);
     Ok(r)
