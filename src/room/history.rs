@@ -613,27 +613,38 @@ impl Room {
                 .then(|| room.document.state_vector());
             let update = super::restore::make_equal(room.document.doc(), &version);
             drop(version);
-            if update.as_ref() != crate::protocol::yjs::EMPTY_UPDATE {
-                room.document.changed_in_place(update.len());
-                let member = None;
-                room.fanout.push(update.clone(), member, base);
-                room.schedule_flush(ctx);
-                room.version_edited(None, ctx);
-                let user = author.as_ref().map(|a| a.user.clone());
-                ctx.spawn(room.append_update(update, user.as_deref()).map(|res, room, _| {
-                    if let Err(e) = res {
-                        tracing::warn!(room = %room.id, "restore not stored yet (kept, retried): {e}");
-                    }
-                }));
-            }
-            Box::pin(
-                room.make_version(VersionKind::Restore, None, Some(id), author, 0)
-                    .map(move |res, _, _| match res {
-                        Ok(Some(meta)) => Ok(VersionReply::Version(meta)),
-                        Ok(None) => Err(store_failed("no version was made")),
-                        Err(e) => Err(e),
-                    }),
-            )
+            // The answer acknowledges the restore: the restored document is
+            // stored before the restore version is (a version listed after
+            // a crash must not be one the document never became).
+            let stored: ResponseActFuture<Self, Result<(), String>> =
+                if update.as_ref() != crate::protocol::yjs::EMPTY_UPDATE {
+                    room.document.changed_in_place(update.len());
+                    let member = None;
+                    room.fanout.push(update.clone(), member, base);
+                    room.schedule_flush(ctx);
+                    room.version_edited(None, ctx);
+                    let user = author.as_ref().map(|a| a.user.clone());
+                    Box::pin(room.append_update(update, user.as_deref()))
+                } else {
+                    room.ready(Ok(()))
+                };
+            Box::pin(stored.then(move |res, room, _| {
+                if let Err(e) = res {
+                    // Kept and retried like any update; not acknowledged.
+                    tracing::warn!(room = %room.id, "restore not stored yet (kept, retried): {e}");
+                    return room.ready(Err(store_failed(format!(
+                        "the restored document is not stored yet (kept and retried): {e}"
+                    ))));
+                }
+                Box::pin(
+                    room.make_version(VersionKind::Restore, None, Some(id), author, 0)
+                        .map(move |res, _, _| match res {
+                            Ok(Some(meta)) => Ok(VersionReply::Version(meta)),
+                            Ok(None) => Err(store_failed("no version was made")),
+                            Err(e) => Err(e),
+                        }),
+                )
+            }))
         }))
     }
 
