@@ -336,6 +336,12 @@ pub struct ApiConfig {
     /// Largest request body the API accepts, in bytes (larger: 413).
     #[arg(long, env = "CHORUS_API_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub api_max_body_bytes: usize,
+    /// Longest a request body may take to arrive, in ms, counted from the
+    /// end of its head (slower: 408 `body_timeout` and the connection is
+    /// closed; 0: no limit). Without it a client sending a body a byte at a
+    /// time held its connection and request for good.
+    #[arg(long, env = "CHORUS_API_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub api_body_timeout_ms: u64,
     /// Requests per second to `/api/v1` from one client IP (token bucket,
     /// burst `api_requests_burst`); more: 429 `rate_limited` with
     /// `Retry-After`. The IP is the one WebSocket limits use

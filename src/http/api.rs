@@ -92,6 +92,9 @@ pub enum ApiError {
     /// The body is over `--api-max-body-bytes`. 413.
     #[error("{0}")]
     TooLarge(String),
+    /// The body did not arrive within `--api-body-timeout-ms`. 408.
+    #[error("{0}")]
+    BodyTimeout(String),
     /// The room refused the request (bad update, document too large,
     /// room unavailable, store failure).
     #[error(transparent)]
@@ -128,6 +131,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::RateLimited(..) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin_not_allowed"),
@@ -421,8 +425,23 @@ async fn read_body(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
+    let timeout = shared.config.api.api_body_timeout_ms;
+    let deadline =
+        (timeout > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout));
+    let slow = || {
+        ApiError::BodyTimeout(format!(
+            "body not received within api_body_timeout_ms ({timeout})"
+        ))
+    };
     let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = match deadline {
+            Some(at) => tokio::time::timeout_at(at, payload.next())
+                .await
+                .map_err(|_| slow())?,
+            None => payload.next().await,
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
         if body.len() + chunk.len() > max {
             return Err(too_large());

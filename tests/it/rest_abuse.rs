@@ -494,3 +494,50 @@ async fn a_yjs_client_with_unsendable_pending_structs_is_not_asked_in_a_loop() {
     })
     .await;
 }
+
+/// A request body sent a byte at a time holds its connection at most
+/// `--api-body-timeout-ms`: then 408 `body_timeout` and the connection is
+/// closed (before, it stayed open for good: a handful of such clients per
+/// worker held requests forever). A body that arrives in time is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_a_byte_at_a_time_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = server(|c| c.api.api_body_timeout_ms = 600);
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let head = "POST /api/v1/rooms/slow/events HTTP/1.1\r\nHost: x\r\n\
+                Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"name\":";
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still open after 10 s; read {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            // Another byte of the body, as a slow client would.
+            Err(_) => {
+                let _ = s.write_all(b" ").await;
+            }
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    assert!(closed >= Duration::from_millis(500), "cut after {closed:?}");
+    assert!(closed < Duration::from_secs(3), "cut after {closed:?}");
+    // A body that arrives in time is served as before.
+    let ok = request(
+        srv.addr,
+        "POST",
+        "/api/v1/rooms/slow/events",
+        &[("content-type", "application/json")],
+        br#"{"name": "n", "data": 1}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 202, "{}", String::from_utf8_lossy(&ok.body));
+}
