@@ -43,6 +43,7 @@ use crate::room::history::{
     parse_version_id, version_view, VersionAsk, VersionReply, VersionRequest,
     DEFAULT_VERSIONS_PAGE, MAX_VERSIONS_PAGE,
 };
+use crate::room::presence::check_page;
 use crate::room::{RoomId, RoomsFull};
 use crate::session::Shared;
 
@@ -605,17 +606,41 @@ async fn post_update(
     respond(&shared, res.await)
 }
 
+/// Query of `GET /rooms/{room}/presence`: those of `presence_list`.
+#[derive(Deserialize)]
+struct PresenceQuery {
+    /// The `next` of the previous page (a decimal join order).
+    after: Option<String>,
+    /// Page size, 1 to `--presence-list-max-members` (default: that).
+    limit: Option<u64>,
+}
+
+/// A page of the room's member list in join order: the page a member's
+/// `presence_list` reads (same `after`, `limit` and checks, same room-side
+/// code), answered with the fields of `presence_page`. So no request makes
+/// the room build more than `--presence-list-max-members` members, however
+/// big the room.
 async fn get_presence(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let res = async {
         let room = room_of(&req, &shared)?;
         authorize(&req, &shared, Need::Room(&room, Rights::Read))?;
-        let presence = shared
+        let query = web::Query::<PresenceQuery>::from_query(req.query_string())
+            .map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
+        let max = shared.config.limits.presence_list_max_members;
+        let (after, limit) =
+            check_page(query.after.as_deref(), query.limit, max).map_err(ApiError::BadRequest)?;
+        let page = shared
             .registry
-            .request(&room, ReadPresence)
+            .request(&room, ReadPresence { after, limit })
             .await?
             .await
             .map_err(mailbox)??;
-        Ok(HttpResponse::Ok().json(presence))
+        Ok(HttpResponse::Ok().json(json!({
+            "room": &*room,
+            "members": page.members,
+            "next": page.next.map(|n| n.to_string()),
+            "total": page.total,
+        })))
     };
     respond(&shared, res.await)
 }

@@ -8,10 +8,10 @@
 
 use actix::prelude::*;
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub use super::events::Subscription;
-use super::Room;
+use super::{PresencePage, Room};
 use crate::protocol::ErrorCode;
 
 /// Why a room refused an API request.
@@ -65,10 +65,18 @@ pub struct ApiUpdate {
     pub data: Bytes,
 }
 
-/// Read the presence snapshot.
+/// Read a page of the member list, in join order: the page a member's
+/// `presence_list` reads (`Room::presence_page`), for
+/// `GET /rooms/{room}/presence`.
 #[derive(Message)]
-#[rtype(result = "Result<Value, RoomError>")]
-pub struct ReadPresence;
+#[rtype(result = "Result<PresencePage, RoomError>")]
+pub struct ReadPresence {
+    /// Start after this join order (`None`: from the first member).
+    pub after: Option<u64>,
+    /// At most this many members (checked by the caller with
+    /// [`check_page`](super::presence::check_page)).
+    pub limit: usize,
+}
 
 /// The `from` of events a backend triggers over HTTP.
 pub const SERVER: &str = "server";
@@ -201,12 +209,12 @@ impl Handler<ApiUpdate> for Room {
 }
 
 impl Handler<ReadPresence> for Room {
-    type Result = Result<Value, RoomError>;
+    type Result = Result<PresencePage, RoomError>;
 
-    fn handle(&mut self, _: ReadPresence, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ReadPresence, ctx: &mut Context<Self>) -> Self::Result {
         self.entered(ctx);
         self.check_loaded()?;
-        Ok(json!({ "members": self.presence.snapshot() }))
+        Ok(self.presence_page(msg.after, msg.limit))
     }
 }
 

@@ -29,9 +29,9 @@ pub(super) struct PresenceBase {
     cursors: Option<(u64, Option<Frame>)>,
 }
 
-/// Checks a `presence_list` request's `after` (the decimal `next` of a
-/// page) and `limit` (1 to `max`, default `max`); the error text says
-/// what is wrong.
+/// Checks the `after` (the decimal `next` of a page) and `limit` (1 to
+/// `max`, default `max`) of a `presence_list` request or of
+/// `GET /rooms/{room}/presence`; the error text says what is wrong.
 pub fn check_page(
     after: Option<&str>,
     limit: Option<u64>,
@@ -42,7 +42,7 @@ pub fn check_page(
         Some(a) => match a.parse::<u64>() {
             Ok(n) if a.bytes().all(|b| b.is_ascii_digit()) => Some(n),
             _ => {
-                return Err("after must be the `next` of a presence_page (a decimal number)".into())
+                return Err("after must be the `next` of a previous page (a decimal number)".into())
             }
         },
     };
@@ -98,6 +98,23 @@ impl Room {
         self.presence
             .is_partial()
             .then_some(self.presence.len() as u64)
+    }
+
+    /// Up to `limit` members in join order after join order `after`, with
+    /// the room's total and the next page's `after`: the one answer to a
+    /// member's `presence_list` and to `GET /rooms/{room}/presence`. In
+    /// cluster mode the room's presence holds every node's members, so the
+    /// pages span the nodes. `limit` is capped at
+    /// `presence_list_max_members` (callers check it with [`check_page`]):
+    /// a page costs the room O(`limit`), never O(members).
+    pub(super) fn presence_page(&self, after: Option<u64>, limit: usize) -> PresencePage {
+        let limit = limit.min(self.config.limits.presence_list_max_members);
+        let page = self.presence.page(after, limit);
+        PresencePage {
+            members: page.members,
+            next: page.next,
+            total: page.total as u64,
+        }
     }
 
     /// The listed members (every member in a room within the bound), as a
@@ -212,12 +229,7 @@ impl Handler<ListPresence> for Room {
         if !self.members.contains(&msg.member) {
             return MessageResult(Err((ErrorCode::NotJoined, "join the room first".into())));
         }
-        let page = self.presence.page(msg.after, msg.limit);
-        MessageResult(Ok(PresencePage {
-            members: page.members,
-            next: page.next,
-            total: page.total as u64,
-        }))
+        MessageResult(Ok(self.presence_page(msg.after, msg.limit)))
     }
 }
 

@@ -10,7 +10,10 @@ use chorus::protocol::native::{ClientMessage, ServerMessage};
 
 use chorus::protocol::native::Bin;
 
-use crate::common::{eventually, http_bodiless, http_get, ChildServer, Client, TestDoc, WAIT};
+use crate::common::{
+    eventually, http_bodiless, http_get, page_member_ids, rest_presence_pages, ChildServer, Client,
+    TestDoc, WAIT,
+};
 use crate::http::request;
 
 /// Load-balancer acceptance tests: failures, rolling restarts,
@@ -240,7 +243,8 @@ async fn paged_ids(c: &mut Client, room: &str, limit: u64) -> Vec<String> {
 
 /// A room above the list bound, its members on two nodes: members of
 /// either node see the whole room's total, and page every member, those
-/// of the other node included, exactly once.
+/// of the other node included, exactly once; the node's REST presence
+/// pages are the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_rooms_total_and_pages_span_the_nodes() {
     let redis = Redis::start();
@@ -265,6 +269,10 @@ async fn a_big_rooms_total_and_pages_span_the_nodes() {
         let unique: BTreeSet<String> = ids.iter().cloned().collect();
         assert_eq!(unique.len(), ids.len(), "a member twice: {ids:?}");
         assert_eq!(unique, all, "node {i}'s pages");
+        // REST reads the same pages of the same node's view.
+        let pages = rest_presence_pages(nodes[i].addr, room, Some(2)).await;
+        assert_eq!(page_member_ids(&pages), ids, "node {i}'s REST pages");
+        assert!(pages.iter().all(|p| p["total"] == 6), "{pages:?}");
     }
     // A member of the second node leaves: the first node's total follows.
     let gone = members.remove(5);

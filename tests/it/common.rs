@@ -672,6 +672,53 @@ pub async fn http_bodiless(addr: SocketAddr, method: &str, path: &str) -> (u16, 
     (status, body)
 }
 
+/// `GET /api/v1/rooms/{room}/presence` page by page from the first,
+/// following `next` (with `limit` when given), as a dashboard reads a big
+/// room: every page's JSON body, each a 200 that holds at most `limit`
+/// members (when given).
+pub async fn rest_presence_pages(
+    addr: SocketAddr,
+    room: &str,
+    limit: Option<u64>,
+) -> Vec<serde_json::Value> {
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = Vec::new();
+        if let Some(l) = limit {
+            query.push(format!("limit={l}"));
+        }
+        if let Some(a) = &after {
+            query.push(format!("after={a}"));
+        }
+        let path = format!("/api/v1/rooms/{room}/presence?{}", query.join("&"));
+        let (status, body) = http_get(addr, &path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let page: serde_json::Value = serde_json::from_str(&body).expect("presence is JSON");
+        let n = page["members"].as_array().expect("members").len() as u64;
+        assert!(limit.is_none_or(|l| n <= l), "{path}: {n} members");
+        after = page["next"].as_str().map(str::to_owned);
+        assert!(
+            after.is_some() || page["next"].is_null(),
+            "{path}: next is a string or null: {body}"
+        );
+        pages.push(page);
+        assert!(pages.len() < 1_000, "paging does not end");
+        if after.is_none() {
+            return pages;
+        }
+    }
+}
+
+/// The member ids of presence pages (REST bodies), in order.
+pub fn page_member_ids(pages: &[serde_json::Value]) -> Vec<String> {
+    pages
+        .iter()
+        .flat_map(|p| p["members"].as_array().cloned().unwrap_or_default())
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Reads one metric's value from `/metrics`.
 pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
     let (_, body) = http_get(addr, "/metrics").await;

@@ -1,7 +1,8 @@
 //! Presence in rooms above `presence_list_max_members`: a bounded snapshot
 //! with the room's total, no member-by-member joins to everyone, the whole
-//! list page by page (`presence_list`), and back to the full list below
-//! the bound. Small rooms are covered by `core` and unchanged.
+//! list page by page (`presence_list`, and `GET /rooms/{room}/presence`
+//! over REST), and back to the full list below the bound. Small rooms are
+//! covered by `core` and unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -380,4 +381,116 @@ async fn a_member_beyond_the_list_that_was_active_is_told_leaving() {
     drop(active);
     watch_until(&mut watcher, &mut shown, |s| !s.members.contains_key(&id)).await;
     assert_eq!(shown.total, Some(4));
+}
+
+/// `GET /api/v1/rooms/{room}/presence?limit=&after=` (the query).
+async fn rest_presence(
+    srv: &chorus::http::BackgroundServer,
+    room: &str,
+    query: &str,
+) -> (u16, Value) {
+    let (status, body) =
+        http_get(srv.addr, &format!("/api/v1/rooms/{room}/presence?{query}")).await;
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    (status, v)
+}
+
+/// The REST presence of a room above the bound is the member list page by
+/// page, as `presence_list` reads it: at most `presence_list_max_members`
+/// per answer, the total, `next` to follow; bad `limit` / `after` are 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_presence_pages_a_big_room_as_presence_list_does() {
+    const MAX: usize = 5;
+    let srv = server(|c| c.limits.presence_list_max_members = MAX);
+    let mut members = Vec::new();
+    for i in 0..12 {
+        members.push(member(&srv, "rest-big", &format!("m{i}")).await);
+    }
+    let joined: Vec<String> = members.iter().map(|c| c.session.clone()).collect();
+
+    // The default page: the first MAX members to join, the total, a next.
+    let (status, first) = rest_presence(&srv, "rest-big", "").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["room"], "rest-big");
+    assert_eq!(first["total"], 12);
+    assert_eq!(page_member_ids(std::slice::from_ref(&first)), joined[..MAX]);
+    assert_eq!(first["members"][0]["state"]["name"], "m0", "{first}");
+    assert!(first["next"].is_string(), "{first}");
+    // The same page a member reads over the WebSocket, `next` included.
+    let ServerMessage::PresencePage {
+        members: native,
+        next,
+        total,
+        ..
+    } = list(&mut members[0], "rest-big", None, None).await
+    else {
+        panic!("expected a presence_page");
+    };
+    let native: Vec<String> = native.into_iter().map(|m| m.id).collect();
+    assert_eq!(page_member_ids(std::slice::from_ref(&first)), native);
+    assert_eq!(
+        (first["next"].as_str(), first["total"].as_u64()),
+        (next.as_deref(), Some(total))
+    );
+
+    // Following `next` visits every member once, in join order.
+    for limit in [None, Some(1), Some(4), Some(MAX as u64)] {
+        let pages = rest_presence_pages(srv.addr, "rest-big", limit).await;
+        assert_eq!(page_member_ids(&pages), joined, "limit {limit:?}");
+        let per = limit.unwrap_or(MAX as u64) as usize;
+        assert_eq!(pages.len(), joined.len().div_ceil(per), "limit {limit:?}");
+        assert!(pages.iter().all(|p| p["total"] == 12));
+        assert!(pages.last().is_some_and(|p| p["next"].is_null()));
+    }
+
+    // Bad requests: 400 bad_request, saying what is wrong.
+    for (query, what) in [
+        ("limit=0", "limit must be 1 to 5"),
+        ("limit=6", "limit must be 1 to 5"),
+        ("limit=-1", "bad query"),
+        ("limit=lots", "bad query"),
+        ("after=garbage", "after must be"),
+        ("after=-3", "after must be"),
+        ("after=", "after must be"),
+        ("after=1e3", "after must be"),
+    ] {
+        let (status, body) = rest_presence(&srv, "rest-big", query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{query}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(what), "{query}: {message}");
+    }
+}
+
+/// A room within the bound answers with all its members, as before the
+/// pages, plus the page fields: the total and no next page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_presence_of_a_small_room_holds_everyone() {
+    let srv = server(|c| c.limits.presence_list_max_members = 5);
+    let mut members = Vec::new();
+    for i in 0..3 {
+        members.push(member(&srv, "rest-small", &format!("m{i}")).await);
+    }
+    let (status, body) = rest_presence(&srv, "rest-small", "").await;
+    assert_eq!(status, 200, "{body}");
+    let names: BTreeSet<&str> = body["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["state"]["name"].as_str())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["m0", "m1", "m2"]), "{body}");
+    assert_eq!(
+        (body["total"].as_u64(), body["next"].is_null()),
+        (Some(3), true),
+        "{body}"
+    );
+    // An empty room: no members, total 0.
+    let (status, body) = rest_presence(&srv, "rest-nobody", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["members"], json!([]));
+    assert_eq!(
+        (body["total"].as_u64(), body["next"].is_null()),
+        (Some(0), true)
+    );
 }
