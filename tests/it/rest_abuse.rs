@@ -501,11 +501,33 @@ async fn a_yjs_client_with_unsendable_pending_structs_is_not_asked_in_a_loop() {
 /// worker held requests forever). A body that arrives in time is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_trickled_a_byte_at_a_time_is_cut_off() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let srv = server(|c| c.api.api_body_timeout_ms = 600);
-    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-    let head = "POST /api/v1/rooms/slow/events HTTP/1.1\r\nHost: x\r\n\
-                Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"name\":";
+    // Plain, and with WebSocket upgrade headers (such a request is served
+    // by the upgrade path, which feeds the body to the same handler).
+    for extra in ["", "Upgrade: websocket\r\nConnection: Upgrade\r\n"] {
+        cut_off(srv.addr, extra).await;
+    }
+    // A body that arrives in time is served as before.
+    let ok = request(
+        srv.addr,
+        "POST",
+        "/api/v1/rooms/slow/events",
+        &[("content-type", "application/json")],
+        br#"{"name": "n", "data": 1}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 202, "{}", String::from_utf8_lossy(&ok.body));
+}
+
+/// Sends a POST head (with `extra` headers) and its body a byte at a time
+/// until the server answers 408 `body_timeout` and closes.
+async fn cut_off(addr: std::net::SocketAddr, extra: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/rooms/slow/events HTTP/1.1\r\nHost: x\r\n{extra}\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"name\":"
+    );
     s.write_all(head.as_bytes()).await.unwrap();
     let started = Instant::now();
     let mut got = Vec::new();
@@ -526,18 +548,8 @@ async fn a_body_trickled_a_byte_at_a_time_is_cut_off() {
         }
     };
     let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{extra:?}: {text}");
     assert!(text.contains("body_timeout"), "{text}");
     assert!(closed >= Duration::from_millis(500), "cut after {closed:?}");
     assert!(closed < Duration::from_secs(3), "cut after {closed:?}");
-    // A body that arrives in time is served as before.
-    let ok = request(
-        srv.addr,
-        "POST",
-        "/api/v1/rooms/slow/events",
-        &[("content-type", "application/json")],
-        br#"{"name": "n", "data": 1}"#,
-    )
-    .await;
-    assert_eq!(ok.status, 202, "{}", String::from_utf8_lossy(&ok.body));
 }
