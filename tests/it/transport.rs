@@ -126,6 +126,14 @@ where
     ((after.saturating_sub(before)) as f64 / n as f64, clients)
 }
 
+/// A client joined to `room` with a presence state (a presence member).
+async fn member_of(addr: SocketAddr, room: &'static str) -> Client {
+    let mut c = Client::connect(addr).await;
+    let state = serde_json::json!({"name": "x"});
+    c.join_with(room, &TestDoc::new(), Some(state)).await;
+    c
+}
+
 /// What an idle connection costs: no HTTP buffers are held after the
 /// upgrade. The target (at most 8 KB, hello only or joined) is
 /// measured on the release binary by `chorus-load idle` (3.4 and 4.5 KB,
@@ -138,17 +146,7 @@ where
 async fn an_idle_connection_holds_no_http_buffers() {
     let srv = unlimited_child();
     let (hello, mut clients) = rss_per_connection(&srv, 1500, Client::connect).await;
-    let (joined, more) = rss_per_connection(&srv, 1000, |addr| async move {
-        let mut c = Client::connect(addr).await;
-        c.join_with(
-            "idle",
-            &TestDoc::new(),
-            Some(serde_json::json!({"name": "x"})),
-        )
-        .await;
-        c
-    })
-    .await;
+    let (joined, more) = rss_per_connection(&srv, 1000, |addr| member_of(addr, "idle")).await;
     clients.extend(more);
     eprintln!("RSS per idle connection: hello only {hello:.0} B, joined one room {joined:.0} B");
     assert!(
@@ -253,17 +251,7 @@ async fn memory_a_burst_freed_goes_back_to_the_system() {
     drop(warm);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let base = srv.rss_bytes();
-    let (_, clients) = rss_per_connection(&srv, 2500, |addr| async move {
-        let mut c = Client::connect(addr).await;
-        c.join_with(
-            "burst",
-            &TestDoc::new(),
-            Some(serde_json::json!({"name": "x"})),
-        )
-        .await;
-        c
-    })
-    .await;
+    let (_, clients) = rss_per_connection(&srv, 2500, |addr| member_of(addr, "burst")).await;
     let peak = srv.rss_bytes();
     drop(clients);
     let addr = srv.addr;
