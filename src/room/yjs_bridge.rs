@@ -21,8 +21,12 @@ use crate::protocol::yjs;
 /// The room's awareness: the table `/yjs` clients see, and which native
 /// members' entries must be rewritten.
 pub(super) struct YjsPresence {
-    /// Awareness client ids (Yjs clients' and native members' derived ones).
-    table: AwarenessTable,
+    /// Awareness client ids (Yjs clients' and native members' derived
+    /// ones); made when the first y-protocols member arrives, so a room
+    /// only native clients use does not carry it.
+    table: Option<Box<AwarenessTable>>,
+    /// Most states shown to a y-protocols client.
+    max_shown: usize,
     /// Native members whose awareness view must be rewritten at the next tick.
     dirty: BTreeSet<MemberId>,
     /// Set by the first `/yjs` member: from then on native members have
@@ -38,7 +42,8 @@ impl YjsPresence {
     /// y-protocols clients (see [`AwarenessTable`], *Big rooms*).
     pub(super) fn new(max_shown: usize) -> Self {
         YjsPresence {
-            table: AwarenessTable::new(max_shown),
+            table: None,
+            max_shown,
             dirty: BTreeSet::new(),
             native: false,
             renewed: Instant::now(),
@@ -59,7 +64,9 @@ impl YjsPresence {
     /// Member `id` left: its awareness entries are removed.
     pub(super) fn forget(&mut self, id: &MemberId) {
         self.dirty.remove(id);
-        self.table.remove_owner(id);
+        if let Some(table) = &mut self.table {
+            table.remove_owner(id);
+        }
     }
 
     /// Forgets every pending rewrite (the room was reset).
@@ -69,7 +76,14 @@ impl YjsPresence {
 
     /// Every awareness state, as one y-protocols message.
     pub(super) fn snapshot_frame(&self) -> Option<std::sync::Arc<[u8]>> {
-        self.table.snapshot_frame()
+        self.table.as_ref()?.snapshot_frame()
+    }
+
+    /// The table, made on first use.
+    fn table(&mut self) -> &mut AwarenessTable {
+        let max_shown = self.max_shown;
+        self.table
+            .get_or_insert_with(|| Box::new(AwarenessTable::new(max_shown)))
     }
 }
 
@@ -95,13 +109,13 @@ impl Room {
                 match self.presence.shown(&id) {
                     Some(shown) => {
                         let json = native_awareness_json(shown);
-                        self.awareness.table.set_native(&id, json, now);
+                        self.awareness.table().set_native(&id, json, now);
                     }
-                    None => self.awareness.table.remove_owner(&id),
+                    None => self.awareness.forget(&id),
                 }
             }
         }
-        if let Some(frame) = self.awareness.table.take_frame() {
+        if let Some(frame) = self.awareness.table.as_mut().and_then(|t| t.take_frame()) {
             let base = &self.fanout;
             let members = &mut self.members;
             let framed: [Option<Frame>; 2] = [
@@ -130,7 +144,13 @@ impl Room {
     /// Yjs `RelativePosition` JSON becomes its native cursor (binary). A
     /// `null` or expired state, or a closed connection, removes the member.
     pub(super) fn sync_yjs_presence(&mut self, owner: &MemberId) {
-        let Some(state) = self.awareness.table.owner_state(owner).cloned() else {
+        let Some(state) = self
+            .awareness
+            .table
+            .as_ref()
+            .and_then(|t| t.owner_state(owner))
+            .cloned()
+        else {
             self.presence.leave(owner);
             return;
         };
@@ -166,17 +186,17 @@ impl Room {
     pub(super) fn sweep_awareness(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let ttl = self.config.limits.presence_ttl();
-        let owners = self.awareness.table.expire(now, ttl);
+        let owners = self.awareness.table().expire(now, ttl);
         let mut changed = !owners.is_empty();
         for owner in &owners {
             self.sync_yjs_presence(owner);
         }
         let has_yjs = self.members.any(Protocol::Yjs) || self.members.any(Protocol::Hocuspocus);
         if has_yjs
-            && self.awareness.table.has_native()
+            && self.awareness.table().has_native()
             && now.duration_since(self.awareness.renewed) >= ttl / 2
         {
-            self.awareness.table.renew_native(now);
+            self.awareness.table().renew_native(now);
             self.awareness.renewed = now;
             changed = true;
         }
@@ -206,7 +226,7 @@ impl Room {
         }
         let step1 = yjs::sync_step1(&self.document.state_vector());
         self.members.send_y(&link, &step1, Class::Control);
-        if let Some(frame) = self.awareness.table.snapshot_frame() {
+        if let Some(frame) = self.awareness.snapshot_frame() {
             self.members.send_y(&link, &frame, Class::Control);
         }
         self.member_added(link, ctx);
@@ -312,7 +332,7 @@ impl Handler<AwarenessUpdate> for Room {
         let max = self.config.limits.max_awareness_clients;
         if self
             .awareness
-            .table
+            .table()
             .apply_remote(&msg.member, msg.entries, max, Instant::now())
         {
             self.sync_yjs_presence(&msg.member);
