@@ -87,3 +87,18 @@ test('a client whose socket drops shows again at the others soon after it reconn
   assert.ok(Date.now() - t0 < 5000)
   destroy(a, b)
 })
+
+test('a Hocuspocus provider whose socket drops shows again at the others soon after it reconnects', async () => {
+  const b = connect(server.url, 'hp-blip')
+  await synced(b.provider)
+  const h = open('v3', server.url.replace('/yjs', '/hocuspocus'), [{ name: 'hp-blip', user: { name: 'hp' } }])
+  const hp = h.docs[0].provider
+  const id = hp.awareness.clientID
+  await waitFor(() => b.awareness.getStates().get(id)?.user?.name === 'hp', 'provider at b')
+  h.socket.webSocket.close()
+  await waitFor(() => !b.awareness.getStates().has(id), 'removal at b')
+  await waitFor(() => b.awareness.getStates().get(id)?.user?.name === 'hp', 'provider at b again', 5000)
+  hp.destroy()
+  h.socket.destroy()
+  destroy(b)
+})
