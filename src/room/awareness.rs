@@ -26,6 +26,14 @@
 //! its removal. Every operation on one client id is O(1) amortised (O(log n)
 //! for the waiting order); the snapshot a joiner gets is encoded once per
 //! change of the shown states and shared.
+//!
+//! **Removed states coming back.** y-protocols clients keep a removed
+//! state's clock and ignore a state at or below it. So the table remembers
+//! the clock each shown id was removed at (bounded, oldest forgotten): a
+//! state back at or below it (the stock client reconnects with its clock
+//! unchanged) is refused and its sender sent that removal, which it
+//! answers one clock higher; and a native member seen again starts above
+//! every clock a native state was removed at.
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
