@@ -293,7 +293,7 @@ impl AwarenessTable {
             announced: false,
         });
         let was_live = client.json.is_some();
-        client.clock = client.clock.wrapping_add(1);
+        client.clock = client.clock.saturating_add(1);
         client.json = Some(Arc::from(json));
         client.renewed = now;
         self.changed(id, was_live);
@@ -310,7 +310,7 @@ impl AwarenessTable {
             };
             let was_dirty = self.dirty.remove(&id);
             let gone_at = if c.shown && c.json.is_some() {
-                c.clock.wrapping_add(1)
+                c.clock.saturating_add(1)
             } else {
                 c.clock
             };
@@ -356,7 +356,7 @@ impl AwarenessTable {
             if !c.native && c.json.is_some() && now.duration_since(c.renewed) >= ttl {
                 c.json = None;
                 c.value = None;
-                c.clock = c.clock.wrapping_add(1);
+                c.clock = c.clock.saturating_add(1);
                 if c.shown {
                     self.dirty.insert(*id);
                     self.snapshot = OnceCell::new();
@@ -380,7 +380,7 @@ impl AwarenessTable {
                 continue;
             };
             if c.json.is_some() {
-                c.clock = c.clock.wrapping_add(1);
+                c.clock = c.clock.saturating_add(1);
                 c.renewed = now;
                 if c.shown {
                     self.dirty.insert(*id);
@@ -663,6 +663,32 @@ mod tests {
         assert_eq!(t.take_frame(), Some(yjs::awareness([(1, 8, "null")])));
         let applied = t.apply_remote(&again, vec![entry(1, 8, "{\"x\":1}")], 8, now + ttl);
         assert_eq!(applied.reply, Some(yjs::awareness([(1, 8, "null")])));
+    }
+
+    #[test]
+    fn a_removal_at_the_highest_clock_is_still_taken_by_clients() {
+        let now = Instant::now();
+        let mut t = AwarenessTable::new(8);
+        let a: MemberId = Arc::from("a");
+        t.apply_remote(&a, vec![entry(1, u32::MAX, "{}")], 8, now);
+        t.take_frame();
+        let ttl = Duration::from_secs(30);
+        t.expire(now + ttl, ttl);
+        // Clock + 1 wrapped to 0 would be ignored: the state stayed shown
+        // at every client until its own 30 s timeout. At the same clock, a
+        // `null` is taken (y-protocols' equal-clock rule).
+        assert_eq!(
+            t.take_frame(),
+            Some(yjs::awareness([(1, u32::MAX, "null")]))
+        );
+        t.remove_owner(&a);
+        t.apply_remote(&a, vec![entry(2, u32::MAX, "{}")], 8, now);
+        t.take_frame();
+        t.remove_owner(&a);
+        assert_eq!(
+            t.take_frame(),
+            Some(yjs::awareness([(2, u32::MAX, "null")]))
+        );
     }
 
     #[test]
