@@ -330,11 +330,14 @@ impl Handler<AwarenessUpdate> for Room {
             return;
         }
         let max = self.config.limits.max_awareness_clients;
-        if self
-            .awareness
-            .table()
-            .apply_remote(&msg.member, msg.entries, max, Instant::now())
-        {
+        let applied =
+            self.awareness
+                .table()
+                .apply_remote(&msg.member, msg.entries, max, Instant::now());
+        if let (Some(reply), Some(link)) = (&applied.reply, self.members.link(&msg.member)) {
+            self.members.send_y(link, reply, Class::Control);
+        }
+        if applied.taken {
             self.sync_yjs_presence(&msg.member);
             self.schedule_flush(ctx);
         }

@@ -657,3 +657,38 @@ async fn a_big_rooms_awareness_shows_the_states_present_longest() {
     };
     assert_eq!(total, Some(10));
 }
+
+/// A stock y-websocket client reconnects with its awareness clock
+/// unchanged, after the server announced its removal at clock + 1: every
+/// client that saw the removal would ignore that state (y-protocols keeps a
+/// removed state's clock), so the server refuses it and sends its sender
+/// the removal; the stock client answers above that clock, which everyone
+/// takes. Taken as it came, it would hold a place shown to joiners only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_back_at_its_removal_clock_is_refused_and_its_sender_told() {
+    let srv = server(|_| {});
+    let is = |live: bool, clock: u32| {
+        move |m: &yjs::YjsMessage| {
+            matches!(m, yjs::YjsMessage::Awareness(e)
+                if e.iter().any(|e| e.client == 7 && e.clock == clock && (e.json != "null") == live))
+        }
+    };
+    let mut watcher = YClient::connect(srv.addr, "again").await;
+    let mut a = YClient::connect(srv.addr, "again").await;
+    a.send(yjs::awareness([(7, 5, "{\"n\":1}")])).await;
+    watcher.expect(is(true, 5)).await;
+    drop(a);
+    watcher.expect(is(false, 6)).await;
+    let mut back = YClient::connect(srv.addr, "again").await;
+    back.send(yjs::awareness([(7, 5, "{\"n\":1}")])).await;
+    back.expect(is(false, 6)).await;
+    let mut joiner = YClient::connect(srv.addr, "again").await;
+    joiner.send(hex(STEP1_EMPTY)).await;
+    joiner
+        .expect(|m| matches!(m, yjs::YjsMessage::SyncStep2(_)))
+        .await;
+    // What a stock client does on its own removal: its state, clock + 1.
+    back.send(yjs::awareness([(7, 7, "{\"n\":1}")])).await;
+    watcher.expect(is(true, 7)).await;
+    joiner.expect(is(true, 7)).await;
+}
