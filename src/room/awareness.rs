@@ -480,7 +480,8 @@ impl AwarenessTable {
 mod tests {
     use super::*;
 
-    fn entry(client: u64, clock: u32, json: &str) -> (AwarenessEntry, Option<Value>) {
+    /// A received entry: client `client`'s state `json` at `clock`.
+    pub(super) fn entry(client: u64, clock: u32, json: &str) -> (AwarenessEntry, Option<Value>) {
         let e = AwarenessEntry {
             client,
             clock,
@@ -716,6 +717,7 @@ mod fuzz {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
+    use super::tests::entry;
     use super::*;
 
     /// A y-protocols client that only watches: its remote states and clocks.
@@ -750,16 +752,6 @@ mod fuzz {
                 }
             }
         }
-    }
-
-    fn entry(client: u64, clock: u32, json: &str) -> (AwarenessEntry, Option<Value>) {
-        let e = AwarenessEntry {
-            client,
-            clock,
-            json: json.into(),
-        };
-        let v = e.state().unwrap();
-        (e, v)
     }
 
     const IDS: u64 = 12;
