@@ -194,7 +194,7 @@ impl Room {
         let has_yjs = self.members.any(Protocol::Yjs) || self.members.any(Protocol::Hocuspocus);
         if has_yjs
             && self.awareness.table().has_native()
-            && now.duration_since(self.awareness.renewed) >= ttl / 2
+            && now.duration_since(self.awareness.renewed) >= renew_every(ttl)
         {
             self.awareness.table().renew_native(now);
             self.awareness.renewed = now;
@@ -221,7 +221,7 @@ impl Room {
             self.awareness.native = true;
             self.awareness.dirty.extend(self.presence.ids().cloned());
             self.flush_awareness();
-            let every = (self.config.limits.presence_ttl() / 10).max(Duration::from_millis(10));
+            let every = sweep_every(self.config.limits.presence_ttl());
             ctx.run_interval(every, |room, ctx| room.sweep_awareness(ctx));
         }
         let step1 = yjs::sync_step1(&self.document.state_vector());
@@ -232,6 +232,24 @@ impl Room {
         self.member_added(link, ctx);
     }
 }
+
+/// How often native members' awareness states are renewed: half the TTL,
+/// and never less often than every 15 s, since stock y-protocols clients
+/// drop a remote state not renewed for 30 s whatever the server's TTL.
+pub(super) fn renew_every(ttl: Duration) -> Duration {
+    (ttl / 2).min(STOCK_RENEW)
+}
+
+/// How often the awareness sweep runs: a tenth of the TTL (at least 10 ms),
+/// and at least every fifth of [`STOCK_RENEW`], so renewals are not late.
+pub(super) fn sweep_every(ttl: Duration) -> Duration {
+    (ttl / 10)
+        .max(Duration::from_millis(10))
+        .min(STOCK_RENEW / 5)
+}
+
+/// Half of y-protocols' `outdatedTimeout` (30 s).
+const STOCK_RENEW: Duration = Duration::from_secs(15);
 
 /// A native cursor: (anchor, head), binary relative positions.
 type NativeCursor = (Option<Vec<u8>>, Option<Vec<u8>>);
@@ -375,6 +393,24 @@ mod tests {
             has_cursor: false,
             typing: false,
         }
+    }
+
+    #[test]
+    fn native_states_are_renewed_before_stock_clients_drop_them() {
+        for ttl in [1, 30, 60, 120, 3600] {
+            let ttl = Duration::from_secs(ttl);
+            let renew = renew_every(ttl);
+            // Renewed at most one sweep late, always within 30 s.
+            assert!(
+                renew + sweep_every(ttl) < Duration::from_secs(30),
+                "{ttl:?}"
+            );
+            assert!(renew <= ttl / 2, "{ttl:?}");
+        }
+        assert_eq!(
+            renew_every(Duration::from_secs(30)),
+            Duration::from_secs(15)
+        );
     }
 
     #[test]
