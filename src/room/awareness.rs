@@ -70,6 +70,28 @@ struct Client {
     announced: bool,
 }
 
+/// Shown client ids changed since the last frame, and the snapshot of the
+/// shown states, which each such change makes stale.
+#[derive(Default)]
+struct Changes {
+    ids: BTreeSet<u64>,
+    /// Every shown live state as one message, encoded once per change.
+    snapshot: OnceCell<Option<Arc<[u8]>>>,
+}
+
+impl Changes {
+    /// Shown client `id` changed: announced at the next frame.
+    fn mark(&mut self, id: u64) {
+        self.ids.insert(id);
+        self.stale();
+    }
+
+    /// What is shown changed: the snapshot is encoded again when asked.
+    fn stale(&mut self) {
+        self.snapshot = OnceCell::new();
+    }
+}
+
 /// Fewest removed ids whose clocks a table remembers (see
 /// [`AwarenessTable::tombstones`]); it remembers `max_shown` when more.
 const TOMBSTONES: usize = 256;
@@ -92,8 +114,8 @@ pub struct AwarenessTable {
     owned: HashMap<MemberId, Vec<u64>>,
     /// Derived client id of each native member that has one.
     native_ids: HashMap<MemberId, u64>,
-    /// Shown client ids changed since the last frame.
-    dirty: BTreeSet<u64>,
+    /// Shown client ids changed since the last frame, and the snapshot.
+    changes: Changes,
     /// Removed shown clients not yet announced: (client, clock).
     removed: Vec<(u64, u32)>,
     /// Most states shown at once (`presence_list_max_members`).
@@ -109,8 +131,6 @@ pub struct AwarenessTable {
     /// ignore a lower one, so a member id seen again (another node's member
     /// back after a partition) would stay invisible to them.
     native_floor: u32,
-    /// Every shown live state as one message, encoded once per change.
-    snapshot: OnceCell<Option<Arc<[u8]>>>,
     /// Clock each removed id held when it went, for ids that were shown:
     /// y-protocols clients keep a removed state's clock and ignore a state
     /// at or below it, so one such (a client reconnecting with its clock
@@ -129,14 +149,13 @@ impl AwarenessTable {
             clients: HashMap::new(),
             owned: HashMap::new(),
             native_ids: HashMap::new(),
-            dirty: BTreeSet::new(),
+            changes: Changes::default(),
             removed: Vec::new(),
             max_shown: max_shown.max(1),
             shown: BTreeSet::new(),
             waiting: BTreeMap::new(),
             next_since: 0,
             native_floor: 0,
-            snapshot: OnceCell::new(),
             tombstones: HashMap::new(),
             buried: VecDeque::new(),
         }
@@ -232,8 +251,7 @@ impl AwarenessTable {
         let live = c.json.is_some();
         if c.shown {
             // Live or not, the place is kept until the frame announces it.
-            self.dirty.insert(id);
-            self.snapshot = OnceCell::new();
+            self.changes.mark(id);
         } else if live && !was_live {
             self.next_since += 1;
             c.since = self.next_since;
@@ -243,8 +261,7 @@ impl AwarenessTable {
                 c.shown = true;
                 c.announced = true;
                 self.shown.insert(id);
-                self.dirty.insert(id);
-                self.snapshot = OnceCell::new();
+                self.changes.mark(id);
             } else {
                 self.waiting.insert(c.since, id);
             }
@@ -308,7 +325,7 @@ impl AwarenessTable {
             let Some(c) = self.clients.remove(&id) else {
                 continue;
             };
-            let was_dirty = self.dirty.remove(&id);
+            let was_dirty = self.changes.ids.remove(&id);
             let gone_at = if c.shown && c.json.is_some() {
                 c.clock.saturating_add(1)
             } else {
@@ -321,7 +338,7 @@ impl AwarenessTable {
             }
             if c.shown {
                 self.shown.remove(&id);
-                self.snapshot = OnceCell::new();
+                self.changes.stale();
                 if c.json.is_some() {
                     self.removed.push((id, gone_at));
                 } else if was_dirty {
@@ -358,8 +375,7 @@ impl AwarenessTable {
                 c.value = None;
                 c.clock = c.clock.saturating_add(1);
                 if c.shown {
-                    self.dirty.insert(*id);
-                    self.snapshot = OnceCell::new();
+                    self.changes.mark(*id);
                 } else {
                     self.waiting.remove(&c.since);
                 }
@@ -383,8 +399,7 @@ impl AwarenessTable {
                 c.clock = c.clock.saturating_add(1);
                 c.renewed = now;
                 if c.shown {
-                    self.dirty.insert(*id);
-                    self.snapshot = OnceCell::new();
+                    self.changes.mark(*id);
                 }
             }
         }
@@ -401,7 +416,8 @@ impl AwarenessTable {
     pub fn take_frame(&mut self) -> Option<Vec<u8>> {
         // States gone since the last frame give up their places now.
         let gone: Vec<u64> = self
-            .dirty
+            .changes
+            .ids
             .iter()
             .copied()
             .filter(|id| self.clients.get(id).is_some_and(|c| c.json.is_none()))
@@ -413,10 +429,10 @@ impl AwarenessTable {
             }
         }
         self.promote();
-        if self.dirty.is_empty() && self.removed.is_empty() {
+        if self.changes.ids.is_empty() && self.removed.is_empty() {
             return None;
         }
-        let dirty = std::mem::take(&mut self.dirty);
+        let dirty = std::mem::take(&mut self.changes.ids);
         let removed = std::mem::take(&mut self.removed);
         let entries = dirty
             .iter()
@@ -438,8 +454,7 @@ impl AwarenessTable {
                 c.shown = true;
                 c.announced = true;
                 self.shown.insert(id);
-                self.dirty.insert(id);
-                self.snapshot = OnceCell::new();
+                self.changes.mark(id);
             }
         }
     }
@@ -447,7 +462,8 @@ impl AwarenessTable {
     /// Every shown live state, for a joining Yjs client or an awareness
     /// query (encoded once per change, shared); `None` when there is none.
     pub fn snapshot_frame(&self) -> Option<Arc<[u8]>> {
-        self.snapshot
+        self.changes
+            .snapshot
             .get_or_init(|| {
                 let live: Vec<(u64, u32, &str)> = self
                     .shown
