@@ -33,7 +33,9 @@
 //! state back at or below it (the stock client reconnects with its clock
 //! unchanged) is refused and its sender sent that removal, which it
 //! answers one clock higher; and a native member seen again starts above
-//! every clock a native state was removed at.
+//! every clock a native state was removed at. A member whose awareness
+//! messages were dropped while it lagged is sent, once it drains, the shown
+//! states and these removals ([`AwarenessTable::resync_frame`]).
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -333,7 +335,8 @@ impl AwarenessTable {
             };
             if c.native {
                 self.native_floor = self.native_floor.max(gone_at);
-            } else if c.announced {
+            }
+            if c.announced {
                 self.bury(id, gone_at);
             }
             if c.shown {
@@ -478,6 +481,42 @@ impl AwarenessTable {
             .clone()
     }
 
+    /// For a y-protocols member that missed awareness messages (its frames
+    /// were dropped while it lagged): every shown live state, and the
+    /// removal of every state it may still hold (removed or expired since,
+    /// as far as the tombstones remember), as one message; `None` when
+    /// there is nothing. Without the removals it would show a departed
+    /// member until its own 30 s timeout.
+    pub fn resync_frame(&self) -> Option<Vec<u8>> {
+        let live = self.shown.iter().filter_map(|id| {
+            let c = self.clients.get(id)?;
+            Some((*id, c.clock, c.json.as_deref()?))
+        });
+        // Shown once and not now: removed, expired, or back but waiting
+        // for a place (removed just below its clock, so that its
+        // promotion is still taken).
+        let hidden = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.announced && !(c.shown && c.json.is_some()))
+            .map(|(id, c)| {
+                let clock = match c.json {
+                    Some(_) => c.clock.saturating_sub(1),
+                    None => c.clock,
+                };
+                (*id, clock, "null")
+            });
+        // Removed (a native member may be back, not shown yet, above that
+        // clock); ids shown since are in `live` or `hidden`.
+        let removed = self
+            .tombstones
+            .iter()
+            .filter(|(id, _)| self.clients.get(id).is_none_or(|c| !c.announced))
+            .map(|(id, clock)| (*id, *clock, "null"));
+        let entries: Vec<_> = live.chain(hidden).chain(removed).collect();
+        (!entries.is_empty()).then(|| yjs::awareness(entries))
+    }
+
     /// Live states: (shown, waiting).
     #[cfg(test)]
     fn counts(&self) -> (usize, usize) {
@@ -526,6 +565,35 @@ mod tests {
         let frame = t.take_frame().unwrap();
         assert_eq!(frame, yjs::awareness([(1, 2, "null"), (2, 2, "null")]));
         assert!(t.snapshot_frame().is_none());
+    }
+
+    #[test]
+    fn a_resync_removes_what_went_while_the_member_lagged() {
+        let [a, b, c, n]: [MemberId; 4] = ["a", "b", "c", "n"].map(Arc::from);
+        let now = Instant::now();
+        let ttl = Duration::from_secs(30);
+        let mut t = AwarenessTable::new(8);
+        t.apply_remote(&a, vec![entry(1, 1, "{\"a\":1}")], 8, now);
+        t.apply_remote(&b, vec![entry(2, 1, "{\"b\":1}")], 8, now);
+        t.set_native(&n, "{\"n\":1}".into(), now);
+        t.take_frame();
+        // Frames dropped for a lagging member from here: a leaves, b's
+        // state expires, the native member leaves, c arrives.
+        t.remove_owner(&a);
+        t.expire(now + ttl, ttl);
+        t.remove_owner(&n);
+        t.apply_remote(&c, vec![entry(3, 1, "{\"c\":1}")], 8, now + ttl);
+        t.take_frame();
+        let mut expected = vec![
+            (1, false),
+            (2, false),
+            (3, true),
+            (derived_client_id("n", 0), false),
+        ];
+        expected.sort();
+        assert_eq!(ids_in(&t.resync_frame().unwrap()), expected);
+        // What joiners get is only the live states.
+        assert_eq!(ids_in(&t.snapshot_frame().unwrap()), vec![(3, true)]);
     }
 
     #[test]
@@ -741,6 +809,8 @@ mod fuzz {
     struct Watcher {
         meta: HashMap<u64, u32>,
         states: HashMap<u64, String>,
+        /// Its frames are dropped (a slow consumer) until it is resynced.
+        lagging: bool,
     }
 
     impl Watcher {
@@ -814,8 +884,23 @@ mod fuzz {
             .filter(|(_, c)| c.shown)
             .map(|(id, c)| (**id, c.json.as_deref().unwrap_or_default().to_owned()))
             .collect();
-        for (i, w) in watchers.iter().enumerate() {
+        for (i, w) in watchers.iter().enumerate().filter(|(_, w)| !w.lagging) {
             assert_eq!(w.states, expected, "{ctx}: watcher {i}");
+        }
+    }
+
+    /// Records the clocks `frame` announced in `floor`.
+    fn raise_floor(floor: &mut HashMap<u64, u32>, frame: &[u8]) {
+        let Ok(msgs) = yjs::decode_frame(frame) else {
+            panic!("bad frame");
+        };
+        for m in msgs {
+            if let yjs::YjsMessage::Awareness(es) = m {
+                for e in es {
+                    let c = floor.entry(e.client).or_default();
+                    *c = (*c).max(e.clock);
+                }
+            }
         }
     }
 
@@ -917,7 +1002,29 @@ mod fuzz {
                     log.push("renew native".into());
                     t.renew_native(now);
                 }
-                73..=77 => {
+                73..=75 => {
+                    // A watcher falls behind: frames are dropped for it.
+                    if let Some(i) =
+                        (!watchers.is_empty()).then(|| rng.random_range(0..watchers.len()))
+                    {
+                        log.push(format!("watcher {i} lags"));
+                        watchers[i].lagging = true;
+                    }
+                }
+                76..=78 => {
+                    // Drained: lagging watchers are resynced.
+                    log.push("resync".into());
+                    if let Some(f) = t.resync_frame() {
+                        for w in watchers.iter_mut().filter(|w| w.lagging) {
+                            w.apply(&f);
+                        }
+                        raise_floor(&mut floor, &f);
+                    }
+                    for w in &mut watchers {
+                        w.lagging = false;
+                    }
+                }
+                79..=82 => {
                     log.push(format!("watcher {} joins", watchers.len()));
                     let mut w = Watcher::default();
                     if let Some(s) = t.snapshot_frame() {
@@ -928,20 +1035,10 @@ mod fuzz {
                 _ => {
                     log.push("frame".into());
                     if let Some(f) = t.take_frame() {
-                        for w in &mut watchers {
+                        for w in watchers.iter_mut().filter(|w| !w.lagging) {
                             w.apply(&f);
                         }
-                        let Ok(msgs) = yjs::decode_frame(&f) else {
-                            panic!("bad frame");
-                        };
-                        for m in msgs {
-                            if let yjs::YjsMessage::Awareness(es) = m {
-                                for e in es {
-                                    let c = floor.entry(e.client).or_default();
-                                    *c = (*c).max(e.clock);
-                                }
-                            }
-                        }
+                        raise_floor(&mut floor, &f);
                     }
                     let tail = &log[log.len().saturating_sub(60)..];
                     let ctx = format!("seed {seed} step {step}:\n{}", tail.join("\n"));

@@ -469,7 +469,7 @@ impl Handler<Resync> for Room {
                     }
                 }
                 Protocol::Yjs | Protocol::Hocuspocus => {
-                    if let Some(frame) = self.awareness.snapshot_frame() {
+                    if let Some(frame) = self.awareness.resync_frame() {
                         self.members.send_y(link, &frame, Class::Control);
                     }
                 }

@@ -79,6 +79,12 @@ impl YjsPresence {
         self.table.as_ref()?.snapshot_frame()
     }
 
+    /// What a member that missed awareness messages is sent once it
+    /// drains (see [`AwarenessTable::resync_frame`]).
+    pub(super) fn resync_frame(&self) -> Option<Vec<u8>> {
+        self.table.as_ref()?.resync_frame()
+    }
+
     /// The table, made on first use.
     fn table(&mut self) -> &mut AwarenessTable {
         let max_shown = self.max_shown;
