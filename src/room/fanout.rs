@@ -81,6 +81,11 @@ pub(super) struct Fanout {
     queued: bool,
     /// A timer bounds the wait for a flight that is not done.
     fallback: bool,
+    /// The next update broadcast waits until then
+    /// (`room_max_sends_per_sec`).
+    not_before: Option<Instant>,
+    /// A timer is set for `not_before`.
+    held: bool,
     /// Last broadcast of presence (diff, cursors, awareness).
     last_presence: Instant,
     /// A presence broadcast is scheduled.
@@ -101,6 +106,8 @@ impl Fanout {
             notify: None,
             queued: false,
             fallback: false,
+            not_before: None,
+            held: false,
             last_presence: long_ago,
             presence_scheduled: false,
         }
@@ -157,6 +164,13 @@ impl Fanout {
         self.flight.as_ref().is_none_or(|f| f.is_done())
     }
 
+    /// How long the room's send budget still holds the next update
+    /// broadcast.
+    fn hold(&self, now: Instant) -> Duration {
+        self.not_before
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+
     /// A flight for the next update broadcast, reporting to the room.
     fn new_flight(&mut self) -> Option<Arc<Flight>> {
         self.flight_seq += 1;
@@ -207,14 +221,26 @@ impl Room {
         }
     }
 
-    /// Sends pending updates if the last update broadcast is written;
-    /// else they wait for it ([`FlightDone`]), one tick at most.
+    /// Sends pending updates if the last update broadcast is written and
+    /// the room's send budget allows; else they wait for it ([`FlightDone`],
+    /// one tick at most) and for the budget.
     fn flush_updates_when_idle(&mut self, ctx: &mut Context<Self>) {
         if self.fanout.pending.is_empty() {
             return;
         }
         if self.fanout.flight_idle() {
-            return self.flush_updates();
+            let hold = self.fanout.hold(Instant::now());
+            if hold.is_zero() {
+                return self.flush_updates();
+            }
+            if !self.fanout.held {
+                self.fanout.held = true;
+                ctx.run_later(hold, |room, ctx| {
+                    room.fanout.held = false;
+                    room.flush_updates_when_idle(ctx);
+                });
+            }
+            return;
         }
         if self.fanout.fallback {
             return;
@@ -225,10 +251,9 @@ impl Room {
             room.fanout.fallback = false;
             if room.fanout.flight_seq == seq {
                 // Still the same flight: stragglers do not hold the room.
-                room.flush_updates();
-            } else {
-                room.flush_updates_when_idle(ctx);
+                room.fanout.flight = None;
             }
+            room.flush_updates_when_idle(ctx);
         });
     }
 
@@ -299,6 +324,8 @@ impl Room {
             .members
             .fan_out_tracked(&msg, except.as_ref(), flight.as_ref(), || base.base());
         self.fanout.flight = flight.filter(|f| !f.arm(tracked / FLIGHT_STRAGGLERS));
+        let hold = self.config.limits.update_hold(self.members.len());
+        self.fanout.not_before = (!hold.is_zero()).then(|| Instant::now() + hold);
     }
 
     /// Sends every member the presence diff and cursors collected since the

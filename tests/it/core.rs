@@ -1,7 +1,7 @@
 //! [core] acceptance: convergence, multiplexing, presence, bad input,
 //! eviction, shutdown.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chorus::protocol::native::{Bin, ClientMessage, ServerMessage};
 use chorus::protocol::ErrorCode;
@@ -809,6 +809,51 @@ async fn an_update_goes_out_at_once_when_the_last_one_was_written() {
         assert_eq!(dr.text(), dw.text(), "each update in a message of its own");
     }
     assert_eq!(dr.text(), "abc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_send_budget_merges_updates_into_fewer_frames() {
+    // Two members, 4 sends/s: after each broadcast the room holds the next
+    // one for 2 / 4 = 0.5 s. The first update goes out at once; the five
+    // sent right after it arrive as one message, about 0.5 s later (with no
+    // budget each would be a message of its own, as the test above shows).
+    let srv = server(|c| c.limits.room_max_sends_per_sec = 4);
+    let (mut writer, mut reader) = (
+        Client::connect(srv.addr).await,
+        Client::connect(srv.addr).await,
+    );
+    let (dw, dr) = (TestDoc::new(), TestDoc::new());
+    writer.join("budget", &dw).await;
+    reader.join("budget", &dr).await;
+    let send = |text: &str| ClientMessage::Update {
+        room: "budget".into(),
+        data: Bin(dw.push(text)),
+        rid: None,
+    };
+    let mut receive = async || {
+        let ServerMessage::Update { data, .. } = reader
+            .expect(|m| matches!(m, ServerMessage::Update { .. }))
+            .await
+        else {
+            unreachable!()
+        };
+        dr.apply(&data.0);
+    };
+    let t0 = Instant::now();
+    writer.send(&send("a")).await;
+    receive().await;
+    assert_eq!(dr.text(), "a", "the first update alone");
+    assert!(t0.elapsed() < Duration::from_millis(400), "and at once");
+    for text in ["b", "c", "d", "e", "f"] {
+        writer.send(&send(text)).await;
+    }
+    receive().await;
+    assert_eq!(dr.text(), "abcdef", "the five merged into one message");
+    let held = t0.elapsed();
+    assert!(
+        held >= Duration::from_millis(450),
+        "held {held:?}, not 0.5 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
