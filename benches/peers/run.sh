@@ -10,6 +10,10 @@
 #   SCENARIOS="fanout idle" SERVERS="chorus y-websocket" benches/peers/run.sh
 #   SCENARIOS=crowd SERVERS=chorus benches/peers/run.sh   # 15 000 members join one room
 #   QUICK=1 benches/peers/run.sh              # small sizes, a smoke test
+#   # a room's send budget (--room-max-sends-per-sec), alternated with a peer,
+#   # at 10 writers x 30 updates/s:
+#   SCENARIOS=fanout SERVERS="chorus chorus-budget y-sweet chorus chorus-budget y-sweet" \
+#     BUDGET=50000 FANOUT_RATE=30 benches/peers/run.sh
 #
 # Peers are installed on first use into .peers/ (git-ignored): npm packages
 # @y/websocket-server 0.1.1 + yjs 13 and @hocuspocus/server 4.x, and
@@ -46,7 +50,7 @@ if [ -n "${QUICK:-}" ]; then
   FANOUT="--subscribers 100 --writers 2 --rate 10 --secs 3"
   IDLE="--conns 1000"; ROOMS="--rooms 200 --secs 3"; STORM="--clients 20 --doc-mb 1"; PRES="--clients 50 --secs 3"; CROWD="--conns 1000"
 else
-  FANOUT="--subscribers 1000 --writers 10 --rate 10 --secs 10"
+  FANOUT="--subscribers 1000 --writers 10 --rate ${FANOUT_RATE:-10} --secs 10"
   IDLE="--conns 15000"; ROOMS="--rooms 5000 --per-room 1 --secs 10"; STORM="--clients 200 --doc-mb 10"; PRES="--clients 500 --secs 10"; CROWD="--conns 15000"
 fi
 
@@ -61,6 +65,7 @@ run() { # server scenario args...
   local proto url cmd
   case "$server" in
     chorus)      proto=native; url="ws://127.0.0.1:$p"; cmd="$CHORUS --store memory --port $p --log-level warn $NOLIMITS" ;;
+    chorus-budget) proto=native; url="ws://127.0.0.1:$p"; cmd="$CHORUS --store memory --port $p --log-level warn $NOLIMITS --room-max-sends-per-sec ${BUDGET:-50000}" ;;
     chorus-yjs)  proto=yws; url="ws://127.0.0.1:$p/yjs"; cmd="$CHORUS --store memory --port $p --log-level warn $NOLIMITS" ;;
     chorus-hocuspocus) proto=hocuspocus; url="ws://127.0.0.1:$p/hocuspocus"; cmd="$CHORUS --store memory --port $p --log-level warn $NOLIMITS" ;;
     chorus-redb) proto=native; url="ws://127.0.0.1:$p"; cmd="$CHORUS --data-dir $data --port $p --log-level warn $NOLIMITS" ;;
