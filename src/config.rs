@@ -592,6 +592,12 @@ pub struct Limits {
     /// update when it halves the frames).
     #[arg(long, env = "CHORUS_ROOM_MAX_SENDS_PER_SEC", default_value_t = 0)]
     pub room_max_sends_per_sec: u64,
+    /// Longest a room's send budget (`room_max_sends_per_sec`) holds an
+    /// update broadcast, in ms, however big the room: a very big room, or a
+    /// budget set too low, costs this much latency at most, and what a room
+    /// merges while it holds is what arrives in this time.
+    #[arg(long, env = "CHORUS_ROOM_MAX_HOLD_MS", default_value_t = 1000)]
+    pub room_max_hold_ms: u64,
     /// Presence (diffs, cursors, awareness) of a room is broadcast every
     /// tick × max(1, members / this): a big room's presence traffic grows as
     /// its members, not their square.
@@ -812,11 +818,13 @@ impl Limits {
         Duration::from_millis(self.tick_ms)
     }
     /// How long a room that just sent an update to `recipients` members
-    /// holds its next one (`room_max_sends_per_sec`; zero when unlimited).
+    /// holds its next one (`room_max_sends_per_sec`, at most
+    /// `room_max_hold_ms`; zero when unlimited).
     pub fn update_hold(&self, recipients: usize) -> Duration {
         match self.room_max_sends_per_sec {
             0 => Duration::ZERO,
-            per_sec => Duration::from_secs_f64(recipients as f64 / per_sec as f64),
+            per_sec => Duration::from_secs_f64(recipients as f64 / per_sec as f64)
+                .min(Duration::from_millis(self.room_max_hold_ms)),
         }
     }
     /// Least time between two count-only presence diffs of a big room.
@@ -867,5 +875,18 @@ mod tests {
             api.webhook_url = vec![bad.into()];
             assert!(api.webhook_targets().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_send_budget_holds_a_room_n_over_budget_and_at_most_the_cap() {
+        let mut limits = Config::default().limits;
+        assert_eq!(limits.update_hold(1_000), Duration::ZERO, "no budget");
+        limits.room_max_sends_per_sec = 40_000;
+        assert_eq!(limits.update_hold(10), Duration::from_micros(250));
+        assert_eq!(limits.update_hold(1_000), Duration::from_millis(25));
+        // 100 000 members would be held 2.5 s: the cap, 1 s by default.
+        assert_eq!(limits.update_hold(100_000), Duration::from_secs(1));
+        limits.room_max_hold_ms = 5;
+        assert_eq!(limits.update_hold(1_000), Duration::from_millis(5));
     }
 }
