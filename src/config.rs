@@ -506,6 +506,15 @@ pub struct Limits {
     /// of the same size); more: HTTP 429. 0: no limit.
     #[arg(long, env = "CHORUS_CONNECTIONS_PER_IP_PER_SEC", default_value_t = 30)]
     pub connections_per_ip_per_sec: u32,
+    /// TLS handshakes in progress at once from one IP address (with
+    /// `--tls-cert`); a connection beyond it is closed before its
+    /// handshake. 0: no limit.
+    #[arg(long, env = "CHORUS_MAX_TLS_HANDSHAKES_PER_IP", default_value_t = 64)]
+    pub max_tls_handshakes_per_ip: usize,
+    /// Longest a TLS handshake may take, in ms, before its connection is
+    /// closed.
+    #[arg(long, env = "CHORUS_TLS_HANDSHAKE_TIMEOUT_MS", default_value_t = 3000)]
+    pub tls_handshake_timeout_ms: u64,
     /// Messages per second one session may send, every message of a frame
     /// counted (token bucket, burst of the same size). Over it the session
     /// stops reading its socket until the bucket refills (the client is
@@ -812,6 +821,10 @@ impl Limits {
     /// Idle eviction delay as a duration.
     pub fn room_idle(&self) -> Duration {
         Duration::from_millis(self.room_idle_ms)
+    }
+    /// TLS handshake timeout as a duration.
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.tls_handshake_timeout_ms)
     }
     /// Coalescing window as a duration.
     pub fn tick(&self) -> Duration {

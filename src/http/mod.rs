@@ -14,6 +14,7 @@ pub mod api;
 pub mod demo;
 mod shed;
 mod stream;
+mod tls;
 mod upgrade;
 
 use std::collections::HashMap;
@@ -216,9 +217,20 @@ impl Server {
             }};
         }
         let bound = match tls {
-            Some(tls) => server.listen("chorus-https", listener, move || {
-                http_service!().rustls_0_23(tls.clone())
-            }),
+            Some(tls) => {
+                let handshakes = IpLimiter::new(config.limits.max_tls_handshakes_per_ip, 0);
+                let timeout = config.limits.tls_handshake_timeout();
+                let metrics = shared.metrics.clone();
+                server.listen("chorus-https", listener, move || {
+                    tls::listener(
+                        tls.clone(),
+                        timeout,
+                        handshakes.clone(),
+                        metrics.clone(),
+                        http_service!(),
+                    )
+                })
+            }
             None => server.listen("chorus-http", listener, move || http_service!().tcp()),
         };
         let server = bound.map_err(|source| ServerError::Bind {

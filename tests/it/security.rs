@@ -576,16 +576,20 @@ fn security_open_mode_warns_loudly() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn security_tls_serves_wss() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A server on TLS with a fresh self-signed certificate for `localhost`,
+/// and a client configuration that trusts it.
+fn tls_server(
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut Config),
+) -> (chorus::http::BackgroundServer, Arc<rustls::ClientConfig>) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, ck.cert.pem()).unwrap();
     std::fs::write(&key_path, ck.signing_key.serialize_pem()).unwrap();
     let srv = server(|c| {
         c.tls_cert = Some(cert_path.clone());
         c.tls_key = Some(key_path.clone());
+        tune(c);
     });
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ck.cert.der().clone()).expect("root");
@@ -596,16 +600,29 @@ async fn security_tls_serves_wss() {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    (srv, Arc::new(tls))
+}
+
+/// A native session over wss, said hello to.
+async fn wss_client(port: u16, tls: &Arc<rustls::ClientConfig>) -> Client {
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
-        format!("wss://localhost:{}/ws", srv.addr.port()),
+        format!("wss://localhost:{port}/ws"),
         None,
         false,
-        Some(tokio_tungstenite::Connector::Rustls(Arc::new(tls))),
+        Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
     )
     .await
     .expect("wss connects with the test's self-signed certificate");
     let mut c = Client::from_ws(ws);
     assert!(matches!(c.hello(None).await, ServerMessage::Welcome { .. }));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_tls_serves_wss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (srv, tls) = tls_server(dir.path(), |_| {});
+    let mut c = wss_client(srv.addr.port(), &tls).await;
     let d = TestDoc::new();
     c.join("tls", &d).await;
     c.update_acked("tls", d.push("secret")).await;
@@ -616,6 +633,79 @@ async fn security_tls_serves_wss() {
     )
     .await;
     assert!(!matches!(plain, Ok(Ok(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_silent_connections_from_one_address_do_not_hold_tls_back() {
+    // One address opens 1 200 TCP connections to the TLS port and sends
+    // nothing. actix-http's TLS service ran 256 handshakes per worker and
+    // stopped accepting while they did: an honest client waited for the
+    // silent ones' 3 s handshake timeouts, again each time they came back.
+    // Now that address gets 64 handshakes; the rest are closed at once.
+    // (A 10 s handshake timeout: the 64 stay open while this runs.)
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (srv, tls) = tls_server(dir.path(), |c| c.limits.tls_handshake_timeout_ms = 10_000);
+    let mut silent = Vec::new();
+    for _ in 0..1200 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().unwrap())
+            .expect("bind 127.0.0.2");
+        silent.push(socket.connect(srv.addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = std::time::Instant::now();
+    let honest = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut c = wss_client(srv.addr.port(), &tls).await;
+        let d = TestDoc::new();
+        c.join("tls-flood", &d).await;
+    })
+    .await;
+    let waited = t0.elapsed();
+    assert!(
+        honest.is_ok(),
+        "an honest wss client did not get through within 2 s of 1 200 silent connections"
+    );
+    // The silent connections beyond the address's 64 were closed.
+    let closed = futures::future::join_all(silent.iter_mut().map(|s| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(1000), s.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }))
+    .await
+    .into_iter()
+    .filter(|c| *c)
+    .count();
+    assert!(
+        (1120..=1136).contains(&closed),
+        "{closed} of 1 200 silent connections closed at once (honest client in {waited:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_a_tls_handshake_that_does_not_finish_is_closed_at_its_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (srv, _tls) = tls_server(dir.path(), |c| c.limits.tls_handshake_timeout_ms = 300);
+    // A client hello's first bytes, then nothing.
+    let mut s = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect");
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01])
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let end = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(matches!(end, Ok(Ok(0) | Err(_))), "{end:?}");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "closed after {took:?}, not at the 300 ms timeout"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
