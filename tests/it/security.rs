@@ -653,7 +653,8 @@ async fn security_silent_connections_from_one_address_do_not_hold_tls_back() {
             .expect("bind 127.0.0.2");
         silent.push(socket.connect(srv.addr).await.expect("connect"));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every silent connection is established, so the honest one waits
+    // behind all of them in the accept queue.
     let t0 = std::time::Instant::now();
     let honest = tokio::time::timeout(Duration::from_secs(2), async {
         let mut c = wss_client(srv.addr.port(), &tls).await;
